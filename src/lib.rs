@@ -1,0 +1,8 @@
+//! chatkit-gateway: a realtime gateway that speaks the OpenAI ChatKit server protocol.
+//!
+//! See `ARCHITECTURE.md` for the code map and the invariants between modules.
+
+pub mod ids;
+pub mod protocol;
+pub mod responder;
+pub mod store;
