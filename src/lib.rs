@@ -2,7 +2,13 @@
 //!
 //! See `ARCHITECTURE.md` for the code map and the invariants between modules.
 
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod http;
 pub mod ids;
 pub mod protocol;
 pub mod responder;
+pub mod shutdown;
 pub mod store;
+pub mod telemetry;

@@ -56,7 +56,11 @@ impl ThreadStreamEvent {
 
     /// An error event with a user-facing message.
     pub fn custom_error(message: impl Into<String>, allow_retry: bool) -> Self {
-        ThreadStreamEvent::Error(ErrorEvent { code: ErrorEvent::CUSTOM.into(), message: Some(message.into()), allow_retry })
+        ThreadStreamEvent::Error(ErrorEvent {
+            code: ErrorEvent::CUSTOM.into(),
+            message: Some(message.into()),
+            allow_retry,
+        })
     }
 }
 

@@ -56,9 +56,7 @@ fn parse(text: &str) -> Option<Timestamp> {
     if let Ok(with_offset) = DateTime::parse_from_rfc3339(text) {
         return Some(Timestamp(with_offset.with_timezone(&Utc)));
     }
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
-        .map(|naive| Timestamp(naive.and_utc()))
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|naive| Timestamp(naive.and_utc()))
 }
 
 #[cfg(test)]

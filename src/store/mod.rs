@@ -130,7 +130,5 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(SqliteStore::open(url).await?));
     }
-    Err(StoreError::Backend(format!(
-        "unsupported DATABASE_URL `{url}`: expected sqlite://<path> or memory://"
-    )))
+    Err(StoreError::Backend(format!("unsupported DATABASE_URL `{url}`: expected sqlite://<path> or memory://")))
 }

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Run every test of chatkit-gateway: the one command for developers and CI.
+#
+#   bash scripts/test.sh [extra cargo test args...]
+#
+# Works on a fresh Debian 12 machine with the Rust toolchain, python3 and root:
+# it installs what is missing (redis-server, PostgreSQL, a Python venv with the
+# reference SDK openai-chatkit) and leaves alone whatever is already working.
+# Safe to run again; a second run only runs the checks and tests.
+#
+# Environment:
+#   TEST_DATABASE_URL            PostgreSQL URL for the tests; exported. Default:
+#                                postgres://postgres@127.0.0.1:5432/postgres, for which
+#                                the script provisions a local server. Any other value
+#                                is used as is and local PostgreSQL is left alone.
+#   CHATKIT_VENV                 venv for the conformance validator (default: $ROOT/.venv-conformance)
+#   CHATKIT_CONFORMANCE_PYTHON   exported: the venv's python, for the conformance test
+#   CARGO_TARGET_DIR             respected if set, never set here
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+CHATKIT_VERSION="1.6.5"
+DEFAULT_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+export DEBIAN_FRONTEND=noninteractive
+
+step() { echo "==> $*"; }
+info() { echo "    $*"; }
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+APT_UPDATED=0
+# apt_install PACKAGE...: install Debian packages (root only, `apt-get update` at most once).
+apt_install() {
+    if ! is_root; then
+        die "missing $*; install it as root with: apt-get install -y $*"
+    fi
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        info "apt-get update"
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+    info "apt-get install -y $*"
+    apt-get install -y -qq "$@" >/dev/null
+}
+
+# wait_for SECONDS COMMAND...: retry COMMAND every 0.5 s until it succeeds or time runs out.
+wait_for() {
+    local tries=$(($1 * 2))
+    shift
+    while ! "$@"; do
+        tries=$((tries - 1))
+        [ "$tries" -gt 0 ] || return 1
+        sleep 0.5
+    done
+}
+
+# --------------------------------------------------------------------------- #
+step "1/4 redis"
+# --------------------------------------------------------------------------- #
+# Tests start their own redis-server on free ports; a default instance on 6379
+# is only a convenience, so it is started without persistence.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install redis-server
+fi
+info "$(redis-server --version)"
+
+redis_answers() { [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; }
+if redis_answers; then
+    info "redis answers on 127.0.0.1:6379"
+else
+    info "starting redis-server on 127.0.0.1:6379 (no persistence)"
+    redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save "" --appendonly no >/dev/null
+    wait_for 10 redis_answers || die "redis-server did not answer on 127.0.0.1:6379"
+fi
+
+# --------------------------------------------------------------------------- #
+step "2/4 PostgreSQL"
+# --------------------------------------------------------------------------- #
+pg_answers() {
+    command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432
+}
+
+# Can `postgres` connect over TCP without a password (trust auth)?
+pg_trusts() {
+    command -v psql >/dev/null 2>&1 &&
+        env -u PGPASSWORD PGPASSFILE=/dev/null PGCONNECT_TIMEOUT=5 \
+            psql "$DEFAULT_DATABASE_URL" -w -q -tA -c 'select 1' >/dev/null 2>&1
+}
+
+# The newest PostgreSQL version with configuration under /etc/postgresql, else installed binaries.
+pg_version() {
+    local v
+    v="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)"
+    if [ -z "$v" ]; then
+        v="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)"
+    fi
+    echo "$v"
+}
+
+if [ -n "${TEST_DATABASE_URL:-}" ] && [ "$TEST_DATABASE_URL" != "$DEFAULT_DATABASE_URL" ]; then
+    info "TEST_DATABASE_URL is set; using it and leaving local PostgreSQL alone"
+else
+    if pg_answers; then
+        info "PostgreSQL answers on 127.0.0.1:5432"
+    else
+        if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(pg_version)" ]; then
+            apt_install postgresql
+        fi
+        if ! pg_answers; then
+            is_root || die "PostgreSQL is not running on 127.0.0.1:5432; start it (as root) and run again"
+            PG_VERSION="$(pg_version)"
+            [ -n "$PG_VERSION" ] || die "no PostgreSQL version found under /etc/postgresql"
+            if [ ! -d "/etc/postgresql/$PG_VERSION/main" ]; then
+                info "creating cluster $PG_VERSION/main"
+                pg_createcluster --port 5432 "$PG_VERSION" main >/dev/null
+            fi
+            if ! pg_ctlcluster "$PG_VERSION" main status >/dev/null 2>&1; then
+                info "starting cluster $PG_VERSION/main"
+                pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main start
+            fi
+            wait_for 30 pg_answers || die "PostgreSQL $PG_VERSION/main did not answer on 127.0.0.1:5432"
+        fi
+    fi
+
+    if pg_trusts; then
+        info "user postgres connects over TCP with trust auth"
+    else
+        is_root || die "user postgres cannot connect to 127.0.0.1:5432 without a password; set 'trust' for local, 127.0.0.1/32 and ::1/128 in pg_hba.conf (as root), or set TEST_DATABASE_URL"
+        PG_VERSION="$(pg_version)"
+        HBA="/etc/postgresql/$PG_VERSION/main/pg_hba.conf"
+        [ -f "$HBA" ] || die "user postgres cannot connect without a password and $HBA does not exist; set TEST_DATABASE_URL"
+        MARKER="# chatkit-gateway scripts/test.sh: trust local connections for tests"
+        if ! grep -qF "$MARKER" "$HBA"; then
+            info "setting trust auth for local, 127.0.0.1 and ::1 in $HBA (backup: $HBA.orig)"
+            [ -f "$HBA.orig" ] || cp -p "$HBA" "$HBA.orig"
+            # pg_hba.conf is read top-down, first match wins: put the trust lines first.
+            {
+                echo "$MARKER"
+                echo "local   all   all                  trust"
+                echo "host    all   all   127.0.0.1/32   trust"
+                echo "host    all   all   ::1/128        trust"
+                cat "$HBA"
+            } >"$HBA.new"
+            chown --reference="$HBA" "$HBA.new"
+            chmod --reference="$HBA" "$HBA.new"
+            mv "$HBA.new" "$HBA"
+        fi
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main reload
+        wait_for 10 pg_trusts || die "user postgres still cannot connect to 127.0.0.1:5432 with trust auth (see $HBA)"
+    fi
+fi
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-$DEFAULT_DATABASE_URL}"
+info "TEST_DATABASE_URL=$TEST_DATABASE_URL"
+
+# --------------------------------------------------------------------------- #
+step "3/4 Python venv for the conformance validator (openai-chatkit $CHATKIT_VERSION)"
+# --------------------------------------------------------------------------- #
+VENV="${CHATKIT_VENV:-$ROOT/.venv-conformance}"
+PY="$VENV/bin/python"
+# A venv whose creation failed half-way (no ensurepip) has a python but no pip.
+venv_ok() { [ -x "$PY" ] && "$PY" -m pip --version >/dev/null 2>&1; }
+if ! venv_ok; then
+    info "creating venv $VENV"
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1 || ! venv_ok; then
+        info "python3 -m venv failed; installing python3-venv"
+        apt_install python3-venv
+        python3 -m venv "$VENV" || die "could not create venv $VENV"
+        venv_ok || die "venv $VENV has no working pip"
+    fi
+fi
+
+chatkit_ok() {
+    "$PY" - "$CHATKIT_VERSION" <<'EOF' >/dev/null 2>&1
+import importlib.metadata
+import sys
+
+import chatkit  # noqa: F401
+
+sys.exit(0 if importlib.metadata.version("openai-chatkit") == sys.argv[1] else 1)
+EOF
+}
+if chatkit_ok; then
+    info "openai-chatkit $CHATKIT_VERSION present in $VENV"
+else
+    info "pip install openai-chatkit==$CHATKIT_VERSION"
+    "$PY" -m pip install --quiet --disable-pip-version-check "openai-chatkit==$CHATKIT_VERSION"
+    chatkit_ok || die "openai-chatkit $CHATKIT_VERSION is not importable from $PY"
+fi
+export CHATKIT_CONFORMANCE_PYTHON="$PY"
+info "CHATKIT_CONFORMANCE_PYTHON=$CHATKIT_CONFORMANCE_PYTHON"
+"$PY" tests/conformance/validate.py --self-test
+
+# --------------------------------------------------------------------------- #
+step "4/4 cargo fmt, clippy, test"
+# --------------------------------------------------------------------------- #
+info "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+info "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+info "cargo test --workspace $*"
+cargo test --workspace "$@"
+
+step "all tests passed"

@@ -1,0 +1,114 @@
+//! The application: wires config, store, responder and HTTP server together.
+//!
+//! `main` and the tests build the same `App`; tests bind port 0.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::http::header::HeaderName;
+use actix_web::{web, HttpServer};
+
+use crate::config::Config;
+use crate::engine::{AttachmentFiles, Engine, EngineSettings};
+use crate::http::{self, ApiError};
+use crate::responder::{EchoResponder, Responder};
+use crate::store::{self, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct App {
+    server: actix_web::dev::Server,
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+}
+
+impl App {
+    /// Opens the store, binds the listener and prepares the server. Must run
+    /// inside an actix system (`#[actix_web::main]` or `System::new()`).
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        let user_header = HeaderName::try_from(config.user_header.as_str())
+            .map_err(|_| AppError::Config(format!("`{}` is not a valid header name", config.user_header)))?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store: Arc<dyn Store> = store::open(&config.database_url).await?;
+        let responder: Arc<dyn Responder> = Arc::new(EchoResponder::new());
+        Self::build_with(config, user_header, store, responder)
+    }
+
+    /// Builds the app around a given store and responder, for embedding and tests.
+    pub fn build_with(
+        config: Config,
+        user_header: HeaderName,
+        store: Arc<dyn Store>,
+        responder: Arc<dyn Responder>,
+    ) -> Result<App, AppError> {
+        let listener = TcpListener::bind(config.bind)?;
+        let addr = listener.local_addr()?;
+        let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let store_backend = store.backend();
+        let responder_name = responder.name();
+        let engine = Arc::new(Engine::new(
+            store,
+            responder,
+            AttachmentFiles::new(&config.data_dir),
+            EngineSettings { public_url, max_upload_bytes: config.max_upload_bytes },
+        ));
+        let state = web::Data::new(http::State {
+            engine: engine.clone(),
+            user_header,
+            max_body_bytes: config.max_body_bytes,
+            max_upload_bytes: usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX),
+        });
+        let mut server =
+            HttpServer::new(move || {
+                actix_web::App::new()
+                    .app_data(state.clone())
+                    .app_data(web::QueryConfig::default().error_handler(|error, _| {
+                        ApiError::bad_request(format!("invalid query string: {error}")).into()
+                    }))
+                    .configure(http::routes)
+            })
+            .disable_signals()
+            .shutdown_timeout(config.shutdown_grace_secs);
+        if let Some(workers) = config.workers {
+            server = server.workers(workers.max(1));
+        }
+        let server = server.listen(listener)?.run();
+        tracing::info!(%addr, store = store_backend, responder = responder_name, "listening");
+        Ok(App { server, addr, engine })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets running
+    /// requests finish within the configured grace period.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result,
+            _ = shutdown => {
+                tracing::info!("stopping: no new connections; letting running requests finish");
+                // The server future itself carries out the stop, so it must be
+                // polled while the stop is awaited.
+                let ((), result) = tokio::join!(handle.stop(true), &mut server);
+                result
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Configuration: one typed struct, read from flags and the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// chatkit-gateway: a realtime server for the OpenAI ChatKit protocol.
+///
+/// Every flag can also be set through the environment variable named with it.
+/// With no settings at all it runs on an embedded SQLite database with the
+/// built-in echo responder: no network, no API key.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "chatkit-gateway", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port.
+    #[arg(long, env = "CHATKIT_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Where threads, items and attachments are stored: `sqlite://<path>` (created
+    /// with its schema on start) or `memory://` (lost on exit; for tests).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/chatkit.db")]
+    pub database_url: String,
+
+    /// Directory for attachment bytes and other local files.
+    #[arg(long, env = "CHATKIT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Request header that names the user. Until client-secret sessions exist,
+    /// deploy behind a proxy that sets it; requests without it get 401.
+    #[arg(long, env = "CHATKIT_USER_HEADER", default_value = "x-user-id")]
+    pub user_header: String,
+
+    /// Largest request body accepted on `POST /chatkit`, in bytes; larger gets 413.
+    #[arg(long, env = "CHATKIT_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest attachment accepted by `attachments.create` and its upload, in bytes.
+    #[arg(long, env = "CHATKIT_MAX_UPLOAD_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+
+    /// Base URL clients reach the gateway at, used in attachment upload and
+    /// preview links. Defaults to `http://<bind>`.
+    #[arg(long, env = "CHATKIT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// HTTP worker threads. Defaults to the number of CPU cores.
+    #[arg(long, env = "CHATKIT_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Seconds to let running requests finish after SIGTERM before stopping.
+    #[arg(long, env = "CHATKIT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// Log filter, in `tracing` syntax (e.g. `info`, `chatkit_gateway=debug`).
+    #[arg(long, env = "CHATKIT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// The settings a test or an embedding program starts from: loopback on a
+    /// free port, in-memory store, no environment read.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: "memory://".into(),
+            data_dir,
+            user_header: "x-user-id".into(),
+            max_body_bytes: 8 * 1024 * 1024,
+            max_upload_bytes: 20 * 1024 * 1024,
+            public_url: None,
+            workers: Some(2),
+            shutdown_grace_secs: 5,
+            log: "warn".into(),
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_nothing() {
+        let config = Config::try_parse_from(["chatkit-gateway"]).unwrap();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url, "sqlite://data/chatkit.db");
+        assert_eq!(config.user_header, "x-user-id");
+    }
+
+    #[test]
+    fn flags_are_parsed() {
+        let config =
+            Config::try_parse_from(["chatkit-gateway", "--bind", "0.0.0.0:9000", "--max-body-bytes", "10"]).unwrap();
+        assert_eq!(config.bind.port(), 9000);
+        assert_eq!(config.max_body_bytes, 10);
+        assert!(Config::try_parse_from(["chatkit-gateway", "--bind", "nowhere"]).is_err());
+    }
+}

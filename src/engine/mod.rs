@@ -1,0 +1,233 @@
+//! The processing pipeline: every protocol operation with the reference semantics.
+//!
+//! The engine works with protocol types, the store and the responder; it knows
+//! nothing of HTTP. Streaming operations are split in two: `prepare` validates
+//! and makes the writes that come before the first event (so a bad request is
+//! answered with an error status, not a broken stream), and `run` streams the
+//! response into a bounded channel, persisting as it goes.
+
+mod attachments;
+mod pending;
+mod turn;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use futures_util::FutureExt;
+
+use crate::protocol::{
+    Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem,
+    TranscriptionResult, DEFAULT_PAGE_SIZE,
+};
+use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
+use crate::store::{Entity, PageQuery, Store, StoreError, UserId};
+
+pub use attachments::{AttachmentContent, AttachmentFiles};
+pub use turn::{PreparedTurn, TurnOutcome};
+
+/// The largest page a listing may ask for.
+pub const MAX_PAGE_SIZE: usize = 100;
+
+/// What went wrong in an operation, in terms the HTTP layer maps to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{entity} `{id}` not found")]
+    NotFound { entity: Entity, id: String },
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is well-formed but the thread is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("store failed: {0}")]
+    Store(StoreError),
+    #[error("responder failed: {0}")]
+    Responder(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound { entity, id } => EngineError::NotFound { entity, id },
+            StoreError::UnknownCursor(id) => {
+                EngineError::BadRequest(format!("`after` names `{id}`, which is not part of this listing"))
+            }
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+impl From<ResponderError> for EngineError {
+    fn from(error: ResponderError) -> Self {
+        match error {
+            ResponderError::BadRequest(message) => EngineError::BadRequest(message),
+            ResponderError::Custom { message, .. } => EngineError::BadRequest(message),
+            ResponderError::Unsupported(op) => {
+                EngineError::Unsupported(format!("{op} is not supported by this gateway's responder"))
+            }
+            other => EngineError::Responder(other.to_string()),
+        }
+    }
+}
+
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// Settings the engine needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// The base URL clients reach this gateway at, for upload and preview links.
+    pub public_url: String,
+    /// The largest attachment `attachments.create` accepts, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+/// The answer to a non-streaming operation, ready to serialize.
+#[derive(Debug)]
+pub enum JsonAnswer {
+    Thread(Thread),
+    Threads(Page<Thread>),
+    Items(Page<ThreadItem>),
+    Attachment(Attachment),
+    Transcription(TranscriptionResult),
+    SyncAction(SyncCustomActionResponse),
+    /// `{}`: feedback and deletions answer an empty object.
+    Empty,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    responder: Arc<dyn Responder>,
+    files: AttachmentFiles,
+    settings: EngineSettings,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        responder: Arc<dyn Responder>,
+        files: AttachmentFiles,
+        settings: EngineSettings,
+    ) -> Self {
+        Engine { store, responder, files, settings }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn turn_context(&self, user: &UserId, thread: SharedThread) -> TurnContext {
+        TurnContext { user: user.clone(), thread, store: self.store.clone() }
+    }
+
+    /// Answers an operation that responds with JSON. Streaming operations are
+    /// refused here; they go through `prepare` and `run`.
+    pub async fn answer(&self, user: &UserId, request: Request) -> EngineResult<JsonAnswer> {
+        match request {
+            Request::GetThread(params) => Ok(JsonAnswer::Thread(self.full_thread(user, &params.thread_id).await?)),
+            Request::ListThreads(params) => {
+                let page = self.store.load_threads(user, &page_query(&params)?).await?;
+                Ok(JsonAnswer::Threads(page.map(|thread| thread.to_wire(Page::default()))))
+            }
+            Request::ListItems(params) => {
+                let query = page_query(&params.page)?;
+                let mut page = self.store.load_items(user, &params.thread_id, &query).await?;
+                page.data.retain(|item| !item.is_hidden());
+                Ok(JsonAnswer::Items(page))
+            }
+            Request::Feedback(params) => {
+                self.store.load_thread(user, &params.thread_id).await?;
+                guarded(self.responder.add_feedback(user, &params.thread_id, &params.item_ids, params.kind)).await?;
+                Ok(JsonAnswer::Empty)
+            }
+            Request::CreateAttachment(params) => {
+                Ok(JsonAnswer::Attachment(self.create_attachment(user, params).await?))
+            }
+            Request::DeleteAttachment(params) => {
+                self.delete_attachment(user, &params.attachment_id).await?;
+                Ok(JsonAnswer::Empty)
+            }
+            Request::UpdateThread(params) => {
+                let mut thread = self.store.load_thread(user, &params.thread_id).await?;
+                thread.title = Some(params.title);
+                self.store.save_thread(user, &thread).await?;
+                Ok(JsonAnswer::Thread(thread.to_wire(Page::default())))
+            }
+            Request::DeleteThread(params) => {
+                self.store.delete_thread(user, &params.thread_id).await?;
+                Ok(JsonAnswer::Empty)
+            }
+            Request::Transcribe(params) => {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(params.audio_base64.trim())
+                    .map_err(|e| EngineError::BadRequest(format!("params.audio_base64 is not valid base64: {e}")))?;
+                let audio = AudioInput { data: data.into(), mime_type: params.mime_type };
+                Ok(JsonAnswer::Transcription(guarded(self.responder.transcribe(user, audio)).await?))
+            }
+            Request::SyncCustomAction(params) => {
+                let thread = SharedThread::new(self.store.load_thread(user, &params.thread_id).await?);
+                let sender = match &params.item_id {
+                    Some(item_id) => Some(self.store.load_item(user, &params.thread_id, item_id).await?),
+                    None => None,
+                };
+                if let Some(item) = &sender {
+                    if !matches!(item.body, ItemBody::Widget { .. }) {
+                        return Err(EngineError::BadRequest(format!(
+                            "threads.sync_custom_action needs a widget sender item; `{}` is a {}",
+                            item.id,
+                            item.kind()
+                        )));
+                    }
+                }
+                let before = thread.version();
+                let turn = self.turn_context(user, thread.clone());
+                let answer = guarded(self.responder.sync_action(turn, params.action, sender)).await?;
+                if thread.version() != before {
+                    self.store.save_thread(user, &thread.snapshot()).await?;
+                }
+                Ok(JsonAnswer::SyncAction(answer))
+            }
+            streaming => Err(EngineError::BadRequest(format!("`{}` is a streaming operation", streaming.op()))),
+        }
+    }
+
+    /// A thread with its first page of items, oldest first, as `threads.get_by_id` answers.
+    pub async fn full_thread(&self, user: &UserId, thread_id: &str) -> EngineResult<Thread> {
+        let thread = self.store.load_thread(user, thread_id).await?;
+        let items = self.store.load_items(user, thread_id, &PageQuery::first(DEFAULT_PAGE_SIZE, Order::Asc)).await?;
+        Ok(thread.to_wire(items))
+    }
+}
+
+/// Turns listing parameters into a store query: a missing or zero limit means
+/// the default page size, as in the reference.
+fn page_query(params: &ListParams) -> EngineResult<PageQuery> {
+    let limit = match params.limit {
+        None | Some(0) => DEFAULT_PAGE_SIZE,
+        Some(n) if n < 0 => return Err(EngineError::BadRequest(format!("params.limit must not be negative, got {n}"))),
+        Some(n) => usize::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
+    };
+    Ok(PageQuery { after: params.after.clone(), limit, order: params.order })
+}
+
+/// Runs a responder call so that a panic inside it becomes an error, not a
+/// dropped connection.
+async fn guarded<T>(call: impl std::future::Future<Output = Result<T, ResponderError>>) -> Result<T, ResponderError> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(ResponderError::Internal(format!("responder panicked: {}", panic_message(&panic)))),
+    }
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}

@@ -1,0 +1,483 @@
+//! Streaming operations: validate and write what precedes the first event
+//! (`prepare`), then stream the response while persisting it (`run`).
+
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{stream, FutureExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::pending::PendingItems;
+use super::{panic_message, Engine, EngineError, EngineResult};
+use crate::ids::{new_id, IdKind};
+use crate::protocol::{
+    Action, Attachment, ItemBody, Order, Page, Request, StreamOptions, StructuredInput, StructuredInputAnswer,
+    StructuredInputRequest, StructuredInputStatus, StructuredInputSubmission, SubmissionStatus, ThreadItem,
+    ThreadMetadata, ThreadStreamEvent, ToolCallStatus, UserMessage, UserMessageInput, DEFAULT_PAGE_SIZE,
+};
+use crate::responder::{EventStream, RespondInput, ResponderError, SharedThread};
+use crate::store::{Entity, PageQuery, StoreError, StoreResult, UserId};
+
+/// What the reference stores when a user cancels, so the next response does
+/// not continue the cancelled one.
+pub const CANCELLED_CONTEXT: &str = "The user cancelled the stream. Stop responding to the prior request.";
+
+/// A streaming request that passed validation and made its first writes.
+pub struct PreparedTurn {
+    user: UserId,
+    thread: SharedThread,
+    /// Events sent before `stream_options`: `thread.created` and the user message.
+    prelude: Vec<ThreadStreamEvent>,
+    work: Work,
+}
+
+enum Work {
+    /// Ask the responder to respond, first passing `first` through the pipeline.
+    Respond { first: Option<Box<ThreadStreamEvent>>, input: RespondInput },
+    /// Ask the responder to handle an action.
+    Action { action: Action, sender: Option<ThreadItem> },
+    /// The prelude is the whole answer (no `stream_options`, no responder).
+    Nothing,
+}
+
+impl PreparedTurn {
+    pub fn thread_id(&self) -> String {
+        self.thread.id()
+    }
+
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+}
+
+/// How a turn ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnOutcome {
+    Completed,
+    /// The responder or the store failed; the client got an `error` event.
+    Failed,
+    /// The client went away; partial output and a cancellation note were kept.
+    Cancelled,
+}
+
+impl Engine {
+    /// Validates a streaming request and makes the writes that precede its
+    /// first event. Errors here are answered with an HTTP status.
+    pub async fn prepare(&self, user: &UserId, request: Request) -> EngineResult<PreparedTurn> {
+        let turn = |thread: ThreadMetadata, prelude, work| PreparedTurn {
+            user: user.clone(),
+            thread: SharedThread::new(thread),
+            prelude,
+            work,
+        };
+        match request {
+            Request::CreateThread(params) => {
+                let attachments = self.resolve_attachments(user, &params.input).await?;
+                let thread = ThreadMetadata::new(new_id(IdKind::Thread));
+                self.store.create_thread(user, &thread).await?;
+                let created = ThreadStreamEvent::ThreadCreated { thread: thread.to_wire(Page::default()) };
+                let message = self.add_user_message(user, &thread, params.input, attachments).await?;
+                let prelude = vec![created, ThreadStreamEvent::ItemDone { item: message.clone() }];
+                Ok(turn(thread, prelude, Work::Respond { first: None, input: RespondInput::UserMessage(message) }))
+            }
+            Request::AddUserMessage(params) => {
+                let thread = self.store.load_thread(user, &params.thread_id).await?;
+                let attachments = self.resolve_attachments(user, &params.input).await?;
+                let message = self.add_user_message(user, &thread, params.input, attachments).await?;
+                let prelude = vec![ThreadStreamEvent::ItemDone { item: message.clone() }];
+                Ok(turn(thread, prelude, Work::Respond { first: None, input: RespondInput::UserMessage(message) }))
+            }
+            Request::AddClientToolOutput(params) => {
+                let thread = self.store.load_thread(user, &params.thread_id).await?;
+                let newest = self.store.load_items(user, &thread.id, &PageQuery::first(1, Order::Desc)).await?;
+                let mut call_item = match newest.data.into_iter().next() {
+                    Some(item) if matches!(&item.body, ItemBody::ClientToolCall(c) if c.status == ToolCallStatus::Pending) => {
+                        item
+                    }
+                    _ => {
+                        return Err(EngineError::Conflict(format!(
+                            "thread `{}` has no pending client tool call as its newest item",
+                            thread.id
+                        )))
+                    }
+                };
+                if let ItemBody::ClientToolCall(call) = &mut call_item.body {
+                    call.output = Some(params.result);
+                    call.status = ToolCallStatus::Completed;
+                }
+                self.store.save_item(user, &call_item).await?;
+                self.drop_dangling_tool_calls(user, &thread.id).await?;
+                Ok(turn(
+                    thread,
+                    vec![],
+                    Work::Respond { first: None, input: RespondInput::ClientToolOutput(call_item) },
+                ))
+            }
+            Request::AddStructuredInput(params) => {
+                let thread = self.store.load_thread(user, &params.thread_id).await?;
+                let mut item = self.store.load_item(user, &thread.id, &params.item_id).await?;
+                let ItemBody::StructuredInput(request) = &mut item.body else {
+                    return Err(EngineError::BadRequest(format!(
+                        "item `{}` is a {}, not a structured_input",
+                        item.id,
+                        item.kind()
+                    )));
+                };
+                if request.status != StructuredInputStatus::Pending {
+                    return Err(EngineError::Conflict(format!("structured input `{}` was already answered", item.id)));
+                }
+                apply_submission(request, &params.input);
+                let replaced = ThreadStreamEvent::ItemReplaced { item: item.clone() };
+                Ok(turn(
+                    thread,
+                    vec![],
+                    Work::Respond { first: Some(Box::new(replaced)), input: RespondInput::StructuredInput(item) },
+                ))
+            }
+            Request::RetryAfterItem(params) => {
+                let thread = self.store.load_thread(user, &params.thread_id).await?;
+                let (message, later) = self.items_after(user, &thread.id, &params.item_id).await?;
+                if !matches!(message.body, ItemBody::UserMessage(_)) {
+                    return Err(EngineError::BadRequest(format!(
+                        "item `{}` is a {}, not a user_message",
+                        message.id,
+                        message.kind()
+                    )));
+                }
+                // As in the reference, later items leave the store without
+                // `thread.item.removed` events: the client drops them itself.
+                for item in later {
+                    self.store.delete_item(user, &thread.id, &item.id).await?;
+                }
+                Ok(turn(thread, vec![], Work::Respond { first: None, input: RespondInput::Retry(message) }))
+            }
+            Request::CustomAction(params) => {
+                let thread = self.store.load_thread(user, &params.thread_id).await?;
+                let sender = match &params.item_id {
+                    Some(item_id) => Some(self.store.load_item(user, &thread.id, item_id).await?),
+                    None => None,
+                };
+                if sender.as_ref().is_some_and(|item| !matches!(item.body, ItemBody::Widget { .. })) {
+                    // The reference answers a non-widget sender with one error
+                    // event and no stream options.
+                    return Ok(turn(thread, vec![ThreadStreamEvent::stream_error(false)], Work::Nothing));
+                }
+                Ok(turn(thread, vec![], Work::Action { action: params.action, sender }))
+            }
+            other => Err(EngineError::BadRequest(format!("`{}` is not a streaming operation", other.op()))),
+        }
+    }
+
+    async fn resolve_attachments(&self, user: &UserId, input: &UserMessageInput) -> EngineResult<Vec<Attachment>> {
+        let mut attachments = Vec::with_capacity(input.attachments.len());
+        for id in &input.attachments {
+            attachments.push(self.store.load_attachment(user, id).await?);
+        }
+        Ok(attachments)
+    }
+
+    async fn add_user_message(
+        &self,
+        user: &UserId,
+        thread: &ThreadMetadata,
+        input: UserMessageInput,
+        attachments: Vec<Attachment>,
+    ) -> EngineResult<ThreadItem> {
+        let mut bound = Vec::with_capacity(attachments.len());
+        for mut attachment in attachments {
+            attachment.thread_id = Some(thread.id.clone());
+            self.store.save_attachment(user, &attachment).await?;
+            bound.push(attachment.for_client());
+        }
+        let message = UserMessage {
+            content: input.content,
+            attachments: bound,
+            quoted_text: input.quoted_text,
+            inference_options: input.inference_options,
+        };
+        let item = ThreadItem::new(new_id(IdKind::Message), thread.id.clone(), ItemBody::UserMessage(message));
+        self.store.add_item(user, &item).await?;
+        Ok(item)
+    }
+
+    /// Removes pending tool calls left among the newest items; there should be
+    /// none, but a dangling one would confuse the next model call.
+    async fn drop_dangling_tool_calls(&self, user: &UserId, thread_id: &str) -> EngineResult<()> {
+        let recent = self.store.load_items(user, thread_id, &PageQuery::first(DEFAULT_PAGE_SIZE, Order::Desc)).await?;
+        for item in recent.data {
+            if matches!(&item.body, ItemBody::ClientToolCall(call) if call.status == ToolCallStatus::Pending) {
+                tracing::warn!(thread_id, item_id = %item.id, "dropping a client tool call that never completed");
+                self.store.delete_item(user, thread_id, &item.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds `item_id` walking back from the newest item, with the items after it.
+    async fn items_after(
+        &self,
+        user: &UserId,
+        thread_id: &str,
+        item_id: &str,
+    ) -> EngineResult<(ThreadItem, Vec<ThreadItem>)> {
+        let mut later = Vec::new();
+        let mut query = PageQuery::first(DEFAULT_PAGE_SIZE, Order::Desc);
+        loop {
+            let page = self.store.load_items(user, thread_id, &query).await?;
+            for item in page.data {
+                if item.id == item_id {
+                    return Ok((item, later));
+                }
+                later.push(item);
+            }
+            match page.after {
+                Some(after) if page.has_more => query.after = Some(after),
+                _ => return Err(EngineError::NotFound { entity: Entity::Item, id: item_id.to_string() }),
+            }
+        }
+    }
+
+    /// Streams a prepared turn into `sink`, persisting as it goes. Runs to the
+    /// end even if the client leaves: then it keeps the partial output.
+    pub async fn run(&self, turn: PreparedTurn, sink: mpsc::Sender<ThreadStreamEvent>) -> TurnOutcome {
+        let PreparedTurn { user, thread, prelude, work } = turn;
+        let mut run = Run { engine: self, user, thread, sink, pending: PendingItems::default(), saved_version: 0 };
+        run.saved_version = run.thread.version();
+        for event in prelude {
+            if !run.send(event).await {
+                return run.cancelled().await;
+            }
+        }
+        let context = self.turn_context(&run.user, run.thread.clone());
+        let events: EventStream = match work {
+            Work::Nothing => return TurnOutcome::Completed,
+            Work::Respond { first, input } => {
+                let response = self.responder.respond(context, input);
+                match first {
+                    Some(event) => Box::pin(stream::once(async { Ok(*event) }).chain(response)),
+                    None => response,
+                }
+            }
+            Work::Action { action, sender } => self.responder.action(context, action, sender),
+        };
+        if !run.send(ThreadStreamEvent::StreamOptions { stream_options: StreamOptions { allow_cancel: true } }).await {
+            return run.cancelled().await;
+        }
+        run.drive(events).await
+    }
+}
+
+/// The state of one running turn.
+struct Run<'a> {
+    engine: &'a Engine,
+    user: UserId,
+    thread: SharedThread,
+    sink: mpsc::Sender<ThreadStreamEvent>,
+    pending: PendingItems,
+    /// The thread version last persisted; a newer one means the responder changed it.
+    saved_version: u64,
+}
+
+enum Step {
+    Event(ThreadStreamEvent),
+    End,
+    Fail(ThreadStreamEvent),
+    ClientGone,
+}
+
+impl Run<'_> {
+    /// Sends an event; false when the client has gone.
+    async fn send(&self, event: ThreadStreamEvent) -> bool {
+        self.sink.send(event).await.is_ok()
+    }
+
+    async fn drive(&mut self, mut events: EventStream) -> TurnOutcome {
+        let failure = loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.sink.closed() => Step::ClientGone,
+                next = AssertUnwindSafe(events.next()).catch_unwind() => match next {
+                    Ok(Some(Ok(event))) => Step::Event(event),
+                    Ok(None) => Step::End,
+                    Ok(Some(Err(error))) => Step::Fail(error_event(error)),
+                    Err(panic) => {
+                        tracing::error!(panic = %panic_message(&panic), "responder panicked during a turn");
+                        Step::Fail(ThreadStreamEvent::stream_error(true))
+                    }
+                },
+            };
+            let mut event = match step {
+                Step::Event(event) => event,
+                Step::End => break None,
+                Step::Fail(error) => break Some(error),
+                Step::ClientGone => {
+                    drop(events);
+                    return self.cancelled().await;
+                }
+            };
+            if let Err(error) = self.persist(&mut event).await {
+                tracing::error!(%error, "could not persist a turn event");
+                break Some(ThreadStreamEvent::stream_error(true));
+            }
+            let hidden = matches!(&event, ThreadStreamEvent::ItemDone { item } if item.is_hidden());
+            if !hidden && !self.send(event).await {
+                drop(events);
+                return self.cancelled().await;
+            }
+            match self.sync_thread().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    drop(events);
+                    return self.cancelled().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not persist a thread change");
+                    break Some(ThreadStreamEvent::stream_error(true));
+                }
+            }
+        };
+        let outcome = match failure {
+            None => TurnOutcome::Completed,
+            Some(error) => {
+                // Keep what the user already saw streaming, so nothing shown is lost.
+                if let Err(error) = self.keep_partial_messages().await {
+                    tracing::error!(%error, "could not keep partial output of a failed turn");
+                }
+                self.send(error).await;
+                TurnOutcome::Failed
+            }
+        };
+        if let Err(error) = self.sync_thread().await {
+            tracing::error!(%error, "could not persist a thread change");
+        }
+        outcome
+    }
+
+    /// Applies an event to the store as the reference does: done items are
+    /// added, removed items deleted, replaced items saved.
+    async fn persist(&mut self, event: &mut ThreadStreamEvent) -> StoreResult<()> {
+        let store = &self.engine.store;
+        let thread_id = self.thread.id();
+        match event {
+            ThreadStreamEvent::ItemAdded { item } => {
+                item.thread_id = thread_id;
+                self.pending.add(item.clone());
+            }
+            ThreadStreamEvent::ItemUpdated { item_id, update } => self.pending.apply(item_id, update),
+            ThreadStreamEvent::ItemDone { item } => {
+                item.thread_id = thread_id;
+                match store.add_item(&self.user, item).await {
+                    Err(StoreError::Duplicate { .. }) => store.save_item(&self.user, item).await?,
+                    other => other?,
+                }
+                self.pending.remove(&item.id);
+            }
+            ThreadStreamEvent::ItemRemoved { item_id } => {
+                match store.delete_item(&self.user, &thread_id, item_id).await {
+                    // Removing an item that was only streamed, never stored, is fine.
+                    Err(StoreError::NotFound { .. }) | Ok(()) => {}
+                    Err(other) => return Err(other),
+                }
+                self.pending.remove(item_id);
+            }
+            ThreadStreamEvent::ItemReplaced { item } => {
+                item.thread_id = thread_id;
+                store.save_item(&self.user, item).await?;
+                self.pending.remove(&item.id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Persists and announces a thread the responder changed. Returns false
+    /// when the client has gone.
+    async fn sync_thread(&mut self) -> StoreResult<bool> {
+        let version = self.thread.version();
+        if version == self.saved_version {
+            return Ok(true);
+        }
+        let snapshot = self.thread.snapshot();
+        self.engine.store.save_thread(&self.user, &snapshot).await?;
+        self.saved_version = version;
+        Ok(self.send(ThreadStreamEvent::ThreadUpdated { thread: snapshot.to_wire(Page::default()) }).await)
+    }
+
+    async fn keep_partial_messages(&self) -> StoreResult<()> {
+        for item in self.pending.non_empty_messages() {
+            self.engine.store.add_item(&self.user, item).await?;
+        }
+        Ok(())
+    }
+
+    /// The reference's cancellation semantics: keep non-empty pending
+    /// assistant messages and note the cancellation for the next response.
+    async fn cancelled(&mut self) -> TurnOutcome {
+        let thread_id = self.thread.id();
+        tracing::info!(%thread_id, "client left mid-turn; keeping partial output");
+        let note = ThreadItem::new(
+            new_id(IdKind::SdkHiddenContext),
+            thread_id,
+            ItemBody::SdkHiddenContext { content: CANCELLED_CONTEXT.to_string() },
+        );
+        let result = async {
+            self.keep_partial_messages().await?;
+            self.engine.store.add_item(&self.user, &note).await?;
+            self.sync_thread().await
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "could not persist a cancelled turn");
+        }
+        TurnOutcome::Cancelled
+    }
+}
+
+fn error_event(error: ResponderError) -> ThreadStreamEvent {
+    match error {
+        ResponderError::Stream { code, allow_retry } => {
+            ThreadStreamEvent::Error(crate::protocol::ErrorEvent { code, message: None, allow_retry })
+        }
+        ResponderError::Custom { message, allow_retry } => ThreadStreamEvent::custom_error(message, allow_retry),
+        ResponderError::BadRequest(message) => ThreadStreamEvent::custom_error(message, false),
+        ResponderError::Unsupported(op) => {
+            ThreadStreamEvent::custom_error(format!("{op} is not supported by this gateway's responder"), false)
+        }
+        ResponderError::Internal(detail) => {
+            tracing::error!(%detail, "responder failed during a turn");
+            ThreadStreamEvent::stream_error(true)
+        }
+    }
+}
+
+/// Records answers on a structured input item as the reference does: omitted,
+/// empty or skipped answers become `skipped`, and a single-choice question
+/// keeps only its first value.
+fn apply_submission(request: &mut StructuredInputRequest, submission: &StructuredInputSubmission) {
+    for input in &mut request.inputs {
+        let answer = submission.answers.get(input.id());
+        let recorded = match answer {
+            Some(answer)
+                if submission.status == SubmissionStatus::Answered && !answer.skipped && !answer.values.is_empty() =>
+            {
+                let mut values = answer.values.clone();
+                if let StructuredInput::MultipleChoice { multiple: false, .. } = input {
+                    values.truncate(1);
+                }
+                StructuredInputAnswer { values, skipped: false }
+            }
+            _ => StructuredInputAnswer { values: vec![], skipped: true },
+        };
+        match input {
+            StructuredInput::MultipleChoice { answer, .. } | StructuredInput::Freeform { answer, .. } => {
+                *answer = Some(recorded)
+            }
+        }
+    }
+    for unknown in submission.answers.keys().filter(|id| !request.inputs.iter().any(|input| input.id() == *id)) {
+        tracing::warn!(question = %unknown, "ignoring an answer to an unknown question");
+    }
+    request.status = match submission.status {
+        SubmissionStatus::Answered => StructuredInputStatus::Answered,
+        SubmissionStatus::Skipped => StructuredInputStatus::Skipped,
+    };
+}

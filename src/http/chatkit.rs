@@ -1,0 +1,84 @@
+//! `POST /chatkit`: one endpoint for every protocol operation.
+
+use std::convert::Infallible;
+
+use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::stream;
+use tokio::sync::mpsc;
+
+use super::{read_body, user_of, ApiError, State};
+use crate::engine::JsonAnswer;
+use crate::protocol::{Request, ThreadStreamEvent};
+
+/// Events buffered between a turn and a slow client before the turn waits.
+const STREAM_BUFFER: usize = 64;
+
+pub async fn handle(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    let user = user_of(&request, &state)?;
+    let body = read_body(&request, payload, state.max_body_bytes).await?;
+    let parsed = Request::parse(&body)?;
+    tracing::debug!(op = parsed.op(), %user, "request");
+    if !parsed.is_streaming() {
+        let answer = state.engine.answer(&user, parsed).await?;
+        return Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json_body(&answer)?));
+    }
+    let turn = state.engine.prepare(&user, parsed).await?;
+    let (sink, events) = mpsc::channel(STREAM_BUFFER);
+    let engine = state.engine.clone();
+    // The turn runs on its own task so that it finishes, and persists, even
+    // when the client goes away mid-stream.
+    tokio::spawn(async move {
+        engine.run(turn, sink).await;
+    });
+    let frames = stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        Some((Ok::<_, Infallible>(sse_frame(&event)), events))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(CacheControl(vec![CacheDirective::NoCache]))
+        // Tells nginx-style proxies not to buffer the stream.
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(frames))
+}
+
+fn json_body(answer: &JsonAnswer) -> Result<Vec<u8>, ApiError> {
+    let encoded = match answer {
+        JsonAnswer::Thread(thread) => serde_json::to_vec(thread),
+        JsonAnswer::Threads(page) => serde_json::to_vec(page),
+        JsonAnswer::Items(page) => serde_json::to_vec(page),
+        JsonAnswer::Attachment(attachment) => serde_json::to_vec(attachment),
+        JsonAnswer::Transcription(result) => serde_json::to_vec(result),
+        JsonAnswer::SyncAction(response) => serde_json::to_vec(response),
+        JsonAnswer::Empty => Ok(b"{}".to_vec()),
+    };
+    encoded.map_err(|e| {
+        tracing::error!(error = %e, "could not serialize an answer");
+        ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "could not encode the answer",
+        )
+    })
+}
+
+/// One Server-Sent Event: `data: <json>` and a blank line, nothing else, as
+/// the reference frames turn streams.
+pub fn sse_frame(event: &ThreadStreamEvent) -> Bytes {
+    let mut frame = Vec::with_capacity(256);
+    frame.extend_from_slice(b"data: ");
+    if let Err(error) = serde_json::to_writer(&mut frame, event) {
+        // Only a non-string map key could fail here; say so rather than send half a frame.
+        tracing::error!(%error, "could not serialize a stream event");
+        frame.truncate(6);
+        frame.extend_from_slice(br#"{"type":"error","code":"stream.error","allow_retry":true}"#);
+    }
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
+}

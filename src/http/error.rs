@@ -1,0 +1,104 @@
+//! The one place where errors become HTTP statuses and JSON error bodies.
+//!
+//! Bodies look like `{"error": {"message", "type", "code"}}`. Internal
+//! failures are logged in full and answered with a generic message, so no
+//! store or responder detail leaks to clients.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::engine::EngineError;
+use crate::protocol::RequestError;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed to process the request")
+    }
+
+    /// The error family, by status, as in OpenAI-style error bodies.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 | 403 => "authentication_error",
+            404 => "not_found_error",
+            409 => "conflict_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .json(json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}}))
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(error: RequestError) -> Self {
+        let code = match &error {
+            RequestError::InvalidJson(_) => "invalid_json",
+            RequestError::MissingType | RequestError::UnknownType(_) => "invalid_type",
+            RequestError::MissingParams(_) | RequestError::InvalidParams { .. } => "invalid_params",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::NotFound { .. } => ApiError::not_found(error.to_string()),
+            EngineError::BadRequest(message) => ApiError::bad_request(message),
+            EngineError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            EngineError::PayloadTooLarge(message) => ApiError::payload_too_large(message),
+            EngineError::Unsupported(message) => ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message),
+            EngineError::Store(inner) => {
+                tracing::error!(error = %inner, "store failure");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the gateway's store is unavailable",
+                )
+            }
+            EngineError::Responder(detail) => {
+                tracing::error!(%detail, "responder failure");
+                ApiError::internal()
+            }
+        }
+    }
+}

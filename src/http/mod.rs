@@ -1,0 +1,89 @@
+//! The HTTP surface: routes, identity, body limits and response framing.
+//!
+//! Handlers parse, call the engine and frame its answers; they hold no protocol
+//! logic. `error` is the only place that maps errors to status codes.
+
+mod attachments;
+mod chatkit;
+mod error;
+
+use std::sync::Arc;
+
+use actix_web::http::header::HeaderName;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use crate::engine::Engine;
+use crate::store::UserId;
+
+pub use error::ApiError;
+
+/// The longest user id accepted, in bytes.
+const MAX_USER_ID_BYTES: usize = 256;
+
+/// What handlers share.
+pub struct State {
+    pub engine: Arc<Engine>,
+    pub user_header: HeaderName,
+    pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
+}
+
+/// Registers every route on an actix `App`.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/chatkit", web::post().to(chatkit::handle))
+        .route("/chatkit/attachments/{id}/upload", web::post().to(attachments::upload))
+        .route("/chatkit/attachments/{id}/upload", web::put().to(attachments::upload))
+        .route("/chatkit/attachments/{id}/content", web::get().to(attachments::content))
+        .route("/healthz", web::get().to(healthz))
+        .default_service(web::to(unknown_route));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn unknown_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!("no route for {} {}", request.method(), request.path())))
+}
+
+/// The user a request acts for, from the configured identity header.
+fn user_of(request: &HttpRequest, state: &State) -> Result<UserId, ApiError> {
+    let name = state.user_header.as_str();
+    let value = request
+        .headers()
+        .get(&state.user_header)
+        .ok_or_else(|| ApiError::unauthorized(format!("missing `{name}` header naming the user")))?;
+    let user = value.to_str().map_err(|_| ApiError::bad_request(format!("`{name}` header is not valid text")))?.trim();
+    if user.is_empty() {
+        return Err(ApiError::unauthorized(format!("`{name}` header is empty")));
+    }
+    if user.len() > MAX_USER_ID_BYTES {
+        return Err(ApiError::bad_request(format!("`{name}` header is longer than {MAX_USER_ID_BYTES} bytes")));
+    }
+    Ok(UserId(user.to_string()))
+}
+
+/// Reads a whole body, refusing with 413 as soon as it passes `limit`.
+async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::payload_too_large(format!("request body exceeds the limit of {limit} bytes"));
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,236 @@
+//! Shared integration-test helpers: spawn the real app on a loopback port and talk to it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::http::header::HeaderName;
+use chatkit_gateway::app::App;
+use chatkit_gateway::config::Config;
+use chatkit_gateway::responder::{EchoResponder, Responder};
+use chatkit_gateway::store::{MemoryStore, Store};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// Bounds every request a test makes, so a hang fails the test instead of stalling CI.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running gateway on 127.0.0.1 with its own data directory, stopped on drop.
+pub struct TestApp {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<std::thread::JoinHandle<()>>,
+    transcript: Option<Arc<Mutex<Vec<Value>>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// How to build a test app; every field has a sensible default.
+pub struct Spawn {
+    pub store: Option<Arc<dyn Store>>,
+    pub responder: Arc<dyn Responder>,
+    pub configure: Box<dyn FnOnce(&mut Config) + Send>,
+    pub record: bool,
+}
+
+impl Default for Spawn {
+    fn default() -> Self {
+        Spawn { store: None, responder: Arc::new(EchoResponder::new()), configure: Box::new(|_| {}), record: false }
+    }
+}
+
+/// The default app: in-memory store, echo responder.
+pub fn spawn_app() -> TestApp {
+    spawn(Spawn::default())
+}
+
+pub fn spawn(options: Spawn) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::for_tests(dir.path().join("data"));
+    (options.configure)(&mut config);
+    let store: Arc<dyn Store> = options.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+    let responder = options.responder;
+    let app_store = store.clone();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    // The app runs in its own thread with its own actix system, as `main` runs it.
+    let server = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let header = HeaderName::try_from(config.user_header.as_str()).expect("header name");
+            std::fs::create_dir_all(&config.data_dir).expect("data dir");
+            let app = App::build_with(config, header, app_store, responder).expect("app builds");
+            addr_tx.send(app.local_addr()).expect("report address");
+            app.run_until(async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("app runs");
+        })
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("app started");
+    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
+    TestApp {
+        base: format!("http://{addr}"),
+        addr,
+        store,
+        client,
+        stop: Some(stop_tx),
+        server: Some(server),
+        transcript: options.record.then(Default::default),
+        _dir: dir,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+    }
+}
+
+/// A request body for `POST /chatkit`.
+pub fn request(op: &str, params: Value) -> Value {
+    json!({"type": op, "params": params})
+}
+
+/// A user message input with one text part, as ChatKit.js sends it.
+pub fn text_input(text: &str) -> Value {
+    json!({"content": [{"type": "input_text", "text": text}], "attachments": [], "inference_options": {}})
+}
+
+/// Parses a turn stream: only `data:` frames separated by blank lines are allowed.
+pub fn parse_sse(body: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    for frame in body.split("\n\n").filter(|frame| !frame.is_empty()) {
+        let data = frame.strip_prefix("data: ").unwrap_or_else(|| panic!("frame is not a lone data line: {frame:?}"));
+        assert!(!data.contains('\n'), "frame has more than one line: {frame:?}");
+        events.push(serde_json::from_str(data).unwrap_or_else(|e| panic!("bad event JSON {data:?}: {e}")));
+    }
+    events
+}
+
+/// The `type` of each event, for order checks.
+pub fn types(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|event| event["type"].as_str().unwrap_or("?")).collect()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a raw body as `user` (no header when `None`).
+    pub async fn post_raw(&self, user: Option<&str>, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        let mut builder = self.client.post(self.url("/chatkit")).header("content-type", "application/json").body(body);
+        if let Some(user) = user {
+            builder = builder.header("x-user-id", user);
+        }
+        builder.send().await.expect("request sent")
+    }
+
+    fn record(&self, op: &str, kind: &str, body: &Value) {
+        if let Some(transcript) = &self.transcript {
+            transcript.lock().unwrap().push(json!({"op": op, "kind": kind, "body": body}));
+        }
+    }
+
+    /// Every response and event recorded so far, one JSON object per line.
+    pub fn transcript_lines(&self) -> String {
+        let transcript = self.transcript.as_ref().expect("app was spawned with record: true");
+        transcript.lock().unwrap().iter().map(|line| format!("{line}\n")).collect()
+    }
+
+    /// Calls an operation and returns its status and JSON body, whatever they are.
+    pub async fn try_call(&self, user: &str, op: &str, params: Value) -> (StatusCode, Value) {
+        let response = self.post_raw(Some(user), request(op, params).to_string()).await;
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{op}: body is not JSON ({e}): {text}"));
+        if status == StatusCode::OK {
+            self.record(op, "response", &body);
+        }
+        (status, body)
+    }
+
+    /// Calls a JSON operation that must succeed.
+    pub async fn call(&self, user: &str, op: &str, params: Value) -> Value {
+        let (status, body) = self.try_call(user, op, params).await;
+        assert_eq!(status, StatusCode::OK, "{op} failed: {body}");
+        body
+    }
+
+    /// Calls a streaming operation that must answer 200 with an event stream.
+    pub async fn stream(&self, user: &str, op: &str, params: Value) -> Vec<Value> {
+        let response = self.post_raw(Some(user), request(op, params).to_string()).await;
+        let status = response.status();
+        let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+        let text = response.text().await.expect("body");
+        assert_eq!(status, StatusCode::OK, "{op} failed: {text}");
+        assert_eq!(content_type.as_deref(), Some("text/event-stream"), "{op}");
+        let events = parse_sse(&text);
+        for event in &events {
+            self.record(op, "event", event);
+        }
+        events
+    }
+
+    /// Creates a thread with one message; returns its id and the turn's events.
+    pub async fn create_thread(&self, user: &str, text: &str) -> (String, Vec<Value>) {
+        let events = self.stream(user, "threads.create", json!({"input": text_input(text)})).await;
+        let id = events[0]["thread"]["id"].as_str().expect("thread.created comes first").to_string();
+        (id, events)
+    }
+
+    /// Sends a user message to a thread; returns the turn's events.
+    pub async fn say(&self, user: &str, thread_id: &str, text: &str) -> Vec<Value> {
+        self.stream(user, "threads.add_user_message", json!({"thread_id": thread_id, "input": text_input(text)})).await
+    }
+
+    /// All items of a thread as a client sees them, oldest first.
+    pub async fn items(&self, user: &str, thread_id: &str) -> Vec<Value> {
+        let page = self.call(user, "items.list", json!({"thread_id": thread_id, "order": "asc", "limit": 100})).await;
+        page["data"].as_array().expect("data").clone()
+    }
+
+    /// Asserts an error answer: its status, and that its message mentions `needle`.
+    pub async fn check_error(&self, user: &str, op: &str, params: Value, status: u16, needle: &str) {
+        let (got, body) = self.try_call(user, op, params).await;
+        assert_eq!(got.as_u16(), status, "{op}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("{op}: no error message: {body}"));
+        assert!(message.contains(needle), "{op}: `{message}` does not mention `{needle}`");
+    }
+}
+
+/// The text of the last assistant message among events.
+pub fn assistant_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "thread.item.done" && e["item"]["type"] == "assistant_message")
+        .map(|e| e["item"]["content"][0]["text"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_else(|| panic!("no assistant message among {:?}", types(events)))
+}
+
+/// Waits (bounded) until `check` holds, polling.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
