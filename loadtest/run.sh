@@ -31,7 +31,8 @@ target_dir=${CARGO_TARGET_DIR:-$root/target}
 gateway=$target_dir/release/chatkit-gateway
 loadtest=$target_dir/release/chatkit-loadtest
 
-cpu_model=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>/dev/null | head -n 1)
+# sed stops at the first match itself: a `| head` would end it with SIGPIPE, which pipefail reports.
+cpu_model=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p;T;q' /proc/cpuinfo 2>/dev/null || true)
 echo "Machine: $(nproc) CPUs, ${cpu_model:-unknown CPU model} ($(uname -sm))"
 echo "Load: $CONCURRENCY clients per scenario, $DURATION measured after $WARMUP warm-up;" \
     "the gateway and the load tester share this machine."

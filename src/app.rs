@@ -76,7 +76,15 @@ impl App {
                     }))
                     .configure(http::routes)
             })
+            // Turn streams are many small writes; without this, Nagle's
+            // algorithm and the client's delayed ACKs add ~40 ms to every turn.
+            .tcp_nodelay(true)
             .disable_signals()
+            // A client that closes its connection mid-stream must cancel the
+            // turn. With half-closed connections allowed (actix's default) the
+            // server takes that EOF for a half-close and keeps a silent stream
+            // open forever, so the turn never learns the client has gone.
+            .h1_allow_half_closed(false)
             .shutdown_timeout(config.shutdown_grace_secs);
         if let Some(workers) = config.workers {
             server = server.workers(workers.max(1));

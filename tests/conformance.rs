@@ -1,0 +1,115 @@
+//! Wire conformance: everything the server sends for all 16 ops, judged by
+//! openai-chatkit 1.6.5's own pydantic types (`tests/conformance/validate.py`).
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use base64::Engine as _;
+use common::*;
+use serde_json::{json, Value};
+
+/// The venv's python that has openai-chatkit installed; `scripts/test.sh` makes it.
+fn reference_python() -> PathBuf {
+    if let Some(path) = std::env::var_os("CHATKIT_CONFORMANCE_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-conformance/bin/python");
+    assert!(
+        default.exists(),
+        "no Python with openai-chatkit 1.6.5: run `bash scripts/test.sh` (it creates {}) or set CHATKIT_CONFORMANCE_PYTHON",
+        default.display()
+    );
+    default
+}
+
+fn find_item<'a>(events: &'a [Value], kind: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["type"] == "thread.item.done" && e["item"]["type"] == kind)
+        .map(|e| &e["item"])
+        .unwrap_or_else(|| panic!("no {kind} item among {:?}", types(events)))
+}
+
+/// Drives every op, recording each response and event.
+async fn drive_every_op(app: &TestApp) {
+    let user = "conformance";
+    // Attachments first, so a message can carry one.
+    let image = app.call(user, "attachments.create", json!({"name": "cat.png", "size": 3, "mime_type": "image/png"})).await;
+    let file = app.call(user, "attachments.create", json!({"name": "notes.txt", "size": 5, "mime_type": "text/plain"})).await;
+    let upload_url = image["upload_descriptor"]["url"].as_str().expect("upload url");
+    let uploaded = app.client.put(upload_url).body(vec![1u8, 2, 3]).send().await.expect("upload");
+    assert!(uploaded.status().is_success());
+
+    let input = json!({
+        "content": [
+            {"type": "input_text", "text": "Look at this "},
+            {"type": "input_tag", "id": "t1", "text": "@cat", "data": {"k": "v"}, "interactive": true}
+        ],
+        "attachments": [image["id"]],
+        "quoted_text": "a quote",
+        "inference_options": {"model": "echo", "tool_choice": {"id": "search"}}
+    });
+    let created = app.stream(user, "threads.create", json!({"input": input})).await;
+    let thread_id = created[0]["thread"]["id"].as_str().unwrap().to_string();
+    let tid = thread_id.as_str();
+    app.say(user, tid, "second message").await;
+
+    let widget = app.say(user, tid, "/widget").await;
+    let widget_id = find_item(&widget, "widget")["id"].clone();
+    let action = json!({"type": "counter.increment", "payload": {"b": [1, 2], "a": null}});
+    app.call(user, "threads.sync_custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": action})).await;
+    app.stream(user, "threads.custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": action})).await;
+    let user_item = find_item(&created, "user_message")["id"].clone();
+    // A non-widget sender: the reference answers one error event.
+    app.stream(user, "threads.custom_action", json!({"thread_id": tid, "item_id": user_item, "action": action})).await;
+
+    app.say(user, tid, "/tool").await;
+    app.stream(user, "threads.add_client_tool_output", json!({"thread_id": tid, "result": {"time": "12:00"}})).await;
+
+    let ask = app.say(user, tid, "/ask").await;
+    let ask_id = find_item(&ask, "structured_input")["id"].clone();
+    let answers = json!({"status": "answered", "answers": {"color": {"values": ["blue"]}, "why": {"values": ["calm"]}}});
+    app.stream(user, "threads.add_structured_input", json!({"thread_id": tid, "item_id": ask_id, "input": answers}))
+        .await;
+
+    app.stream(user, "threads.retry_after_item", json!({"thread_id": tid, "item_id": user_item})).await;
+
+    app.call(user, "threads.get_by_id", json!({"thread_id": tid})).await;
+    app.call(user, "threads.list", json!({})).await;
+    app.call(user, "threads.list", json!({"limit": 1, "order": "asc"})).await;
+    app.call(user, "items.list", json!({"thread_id": tid})).await;
+    app.call(user, "items.list", json!({"thread_id": tid, "limit": 2, "order": "asc"})).await;
+    app.call(user, "items.feedback", json!({"thread_id": tid, "item_ids": [user_item], "kind": "positive"})).await;
+    app.call(user, "threads.update", json!({"thread_id": tid, "title": "Renamed"})).await;
+    let audio = base64::engine::general_purpose::STANDARD.encode(b"RIFF....");
+    app.call(user, "input.transcribe", json!({"audio_base64": audio, "mime_type": "audio/webm;codecs=opus"})).await;
+    app.call(user, "attachments.delete", json!({"attachment_id": file["id"]})).await;
+
+    let (other, _) = app.create_thread(user, "to be deleted").await;
+    app.call(user, "threads.delete", json!({"thread_id": other})).await;
+}
+
+#[tokio::test]
+async fn every_response_and_event_validates_with_the_reference_types() {
+    let python = reference_python();
+    let app = spawn(Spawn { record: true, ..Default::default() });
+    drive_every_op(&app).await;
+
+    let transcript = app.transcript_lines();
+    let ops: std::collections::BTreeSet<String> = transcript
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["op"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ops.len(), 16, "the transcript covers every op: {ops:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("transcript.jsonl");
+    std::fs::write(&path, &transcript).unwrap();
+    let validator = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/validate.py");
+    let output = Command::new(&python).arg(&validator).arg(&path).output().expect("run the validator");
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("{report}");
+    assert!(output.status.success(), "the reference types reject what the server sent:\n{report}");
+    assert!(report.contains(" passed, 0 failed"), "{report}");
+}
