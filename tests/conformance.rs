@@ -35,8 +35,10 @@ fn find_item<'a>(events: &'a [Value], kind: &str) -> &'a Value {
 async fn drive_every_op(app: &TestApp) {
     let user = "conformance";
     // Attachments first, so a message can carry one.
-    let image = app.call(user, "attachments.create", json!({"name": "cat.png", "size": 3, "mime_type": "image/png"})).await;
-    let file = app.call(user, "attachments.create", json!({"name": "notes.txt", "size": 5, "mime_type": "text/plain"})).await;
+    let image =
+        app.call(user, "attachments.create", json!({"name": "cat.png", "size": 3, "mime_type": "image/png"})).await;
+    let file =
+        app.call(user, "attachments.create", json!({"name": "notes.txt", "size": 5, "mime_type": "text/plain"})).await;
     let upload_url = image["upload_descriptor"]["url"].as_str().expect("upload url");
     let uploaded = app.client.put(upload_url).body(vec![1u8, 2, 3]).send().await.expect("upload");
     assert!(uploaded.status().is_success());
@@ -58,7 +60,8 @@ async fn drive_every_op(app: &TestApp) {
     let widget = app.say(user, tid, "/widget").await;
     let widget_id = find_item(&widget, "widget")["id"].clone();
     let action = json!({"type": "counter.increment", "payload": {"b": [1, 2], "a": null}});
-    app.call(user, "threads.sync_custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": action})).await;
+    app.call(user, "threads.sync_custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": action}))
+        .await;
     app.stream(user, "threads.custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": action})).await;
     let user_item = find_item(&created, "user_message")["id"].clone();
     // A non-widget sender: the reference answers one error event.
@@ -69,7 +72,8 @@ async fn drive_every_op(app: &TestApp) {
 
     let ask = app.say(user, tid, "/ask").await;
     let ask_id = find_item(&ask, "structured_input")["id"].clone();
-    let answers = json!({"status": "answered", "answers": {"color": {"values": ["blue"]}, "why": {"values": ["calm"]}}});
+    let answers =
+        json!({"status": "answered", "answers": {"color": {"values": ["blue"]}, "why": {"values": ["calm"]}}});
     app.stream(user, "threads.add_structured_input", json!({"thread_id": tid, "item_id": ask_id, "input": answers}))
         .await;
 
