@@ -71,7 +71,7 @@ impl ResponseError for ApiError {
 impl From<RequestError> for ApiError {
     fn from(error: RequestError) -> Self {
         let code = match &error {
-            RequestError::InvalidJson(_) => "invalid_json",
+            RequestError::InvalidJson(_) | RequestError::NotAnObject => "invalid_json",
             RequestError::MissingType | RequestError::UnknownType(_) => "invalid_type",
             RequestError::MissingParams(_) | RequestError::InvalidParams { .. } => "invalid_params",
         };

@@ -10,6 +10,8 @@ use super::{InferenceOptions, ThreadItem, UserMessageContent};
 pub enum RequestError {
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
+    #[error("request body must be a JSON object")]
+    NotAnObject,
     #[error("request is missing `type`")]
     MissingType,
     #[error("unknown request type `{0}`; expected one of: {known}", known = Request::OPS.join(", "))]
@@ -230,6 +232,13 @@ impl Request {
 
     /// Parses a request body. Unknown extra fields are ignored, as the reference does.
     pub fn parse(body: &[u8]) -> Result<Request, RequestError> {
+        // serde reads structs from arrays too; the protocol only has objects.
+        if !starts_with_brace(body) {
+            return match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(e) => Err(RequestError::InvalidJson(e.to_string())),
+                Ok(_) => Err(RequestError::NotAnObject),
+            };
+        }
         let envelope: Envelope<'_> =
             serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
         let op = envelope.op.ok_or(RequestError::MissingType)?;
@@ -238,6 +247,9 @@ impl Request {
         }
         let params = envelope.params.ok_or_else(|| RequestError::MissingParams(op.clone()))?;
         let raw = params.get();
+        if !starts_with_brace(raw.as_bytes()) {
+            return Err(RequestError::InvalidParams { op, detail: "`params` must be a JSON object".into() });
+        }
         Ok(match op.as_str() {
             "threads.create" => Request::CreateThread(parse_params(&op, raw)?),
             "threads.add_user_message" => Request::AddUserMessage(parse_params(&op, raw)?),
@@ -294,6 +306,10 @@ impl Request {
                 | Request::CustomAction(_)
         )
     }
+}
+
+fn starts_with_brace(text: &[u8]) -> bool {
+    text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 fn parse_params<T: DeserializeOwned>(op: &str, raw: &str) -> Result<T, RequestError> {
@@ -357,6 +373,10 @@ mod tests {
         let err = Request::parse(br#"{"type":"threads.create","params":{"input":{"content":[{"type":"bad"}]}}}"#)
             .unwrap_err();
         assert!(err.to_string().contains("params.input.content[0]"), "{err}");
+        assert_eq!(Request::parse(br#"["threads.list", {}]"#), Err(RequestError::NotAnObject));
+        let err = Request::parse(br#"{"type":"threads.list","params":[]}"#).unwrap_err();
+        assert_eq!(err.to_string(), "invalid params for `threads.list`: `params` must be a JSON object");
+        assert!(matches!(Request::parse(b"[1,"), Err(RequestError::InvalidJson(_))));
     }
 
     #[test]

@@ -234,3 +234,47 @@ where
     }
     panic!("timed out waiting until {what}");
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the per-op, bad-input and responder tests.
+
+pub mod scripted;
+
+/// Asserts the documented error body: `{"error": {"message", "type", "code"}}`, three strings and nothing else.
+pub fn check_error_body(body: &Value) {
+    let error = body["error"].as_object().unwrap_or_else(|| panic!("not an error body: {body}"));
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "extra keys beside `error`: {body}");
+    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message", "type"], "error keys: {body}");
+    assert!(error.values().all(|v| v.as_str().is_some_and(|s| !s.is_empty())), "error fields must be text: {body}");
+}
+
+/// Asserts that a response is a JSON error with `status` and the documented shape; returns the `error` object.
+pub async fn error_of(response: reqwest::Response, status: u16) -> Value {
+    let got = response.status().as_u16();
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap_or("?").to_string());
+    let text = response.text().await.expect("error body");
+    assert_eq!(got, status, "unexpected status; body: {text}");
+    assert_eq!(content_type.as_deref(), Some("application/json"), "an error must be JSON, not a stream: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    check_error_body(&body);
+    body["error"].clone()
+}
+
+impl TestApp {
+    /// Calls an operation that must fail with `status` and a well-formed JSON error; returns the `error` object.
+    pub async fn expect_error(&self, user: &str, op: &str, params: Value, status: u16) -> Value {
+        let response = self.post_raw(Some(user), request(op, params).to_string()).await;
+        let error = error_of(response, status).await;
+        assert!(!error["message"].as_str().unwrap_or_default().is_empty(), "{op}: empty message");
+        error
+    }
+
+    /// Calls an operation and returns its status and raw body text, for exact-body checks such as `{}`.
+    pub async fn call_text(&self, user: &str, op: &str, params: Value) -> (StatusCode, String) {
+        let response = self.post_raw(Some(user), request(op, params).to_string()).await;
+        let status = response.status();
+        (status, response.text().await.expect("body"))
+    }
+}
