@@ -11,20 +11,21 @@ mod pending;
 mod turn;
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
 use futures_util::FutureExt;
 
 use crate::protocol::{
-    Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem,
+    Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem, ThreadStatus,
     TranscriptionResult, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
 use crate::store::{Entity, PageQuery, Store, StoreError, UserId};
 
 pub use attachments::{AttachmentContent, AttachmentFiles};
-pub use turn::{PreparedTurn, TurnOutcome};
+pub use turn::{refusal, CancelSignal, PreparedTurn, TurnOutcome};
 
 /// The largest page a listing may ask for.
 pub const MAX_PAGE_SIZE: usize = 100;
@@ -98,7 +99,26 @@ pub enum JsonAnswer {
     Empty,
 }
 
+/// Counters of what the engine refused, for metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub refused_locked: AtomicU64,
+    pub refused_closed: AtomicU64,
+}
+
+impl EngineStats {
+    fn refused(&self, status: &ThreadStatus) {
+        let counter = match status {
+            ThreadStatus::Locked { .. } => &self.refused_locked,
+            ThreadStatus::Closed { .. } => &self.refused_closed,
+            ThreadStatus::Active => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Engine {
+    stats: EngineStats,
     store: Arc<dyn Store>,
     responder: Arc<dyn Responder>,
     files: AttachmentFiles,
@@ -112,7 +132,11 @@ impl Engine {
         files: AttachmentFiles,
         settings: EngineSettings,
     ) -> Self {
-        Engine { store, responder, files, settings }
+        Engine { stats: EngineStats::default(), store, responder, files, settings }
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -168,7 +192,12 @@ impl Engine {
                 Ok(JsonAnswer::Transcription(guarded(self.responder.transcribe(user, audio)).await?))
             }
             Request::SyncCustomAction(params) => {
-                let thread = SharedThread::new(self.store.load_thread(user, &params.thread_id).await?);
+                let stored = self.store.load_thread(user, &params.thread_id).await?;
+                if let Some(reason) = refusal(&stored) {
+                    self.stats.refused(&stored.status);
+                    return Err(EngineError::Conflict(reason));
+                }
+                let thread = SharedThread::new(stored);
                 let sender = match &params.item_id {
                     Some(item_id) => Some(self.store.load_item(user, &params.thread_id, item_id).await?),
                     None => None,

@@ -2,9 +2,11 @@
 //! (`prepare`), then stream the response while persisting it (`run`).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use futures_util::{stream, FutureExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::pending::PendingItems;
 use super::{panic_message, Engine, EngineError, EngineResult};
@@ -12,7 +14,7 @@ use crate::ids::{new_id, IdKind};
 use crate::protocol::{
     Action, Attachment, ItemBody, Order, Page, Request, StreamOptions, StructuredInput, StructuredInputAnswer,
     StructuredInputRequest, StructuredInputStatus, StructuredInputSubmission, SubmissionStatus, ThreadItem,
-    ThreadMetadata, ThreadStreamEvent, ToolCallStatus, UserMessage, UserMessageInput, DEFAULT_PAGE_SIZE,
+    ThreadMetadata, ThreadStatus, ThreadStreamEvent, ToolCallStatus, UserMessage, UserMessageInput, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{EventStream, RespondInput, ResponderError, SharedThread};
 use crate::store::{Entity, PageQuery, StoreError, StoreResult, UserId};
@@ -20,6 +22,53 @@ use crate::store::{Entity, PageQuery, StoreError, StoreResult, UserId};
 /// What the reference stores when a user cancels, so the next response does
 /// not continue the cancelled one.
 pub const CANCELLED_CONTEXT: &str = "The user cancelled the stream. Stop responding to the prior request.";
+
+/// Cancels a running turn from outside its stream (another tab, an operator,
+/// a status change with `cancel_running`). Cloning shares the signal.
+#[derive(Clone, Debug, Default)]
+pub struct CancelSignal(Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    notify: Notify,
+}
+
+impl CancelSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once `cancel` has been called (at once if it already was).
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The error event that refuses input on a thread that is not active, or
+/// `None` when the thread takes input.
+pub fn refusal(thread: &ThreadMetadata) -> Option<String> {
+    match &thread.status {
+        ThreadStatus::Active => None,
+        ThreadStatus::Locked { reason } => Some(reason.clone().unwrap_or_else(|| "This thread is locked.".into())),
+        ThreadStatus::Closed { reason } => Some(reason.clone().unwrap_or_else(|| "This thread is closed.".into())),
+    }
+}
 
 /// A streaming request that passed validation and made its first writes.
 pub struct PreparedTurn {
@@ -81,6 +130,11 @@ impl Engine {
             }
             Request::AddUserMessage(params) => {
                 let thread = self.store.load_thread(user, &params.thread_id).await?;
+                if let Some(reason) = refusal(&thread) {
+                    // Refused input is answered with one error event and leaves no trace.
+                    self.stats.refused(&thread.status);
+                    return Ok(turn(thread, vec![ThreadStreamEvent::custom_error(reason, false)], Work::Nothing));
+                }
                 let attachments = self.resolve_attachments(user, &params.input).await?;
                 let message = self.add_user_message(user, &thread, params.input, attachments).await?;
                 let prelude = vec![ThreadStreamEvent::ItemDone { item: message.clone() }];
@@ -88,6 +142,11 @@ impl Engine {
             }
             Request::AddClientToolOutput(params) => {
                 let thread = self.store.load_thread(user, &params.thread_id).await?;
+                if let Some(reason) = refusal(&thread) {
+                    // Refused input is answered with one error event and leaves no trace.
+                    self.stats.refused(&thread.status);
+                    return Ok(turn(thread, vec![ThreadStreamEvent::custom_error(reason, false)], Work::Nothing));
+                }
                 let newest = self.store.load_items(user, &thread.id, &PageQuery::first(1, Order::Desc)).await?;
                 let mut call_item = match newest.data.into_iter().next() {
                     Some(item) if matches!(&item.body, ItemBody::ClientToolCall(c) if c.status == ToolCallStatus::Pending) => {
@@ -114,6 +173,11 @@ impl Engine {
             }
             Request::AddStructuredInput(params) => {
                 let thread = self.store.load_thread(user, &params.thread_id).await?;
+                if let Some(reason) = refusal(&thread) {
+                    // Refused input is answered with one error event and leaves no trace.
+                    self.stats.refused(&thread.status);
+                    return Ok(turn(thread, vec![ThreadStreamEvent::custom_error(reason, false)], Work::Nothing));
+                }
                 let mut item = self.store.load_item(user, &thread.id, &params.item_id).await?;
                 let ItemBody::StructuredInput(request) = &mut item.body else {
                     return Err(EngineError::BadRequest(format!(
@@ -135,6 +199,11 @@ impl Engine {
             }
             Request::RetryAfterItem(params) => {
                 let thread = self.store.load_thread(user, &params.thread_id).await?;
+                if let Some(reason) = refusal(&thread) {
+                    // Refused input is answered with one error event and leaves no trace.
+                    self.stats.refused(&thread.status);
+                    return Ok(turn(thread, vec![ThreadStreamEvent::custom_error(reason, false)], Work::Nothing));
+                }
                 let (message, later) = self.items_after(user, &thread.id, &params.item_id).await?;
                 if !matches!(message.body, ItemBody::UserMessage(_)) {
                     return Err(EngineError::BadRequest(format!(
@@ -152,6 +221,11 @@ impl Engine {
             }
             Request::CustomAction(params) => {
                 let thread = self.store.load_thread(user, &params.thread_id).await?;
+                if let Some(reason) = refusal(&thread) {
+                    // Refused input is answered with one error event and leaves no trace.
+                    self.stats.refused(&thread.status);
+                    return Ok(turn(thread, vec![ThreadStreamEvent::custom_error(reason, false)], Work::Nothing));
+                }
                 let sender = match &params.item_id {
                     Some(item_id) => Some(self.store.load_item(user, &thread.id, item_id).await?),
                     None => None,
@@ -238,9 +312,15 @@ impl Engine {
 
     /// Streams a prepared turn into `sink`, persisting as it goes. Runs to the
     /// end even if the client leaves: then it keeps the partial output.
-    pub async fn run(&self, turn: PreparedTurn, sink: mpsc::Sender<ThreadStreamEvent>) -> TurnOutcome {
+    pub async fn run(
+        &self,
+        turn: PreparedTurn,
+        sink: mpsc::Sender<ThreadStreamEvent>,
+        cancel: CancelSignal,
+    ) -> TurnOutcome {
         let PreparedTurn { user, thread, prelude, work } = turn;
-        let mut run = Run { engine: self, user, thread, sink, pending: PendingItems::default(), saved_version: 0 };
+        let mut run =
+            Run { engine: self, user, thread, sink, cancel, pending: PendingItems::default(), saved_version: 0 };
         run.saved_version = run.thread.version();
         for event in prelude {
             if !run.send(event).await {
@@ -272,6 +352,7 @@ struct Run<'a> {
     user: UserId,
     thread: SharedThread,
     sink: mpsc::Sender<ThreadStreamEvent>,
+    cancel: CancelSignal,
     pending: PendingItems,
     /// The thread version last persisted; a newer one means the responder changed it.
     saved_version: u64,
@@ -295,6 +376,7 @@ impl Run<'_> {
             let step = tokio::select! {
                 biased;
                 _ = self.sink.closed() => Step::ClientGone,
+                _ = self.cancel.cancelled() => Step::ClientGone,
                 next = AssertUnwindSafe(events.next()).catch_unwind() => match next {
                     Ok(Some(Ok(event))) => Step::Event(event),
                     Ok(None) => Step::End,
@@ -413,7 +495,7 @@ impl Run<'_> {
     /// assistant messages and note the cancellation for the next response.
     async fn cancelled(&mut self) -> TurnOutcome {
         let thread_id = self.thread.id();
-        tracing::info!(%thread_id, "client left mid-turn; keeping partial output");
+        tracing::info!(%thread_id, "turn cancelled; keeping partial output");
         let note = ThreadItem::new(
             new_id(IdKind::SdkHiddenContext),
             thread_id,

@@ -9,7 +9,7 @@ use futures_util::stream;
 use tokio::sync::mpsc;
 
 use super::{read_body, user_of, ApiError, State};
-use crate::engine::JsonAnswer;
+use crate::engine::{CancelSignal, JsonAnswer};
 use crate::protocol::{Request, ThreadStreamEvent};
 
 /// Events buffered between a turn and a slow client before the turn waits.
@@ -34,7 +34,7 @@ pub async fn handle(
     // The turn runs on its own task so that it finishes, and persists, even
     // when the client goes away mid-stream.
     tokio::spawn(async move {
-        engine.run(turn, sink).await;
+        engine.run(turn, sink, CancelSignal::new()).await;
     });
     let frames = stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;

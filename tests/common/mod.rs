@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix_web::http::header::HeaderName;
 use chatkit_gateway::app::App;
 use chatkit_gateway::config::Config;
+use chatkit_gateway::engine::Engine;
 use chatkit_gateway::responder::{EchoResponder, Responder};
 use chatkit_gateway::store::{MemoryStore, Store};
 use reqwest::StatusCode;
@@ -22,6 +23,7 @@ pub struct TestApp {
     pub base: String,
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
+    pub engine: Arc<Engine>,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<std::thread::JoinHandle<()>>,
@@ -63,7 +65,7 @@ pub fn spawn(options: Spawn) -> TestApp {
             let header = HeaderName::try_from(config.user_header.as_str()).expect("header name");
             std::fs::create_dir_all(&config.data_dir).expect("data dir");
             let app = App::build_with(config, header, app_store, responder).expect("app builds");
-            addr_tx.send(app.local_addr()).expect("report address");
+            addr_tx.send((app.local_addr(), app.engine().clone())).expect("report address");
             app.run_until(async {
                 let _ = stop_rx.await;
             })
@@ -71,12 +73,13 @@ pub fn spawn(options: Spawn) -> TestApp {
             .expect("app runs");
         })
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("app started");
+    let (addr, engine) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("app started");
     let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
     TestApp {
         base: format!("http://{addr}"),
         addr,
         store,
+        engine,
         client,
         stop: Some(stop_tx),
         server: Some(server),
@@ -123,6 +126,13 @@ pub fn types(events: &[Value]) -> Vec<&str> {
 }
 
 impl TestApp {
+    /// Refusals counted so far: (locked, closed).
+    pub fn engine_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.engine.stats();
+        (stats.refused_locked.load(Relaxed), stats.refused_closed.load(Relaxed))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
