@@ -14,6 +14,7 @@ use crate::engine::{AttachmentFiles, Engine, EngineSettings};
 use crate::http::{self, ApiError};
 use crate::responder::{EchoResponder, Responder};
 use crate::store::{self, Store, StoreError};
+use crate::thread::Threads;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -29,6 +30,7 @@ pub struct App {
     server: actix_web::dev::Server,
     addr: SocketAddr,
     engine: Arc<Engine>,
+    threads: Threads,
 }
 
 impl App {
@@ -61,8 +63,10 @@ impl App {
             AttachmentFiles::new(&config.data_dir),
             EngineSettings { public_url, max_upload_bytes: config.max_upload_bytes },
         ));
+        let threads = Threads::new(engine.clone(), config.thread_settings());
         let state = web::Data::new(http::State {
             engine: engine.clone(),
+            threads: threads.clone(),
             user_header,
             max_body_bytes: config.max_body_bytes,
             max_upload_bytes: usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX),
@@ -91,7 +95,7 @@ impl App {
         }
         let server = server.listen(listener)?.run();
         tracing::info!(%addr, store = store_backend, responder = responder_name, "listening");
-        Ok(App { server, addr, engine })
+        Ok(App { server, addr, engine, threads })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -100,6 +104,10 @@ impl App {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    pub fn threads(&self) -> &Threads {
+        &self.threads
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets running

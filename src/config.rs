@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::thread::ThreadSettings;
+
 /// chatkit-gateway: a realtime server for the OpenAI ChatKit protocol.
 ///
 /// Every flag can also be set through the environment variable named with it.
@@ -53,6 +55,14 @@ pub struct Config {
     #[arg(long, env = "CHATKIT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Messages that may wait behind a thread's running turn; more get a busy error.
+    #[arg(long, env = "CHATKIT_THREAD_QUEUE_BOUND", default_value_t = 16)]
+    pub thread_queue_bound: usize,
+
+    /// Seconds a thread's actor lives without work before it stops.
+    #[arg(long, env = "CHATKIT_THREAD_IDLE_SECS", default_value_t = 300)]
+    pub thread_idle_secs: u64,
+
     /// Log filter, in `tracing` syntax (e.g. `info`, `chatkit_gateway=debug`).
     #[arg(long, env = "CHATKIT_LOG", default_value = "info")]
     pub log: String,
@@ -72,7 +82,16 @@ impl Config {
             public_url: None,
             workers: Some(2),
             shutdown_grace_secs: 5,
+            thread_queue_bound: 16,
+            thread_idle_secs: 300,
             log: "warn".into(),
+        }
+    }
+
+    pub fn thread_settings(&self) -> ThreadSettings {
+        ThreadSettings {
+            queue_bound: self.thread_queue_bound.max(1),
+            idle_timeout: Duration::from_secs(self.thread_idle_secs.max(1)),
         }
     }
 

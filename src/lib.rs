@@ -12,3 +12,4 @@ pub mod responder;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod thread;

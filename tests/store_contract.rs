@@ -798,14 +798,10 @@ async fn unsupported_urls_are_backend_errors() {
 }
 
 async fn migration_rows(path: &Path) -> Vec<(i64, String)> {
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
-    let rows = sqlx::query_as("SELECT version, applied_at FROM schema_migrations ORDER BY version")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    rows
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut statement = conn.prepare("SELECT version, applied_at FROM schema_migrations ORDER BY version").unwrap();
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
 }
 
 #[tokio::test]
@@ -851,13 +847,8 @@ async fn an_unmigrated_database_is_brought_up_to_date() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     {
-        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
-        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
-        sqlx::query("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)", []).unwrap();
     }
     let store = SqliteStore::open(&sqlite_url(&path)).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), SqliteStore::SCHEMA_VERSION);

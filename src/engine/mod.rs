@@ -44,6 +44,12 @@ pub enum EngineError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The thread's queue is full; the request was not queued.
+    #[error("{0}")]
+    Busy(String),
+    /// The request could not be carried out now; nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("store failed: {0}")]
     Store(StoreError),
     #[error("responder failed: {0}")]

@@ -6,14 +6,10 @@ use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::stream;
-use tokio::sync::mpsc;
 
 use super::{read_body, user_of, ApiError, State};
-use crate::engine::{CancelSignal, JsonAnswer};
+use crate::engine::JsonAnswer;
 use crate::protocol::{Request, ThreadStreamEvent};
-
-/// Events buffered between a turn and a slow client before the turn waits.
-const STREAM_BUFFER: usize = 64;
 
 pub async fn handle(
     request: HttpRequest,
@@ -25,17 +21,15 @@ pub async fn handle(
     let parsed = Request::parse(&body)?;
     tracing::debug!(op = parsed.op(), %user, "request");
     if !parsed.is_streaming() {
-        let answer = state.engine.answer(&user, parsed).await?;
+        // Changes go through the thread's actor, in the thread's order; reads do not queue.
+        let answer = if parsed.changes_thread() {
+            state.threads.change(user, parsed).await?
+        } else {
+            state.engine.answer(&user, parsed).await?
+        };
         return Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json_body(&answer)?));
     }
-    let turn = state.engine.prepare(&user, parsed).await?;
-    let (sink, events) = mpsc::channel(STREAM_BUFFER);
-    let engine = state.engine.clone();
-    // The turn runs on its own task so that it finishes, and persists, even
-    // when the client goes away mid-stream.
-    tokio::spawn(async move {
-        engine.run(turn, sink, CancelSignal::new()).await;
-    });
+    let events = state.threads.turn(user, parsed).await?;
     let frames = stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
         Some((Ok::<_, Infallible>(sse_frame(&event)), events))

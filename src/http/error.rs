@@ -87,6 +87,8 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             EngineError::PayloadTooLarge(message) => ApiError::payload_too_large(message),
             EngineError::Unsupported(message) => ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message),
+            EngineError::Busy(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "thread_busy", message),
+            EngineError::Unavailable(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
             EngineError::Store(inner) => {
                 tracing::error!(error = %inner, "store failure");
                 ApiError::new(

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 
 use crate::engine::Engine;
 use crate::store::UserId;
+use crate::thread::Threads;
 
 pub use error::ApiError;
 
@@ -25,6 +26,7 @@ const MAX_USER_ID_BYTES: usize = 256;
 /// What handlers share.
 pub struct State {
     pub engine: Arc<Engine>,
+    pub threads: Threads,
     pub user_header: HeaderName,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,

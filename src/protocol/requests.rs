@@ -294,6 +294,33 @@ impl Request {
         Self::OPS[index]
     }
 
+    /// The thread an operation acts on, if it names one.
+    pub fn thread_id(&self) -> Option<&str> {
+        match self {
+            Request::AddUserMessage(p) => Some(&p.thread_id),
+            Request::AddClientToolOutput(p) => Some(&p.thread_id),
+            Request::AddStructuredInput(p) => Some(&p.thread_id),
+            Request::RetryAfterItem(p) => Some(&p.thread_id),
+            Request::CustomAction(p) | Request::SyncCustomAction(p) => Some(&p.thread_id),
+            Request::GetThread(p) | Request::DeleteThread(p) => Some(&p.thread_id),
+            Request::ListItems(p) => Some(&p.thread_id),
+            Request::Feedback(p) => Some(&p.thread_id),
+            Request::UpdateThread(p) => Some(&p.thread_id),
+            Request::CreateThread(_)
+            | Request::ListThreads(_)
+            | Request::CreateAttachment(_)
+            | Request::DeleteAttachment(_)
+            | Request::Transcribe(_) => None,
+        }
+    }
+
+    /// Whether the operation changes a thread, and so must run in the thread's
+    /// order (streaming ops, updates, deletes, sync actions).
+    pub fn changes_thread(&self) -> bool {
+        self.is_streaming()
+            || matches!(self, Request::UpdateThread(_) | Request::DeleteThread(_) | Request::SyncCustomAction(_))
+    }
+
     /// Whether the operation answers with a `text/event-stream`.
     pub fn is_streaming(&self) -> bool {
         matches!(

@@ -1,19 +1,35 @@
-//! A SQLite store: one writer connection, a pool of readers, records kept as JSON text.
+//! A SQLite store on rusqlite: one writer thread that commits in groups, a few reader threads.
 //!
-//! Every write goes through a pool of exactly one connection, so writers queue in
-//! the process instead of fighting over SQLite's lock (no `SQLITE_BUSY`); reads
-//! use a separate pool and run in parallel under WAL. Each operation is one
-//! statement on its hot path, prepared once per connection by sqlx's statement
-//! cache. Order is the `seq` column (insertion order), never `created_at`,
-//! because two records may share a timestamp.
+//! SQLite has one writer at a time, and a commit costs far more than the
+//! statement it commits. So one dedicated thread owns the only write connection:
+//! it takes every write that queued up while it was busy, runs them all in one
+//! transaction and commits once. Under load every write in flight shares a
+//! commit; when idle a lone write commits at once, so nothing waits for a batch
+//! to fill. Reads go to a few threads with read-only connections and run in
+//! parallel under WAL, each seeing every write committed before it started.
+//!
+//! Copying the WAL back into the database file (a checkpoint) is the costliest
+//! part of writing, because it syncs both files to disk. A checkpointer thread
+//! with a connection of its own does it in the background while the writer goes
+//! on committing; see `WRITER_AUTOCHECKPOINT` for the part left to the writer.
+//!
+//! Async callers only await a bounded queue and a reply, so no blocking SQLite
+//! call runs on a runtime thread, and a full queue slows callers down instead of
+//! growing without bound. Records are kept as JSON text: the caller serializes
+//! what it writes, and a reader thread parses what it reads. Order is the `seq`
+//! column (insertion order), never `created_at`, because two records may share
+//! a timestamp.
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rusqlite::{ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension, Params, Row};
 use serde::{de::DeserializeOwned, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Entity, PageQuery, Store, StoreError, StoreResult, UserId};
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
@@ -57,17 +73,145 @@ CREATE TABLE attachments (
 
 const CREATE_MIGRATIONS_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)";
+const CURRENT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
 
 /// How long a connection waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Reader threads for a database file. Reads are short, so a few connections
+/// keep the cores busy even while one of them waits on the disk.
+const READERS: usize = 4;
+
+/// Jobs that may wait in each queue. A caller that finds its queue full waits
+/// for room, which slows the request side down to what the database sustains.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// The most writes one transaction takes. A cap keeps the first writer of a
+/// long queue from waiting for the whole queue to be executed before its commit.
+const MAX_BATCH: usize = 256;
+
+/// Prepared statements each connection keeps. All the statements this store
+/// runs fit, including those of an in-memory database's single connection.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// How often, at most, the writer wakes the checkpointer while commits come in.
+/// Each wake-up is one checkpoint: less often copies a page rewritten several
+/// times only once, more often keeps the WAL short.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
+
+/// WAL pages (4 KiB by default) after which a commit runs a checkpoint on the
+/// writer thread itself. The checkpointer copies pages back without stopping the
+/// writer, but SQLite starts the WAL over only after a checkpoint that ends with
+/// no newer commit in the WAL, and under steady writes only the writer can see
+/// to that: without it the WAL grew by over 50 MB a second under load. By then
+/// the checkpointer has copied all but the latest pages, so the writer's
+/// checkpoint is mostly its two syncs. SQLite's default of 1000 pages had the
+/// writer checkpointing dozens of times a second, for some 70% of its time.
+const WRITER_AUTOCHECKPOINT: i64 = 10_000;
+
+/// What the caller of a job sees when the thread that should answer has gone.
+const STOPPED: &str = "sqlite worker stopped";
+
 /// A store in one SQLite database file (or one in-memory database).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteStore {
-    /// Exactly one connection: all writes are serialized here.
-    write: SqlitePool,
-    /// Several connections for reads; the same pool as `write` for an in-memory database.
-    read: SqlitePool,
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a store holds: the queues to its threads.
+///
+/// Dropping the last clone drops the senders, and each thread ends once it has
+/// answered what is already queued; nothing waits for them, so a drop never blocks.
+struct Shared {
+    /// The writer thread's queue.
+    writer: mpsc::Sender<Command>,
+    /// The reader threads' queue; the writer's own for an in-memory database.
+    readers: mpsc::Sender<Command>,
+    /// How many threads take jobs from `readers` (none of their own for an in-memory database).
+    reader_threads: usize,
+    /// The threads, taken by `close` to join them.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Where the database is, for `Debug`.
+    location: String,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("database", &self.shared.location)
+            .field("reader_threads", &self.shared.reader_threads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a connection thread is asked to do.
+enum Command {
+    Run(Box<dyn Job>),
+    /// Ends the thread once the commands queued before it are answered.
+    Stop,
+}
+
+/// Work for a connection thread, with a caller waiting for its result.
+trait Job: Send {
+    /// Runs the work on the thread's connection and keeps its result.
+    fn run(&mut self, conn: &Connection);
+    /// Replaces a success (or a result never computed) with an error, because
+    /// the transaction that held the work did not commit.
+    fn fail(&mut self, message: &str);
+    /// Sends the kept result to the caller.
+    fn answer(self: Box<Self>);
+}
+
+/// A closure to run on a connection and the channel its result goes back on.
+struct Call<T, F> {
+    work: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Job for Call<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        if let Some(work) = self.work.take() {
+            self.result = Some(work(conn));
+        }
+    }
+
+    fn fail(&mut self, message: &str) {
+        // A statement that failed changed nothing, so its own error stays true
+        // whatever became of the transaction around it.
+        if !matches!(self.result, Some(Err(_))) {
+            self.result = Some(Err(StoreError::Backend(message.to_owned())));
+        }
+    }
+
+    fn answer(self: Box<Self>) {
+        let Call { result, reply, .. } = *self;
+        let result = result.unwrap_or_else(|| Err(StoreError::Backend("a sqlite job was answered unrun".to_owned())));
+        // The caller may have stopped waiting (its request was cancelled); the
+        // work is done either way, so there is no one else to tell.
+        let _ = reply.send(result);
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend(STOPPED.to_owned())
+}
+
+/// Queues `work` for a connection thread and waits for its result.
+async fn call<T, F>(queue: &mpsc::Sender<Command>, work: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+{
+    let (reply, answer) = oneshot::channel();
+    let job = Box::new(Call { work: Some(work), result: None, reply });
+    queue.send(Command::Run(job)).await.map_err(|_| stopped())?;
+    // A closed reply channel means the thread ended (or died) with the job unanswered.
+    answer.await.map_err(|_| stopped())?
 }
 
 /// Where a URL says the database lives.
@@ -95,16 +239,39 @@ fn parse_url(url: &str) -> StoreResult<Location<'_>> {
     Ok(Location::File(rest))
 }
 
-fn backend_error(err: sqlx::Error) -> StoreError {
+/// The name to hand SQLite for a file path. The bundled SQLite reads a name that
+/// starts with `file:` as a URI, so such a relative path is spelled `./file:…`
+/// to keep meaning the file of that name.
+fn database_path(path: &Path) -> PathBuf {
+    if path.to_str().is_some_and(|text| text.starts_with("file:")) {
+        Path::new(".").join(path)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn backend_error(err: rusqlite::Error) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
+/// Whether an error is a uniqueness (or primary key) violation.
+fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    err.sqlite_extended_error_code()
+        .is_some_and(|code| code == ffi::SQLITE_CONSTRAINT_UNIQUE || code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
 /// Maps an insert's failure, turning a uniqueness violation into `Duplicate`.
-fn insert_error(err: sqlx::Error, entity: Entity, id: &str) -> StoreError {
-    match err.as_database_error() {
-        Some(db) if db.is_unique_violation() => StoreError::Duplicate { entity, id: id.to_owned() },
-        _ => backend_error(err),
+fn insert_error(err: rusqlite::Error, entity: Entity, id: &str) -> StoreError {
+    if is_unique_violation(&err) {
+        StoreError::Duplicate { entity, id: id.to_owned() }
+    } else {
+        backend_error(err)
     }
+}
+
+/// Whether an error is SQLite's "the file is locked" (`SQLITE_BUSY` or `SQLITE_LOCKED`).
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(err.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
@@ -130,13 +297,358 @@ fn fetch_limit(limit: usize) -> i64 {
     i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
-/// Turns fetched `(id, json)` rows (up to one beyond the page) into a page.
-fn build_page<T: DeserializeOwned>(mut rows: Vec<(String, String)>, limit: usize) -> StoreResult<Page<T>> {
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    let after = if has_more { rows.last().map(|(id, _)| id.clone()) } else { None };
-    let data = rows.iter().map(|(_, json)| from_json(json)).collect::<StoreResult<Vec<T>>>()?;
-    Ok(Page { data, has_more, after })
+/// A text column of a row, borrowed from SQLite's buffer so that JSON is parsed without a copy.
+fn text<'row>(row: &'row Row<'_>, index: usize) -> StoreResult<&'row str> {
+    row.get_ref(index)
+        .map_err(backend_error)?
+        .as_str()
+        .map_err(|err| StoreError::Backend(format!("stored column is not text: {err}")))
+}
+
+/// Runs a cached statement that returns no rows, giving the number of rows it changed.
+fn execute(conn: &Connection, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// Runs a cached statement that returns one row of one column.
+fn query_value<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str, params: impl Params) -> StoreResult<T> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.query_row(params, |row| row.get(0)))
+        .map_err(backend_error)
+}
+
+/// Runs a cached statement that selects a JSON record, parsing it if there is one.
+fn query_record<T: DeserializeOwned>(conn: &Connection, sql: &str, params: impl Params) -> StoreResult<Option<T>> {
+    let mut statement = conn.prepare_cached(sql).map_err(backend_error)?;
+    let mut rows = statement.query(params).map_err(backend_error)?;
+    match rows.next().map_err(backend_error)? {
+        Some(row) => from_json(text(row, 0)?).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Runs a cached statement that selects `(id, json)` rows, up to one beyond the
+/// page (see `fetch_limit`), and turns them into a page.
+fn query_page<T: DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    limit: usize,
+) -> StoreResult<Page<T>> {
+    let mut statement = conn.prepare_cached(sql).map_err(backend_error)?;
+    let mut rows = statement.query(params).map_err(backend_error)?;
+    let mut data = Vec::with_capacity(limit.min(DEFAULT_PAGE_SIZE));
+    let mut last_id = None;
+    while let Some(row) = rows.next().map_err(backend_error)? {
+        if data.len() == limit {
+            // The row beyond the page is not returned: it only tells that more follow.
+            return Ok(Page { data, has_more: true, after: last_id });
+        }
+        data.push(from_json(text(row, 1)?)?);
+        if data.len() == limit {
+            last_id = Some(text(row, 0)?.to_owned());
+        }
+    }
+    Ok(Page { data, has_more: false, after: None })
+}
+
+/// Settings every connection gets.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    Ok(())
+}
+
+const OPEN_FLAGS: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE.union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
+
+/// Opens the write connection and brings the schema up to date; `None` is an in-memory database.
+fn open_writer(file: Option<&Path>) -> StoreResult<Connection> {
+    let conn = match file {
+        None => {
+            let conn = Connection::open_in_memory().map_err(backend_error)?;
+            configure(&conn).map_err(backend_error)?;
+            conn
+        }
+        Some(path) => {
+            let cannot_open =
+                |message: String| StoreError::Backend(format!("cannot open `{}`: {message}", path.display()));
+            // The writer is opened first: it creates the file and switches it to WAL,
+            // a setting the file keeps, so readers need not (and should not) change it.
+            let conn = Connection::open_with_flags(database_path(path), OPEN_FLAGS | OpenFlags::SQLITE_OPEN_CREATE)
+                .and_then(|conn| {
+                    configure(&conn)?;
+                    conn.pragma_update(None, "synchronous", "NORMAL")?;
+                    // Checkpoints are the checkpointer thread's work; the writer
+                    // only steps in as a backstop, see `WRITER_AUTOCHECKPOINT`.
+                    conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)?;
+                    Ok(conn)
+                })
+                .map_err(|err| cannot_open(err.to_string()))?;
+            enable_wal(&conn).map_err(|err| match err {
+                StoreError::Backend(message) => cannot_open(message),
+                other => other,
+            })?;
+            conn
+        }
+    };
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Opens another connection on a file the writer has already set up: a reader
+/// (`query_only`) or the checkpointer.
+fn open_existing(path: &Path, query_only: bool) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(database_path(path), OPEN_FLAGS)
+        .and_then(|conn| {
+            configure(&conn)?;
+            // The checkpointer's syncs follow this setting, as the writer's would.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            // `query_only` turns an accidental write on a reader into an error
+            // instead of a second writer contending for the lock.
+            conn.pragma_update(None, "query_only", query_only)?;
+            Ok(conn)
+        })
+        .map_err(|err| StoreError::Backend(format!("cannot open `{}`: {err}", path.display())))?;
+    Ok(conn)
+}
+
+/// Switches the database file to WAL, which it then keeps for good.
+///
+/// Changing the journal mode needs an exclusive lock that SQLite's busy timeout
+/// does not wait for, so when two processes create the same file at once, one
+/// of them retries here for as long as the busy timeout would have waited.
+fn enable_wal(conn: &Connection) -> StoreResult<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get::<_, String>(0)) {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(StoreError::Backend(format!("the database refused WAL journal mode (it is `{mode}`)")))
+            }
+            Err(err) if is_busy(&err) && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => return Err(backend_error(err)),
+        }
+    }
+}
+
+/// Applies the migrations this database lacks, each in its own transaction.
+///
+/// These statements run once per open, so unlike the hot path they are not
+/// kept in the statement cache.
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    conn.execute_batch(CREATE_MIGRATIONS_TABLE).map_err(backend_error)?;
+    let current: i64 = conn.query_row(CURRENT_VERSION, [], |row| row.get(0)).map_err(backend_error)?;
+    if current > SqliteStore::SCHEMA_VERSION {
+        // An older build over a newer database: the schema only grows, so the
+        // tables this build uses are still there.
+        tracing::warn!(current, known = SqliteStore::SCHEMA_VERSION, "database schema is newer than this build");
+    }
+    for migration in MIGRATIONS.iter().filter(|migration| migration.version > current) {
+        // IMMEDIATE takes the write lock up front, so a second process opening the
+        // same file waits here and then sees the version as applied.
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(backend_error)?;
+        match apply_migration(conn, migration).and_then(|()| conn.execute_batch("COMMIT").map_err(backend_error)) {
+            Ok(()) => {}
+            Err(err) => {
+                if let Err(rollback) = conn.execute_batch("ROLLBACK") {
+                    tracing::debug!(%rollback, "rolling back a failed migration failed");
+                }
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_migration(conn: &Connection, migration: &Migration) -> StoreResult<()> {
+    let applied: Option<i64> = conn
+        .query_row("SELECT version FROM schema_migrations WHERE version = ?1", [migration.version], |row| row.get(0))
+        .optional()
+        .map_err(backend_error)?;
+    if applied.is_none() {
+        conn.execute_batch(migration.sql)
+            .map_err(|err| StoreError::Backend(format!("schema migration {} failed: {err}", migration.version)))?;
+        conn.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            [migration.version],
+        )
+        .map_err(backend_error)?;
+    }
+    Ok(())
+}
+
+/// The writer thread: opens the write connection, reports whether that worked,
+/// then runs queued jobs in group commits until stopped.
+fn run_writer(
+    file: Option<PathBuf>,
+    mut queue: mpsc::Receiver<Command>,
+    checkpoints: Option<std::sync::mpsc::SyncSender<()>>,
+    ready: oneshot::Sender<StoreResult<()>>,
+) {
+    let conn = match open_writer(file.as_deref()) {
+        Ok(conn) => conn,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    if ready.send(Ok(())).is_err() {
+        // Whoever was opening the store gave up; nobody can send jobs.
+        return;
+    }
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    // Commits of the last interval before the writes stop are checkpointed with
+    // the next write, or when the last connection closes; until then they are
+    // safe in the WAL.
+    let mut last_wake = Instant::now();
+    // Waits for one job, then takes whatever else is already queued without
+    // waiting: a busy queue yields big batches, an idle one a batch of one.
+    while let Some(Command::Run(job)) = queue.blocking_recv() {
+        batch.push(job);
+        let mut stop = false;
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(Command::Run(job)) => batch.push(job),
+                Ok(Command::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, &mut batch);
+        if let Some(checkpoints) = &checkpoints {
+            if last_wake.elapsed() >= CHECKPOINT_INTERVAL {
+                last_wake = Instant::now();
+                // A full channel means a wake-up is already pending, and a closed
+                // one that the checkpointer is gone; neither is worth waiting for.
+                let _ = checkpoints.try_send(());
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+/// Runs a batch of jobs in one transaction, commits once, and only then answers them.
+///
+/// Each job is a single statement. When a statement fails (a uniqueness
+/// violation, a missing thread), SQLite undoes just that statement and the
+/// transaction goes on, so the error is that job's alone. The answers wait for
+/// `COMMIT` because until then nothing is durable, nor visible to readers: a
+/// caller told "saved" before the commit could read its record back as missing,
+/// or lose it when the commit fails. If the commit fails, every job of the batch
+/// gets the error. A job that ever needs several statements must wrap them in a
+/// `SAVEPOINT` so that its failure undoes all of them and nothing else.
+fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
+    let mut settled = 0;
+    while settled < batch.len() {
+        settled += run_transaction(conn, &mut batch[settled..]);
+    }
+    for job in batch.drain(..) {
+        job.answer();
+    }
+}
+
+/// Runs jobs in one transaction and commits it, failing the jobs whose work did
+/// not commit. Returns how many jobs it settled: all of them, unless SQLite
+/// rolled the transaction back midway, and then those up to that point.
+fn run_transaction(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> usize {
+    if let Err(err) = execute(conn, "BEGIN IMMEDIATE", []) {
+        let message = format!("cannot begin a transaction: {err}");
+        jobs.iter_mut().for_each(|job| job.fail(&message));
+        return jobs.len();
+    }
+    let mut ran = 0;
+    for job in jobs.iter_mut() {
+        job.run(conn);
+        ran += 1;
+        if conn.is_autocommit() {
+            // Some errors (a full disk, an I/O error) make SQLite roll back the
+            // whole transaction, not just the statement: what ran before in this
+            // transaction is undone, and the jobs after go in a new one.
+            let message = "the transaction was rolled back by a later statement's failure";
+            jobs[..ran].iter_mut().for_each(|job| job.fail(message));
+            return ran;
+        }
+    }
+    if let Err(err) = execute(conn, "COMMIT", []) {
+        let message = format!("cannot commit: {err}");
+        tracing::error!(%err, jobs = jobs.len(), "a sqlite group commit failed");
+        if !conn.is_autocommit() {
+            if let Err(rollback) = execute(conn, "ROLLBACK", []) {
+                tracing::error!(%rollback, "rolling back a failed group commit failed");
+            }
+        }
+        jobs.iter_mut().for_each(|job| job.fail(&message));
+    }
+    jobs.len()
+}
+
+/// A reader thread: opens its connection, reports whether that worked, then
+/// runs jobs from the shared queue one at a time until stopped.
+fn run_reader(path: PathBuf, queue: Arc<Mutex<mpsc::Receiver<Command>>>, ready: oneshot::Sender<StoreResult<()>>) {
+    let conn = match open_existing(&path, true) {
+        Ok(conn) => conn,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    if ready.send(Ok(())).is_err() {
+        return;
+    }
+    loop {
+        // The lock is held while waiting, so one idle reader waits on the queue
+        // and the others on the lock; it is released before the job runs.
+        let command = queue.lock().unwrap_or_else(PoisonError::into_inner).blocking_recv();
+        match command {
+            Some(Command::Run(mut job)) => {
+                job.run(&conn);
+                job.answer();
+            }
+            Some(Command::Stop) | None => return,
+        }
+    }
+}
+
+/// The checkpointer thread: copies committed pages from the WAL back into the
+/// database file whenever the writer reports new commits, so that this copying,
+/// and the fsyncs that go with it, do not hold up the writer's commits.
+fn run_checkpointer(path: PathBuf, wake: std::sync::mpsc::Receiver<()>, ready: oneshot::Sender<StoreResult<()>>) {
+    let conn = match open_existing(&path, false) {
+        Ok(conn) => conn,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    if ready.send(Ok(())).is_err() {
+        return;
+    }
+    // The wake-ups end when the writer does, which drops its end of the channel.
+    while wake.recv().is_ok() {
+        // PASSIVE takes no lock the writer or the readers need and waits for none;
+        // frames it may not copy yet, because some reader's snapshot predates
+        // them, are left for the next round.
+        if let Err(err) = query_value::<i64>(&conn, "PRAGMA wal_checkpoint(PASSIVE)", []) {
+            tracing::warn!(%err, "a background sqlite checkpoint failed");
+        }
+    }
+}
+
+fn spawn_thread(name: String, body: impl FnOnce() + Send + 'static) -> StoreResult<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(body)
+        .map_err(|err| StoreError::Backend(format!("cannot start a sqlite thread: {err}")))
+}
+
+/// Waits for a thread to report that its connection is open.
+async fn wait_ready(ready: oneshot::Receiver<StoreResult<()>>) -> StoreResult<()> {
+    ready.await.map_err(|_| stopped())?
 }
 
 impl SqliteStore {
@@ -147,153 +659,124 @@ impl SqliteStore {
     ///
     /// Accepts `sqlite://relative/path.db`, `sqlite:///abs/path.db` and `sqlite::memory:`.
     pub async fn open(url: &str) -> StoreResult<SqliteStore> {
-        let store = match parse_url(url)? {
-            Location::Memory => Self::open_memory().await?,
-            Location::File(path) => Self::open_file(Path::new(path)).await?,
-        };
-        migrate(&store.write).await?;
-        Ok(store)
-    }
-
-    async fn open_memory() -> StoreResult<SqliteStore> {
-        // Each in-memory connection would be a database of its own, so one
-        // connection serves reads and writes, and it is never recycled: closing
-        // it would drop the data.
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(backend_error)?
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await
-            .map_err(backend_error)?;
-        Ok(SqliteStore { write: pool.clone(), read: pool })
-    }
-
-    async fn open_file(path: &Path) -> StoreResult<SqliteStore> {
-        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|err| StoreError::Backend(format!("cannot create directory `{}`: {err}", parent.display())))?;
+        match parse_url(url)? {
+            Location::Memory => Self::start(None).await,
+            Location::File(path) => {
+                let path = Path::new(path);
+                if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                    tokio::fs::create_dir_all(parent).await.map_err(|err| {
+                        StoreError::Backend(format!("cannot create directory `{}`: {err}", parent.display()))
+                    })?;
+                }
+                Self::start(Some(path.to_path_buf())).await
+            }
         }
-        let base = SqliteConnectOptions::new()
-            .filename(path)
-            .foreign_keys(true)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT);
+    }
 
-        // The writer is opened first: it creates the file and switches it to WAL,
-        // a setting the file keeps, so readers need not (and should not) change it.
-        let write_options = base.clone().create_if_missing(true);
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(write_options)
-            .await
-            .map_err(|err| StoreError::Backend(format!("cannot open `{}`: {err}", path.display())))?;
-        enable_wal(&write).await.map_err(|err| match err {
-            StoreError::Backend(message) => StoreError::Backend(format!("cannot open `{}`: {message}", path.display())),
-            other => other,
-        })?;
+    /// Starts the writer thread, which opens and migrates the database, then, for
+    /// a file, the checkpointer and the readers. An error stops whatever was
+    /// started: the channels' senders are dropped, and the threads end on their own.
+    async fn start(file: Option<PathBuf>) -> StoreResult<SqliteStore> {
+        let mut threads = Vec::new();
+        let (writer, writer_queue) = mpsc::channel(QUEUE_CAPACITY);
+        let (ready, writer_ready) = oneshot::channel();
+        let writer_file = file.clone();
+        let (checkpoints, wake) = std::sync::mpsc::sync_channel(1);
+        // Only a file has a WAL to checkpoint.
+        let checkpoints = file.is_some().then_some(checkpoints);
+        threads.push(spawn_thread("sqlite-writer".to_owned(), move || {
+            run_writer(writer_file, writer_queue, checkpoints, ready)
+        })?);
+        wait_ready(writer_ready).await?;
+        if let Some(path) = file.clone() {
+            let (ready, checkpointer_ready) = oneshot::channel();
+            threads.push(spawn_thread("sqlite-checkpoint".to_owned(), move || run_checkpointer(path, wake, ready))?);
+            wait_ready(checkpointer_ready).await?;
+        }
 
-        // `query_only` turns an accidental write on a reader into an error instead
-        // of a second writer contending for the lock.
-        let read_options = base.pragma("query_only", "ON");
-        let readers = std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(2, 8);
-        let read = SqlitePoolOptions::new()
-            .max_connections(u32::try_from(readers).unwrap_or(4))
-            .connect_lazy_with(read_options);
-        Ok(SqliteStore { write, read })
+        let (readers, reader_threads, location) = match file {
+            // Every in-memory connection would be a database of its own, so the
+            // writer's one connection serves the reads too.
+            None => (writer.clone(), 0, "sqlite::memory:".to_owned()),
+            Some(path) => {
+                let (readers, reader_queue) = mpsc::channel(QUEUE_CAPACITY);
+                let reader_queue = Arc::new(Mutex::new(reader_queue));
+                let mut pending = Vec::with_capacity(READERS);
+                for n in 0..READERS {
+                    let (ready, reader_ready) = oneshot::channel();
+                    let (queue, path) = (reader_queue.clone(), path.clone());
+                    threads.push(spawn_thread(format!("sqlite-reader-{n}"), move || run_reader(path, queue, ready))?);
+                    pending.push(reader_ready);
+                }
+                for reader_ready in pending {
+                    wait_ready(reader_ready).await?;
+                }
+                (readers, READERS, path.display().to_string())
+            }
+        };
+        let shared = Shared { writer, readers, reader_threads, threads: Mutex::new(threads), location };
+        Ok(SqliteStore { shared: Arc::new(shared) })
+    }
+
+    /// Runs `work` on a read connection (the only connection, for an in-memory database).
+    async fn read<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        call(&self.shared.readers, work).await
+    }
+
+    /// Runs `work` on the write connection, answering once its group commit is done.
+    async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        call(&self.shared.writer, work).await
     }
 
     /// The highest schema version applied to this database.
     pub async fn schema_version(&self) -> StoreResult<i64> {
-        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            .fetch_one(&self.read)
-            .await
-            .map_err(backend_error)
+        self.read(|conn| query_value(conn, CURRENT_VERSION, [])).await
     }
 
-    /// Closes both pools, waiting for connections in use to be returned.
+    /// Stops the threads once they have answered every job queued so far, and
+    /// waits for them to end, closing the connections. Later calls on this store
+    /// (or any clone) fail with a backend error.
     pub async fn close(&self) {
-        self.write.close().await;
-        self.read.close().await;
-    }
-}
-
-/// Whether an error is SQLite's "the file is locked" (`SQLITE_BUSY` or `SQLITE_LOCKED`, extended or not).
-fn is_busy(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .and_then(|db| db.code())
-        .and_then(|code| code.parse::<i32>().ok())
-        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
-}
-
-/// Switches the database file to WAL, which it then keeps for good.
-///
-/// Changing the journal mode needs an exclusive lock that SQLite's busy timeout
-/// does not wait for, so when two processes create the same file at once, one
-/// of them retries here for as long as the busy timeout would have waited.
-async fn enable_wal(pool: &SqlitePool) -> StoreResult<()> {
-    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
-    loop {
-        match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL").fetch_one(pool).await {
-            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
-            Ok(mode) => {
-                return Err(StoreError::Backend(format!("the database refused WAL journal mode (it is `{mode}`)")))
+        // A stop queues behind the jobs already sent, so those are still answered.
+        // A send fails only when the thread has already gone.
+        let _ = self.shared.writer.send(Command::Stop).await;
+        for _ in 0..self.shared.reader_threads {
+            if self.shared.readers.send(Command::Stop).await.is_err() {
+                break;
             }
-            Err(err) if is_busy(&err) && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        if threads.is_empty() {
+            return;
+        }
+        // Joining blocks, so it happens off the runtime's threads.
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("a sqlite thread panicked");
+                }
             }
-            Err(err) => return Err(backend_error(err)),
+        })
+        .await;
+        if let Err(err) = joined {
+            tracing::error!(%err, "could not wait for the sqlite threads to end");
         }
     }
 }
 
-/// Applies the migrations this database lacks, each in its own transaction.
-async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
-    sqlx::raw_sql(CREATE_MIGRATIONS_TABLE).execute(pool).await.map_err(backend_error)?;
-    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        .fetch_one(pool)
-        .await
-        .map_err(backend_error)?;
-    if current > SqliteStore::SCHEMA_VERSION {
-        // An older build over a newer database: the schema only grows, so the
-        // tables this build uses are still there.
-        tracing::warn!(current, known = SqliteStore::SCHEMA_VERSION, "database schema is newer than this build");
-    }
-    for migration in MIGRATIONS.iter().filter(|migration| migration.version > current) {
-        // IMMEDIATE takes the write lock up front, so a second process opening the
-        // same file waits here and then sees the version as applied.
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend_error)?;
-        let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?1")
-            .bind(migration.version)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend_error)?;
-        if applied.is_none() {
-            sqlx::raw_sql(migration.sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(|err| StoreError::Backend(format!("schema migration {} failed: {err}", migration.version)))?;
-            sqlx::query(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-            )
-            .bind(migration.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend_error)?;
-        }
-        tx.commit().await.map_err(backend_error)?;
-    }
-    Ok(())
-}
+const INSERT_THREAD: &str = "INSERT INTO threads (id, user_id, data) VALUES (?1, ?2, ?3)";
+const LOAD_THREAD: &str = "SELECT data FROM threads WHERE id = ?1 AND user_id = ?2";
+const UPDATE_THREAD: &str = "UPDATE threads SET data = ?3 WHERE id = ?1 AND user_id = ?2";
+const DELETE_THREAD: &str = "DELETE FROM threads WHERE id = ?1 AND user_id = ?2";
+const THREAD_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2)";
 
 const THREADS_ASC: &str = "SELECT id, data FROM threads WHERE user_id = ?1 ORDER BY seq ASC LIMIT ?2";
 const THREADS_DESC: &str = "SELECT id, data FROM threads WHERE user_id = ?1 ORDER BY seq DESC LIMIT ?2";
@@ -308,7 +791,11 @@ const ITEMS_ASC_AFTER: &str = "SELECT id, data FROM items WHERE thread_id = ?1 A
      AND seq > (SELECT seq FROM items WHERE thread_id = ?1 AND id = ?4 AND user_id = ?2) ORDER BY seq ASC LIMIT ?3";
 const ITEMS_DESC_AFTER: &str = "SELECT id, data FROM items WHERE thread_id = ?1 AND user_id = ?2 \
      AND seq < (SELECT seq FROM items WHERE thread_id = ?1 AND id = ?4 AND user_id = ?2) ORDER BY seq DESC LIMIT ?3";
+/// Tells apart why an item listing came back empty.
+const THREAD_AND_CURSOR_EXIST: &str = "SELECT EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2), \
+     EXISTS (SELECT 1 FROM items WHERE thread_id = ?1 AND id = ?3 AND user_id = ?2)";
 
+const LOAD_ITEM: &str = "SELECT data FROM items WHERE thread_id = ?1 AND id = ?2 AND user_id = ?3";
 /// Appends an item, but only to a thread the user owns: no row is inserted otherwise.
 const INSERT_ITEM: &str = "INSERT INTO items (id, thread_id, user_id, data) SELECT ?1, ?2, ?3, ?4 \
      WHERE EXISTS (SELECT 1 FROM threads WHERE id = ?2 AND user_id = ?3)";
@@ -316,9 +803,13 @@ const INSERT_ITEM: &str = "INSERT INTO items (id, thread_id, user_id, data) SELE
 const UPSERT_ITEM: &str = "INSERT INTO items (id, thread_id, user_id, data) SELECT ?1, ?2, ?3, ?4 \
      WHERE EXISTS (SELECT 1 FROM threads WHERE id = ?2 AND user_id = ?3) \
      ON CONFLICT (thread_id, id) DO UPDATE SET data = excluded.data";
+const DELETE_ITEM: &str = "DELETE FROM items WHERE thread_id = ?1 AND id = ?2 AND user_id = ?3";
+
 /// Inserts or replaces an attachment, but never one another user owns.
 const UPSERT_ATTACHMENT: &str = "INSERT INTO attachments (id, user_id, data) VALUES (?1, ?2, ?3) \
      ON CONFLICT (id) DO UPDATE SET data = excluded.data WHERE attachments.user_id = excluded.user_id";
+const LOAD_ATTACHMENT: &str = "SELECT data FROM attachments WHERE id = ?1 AND user_id = ?2";
+const DELETE_ATTACHMENT: &str = "DELETE FROM attachments WHERE id = ?1 AND user_id = ?2";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -327,234 +818,185 @@ impl Store for SqliteStore {
     }
 
     async fn create_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
-        let data = to_json(thread)?;
-        sqlx::query("INSERT INTO threads (id, user_id, data) VALUES (?1, ?2, ?3)")
-            .bind(thread.id.as_str())
-            .bind(user.as_str())
-            .bind(data)
-            .execute(&self.write)
-            .await
-            .map_err(|err| insert_error(err, Entity::Thread, &thread.id))?;
-        Ok(())
+        // Records are serialized here, on the caller's thread, so that the one
+        // writer thread spends its time on SQLite alone.
+        let (id, user, data) = (thread.id.clone(), user.0.clone(), to_json(thread)?);
+        self.write(move |conn| {
+            execute(conn, INSERT_THREAD, params![id, user, data])
+                .map_err(|err| insert_error(err, Entity::Thread, &id))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn load_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<ThreadMetadata> {
-        let data: Option<String> = sqlx::query_scalar("SELECT data FROM threads WHERE id = ?1 AND user_id = ?2")
-            .bind(thread_id)
-            .bind(user.as_str())
-            .fetch_optional(&self.read)
-            .await
-            .map_err(backend_error)?;
-        match data {
-            Some(data) => from_json(&data),
-            None => Err(StoreError::not_found(Entity::Thread, thread_id)),
-        }
+        let (id, user) = (thread_id.to_owned(), user.0.clone());
+        self.read(move |conn| {
+            query_record(conn, LOAD_THREAD, params![id, user])?.ok_or_else(|| StoreError::not_found(Entity::Thread, id))
+        })
+        .await
     }
 
     async fn save_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
-        let data = to_json(thread)?;
-        let done = sqlx::query("UPDATE threads SET data = ?3 WHERE id = ?1 AND user_id = ?2")
-            .bind(thread.id.as_str())
-            .bind(user.as_str())
-            .bind(data)
-            .execute(&self.write)
-            .await
-            .map_err(backend_error)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found(Entity::Thread, &thread.id));
-        }
-        Ok(())
+        let (id, user, data) = (thread.id.clone(), user.0.clone(), to_json(thread)?);
+        self.write(move |conn| match execute(conn, UPDATE_THREAD, params![id, user, data]).map_err(backend_error)? {
+            0 => Err(StoreError::not_found(Entity::Thread, id)),
+            _ => Ok(()),
+        })
+        .await
     }
 
     async fn delete_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<()> {
+        let (id, user) = (thread_id.to_owned(), user.0.clone());
         // The items go with the thread through `ON DELETE CASCADE`.
-        let done = sqlx::query("DELETE FROM threads WHERE id = ?1 AND user_id = ?2")
-            .bind(thread_id)
-            .bind(user.as_str())
-            .execute(&self.write)
-            .await
-            .map_err(backend_error)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found(Entity::Thread, thread_id));
-        }
-        Ok(())
+        self.write(move |conn| match execute(conn, DELETE_THREAD, params![id, user]).map_err(backend_error)? {
+            0 => Err(StoreError::not_found(Entity::Thread, id)),
+            _ => Ok(()),
+        })
+        .await
     }
 
     async fn load_threads(&self, user: &UserId, query: &PageQuery) -> StoreResult<Page<ThreadMetadata>> {
         let limit = effective_limit(query.limit);
-        let sql = match (query.order, query.after.is_some()) {
-            (Order::Asc, false) => THREADS_ASC,
-            (Order::Desc, false) => THREADS_DESC,
-            (Order::Asc, true) => THREADS_ASC_AFTER,
-            (Order::Desc, true) => THREADS_DESC_AFTER,
-        };
-        let mut statement = sqlx::query_as::<_, (String, String)>(sql).bind(user.as_str()).bind(fetch_limit(limit));
-        if let Some(after) = &query.after {
-            statement = statement.bind(after.as_str());
-        }
-        let rows = statement.fetch_all(&self.read).await.map_err(backend_error)?;
-        if rows.is_empty() {
-            if let Some(after) = &query.after {
+        let (user, after, order) = (user.0.clone(), query.after.clone(), query.order);
+        self.read(move |conn| {
+            let page = match (&after, order) {
+                (None, Order::Asc) => query_page(conn, THREADS_ASC, params![user, fetch_limit(limit)], limit)?,
+                (None, Order::Desc) => query_page(conn, THREADS_DESC, params![user, fetch_limit(limit)], limit)?,
+                (Some(after), Order::Asc) => {
+                    query_page(conn, THREADS_ASC_AFTER, params![user, fetch_limit(limit), after], limit)?
+                }
+                (Some(after), Order::Desc) => {
+                    query_page(conn, THREADS_DESC_AFTER, params![user, fetch_limit(limit), after], limit)?
+                }
+            };
+            if let (true, Some(after)) = (page.data.is_empty(), after) {
                 // An unknown cursor also yields no rows; only then is it worth a
                 // second statement to tell it from the end of the listing.
-                let known: bool =
-                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2)")
-                        .bind(after.as_str())
-                        .bind(user.as_str())
-                        .fetch_one(&self.read)
-                        .await
-                        .map_err(backend_error)?;
+                let known: bool = query_value(conn, THREAD_EXISTS, params![after, user])?;
                 if !known {
-                    return Err(StoreError::UnknownCursor(after.clone()));
+                    return Err(StoreError::UnknownCursor(after));
                 }
             }
-        }
-        build_page(rows, limit)
+            Ok(page)
+        })
+        .await
     }
 
     async fn load_items(&self, user: &UserId, thread_id: &str, query: &PageQuery) -> StoreResult<Page<ThreadItem>> {
         let limit = effective_limit(query.limit);
-        let sql = match (query.order, query.after.is_some()) {
-            (Order::Asc, false) => ITEMS_ASC,
-            (Order::Desc, false) => ITEMS_DESC,
-            (Order::Asc, true) => ITEMS_ASC_AFTER,
-            (Order::Desc, true) => ITEMS_DESC_AFTER,
-        };
-        let mut statement =
-            sqlx::query_as::<_, (String, String)>(sql).bind(thread_id).bind(user.as_str()).bind(fetch_limit(limit));
-        if let Some(after) = &query.after {
-            statement = statement.bind(after.as_str());
-        }
-        let rows = statement.fetch_all(&self.read).await.map_err(backend_error)?;
-        if rows.is_empty() {
-            // No rows may mean an empty thread, the end of the listing, a missing or
-            // foreign thread, or an unknown cursor; one more statement tells which.
-            let (thread_known, cursor_known): (bool, bool) = sqlx::query_as(
-                "SELECT EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2), \
-                 EXISTS (SELECT 1 FROM items WHERE thread_id = ?1 AND id = ?3 AND user_id = ?2)",
-            )
-            .bind(thread_id)
-            .bind(user.as_str())
-            .bind(query.after.as_deref())
-            .fetch_one(&self.read)
-            .await
-            .map_err(backend_error)?;
-            if !thread_known {
-                return Err(StoreError::not_found(Entity::Thread, thread_id));
+        let (thread_id, user, after, order) = (thread_id.to_owned(), user.0.clone(), query.after.clone(), query.order);
+        self.read(move |conn| {
+            let page = match (&after, order) {
+                (None, Order::Asc) => query_page(conn, ITEMS_ASC, params![thread_id, user, fetch_limit(limit)], limit)?,
+                (None, Order::Desc) => {
+                    query_page(conn, ITEMS_DESC, params![thread_id, user, fetch_limit(limit)], limit)?
+                }
+                (Some(after), Order::Asc) => {
+                    query_page(conn, ITEMS_ASC_AFTER, params![thread_id, user, fetch_limit(limit), after], limit)?
+                }
+                (Some(after), Order::Desc) => {
+                    query_page(conn, ITEMS_DESC_AFTER, params![thread_id, user, fetch_limit(limit), after], limit)?
+                }
+            };
+            if page.data.is_empty() {
+                // No rows may mean an empty thread, the end of the listing, a missing or
+                // foreign thread, or an unknown cursor; one more statement tells which.
+                let (thread_known, cursor_known): (bool, bool) = conn
+                    .prepare_cached(THREAD_AND_CURSOR_EXIST)
+                    .and_then(|mut statement| {
+                        statement.query_row(params![thread_id, user, after], |row| Ok((row.get(0)?, row.get(1)?)))
+                    })
+                    .map_err(backend_error)?;
+                if !thread_known {
+                    return Err(StoreError::not_found(Entity::Thread, thread_id));
+                }
+                if let (Some(after), false) = (after, cursor_known) {
+                    return Err(StoreError::UnknownCursor(after));
+                }
             }
-            if let (Some(after), false) = (&query.after, cursor_known) {
-                return Err(StoreError::UnknownCursor(after.clone()));
-            }
-        }
-        build_page(rows, limit)
+            Ok(page)
+        })
+        .await
     }
 
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {
-        let data: Option<String> =
-            sqlx::query_scalar("SELECT data FROM items WHERE thread_id = ?1 AND id = ?2 AND user_id = ?3")
-                .bind(thread_id)
-                .bind(item_id)
-                .bind(user.as_str())
-                .fetch_optional(&self.read)
-                .await
-                .map_err(backend_error)?;
-        match data {
-            Some(data) => from_json(&data),
-            None => Err(StoreError::not_found(Entity::Item, item_id)),
-        }
+        let (thread_id, id, user) = (thread_id.to_owned(), item_id.to_owned(), user.0.clone());
+        self.read(move |conn| {
+            query_record(conn, LOAD_ITEM, params![thread_id, id, user])?
+                .ok_or_else(|| StoreError::not_found(Entity::Item, id))
+        })
+        .await
     }
 
     async fn add_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
-        let data = to_json(item)?;
-        let done = sqlx::query(INSERT_ITEM)
-            .bind(item.id.as_str())
-            .bind(item.thread_id.as_str())
-            .bind(user.as_str())
-            .bind(data)
-            .execute(&self.write)
-            .await
-            .map_err(|err| insert_error(err, Entity::Item, &item.id))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found(Entity::Thread, &item.thread_id));
-        }
-        Ok(())
+        let (id, thread_id, user, data) = (item.id.clone(), item.thread_id.clone(), user.0.clone(), to_json(item)?);
+        self.write(move |conn| {
+            match execute(conn, INSERT_ITEM, params![id, thread_id, user, data])
+                .map_err(|err| insert_error(err, Entity::Item, &id))?
+            {
+                0 => Err(StoreError::not_found(Entity::Thread, thread_id)),
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     async fn save_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
-        let data = to_json(item)?;
-        let done = sqlx::query(UPSERT_ITEM)
-            .bind(item.id.as_str())
-            .bind(item.thread_id.as_str())
-            .bind(user.as_str())
-            .bind(data)
-            .execute(&self.write)
-            .await
-            .map_err(backend_error)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found(Entity::Thread, &item.thread_id));
-        }
-        Ok(())
+        let (id, thread_id, user, data) = (item.id.clone(), item.thread_id.clone(), user.0.clone(), to_json(item)?);
+        self.write(move |conn| {
+            match execute(conn, UPSERT_ITEM, params![id, thread_id, user, data]).map_err(backend_error)? {
+                0 => Err(StoreError::not_found(Entity::Thread, thread_id)),
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     async fn delete_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<()> {
-        let done = sqlx::query("DELETE FROM items WHERE thread_id = ?1 AND id = ?2 AND user_id = ?3")
-            .bind(thread_id)
-            .bind(item_id)
-            .bind(user.as_str())
-            .execute(&self.write)
-            .await
-            .map_err(backend_error)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found(Entity::Item, item_id));
-        }
-        Ok(())
+        let (thread_id, id, user) = (thread_id.to_owned(), item_id.to_owned(), user.0.clone());
+        self.write(move |conn| {
+            match execute(conn, DELETE_ITEM, params![thread_id, id, user]).map_err(backend_error)? {
+                0 => Err(StoreError::not_found(Entity::Item, id)),
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()> {
-        let data = to_json(attachment)?;
-        let done = sqlx::query(UPSERT_ATTACHMENT)
-            .bind(attachment.id.as_str())
-            .bind(user.as_str())
-            .bind(data)
-            .execute(&self.write)
-            .await
-            .map_err(backend_error)?;
-        if done.rows_affected() == 0 {
-            // The id belongs to another user's attachment, which stays untouched and
-            // is reported as missing so that its existence does not leak.
-            return Err(StoreError::not_found(Entity::Attachment, &attachment.id));
-        }
-        Ok(())
+        let (id, user, data) = (attachment.id.clone(), user.0.clone(), to_json(attachment)?);
+        self.write(move |conn| {
+            match execute(conn, UPSERT_ATTACHMENT, params![id, user, data]).map_err(backend_error)? {
+                // The id belongs to another user's attachment, which stays untouched and
+                // is reported as missing so that its existence does not leak.
+                0 => Err(StoreError::not_found(Entity::Attachment, id)),
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     async fn load_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<Attachment> {
-        let data: Option<String> = sqlx::query_scalar("SELECT data FROM attachments WHERE id = ?1 AND user_id = ?2")
-            .bind(attachment_id)
-            .bind(user.as_str())
-            .fetch_optional(&self.read)
-            .await
-            .map_err(backend_error)?;
-        match data {
-            Some(data) => from_json(&data),
-            None => Err(StoreError::not_found(Entity::Attachment, attachment_id)),
-        }
+        let (id, user) = (attachment_id.to_owned(), user.0.clone());
+        self.read(move |conn| {
+            query_record(conn, LOAD_ATTACHMENT, params![id, user])?
+                .ok_or_else(|| StoreError::not_found(Entity::Attachment, id))
+        })
+        .await
     }
 
     async fn delete_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<()> {
-        let done = sqlx::query("DELETE FROM attachments WHERE id = ?1 AND user_id = ?2")
-            .bind(attachment_id)
-            .bind(user.as_str())
-            .execute(&self.write)
-            .await
-            .map_err(backend_error)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found(Entity::Attachment, attachment_id));
-        }
-        Ok(())
+        let (id, user) = (attachment_id.to_owned(), user.0.clone());
+        self.write(move |conn| match execute(conn, DELETE_ATTACHMENT, params![id, user]).map_err(backend_error)? {
+            0 => Err(StoreError::not_found(Entity::Attachment, id)),
+            _ => Ok(()),
+        })
+        .await
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.read).await.map_err(backend_error)?;
+        self.read(|conn| query_value::<i64>(conn, "SELECT 1", [])).await?;
         Ok(())
     }
 }

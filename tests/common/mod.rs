@@ -11,6 +11,7 @@ use chatkit_gateway::config::Config;
 use chatkit_gateway::engine::Engine;
 use chatkit_gateway::responder::{EchoResponder, Responder};
 use chatkit_gateway::store::{MemoryStore, Store};
+use chatkit_gateway::thread::Threads;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -24,6 +25,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub engine: Arc<Engine>,
+    pub threads: Threads,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<std::thread::JoinHandle<()>>,
@@ -65,7 +67,7 @@ pub fn spawn(options: Spawn) -> TestApp {
             let header = HeaderName::try_from(config.user_header.as_str()).expect("header name");
             std::fs::create_dir_all(&config.data_dir).expect("data dir");
             let app = App::build_with(config, header, app_store, responder).expect("app builds");
-            addr_tx.send((app.local_addr(), app.engine().clone())).expect("report address");
+            addr_tx.send((app.local_addr(), app.engine().clone(), app.threads().clone())).expect("report address");
             app.run_until(async {
                 let _ = stop_rx.await;
             })
@@ -73,13 +75,14 @@ pub fn spawn(options: Spawn) -> TestApp {
             .expect("app runs");
         })
     });
-    let (addr, engine) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("app started");
+    let (addr, engine, threads) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("app started");
     let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
     TestApp {
         base: format!("http://{addr}"),
         addr,
         store,
         engine,
+        threads,
         client,
         stop: Some(stop_tx),
         server: Some(server),
@@ -205,10 +208,19 @@ impl TestApp {
         self.stream(user, "threads.add_user_message", json!({"thread_id": thread_id, "input": text_input(text)})).await
     }
 
-    /// All items of a thread as a client sees them, oldest first.
+    /// All items of a thread as a client sees them, oldest first (every page).
     pub async fn items(&self, user: &str, thread_id: &str) -> Vec<Value> {
-        let page = self.call(user, "items.list", json!({"thread_id": thread_id, "order": "asc", "limit": 100})).await;
-        page["data"].as_array().expect("data").clone()
+        let mut items = Vec::new();
+        let mut after = Value::Null;
+        loop {
+            let params = json!({"thread_id": thread_id, "order": "asc", "limit": 100, "after": after});
+            let page = self.call(user, "items.list", params).await;
+            items.extend(page["data"].as_array().expect("data").iter().cloned());
+            if page["has_more"] != true {
+                return items;
+            }
+            after = page["after"].clone();
+        }
     }
 
     /// Asserts an error answer: its status, and that its message mentions `needle`.

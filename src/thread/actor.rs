@@ -1,0 +1,162 @@
+//! The thread actor and the jobs it runs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, SpawnHandle,
+    WrapFuture,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::registry::Inner;
+use crate::engine::{CancelSignal, Engine, EngineResult, JsonAnswer, PreparedTurn};
+use crate::protocol::{Request, ThreadStreamEvent};
+use crate::store::UserId;
+
+/// What a thread's actor is asked to do.
+pub(super) enum Job {
+    /// Prepare and run a streaming request; `started` learns whether it was
+    /// accepted before the first event.
+    Turn {
+        user: UserId,
+        request: Request,
+        sink: mpsc::Sender<ThreadStreamEvent>,
+        started: oneshot::Sender<EngineResult<()>>,
+    },
+    /// Run a turn prepared outside the actor (a new thread's first turn).
+    Run { turn: PreparedTurn, sink: mpsc::Sender<ThreadStreamEvent> },
+    /// A non-streaming request that changes the thread.
+    Json { user: UserId, request: Request, answer: oneshot::Sender<EngineResult<JsonAnswer>> },
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Envelope(pub Job);
+
+/// State shared between an actor and the registry, readable without a message.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Jobs sent but not yet started: the queue the bound applies to.
+    pub queued: AtomicUsize,
+    /// The running turn's cancel signal, so a cancel need not queue behind it.
+    pub running: Mutex<Option<CancelSignal>>,
+}
+
+impl Shared {
+    pub fn cancel_running(&self) -> bool {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.as_ref() {
+            Some(signal) => {
+                signal.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_running(&self, signal: Option<CancelSignal>) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = signal;
+    }
+}
+
+pub(super) struct ThreadActor {
+    pub thread_id: String,
+    pub generation: u64,
+    pub engine: Arc<Engine>,
+    pub shared: Arc<Shared>,
+    pub registry: Weak<Inner>,
+    pub idle_timeout: Duration,
+    pub mailbox: usize,
+    idle_timer: Option<SpawnHandle>,
+}
+
+impl ThreadActor {
+    pub fn new(
+        thread_id: String,
+        generation: u64,
+        engine: Arc<Engine>,
+        shared: Arc<Shared>,
+        registry: Weak<Inner>,
+        idle_timeout: Duration,
+        mailbox: usize,
+    ) -> Self {
+        ThreadActor { thread_id, generation, engine, shared, registry, idle_timeout, mailbox, idle_timer: None }
+    }
+
+    /// Stops the actor after `idle_timeout` without work. It leaves the
+    /// registry first, and only if nothing was queued meanwhile, so a request
+    /// never lands on a stopped actor without noticing.
+    fn arm_idle_timer(&mut self, ctx: &mut Context<Self>) {
+        self.idle_timer = Some(ctx.run_later(self.idle_timeout, |actor, ctx| {
+            let removed = match actor.registry.upgrade() {
+                Some(registry) => registry.remove_if_idle(&actor.thread_id, actor.generation),
+                None => true,
+            };
+            if removed {
+                ctx.stop();
+            } else {
+                actor.arm_idle_timer(ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for ThreadActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The registry enforces the real bound; the mailbox only needs room for it.
+        ctx.set_mailbox_capacity(self.mailbox);
+        self.arm_idle_timer(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.actor_stopped();
+        }
+    }
+}
+
+impl Handler<Envelope> for ThreadActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, Envelope(job): Envelope, ctx: &mut Context<Self>) -> Self::Result {
+        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        if let Some(timer) = self.idle_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let work = run_job(self.engine.clone(), self.shared.clone(), job);
+        // AtomicResponse keeps the mailbox closed until the job is done: this
+        // is what makes a thread's operations run one at a time.
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|(), actor, ctx| actor.arm_idle_timer(ctx))))
+    }
+}
+
+async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, job: Job) {
+    match job {
+        Job::Turn { user, request, sink, started } => match engine.prepare(&user, request).await {
+            Err(error) => {
+                let _ = started.send(Err(error));
+            }
+            Ok(turn) => {
+                // Run even if the caller is gone: its input is already stored,
+                // and the closed sink makes the run keep it as a cancelled turn.
+                let _ = started.send(Ok(()));
+                run_turn(&engine, &shared, turn, sink).await;
+            }
+        },
+        Job::Run { turn, sink } => run_turn(&engine, &shared, turn, sink).await,
+        Job::Json { user, request, answer } => {
+            let _ = answer.send(engine.answer(&user, request).await);
+        }
+    }
+}
+
+async fn run_turn(engine: &Engine, shared: &Shared, turn: PreparedTurn, sink: mpsc::Sender<ThreadStreamEvent>) {
+    let cancel = CancelSignal::new();
+    shared.set_running(Some(cancel.clone()));
+    engine.run(turn, sink, cancel).await;
+    shared.set_running(None);
+}

@@ -1,0 +1,212 @@
+//! The registry of live thread actors and the facade HTTP code calls.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+
+use super::actor::{Envelope, Job, Shared, ThreadActor};
+use crate::engine::{Engine, EngineError, EngineResult, JsonAnswer};
+use crate::protocol::{Request, ThreadStreamEvent};
+use crate::store::UserId;
+
+/// Events buffered between a turn and its client before the turn waits.
+pub const STREAM_BUFFER: usize = 64;
+
+/// How thread actors behave.
+#[derive(Clone, Debug)]
+pub struct ThreadSettings {
+    /// Jobs that may wait behind the running one; more are refused as busy.
+    pub queue_bound: usize,
+    /// How long an actor lives without work.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ThreadSettings {
+    fn default() -> Self {
+        ThreadSettings { queue_bound: 16, idle_timeout: Duration::from_secs(300) }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct ThreadStats {
+    pub actors_started: AtomicU64,
+    pub actors_stopped: AtomicU64,
+    pub refused_busy: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Entry {
+    addr: Addr<ThreadActor>,
+    shared: Arc<Shared>,
+    generation: u64,
+}
+
+pub(super) struct Inner {
+    engine: Arc<Engine>,
+    settings: ThreadSettings,
+    actors: DashMap<String, Entry>,
+    generations: AtomicU64,
+    stats: ThreadStats,
+}
+
+impl Inner {
+    /// Removes an actor's entry if it is still that actor's and has nothing queued.
+    pub fn remove_if_idle(&self, thread_id: &str, generation: u64) -> bool {
+        self.actors
+            .remove_if(thread_id, |_, entry| {
+                entry.generation == generation && entry.shared.queued.load(Ordering::SeqCst) == 0
+            })
+            .is_some()
+            || self.actors.get(thread_id).is_none_or(|entry| entry.generation != generation)
+    }
+
+    pub fn actor_stopped(&self) {
+        self.stats.actors_stopped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The message a refused request gets instead of a turn.
+const BUSY: &str = "This thread is busy with other messages; try again in a moment.";
+
+/// The facade over thread actors.
+#[derive(Clone)]
+pub struct Threads {
+    inner: Arc<Inner>,
+}
+
+enum Submit {
+    Queued,
+    Busy,
+}
+
+impl Threads {
+    pub fn new(engine: Arc<Engine>, settings: ThreadSettings) -> Self {
+        let inner = Inner {
+            engine,
+            settings,
+            actors: DashMap::new(),
+            generations: AtomicU64::new(0),
+            stats: ThreadStats::default(),
+        };
+        Threads { inner: Arc::new(inner) }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.inner.engine
+    }
+
+    pub fn stats(&self) -> &ThreadStats {
+        &self.inner.stats
+    }
+
+    /// Actors alive now.
+    pub fn live_actors(&self) -> usize {
+        self.inner.actors.len()
+    }
+
+    /// Jobs waiting in all queues now.
+    pub fn queued(&self) -> usize {
+        self.inner.actors.iter().map(|entry| entry.shared.queued.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Starts a streaming operation in its thread's order. An error means the
+    /// request was refused before its first event.
+    pub async fn turn(&self, user: UserId, request: Request) -> EngineResult<mpsc::Receiver<ThreadStreamEvent>> {
+        let (sink, events) = mpsc::channel(STREAM_BUFFER);
+        let Some(thread_id) = request.thread_id().map(str::to_string) else {
+            // A new thread: nothing can be queued on it yet, so it is prepared
+            // here and only its run goes through the new thread's actor.
+            let turn = self.inner.engine.prepare(&user, request).await?;
+            let thread_id = turn.thread_id();
+            if let Submit::Busy = self.submit(&thread_id, Job::Run { turn, sink: sink.clone() }) {
+                let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
+            }
+            return Ok(events);
+        };
+        let (started, accepted) = oneshot::channel();
+        match self.submit(&thread_id, Job::Turn { user, request, sink: sink.clone(), started }) {
+            Submit::Busy => {
+                let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
+                Ok(events)
+            }
+            Submit::Queued => match accepted.await {
+                Ok(result) => result.map(|()| events),
+                Err(_) => Err(EngineError::Unavailable("the thread's actor stopped before the request ran".into())),
+            },
+        }
+    }
+
+    /// Runs a non-streaming operation that changes a thread in its order.
+    pub async fn change(&self, user: UserId, request: Request) -> EngineResult<JsonAnswer> {
+        let Some(thread_id) = request.thread_id().map(str::to_string) else {
+            return self.inner.engine.answer(&user, request).await;
+        };
+        let (answer, answered) = oneshot::channel();
+        match self.submit(&thread_id, Job::Json { user, request, answer }) {
+            Submit::Busy => Err(EngineError::Busy(BUSY.into())),
+            Submit::Queued => answered.await.unwrap_or_else(|_| {
+                Err(EngineError::Unavailable("the thread's actor stopped before the request ran".into()))
+            }),
+        }
+    }
+
+    /// Cancels the turn running on a thread, if any; true when there was one.
+    pub fn cancel_running(&self, thread_id: &str) -> bool {
+        self.inner.actors.get(thread_id).is_some_and(|entry| entry.shared.cancel_running())
+    }
+
+    /// Queues a job on the thread's actor, starting one when there is none.
+    fn submit(&self, thread_id: &str, mut job: Job) -> Submit {
+        // A stopped actor can only be met in the moment it leaves the
+        // registry; a second try then starts a fresh one.
+        for _ in 0..3 {
+            let entry = self.entry(thread_id);
+            let waiting = entry.shared.queued.fetch_add(1, Ordering::SeqCst);
+            if waiting >= self.inner.settings.queue_bound {
+                entry.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                self.inner.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                return Submit::Busy;
+            }
+            match entry.addr.try_send(Envelope(job)) {
+                Ok(()) => return Submit::Queued,
+                Err(error) => {
+                    entry.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                    self.inner.actors.remove_if(thread_id, |_, current| current.generation == entry.generation);
+                    job = error.into_inner().0;
+                }
+            }
+        }
+        self.inner.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+        Submit::Busy
+    }
+
+    fn entry(&self, thread_id: &str) -> Entry {
+        // The entry API holds the shard lock while an actor starts, so two
+        // first requests for one thread can never start two actors.
+        self.inner
+            .actors
+            .entry(thread_id.to_string())
+            .or_insert_with(|| {
+                let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+                let shared = Arc::new(Shared::default());
+                let settings = &self.inner.settings;
+                let actor = ThreadActor::new(
+                    thread_id.to_string(),
+                    generation,
+                    self.inner.engine.clone(),
+                    shared.clone(),
+                    Arc::downgrade(&self.inner),
+                    settings.idle_timeout,
+                    settings.queue_bound + 8,
+                );
+                self.inner.stats.actors_started.fetch_add(1, Ordering::Relaxed);
+                Entry { addr: actor.start(), shared, generation }
+            })
+            .clone()
+    }
+}
