@@ -11,7 +11,7 @@ use actix_web::{web, HttpServer};
 
 use crate::config::Config;
 use crate::engine::{AttachmentFiles, Engine, EngineSettings};
-use crate::http::{self, ApiError};
+use crate::http::{self, AdminAccess, ApiError};
 use crate::responder::{EchoResponder, Responder};
 use crate::store::{self, Store, StoreError};
 use crate::thread::Threads;
@@ -64,9 +64,19 @@ impl App {
             EngineSettings { public_url, max_upload_bytes: config.max_upload_bytes },
         ));
         let threads = Threads::new(engine.clone(), config.thread_settings());
+        let admin = if !config.admin_keys.is_empty() {
+            AdminAccess::Keys(config.admin_keys.clone())
+        } else if addr.ip().is_loopback() {
+            tracing::warn!("admin API under /v1/ is open: no CHATKIT_ADMIN_KEYS and a loopback bind");
+            AdminAccess::Open
+        } else {
+            tracing::warn!("admin API under /v1/ is disabled (403): set CHATKIT_ADMIN_KEYS to enable it");
+            AdminAccess::Disabled
+        };
         let state = web::Data::new(http::State {
             engine: engine.clone(),
             threads: threads.clone(),
+            admin,
             user_header,
             max_body_bytes: config.max_body_bytes,
             max_upload_bytes: usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX),

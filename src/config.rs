@@ -63,6 +63,12 @@ pub struct Config {
     #[arg(long, env = "CHATKIT_THREAD_IDLE_SECS", default_value_t = 300)]
     pub thread_idle_secs: u64,
 
+    /// Keys that open the admin API under `/v1/` (`Authorization: Bearer <key>`),
+    /// comma-separated. Without keys the admin API is open on a loopback bind
+    /// and refused (403) on any other.
+    #[arg(long, env = "CHATKIT_ADMIN_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub admin_keys: Vec<Secret>,
+
     /// Log filter, in `tracing` syntax (e.g. `info`, `chatkit_gateway=debug`).
     #[arg(long, env = "CHATKIT_LOG", default_value = "info")]
     pub log: String,
@@ -84,6 +90,7 @@ impl Config {
             shutdown_grace_secs: 5,
             thread_queue_bound: 16,
             thread_idle_secs: 300,
+            admin_keys: Vec::new(),
             log: "warn".into(),
         }
     }
@@ -100,6 +107,46 @@ impl Config {
     }
 }
 
+/// A secret value: compared, never printed. `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// Compares without an early exit, so timing does not reveal a prefix.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err("a key must not be empty".into());
+        }
+        Ok(Secret(value.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +157,15 @@ mod tests {
         assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(config.database_url, "sqlite://data/chatkit.db");
         assert_eq!(config.user_header, "x-user-id");
+    }
+
+    #[test]
+    fn admin_keys_never_print() {
+        let config = Config::try_parse_from(["chatkit-gateway", "--admin-keys", "k1,k2"]).unwrap();
+        assert_eq!(config.admin_keys.len(), 2);
+        assert!(config.admin_keys[1].matches("k2") && !config.admin_keys[1].matches("k1"));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("k1") && printed.contains("***"), "{printed}");
     }
 
     #[test]

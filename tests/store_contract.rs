@@ -175,6 +175,15 @@ async fn thread_round_trips_and_updates(store: Arc<dyn Store>) {
     assert_eq!(store.load_thread(&user, &thread.id).await.unwrap().status, ThreadStatus::Closed { reason: None });
 }
 
+async fn find_thread_names_the_owner(store: Arc<dyn Store>) {
+    let mut thread = new_thread();
+    thread.title = Some("Owned".to_owned());
+    store.create_thread(&bob(), &thread).await.unwrap();
+    let (owner, found) = store.find_thread(&thread.id).await.unwrap();
+    assert_eq!((owner, found), (bob(), thread));
+    assert_not_found(store.find_thread("thr_missing").await.map(|(_, t)| t), Entity::Thread);
+}
+
 async fn creating_an_existing_thread_is_duplicate(store: Arc<dyn Store>) {
     let thread = new_thread();
     store.create_thread(&alice(), &thread).await.unwrap();
@@ -706,6 +715,7 @@ macro_rules! contract {
 contract!(
     ping_answers,
     thread_round_trips_and_updates,
+    find_thread_names_the_owner,
     creating_an_existing_thread_is_duplicate,
     missing_threads_are_not_found,
     deleting_a_thread_removes_its_items,

@@ -229,6 +229,19 @@ impl Engine {
         }
     }
 
+    /// Changes a thread's status on behalf of an operator (no user scope).
+    pub async fn set_status(&self, thread_id: &str, status: ThreadStatus) -> EngineResult<Thread> {
+        let (owner, mut thread) = self.store.find_thread(thread_id).await?;
+        thread.status = status;
+        self.store.save_thread(&owner, &thread).await?;
+        Ok(thread.to_wire(Page::default()))
+    }
+
+    /// Checks that a thread exists, for operator endpoints.
+    pub async fn thread_exists(&self, thread_id: &str) -> EngineResult<()> {
+        self.store.find_thread(thread_id).await.map(|_| ()).map_err(EngineError::from)
+    }
+
     /// A thread with its first page of items, oldest first, as `threads.get_by_id` answers.
     pub async fn full_thread(&self, user: &UserId, thread_id: &str) -> EngineResult<Thread> {
         let thread = self.store.load_thread(user, thread_id).await?;

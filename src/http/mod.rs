@@ -3,6 +3,7 @@
 //! Handlers parse, call the engine and frame its answers; they hold no protocol
 //! logic. `error` is the only place that maps errors to status codes.
 
+mod admin;
 mod attachments;
 mod chatkit;
 mod error;
@@ -18,6 +19,7 @@ use crate::engine::Engine;
 use crate::store::UserId;
 use crate::thread::Threads;
 
+pub use admin::AdminAccess;
 pub use error::ApiError;
 
 /// The longest user id accepted, in bytes.
@@ -27,6 +29,7 @@ const MAX_USER_ID_BYTES: usize = 256;
 pub struct State {
     pub engine: Arc<Engine>,
     pub threads: Threads,
+    pub admin: AdminAccess,
     pub user_header: HeaderName,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
@@ -39,6 +42,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/chatkit/attachments/{id}/upload", web::post().to(attachments::upload))
         .route("/chatkit/attachments/{id}/upload", web::put().to(attachments::upload))
         .route("/chatkit/attachments/{id}/content", web::get().to(attachments::content))
+        .route("/v1/chatkit/threads/{thread_id}/status", web::post().to(admin::set_status))
+        .route("/v1/chatkit/threads/{thread_id}/cancel", web::post().to(admin::cancel))
         .route("/healthz", web::get().to(healthz))
         .default_service(web::to(unknown_route));
 }

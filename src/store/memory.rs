@@ -140,6 +140,12 @@ impl Store for MemoryStore {
         Ok(self.read().thread(user, thread_id)?.thread.clone())
     }
 
+    async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {
+        let inner = self.read();
+        let record = inner.threads.get(thread_id).ok_or_else(|| StoreError::not_found(Entity::Thread, thread_id))?;
+        Ok((record.owner.clone(), record.thread.clone()))
+    }
+
     async fn save_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
         let mut inner = self.write();
         inner.thread_mut(user, &thread.id)?.thread = thread.clone();

@@ -104,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a thread with all its items.
     async fn delete_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<()>;
     async fn load_threads(&self, user: &UserId, query: &PageQuery) -> StoreResult<Page<ThreadMetadata>>;
+    /// Finds a thread by id alone, with its owner: for admin operations, which
+    /// act on a thread without acting as its user.
+    async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)>;
 
     async fn load_items(&self, user: &UserId, thread_id: &str, query: &PageQuery) -> StoreResult<Page<ThreadItem>>;
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem>;

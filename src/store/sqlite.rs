@@ -774,6 +774,7 @@ impl SqliteStore {
 
 const INSERT_THREAD: &str = "INSERT INTO threads (id, user_id, data) VALUES (?1, ?2, ?3)";
 const LOAD_THREAD: &str = "SELECT data FROM threads WHERE id = ?1 AND user_id = ?2";
+const FIND_THREAD: &str = "SELECT user_id, data FROM threads WHERE id = ?1";
 const UPDATE_THREAD: &str = "UPDATE threads SET data = ?3 WHERE id = ?1 AND user_id = ?2";
 const DELETE_THREAD: &str = "DELETE FROM threads WHERE id = ?1 AND user_id = ?2";
 const THREAD_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2)";
@@ -833,6 +834,19 @@ impl Store for SqliteStore {
         let (id, user) = (thread_id.to_owned(), user.0.clone());
         self.read(move |conn| {
             query_record(conn, LOAD_THREAD, params![id, user])?.ok_or_else(|| StoreError::not_found(Entity::Thread, id))
+        })
+        .await
+    }
+
+    async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {
+        let id = thread_id.to_owned();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(FIND_THREAD).map_err(backend_error)?;
+            let mut rows = statement.query(params![id]).map_err(backend_error)?;
+            match rows.next().map_err(backend_error)? {
+                Some(row) => Ok((UserId(text(row, 0)?.to_string()), from_json(text(row, 1)?)?)),
+                None => Err(StoreError::not_found(Entity::Thread, id)),
+            }
         })
         .await
     }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::registry::Inner;
 use crate::engine::{CancelSignal, Engine, EngineResult, JsonAnswer, PreparedTurn};
-use crate::protocol::{Request, ThreadStreamEvent};
+use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
 use crate::store::UserId;
 
 /// What a thread's actor is asked to do.
@@ -27,6 +27,8 @@ pub(super) enum Job {
     },
     /// Run a turn prepared outside the actor (a new thread's first turn).
     Run { turn: PreparedTurn, sink: mpsc::Sender<ThreadStreamEvent> },
+    /// An operator's status change.
+    Status { thread_id: String, status: ThreadStatus, answer: oneshot::Sender<EngineResult<Thread>> },
     /// A non-streaming request that changes the thread.
     Json { user: UserId, request: Request, answer: oneshot::Sender<EngineResult<JsonAnswer>> },
 }
@@ -148,6 +150,9 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, job: Job) {
             }
         },
         Job::Run { turn, sink } => run_turn(&engine, &shared, turn, sink).await,
+        Job::Status { thread_id, status, answer } => {
+            let _ = answer.send(engine.set_status(&thread_id, status).await);
+        }
         Job::Json { user, request, answer } => {
             let _ = answer.send(engine.answer(&user, request).await);
         }

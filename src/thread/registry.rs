@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::actor::{Envelope, Job, Shared, ThreadActor};
 use crate::engine::{Engine, EngineError, EngineResult, JsonAnswer};
-use crate::protocol::{Request, ThreadStreamEvent};
+use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
 use crate::store::UserId;
 
 /// Events buffered between a turn and its client before the turn waits.
@@ -148,6 +148,28 @@ impl Threads {
         };
         let (answer, answered) = oneshot::channel();
         match self.submit(&thread_id, Job::Json { user, request, answer }) {
+            Submit::Busy => Err(EngineError::Busy(BUSY.into())),
+            Submit::Queued => answered.await.unwrap_or_else(|_| {
+                Err(EngineError::Unavailable("the thread's actor stopped before the request ran".into()))
+            }),
+        }
+    }
+
+    /// Changes a thread's status in the thread's order: by default after the
+    /// running turn and anything queued before it; with `cancel_running`, the
+    /// running turn is cancelled first (keeping its partial output).
+    pub async fn set_status(
+        &self,
+        thread_id: &str,
+        status: ThreadStatus,
+        cancel_running: bool,
+    ) -> EngineResult<Thread> {
+        self.inner.engine.thread_exists(thread_id).await?;
+        if cancel_running {
+            self.cancel_running(thread_id);
+        }
+        let (answer, answered) = oneshot::channel();
+        match self.submit(thread_id, Job::Status { thread_id: thread_id.to_string(), status, answer }) {
             Submit::Busy => Err(EngineError::Busy(BUSY.into())),
             Submit::Queued => answered.await.unwrap_or_else(|_| {
                 Err(EngineError::Unavailable("the thread's actor stopped before the request ran".into()))

@@ -78,7 +78,8 @@ pub fn spawn(options: Spawn) -> TestApp {
     let (addr, engine, threads) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("app started");
     let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
     TestApp {
-        base: format!("http://{addr}"),
+        // Connect over loopback even when the app binds every interface.
+        base: format!("http://127.0.0.1:{}", addr.port()),
         addr,
         store,
         engine,

@@ -1,0 +1,209 @@
+//! The admin API: thread status changes and cancellation through the thread's actor.
+mod common;
+
+use std::sync::Arc;
+
+use chatkit_gateway::ids::{new_id, IdKind};
+use chatkit_gateway::protocol::{AssistantMessageContent, ItemBody, ItemUpdate, ThreadItem, ThreadStreamEvent};
+use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
+use common::*;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+/// Streams `partial ` at once; the rest only once the test adds a permit.
+/// Messages other than `slow` are echoed at once.
+struct Gated(Arc<Semaphore>);
+
+#[async_trait::async_trait]
+impl Responder for Gated {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+
+    fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream {
+        let gate = self.0.clone();
+        let text = match &input.item().body {
+            ItemBody::UserMessage(message) => message.plain_text(),
+            _ => String::new(),
+        };
+        Box::pin(async_stream::stream! {
+            let id = new_id(IdKind::Message);
+            let empty = ThreadItem::new(id.clone(), turn.thread.id(), ItemBody::AssistantMessage { content: vec![] });
+            yield Ok(ThreadStreamEvent::ItemAdded { item: empty.clone() });
+            let delta = |delta: &str| ThreadStreamEvent::ItemUpdated {
+                item_id: id.clone(),
+                update: ItemUpdate::TextDelta { content_index: 0, delta: delta.into() },
+            };
+            let full = if text == "slow" {
+                yield Ok(delta("partial "));
+                let _permit = gate.acquire().await;
+                yield Ok(delta("rest"));
+                "partial rest".to_string()
+            } else {
+                yield Ok(delta(&format!("echo: {text}")));
+                format!("echo: {text}")
+            };
+            let mut done = empty;
+            done.body = ItemBody::AssistantMessage { content: vec![AssistantMessageContent::text(full)] };
+            yield Ok(ThreadStreamEvent::ItemDone { item: done });
+        })
+    }
+}
+
+fn spawn_gated(
+    configure: impl FnOnce(&mut chatkit_gateway::config::Config) + Send + 'static,
+) -> (TestApp, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let app =
+        spawn(Spawn { responder: Arc::new(Gated(gate.clone())), configure: Box::new(configure), ..Default::default() });
+    (app, gate)
+}
+
+impl TestApp {
+    async fn admin(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.post(self.url(path)).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("admin answers JSON"))
+    }
+
+    async fn set_status(&self, thread_id: &str, body: Value) -> Value {
+        let (status, answer) = self.admin(&format!("/v1/chatkit/threads/{thread_id}/status"), body, None).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+}
+
+/// Starts `slow` on a thread and reads its stream until the first delta; the
+/// returned response still holds the rest of the stream.
+async fn start_slow(app: &TestApp, thread_id: &str) -> reqwest::Response {
+    let body = request("threads.add_user_message", json!({"thread_id": thread_id, "input": text_input("slow")}));
+    let mut response = app.post_raw(Some("alice"), body.to_string()).await;
+    let mut seen = String::new();
+    while !seen.contains("partial ") {
+        let chunk = response.chunk().await.expect("stream readable").expect("stream open until the delta");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    response
+}
+
+async fn rest_of(mut response: reqwest::Response) -> String {
+    let mut rest = String::new();
+    while let Some(chunk) = response.chunk().await.expect("stream readable") {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    rest
+}
+
+fn refused_with(events: &[Value], reason: &str) -> bool {
+    events.len() == 1 && events[0]["type"] == "error" && events[0]["message"] == reason
+}
+
+#[tokio::test]
+async fn a_lock_waits_for_the_running_turn_then_refuses_what_queued_behind_it() {
+    let (app, gate) = spawn_gated(|_| {});
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let running = start_slow(&app, &tid).await;
+
+    let lock = {
+        let (app, tid) = (&app, tid.clone());
+        async move { app.set_status(&tid, json!({"type": "locked", "reason": "Under review"})).await }
+    };
+    let behind = async {
+        eventually("the lock is queued", || async { app.threads.queued() == 1 }).await;
+        let events = app.say("alice", &tid, "queued behind the lock").await;
+        events
+    };
+    let release = async {
+        eventually("the message is queued behind the lock", || async { app.threads.queued() == 2 }).await;
+        gate.add_permits(1);
+        rest_of(running).await
+    };
+    let (locked, behind, rest) = tokio::join!(lock, behind, release);
+
+    assert!(rest.contains("partial rest"), "the running turn completed: {rest}");
+    assert_eq!(locked["status"], json!({"type": "locked", "reason": "Under review"}));
+    assert!(refused_with(&behind, "Under review"), "{behind:?}");
+    assert!(refused_with(&app.say("alice", &tid, "later").await, "Under review"));
+    let texts: Vec<Value> = app.items("alice", &tid).await.iter().map(|i| i["content"][0]["text"].clone()).collect();
+    assert_eq!(texts, ["hello", "echo: hello", "slow", "partial rest"], "nothing after the lock was stored");
+
+    let reopened = app.set_status(&tid, json!({"type": "active"})).await;
+    assert_eq!(reopened["status"], json!({"type": "active"}));
+    assert_eq!(assistant_text(&app.say("alice", &tid, "again").await), "echo: again");
+}
+
+#[tokio::test]
+async fn cancel_running_stops_the_turn_before_the_status_applies() {
+    let (app, _gate) = spawn_gated(|_| {});
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let running = start_slow(&app, &tid).await;
+    let closed = app.set_status(&tid, json!({"type": "closed", "reason": "Done here", "cancel_running": true})).await;
+    assert_eq!(closed["status"], json!({"type": "closed", "reason": "Done here"}));
+    let rest = rest_of(running).await;
+    assert!(!rest.contains("rest"), "the turn stopped where it was: {rest}");
+    let items = app.items("alice", &tid).await;
+    assert_eq!(items.last().unwrap()["content"][0]["text"], "partial ", "partial output kept");
+    assert!(refused_with(&app.say("alice", &tid, "more").await, "Done here"));
+}
+
+#[tokio::test]
+async fn cancel_stops_a_turn_from_outside_its_stream() {
+    let (app, _gate) = spawn_gated(|_| {});
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let (code, idle) = app.admin(&format!("/v1/chatkit/threads/{tid}/cancel"), json!({}), None).await;
+    assert_eq!((code, idle), (200, json!({"id": tid, "cancelled": false})));
+
+    let running = start_slow(&app, &tid).await;
+    let (code, answer) = app.admin(&format!("/v1/chatkit/threads/{tid}/cancel"), json!({}), None).await;
+    assert_eq!((code, answer["cancelled"].clone()), (200, json!(true)));
+    let rest = rest_of(running).await;
+    assert!(!rest.contains("rest"), "{rest}");
+    let hidden = app
+        .store
+        .load_items(
+            &chatkit_gateway::store::UserId("alice".into()),
+            &tid,
+            &chatkit_gateway::store::PageQuery::first(100, chatkit_gateway::protocol::Order::Asc),
+        )
+        .await;
+    let hidden = hidden.unwrap();
+    assert!(hidden.data.iter().any(|item| item.kind() == "sdk_hidden_context"), "the cancellation is noted");
+    assert_eq!(assistant_text(&app.say("alice", &tid, "next").await), "echo: next", "the actor moved on");
+
+    let (code, _) = app.admin("/v1/chatkit/threads/thr_nope/cancel", json!({}), None).await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn status_changes_need_a_valid_body_and_a_known_thread() {
+    let (app, _gate) = spawn_gated(|_| {});
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let (code, body) = app.admin(&format!("/v1/chatkit/threads/{tid}/status"), json!({"type": "frozen"}), None).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("status change"), "{body}");
+    let (code, _) = app.admin("/v1/chatkit/threads/thr_nope/status", json!({"type": "locked"}), None).await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn admin_keys_guard_the_admin_api() {
+    let (app, _gate) = spawn_gated(|config| config.admin_keys = vec!["k-123".parse().unwrap()]);
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let path = format!("/v1/chatkit/threads/{tid}/status");
+    assert_eq!(app.admin(&path, json!({"type": "locked"}), None).await.0, 401);
+    assert_eq!(app.admin(&path, json!({"type": "locked"}), Some("wrong")).await.0, 401);
+    assert_eq!(app.admin(&path, json!({"type": "locked"}), Some("k-123")).await.0, 200);
+}
+
+#[tokio::test]
+async fn without_keys_the_admin_api_is_refused_off_loopback() {
+    let (app, _gate) = spawn_gated(|config| config.bind = "0.0.0.0:0".parse().unwrap());
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let (code, body) = app.admin(&format!("/v1/chatkit/threads/{tid}/status"), json!({"type": "locked"}), None).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("CHATKIT_ADMIN_KEYS"));
+}
