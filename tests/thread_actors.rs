@@ -117,6 +117,23 @@ async fn past_the_queue_bound_messages_are_refused_and_leave_no_trace() {
 }
 
 #[tokio::test]
+async fn concurrent_first_requests_start_one_actor() {
+    let store = Arc::new(MemoryStore::new());
+    let app = spawn(Spawn { store: Some(store.clone()), ..Default::default() });
+    let thread = chatkit_gateway::protocol::ThreadMetadata::new("thr_contended".into());
+    store.create_thread(&UserId("alice".into()), &thread).await.unwrap();
+    let renames = (0..32).map(|i| {
+        let app = &app;
+        async move {
+            app.call("alice", "threads.update", json!({"thread_id": "thr_contended", "title": format!("t{i}")})).await
+        }
+    });
+    futures_util::future::join_all(renames).await;
+    assert_eq!(app.threads.stats().actors_started.load(Ordering::Relaxed), 1);
+    assert_eq!(app.threads.live_actors(), 1);
+}
+
+#[tokio::test]
 async fn idle_actors_stop_and_leave_the_registry() {
     let store = Arc::new(MemoryStore::new());
     let app = spawn(Spawn {

@@ -137,6 +137,19 @@ async fn a_lock_waits_for_the_running_turn_then_refuses_what_queued_behind_it() 
 }
 
 #[tokio::test]
+async fn a_status_change_is_announced_as_thread_updated() {
+    let (app, _gate) = spawn_gated(|_| {});
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let mut events = app.threads.subscribe();
+    app.set_status(&tid, json!({"type": "locked", "reason": "Paused"})).await;
+    let announced = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+    assert_eq!((announced.user.as_str(), announced.thread_id.as_str()), ("alice", tid.as_str()));
+    let ThreadStreamEvent::ThreadUpdated { thread } = announced.event else { panic!("{:?}", announced.event) };
+    assert_eq!(serde_json::to_value(&thread.status).unwrap(), json!({"type": "locked", "reason": "Paused"}));
+    assert_eq!(thread.id, tid);
+}
+
+#[tokio::test]
 async fn cancel_running_stops_the_turn_before_the_status_applies() {
     let (app, _gate) = spawn_gated(|_| {});
     let (tid, _) = app.create_thread("alice", "hello").await;

@@ -230,11 +230,12 @@ impl Engine {
     }
 
     /// Changes a thread's status on behalf of an operator (no user scope).
-    pub async fn set_status(&self, thread_id: &str, status: ThreadStatus) -> EngineResult<Thread> {
+    /// Returns the owner too, so that the change can be announced to them.
+    pub async fn set_status(&self, thread_id: &str, status: ThreadStatus) -> EngineResult<(UserId, Thread)> {
         let (owner, mut thread) = self.store.find_thread(thread_id).await?;
         thread.status = status;
         self.store.save_thread(&owner, &thread).await?;
-        Ok(thread.to_wire(Page::default()))
+        Ok((owner, thread.to_wire(Page::default())))
     }
 
     /// Checks that a thread exists, for operator endpoints.

@@ -28,7 +28,7 @@ pub(super) enum Job {
     /// Run a turn prepared outside the actor (a new thread's first turn).
     Run { turn: PreparedTurn, sink: mpsc::Sender<ThreadStreamEvent> },
     /// An operator's status change.
-    Status { thread_id: String, status: ThreadStatus, answer: oneshot::Sender<EngineResult<Thread>> },
+    Status { thread_id: String, status: ThreadStatus, answer: oneshot::Sender<EngineResult<(UserId, Thread)>> },
     /// A non-streaming request that changes the thread.
     Json { user: UserId, request: Request, answer: oneshot::Sender<EngineResult<JsonAnswer>> },
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 use dashmap::DashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::actor::{Envelope, Job, Shared, ThreadActor};
 use crate::engine::{Engine, EngineError, EngineResult, JsonAnswer};
@@ -31,6 +31,19 @@ impl Default for ThreadSettings {
     }
 }
 
+/// Thread events announced outside any turn stream, buffered for subscribers
+/// that fall behind; a subscriber that lags more than this learns it missed some.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// A change announced outside a turn stream (e.g. an operator's status
+/// change), for live viewers of the thread and of its owner's history.
+#[derive(Clone, Debug)]
+pub struct ThreadEvent {
+    pub user: UserId,
+    pub thread_id: String,
+    pub event: ThreadStreamEvent,
+}
+
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct ThreadStats {
@@ -52,6 +65,7 @@ pub(super) struct Inner {
     actors: DashMap<String, Entry>,
     generations: AtomicU64,
     stats: ThreadStats,
+    events: broadcast::Sender<ThreadEvent>,
 }
 
 impl Inner {
@@ -92,6 +106,7 @@ impl Threads {
             actors: DashMap::new(),
             generations: AtomicU64::new(0),
             stats: ThreadStats::default(),
+            events: broadcast::channel(EVENT_BUFFER).0,
         };
         Threads { inner: Arc::new(inner) }
     }
@@ -102,6 +117,11 @@ impl Threads {
 
     pub fn stats(&self) -> &ThreadStats {
         &self.inner.stats
+    }
+
+    /// Listens to changes announced outside turn streams.
+    pub fn subscribe(&self) -> broadcast::Receiver<ThreadEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Actors alive now.
@@ -169,12 +189,20 @@ impl Threads {
             self.cancel_running(thread_id);
         }
         let (answer, answered) = oneshot::channel();
-        match self.submit(thread_id, Job::Status { thread_id: thread_id.to_string(), status, answer }) {
-            Submit::Busy => Err(EngineError::Busy(BUSY.into())),
+        let job = Job::Status { thread_id: thread_id.to_string(), status, answer };
+        let (owner, thread) = match self.submit(thread_id, job) {
+            Submit::Busy => return Err(EngineError::Busy(BUSY.into())),
             Submit::Queued => answered.await.unwrap_or_else(|_| {
                 Err(EngineError::Unavailable("the thread's actor stopped before the request ran".into()))
-            }),
-        }
+            })?,
+        };
+        // No subscriber is not an error: nobody is watching the thread.
+        let _ = self.inner.events.send(ThreadEvent {
+            user: owner,
+            thread_id: thread.id.clone(),
+            event: ThreadStreamEvent::ThreadUpdated { thread: thread.clone() },
+        });
+        Ok(thread)
     }
 
     /// Cancels the turn running on a thread, if any; true when there was one.
