@@ -105,9 +105,12 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
 /// no newer commit in the WAL, and under steady writes only the writer can see
 /// to that: without it the WAL grew by over 50 MB a second under load. By then
 /// the checkpointer has copied all but the latest pages, so the writer's
-/// checkpoint is mostly its two syncs. SQLite's default of 1000 pages had the
-/// writer checkpointing dozens of times a second, for some 70% of its time.
-const WRITER_AUTOCHECKPOINT: i64 = 10_000;
+/// checkpoint is mostly its two syncs, which stall every commit queued behind
+/// it (20–40 ms here). SQLite's default of 1000 pages had the writer
+/// checkpointing dozens of times a second, for some 70% of its time; 10,000
+/// pages put the stalls at the turn p99 (40 ms at 5,000 turns/s); 40,000 pages
+/// (a WAL of up to ~160 MB) makes them rare enough that the p99 is ~15 ms.
+const WRITER_AUTOCHECKPOINT: i64 = 40_000;
 
 /// What the caller of a job sees when the thread that should answer has gone.
 const STOPPED: &str = "sqlite worker stopped";
