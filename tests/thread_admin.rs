@@ -34,6 +34,10 @@ impl Responder for Gated {
                 item_id: id.clone(),
                 update: ItemUpdate::TextDelta { content_index: 0, delta: delta.into() },
             };
+            if text == "lock me" {
+                // A responder may change the status mid-turn, as the reference allows.
+                turn.thread.set_status(chatkit_gateway::protocol::ThreadStatus::Locked { reason: Some("Locked by the assistant".into()) });
+            }
             let full = if text == "slow" {
                 yield Ok(delta("partial "));
                 let _permit = gate.acquire().await;
@@ -134,6 +138,50 @@ async fn a_lock_waits_for_the_running_turn_then_refuses_what_queued_behind_it() 
     let reopened = app.set_status(&tid, json!({"type": "active"})).await;
     assert_eq!(reopened["status"], json!({"type": "active"}));
     assert_eq!(assistant_text(&app.say("alice", &tid, "again").await), "echo: again");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_changes_with_429_while_reads_go_through() {
+    let (app, gate) = spawn_gated(|config| config.thread_queue_bound = 1);
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let running = start_slow(&app, &tid).await;
+    let queued = async { app.say("alice", &tid, "waiting").await };
+    let checks = async {
+        eventually("one message waits", || async { app.threads.queued() == 1 }).await;
+        app.check_error("alice", "threads.update", json!({"thread_id": tid, "title": "x"}), 429, "busy").await;
+        // Reads do not queue behind the running turn.
+        let thread = app.call("alice", "threads.get_by_id", json!({"thread_id": tid})).await;
+        assert_eq!(thread["id"], tid.as_str());
+        gate.add_permits(1);
+        rest_of(running).await
+    };
+    let (queued, rest) = tokio::join!(queued, checks);
+    assert!(rest.contains("partial rest"));
+    assert_eq!(assistant_text(&queued), "echo: waiting");
+    let thread = app.call("alice", "threads.get_by_id", json!({"thread_id": tid})).await;
+    assert!(thread.get("title").is_none(), "the refused rename changed nothing: {thread}");
+}
+
+#[tokio::test]
+async fn a_status_set_by_the_responder_applies_to_the_next_queued_message() {
+    let (app, gate) = spawn_gated(|_| {});
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let running = start_slow(&app, &tid).await;
+    let lock_turn = async { app.say("alice", &tid, "lock me").await };
+    let behind = async {
+        eventually("the locking message is queued", || async { app.threads.queued() == 1 }).await;
+        let behind = app.say("alice", &tid, "queued after it");
+        let release = async {
+            eventually("the next message is queued", || async { app.threads.queued() == 2 }).await;
+            gate.add_permits(1);
+            rest_of(running).await
+        };
+        tokio::join!(behind, release).0
+    };
+    let (locking, behind) = tokio::join!(lock_turn, behind);
+    let updated = locking.iter().find(|e| e["type"] == "thread.updated").expect("the change is announced");
+    assert_eq!(updated["thread"]["status"], json!({"type": "locked", "reason": "Locked by the assistant"}));
+    assert!(refused_with(&behind, "Locked by the assistant"), "{behind:?}");
 }
 
 #[tokio::test]
