@@ -93,7 +93,7 @@ async fn concurrent_messages_on_one_thread_run_one_at_a_time() {
 
 #[tokio::test]
 async fn past_the_queue_bound_messages_are_refused_and_leave_no_trace() {
-    let app = spawn_slow(Duration::from_millis(5), 16);
+    let app = spawn_slow(Duration::from_millis(20), 16);
     let (tid, _) = app.create_thread("alice", "start").await;
     let results = flood(&app, &tid, 50).await;
     let (refused, accepted): (Vec<_>, Vec<_>) =
@@ -119,7 +119,12 @@ async fn past_the_queue_bound_messages_are_refused_and_leave_no_trace() {
 #[tokio::test]
 async fn concurrent_first_requests_start_one_actor() {
     let store = Arc::new(MemoryStore::new());
-    let app = spawn(Spawn { store: Some(store.clone()), ..Default::default() });
+    // Room for every rename, so that none is refused as busy.
+    let app = spawn(Spawn {
+        store: Some(store.clone()),
+        configure: Box::new(|config| config.thread_queue_bound = 64),
+        ..Default::default()
+    });
     let thread = chatkit_gateway::protocol::ThreadMetadata::new("thr_contended".into());
     store.create_thread(&UserId("alice".into()), &thread).await.unwrap();
     let renames = (0..32).map(|i| {

@@ -87,6 +87,11 @@ impl Inner {
 /// The message a refused request gets instead of a turn.
 const BUSY: &str = "This thread is busy with other messages; try again in a moment.";
 
+/// What a caller learns when the actor stopped before running its job.
+fn actor_gone() -> EngineError {
+    EngineError::Unavailable("the thread's actor stopped before the request ran".into())
+}
+
 /// The facade over thread actors.
 #[derive(Clone)]
 pub struct Threads {
@@ -156,7 +161,7 @@ impl Threads {
             }
             Submit::Queued => match accepted.await {
                 Ok(result) => result.map(|()| events),
-                Err(_) => Err(EngineError::Unavailable("the thread's actor stopped before the request ran".into())),
+                Err(_) => Err(actor_gone()),
             },
         }
     }
@@ -166,13 +171,7 @@ impl Threads {
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
             return self.inner.engine.answer(&user, request).await;
         };
-        let (answer, answered) = oneshot::channel();
-        match self.submit(&thread_id, Job::Json { user, request, answer }) {
-            Submit::Busy => Err(EngineError::Busy(BUSY.into())),
-            Submit::Queued => answered.await.unwrap_or_else(|_| {
-                Err(EngineError::Unavailable("the thread's actor stopped before the request ran".into()))
-            }),
-        }
+        self.ask(&thread_id, |answer| Job::Json { user, request, answer }).await
     }
 
     /// Changes a thread's status in the thread's order: by default after the
@@ -188,14 +187,8 @@ impl Threads {
         if cancel_running {
             self.cancel_running(thread_id);
         }
-        let (answer, answered) = oneshot::channel();
-        let job = Job::Status { thread_id: thread_id.to_string(), status, answer };
-        let (owner, thread) = match self.submit(thread_id, job) {
-            Submit::Busy => return Err(EngineError::Busy(BUSY.into())),
-            Submit::Queued => answered.await.unwrap_or_else(|_| {
-                Err(EngineError::Unavailable("the thread's actor stopped before the request ran".into()))
-            })?,
-        };
+        let job = |answer| Job::Status { thread_id: thread_id.to_string(), status, answer };
+        let (owner, thread) = self.ask(thread_id, job).await?;
         // No subscriber is not an error: nobody is watching the thread.
         let _ = self.inner.events.send(ThreadEvent {
             user: owner,
@@ -208,6 +201,19 @@ impl Threads {
     /// Cancels the turn running on a thread, if any; true when there was one.
     pub fn cancel_running(&self, thread_id: &str) -> bool {
         self.inner.actors.get(thread_id).is_some_and(|entry| entry.shared.cancel_running())
+    }
+
+    /// Queues a job that answers on a channel, and waits for its answer.
+    async fn ask<T>(
+        &self,
+        thread_id: &str,
+        job: impl FnOnce(oneshot::Sender<EngineResult<T>>) -> Job,
+    ) -> EngineResult<T> {
+        let (answer, answered) = oneshot::channel();
+        match self.submit(thread_id, job(answer)) {
+            Submit::Busy => Err(EngineError::Busy(BUSY.into())),
+            Submit::Queued => answered.await.unwrap_or_else(|_| Err(actor_gone())),
+        }
     }
 
     /// Queues a job on the thread's actor, starting one when there is none.
