@@ -204,6 +204,11 @@ cargo fmt --all -- --check
 info "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 info "cargo test --workspace $*"
-cargo test --workspace "$@"
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+cargo test --workspace "$@" 2>&1 | tee "$LOG"
 
 step "all tests passed"
+# One closing line with the totals of every test binary, so that the last line
+# a reader sees is not the (empty) doc-test summary of the last crate.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$LOG"

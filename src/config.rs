@@ -21,7 +21,8 @@ pub struct Config {
     pub bind: SocketAddr,
 
     /// Where threads, items and attachments are stored: `sqlite://<path>` (created
-    /// with its schema on start) or `memory://` (lost on exit; for tests).
+    /// with its schema on start), `postgres://user@host/db` (schema migrated on
+    /// start; for several replicas) or `memory://` (lost on exit; for tests).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/chatkit.db")]
     pub database_url: String,
 

@@ -1,8 +1,9 @@
 //! The store contract, written once and run against every backend.
 //!
 //! Each check is an async fn over `Arc<dyn Store>`; the `contract!` macro
-//! instantiates every check for the memory store, a SQLite file (fresh per test)
-//! and an in-memory SQLite database, so the backends cannot drift apart. Tests
+//! instantiates every check for the memory store, a SQLite file (fresh per test),
+//! an in-memory SQLite database and a PostgreSQL database (fresh per test, on the
+//! server `TEST_DATABASE_URL` names), so the backends cannot drift apart. Tests
 //! after the macro cover what only concerns opening: URLs, re-opening a file and
 //! schema versions.
 
@@ -17,30 +18,125 @@ use chatkit_gateway::protocol::{
     AssistantMessageContent, Attachment, AttachmentKind, ItemBody, Order, Page, ThreadItem, ThreadMetadata,
     ThreadStatus, Timestamp, UserMessage, UserMessageContent, DEFAULT_PAGE_SIZE,
 };
-use chatkit_gateway::store::{self, Entity, MemoryStore, PageQuery, SqliteStore, Store, StoreError, UserId};
+use chatkit_gateway::store::{
+    self, Entity, MemoryStore, PageQuery, PostgresStore, SqliteStore, Store, StoreError, UserId,
+};
+use sqlx::Connection;
 
 // ---------------------------------------------------------------------------
 // Fixtures.
 
-/// A backend under test, with whatever must outlive it (the temp directory of a SQLite file).
+/// A backend under test, with whatever must outlive it (the temp directory of a
+/// SQLite file, the database of a PostgreSQL store). Fields drop in order, so the
+/// store lets go of its connections before its database is dropped.
 struct Backend {
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
+    _database: Option<TestDatabase>,
 }
 
 fn memory_backend() -> Backend {
-    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
+    Backend { store: Arc::new(MemoryStore::new()), _dir: None, _database: None }
 }
 
 async fn sqlite_file_backend() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let store = SqliteStore::open(&url).await.unwrap();
-    Backend { store: Arc::new(store), _dir: Some(dir) }
+    Backend { store: Arc::new(store), _dir: Some(dir), _database: None }
 }
 
 async fn sqlite_memory_backend() -> Backend {
-    Backend { store: Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()), _dir: None }
+    Backend { store: Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()), _dir: None, _database: None }
+}
+
+/// The server the PostgreSQL tests run on, unless `TEST_DATABASE_URL` names another.
+/// Its database is only used to create and drop one database per test.
+const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `database`, keeping any query parameters.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base.split_once("://").expect("TEST_DATABASE_URL is a postgres:// URL");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match query {
+        Some(query) => format!("{scheme}://{authority}/{database}?{query}"),
+        None => format!("{scheme}://{authority}/{database}"),
+    }
+}
+
+async fn admin_connection(admin: &str) -> sqlx::PgConnection {
+    match sqlx::PgConnection::connect(admin).await {
+        Ok(conn) => conn,
+        Err(err) => panic!(
+            "cannot reach the PostgreSQL test server at `{admin}` (set TEST_DATABASE_URL to another server): {err}"
+        ),
+    }
+}
+
+/// A database created for one test and dropped when the test ends, passed or not.
+struct TestDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    async fn create() -> TestDatabase {
+        let admin = admin_url();
+        let name = format!("chatkit_test_{:016x}", rand::random::<u64>());
+        let mut conn = admin_connection(&admin).await;
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|err| panic!("cannot create test database `{name}`: {err}"));
+        let _ = conn.close().await;
+        let url = with_database(&admin, &name);
+        TestDatabase { admin, name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside any async context it could await in, so the database is
+        // dropped from a thread with a runtime of its own. `FORCE` ends the
+        // sessions a pool may still hold open.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|err| err.to_string())?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await.map_err(|err| err.to_string())?;
+                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                let _ = conn.close().await;
+                Ok(())
+            })
+        })
+        .join();
+        // A panic here while a failing test unwinds would abort the whole run, so a
+        // failed drop is only reported.
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("could not drop test database `{}`: {err}", self.name),
+            Err(_) => eprintln!("dropping test database `{}` panicked", self.name),
+        }
+    }
+}
+
+async fn postgres_backend() -> Backend {
+    let database = TestDatabase::create().await;
+    let store = PostgresStore::open(&database.url).await.unwrap();
+    Backend { store: Arc::new(store), _dir: None, _database: Some(database) }
 }
 
 fn alice() -> UserId {
@@ -709,6 +805,16 @@ macro_rules! contract {
                 }
             )*
         }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let backend = super::postgres_backend().await;
+                    super::$check(backend.store.clone()).await;
+                }
+            )*
+        }
     };
 }
 
@@ -780,6 +886,15 @@ async fn open_dispatches_on_the_url() {
     let in_memory = store::open("sqlite::memory:").await.unwrap();
     assert_eq!(in_memory.backend(), "sqlite");
     in_memory.ping().await.unwrap();
+
+    // Both spellings of the PostgreSQL scheme open a PostgreSQL store.
+    let database = TestDatabase::create().await;
+    for url in [database.url.clone(), database.url.replacen("postgres://", "postgresql://", 1)] {
+        assert!(url.starts_with("postgres"), "{url}");
+        let postgres = store::open(&url).await.unwrap();
+        assert_eq!(postgres.backend(), "postgres");
+        postgres.ping().await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -795,7 +910,7 @@ async fn sqlite_opens_relative_paths_and_creates_parent_directories() {
 
 #[tokio::test]
 async fn unsupported_urls_are_backend_errors() {
-    for url in ["postgres://user@localhost/chatkit", "garbage", "mysql://x", ""] {
+    for url in ["garbage", "mysql://x", "", "postgres:/nohost"] {
         match store::open(url).await {
             Err(StoreError::Backend(message)) => assert!(message.contains(url), "`{message}` names `{url}`"),
             Err(other) => panic!("`{url}`: expected a backend error, got {other:?}"),
@@ -884,5 +999,70 @@ async fn two_stores_on_one_file_see_each_other() {
         assert_eq!(second_store.schema_version().await.unwrap(), SqliteStore::SCHEMA_VERSION);
         first_store.close().await;
         second_store.close().await;
+    }
+}
+
+async fn postgres_migration_rows(database: &TestDatabase) -> Vec<(i64, String)> {
+    let mut conn = admin_connection(&database.url).await;
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, applied_at::TEXT FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let _ = conn.close().await;
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_a_postgres_database_keeps_data_and_schema() {
+    let database = TestDatabase::create().await;
+    let user = alice();
+    let thread = new_thread();
+    let item = user_message(&thread.id, "persist me");
+    let attachment = new_attachment();
+    {
+        let store = PostgresStore::open(&database.url).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), PostgresStore::SCHEMA_VERSION);
+        store.create_thread(&user, &thread).await.unwrap();
+        store.add_item(&user, &item).await.unwrap();
+        store.save_attachment(&user, &attachment).await.unwrap();
+        store.close().await;
+    }
+    let applied = postgres_migration_rows(&database).await;
+    assert_eq!(applied.len() as i64, PostgresStore::SCHEMA_VERSION);
+
+    let store = PostgresStore::open(&database.url).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), PostgresStore::SCHEMA_VERSION);
+    assert_eq!(store.load_thread(&user, &thread.id).await.unwrap(), thread);
+    assert_eq!(store.load_item(&user, &thread.id, &item.id).await.unwrap(), item);
+    assert_eq!(store.load_attachment(&user, &attachment.id).await.unwrap(), attachment);
+    let later = new_thread();
+    store.create_thread(&user, &later).await.unwrap();
+    let listing = store.load_threads(&user, &first(10, Order::Asc)).await.unwrap();
+    assert_eq!(thread_ids(&listing), vec![thread.id.clone(), later.id.clone()]);
+    store.close().await;
+
+    // Re-opening applied nothing again: the same rows with the same timestamps.
+    assert_eq!(postgres_migration_rows(&database).await, applied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_postgres_migrators_both_open() {
+    // Several processes may start on a fresh database at once; the advisory lock
+    // must let every one of them open it, with each step applied exactly once.
+    let database = TestDatabase::create().await;
+    let (a, b, c) = tokio::join!(
+        PostgresStore::open(&database.url),
+        PostgresStore::open(&database.url),
+        PostgresStore::open(&database.url)
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let thread = new_thread();
+    a.create_thread(&alice(), &thread).await.unwrap();
+    assert_eq!(b.load_thread(&alice(), &thread.id).await.unwrap(), thread);
+    assert_eq!(c.schema_version().await.unwrap(), PostgresStore::SCHEMA_VERSION);
+    assert_eq!(postgres_migration_rows(&database).await.len() as i64, PostgresStore::SCHEMA_VERSION);
+    for store in [a, b, c] {
+        store.close().await;
     }
 }

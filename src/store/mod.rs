@@ -2,10 +2,11 @@
 //!
 //! Every call is scoped to a user: another user's thread, item or attachment is
 //! indistinguishable from a missing one. Backends are same-shaped files
-//! (`memory`, `sqlite`) and one contract suite (`tests/store_contract.rs`) runs
-//! against each.
+//! (`memory`, `sqlite`, `postgres`) and one contract suite
+//! (`tests/store_contract.rs`) runs against each.
 
 mod memory;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata};
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Who a request acts for. Stores scope every read and write by it.
@@ -125,7 +127,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 }
 
-/// Opens the store a `DATABASE_URL` names: `sqlite://path`, `sqlite::memory:` or `memory://`.
+/// Opens the store a `DATABASE_URL` names: `postgres://…` (or `postgresql://…`),
+/// `sqlite://path`, `sqlite::memory:` or `memory://`.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url == "memory://" || url == "memory" {
         return Ok(Arc::new(MemoryStore::new()));
@@ -133,5 +136,10 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(SqliteStore::open(url).await?));
     }
-    Err(StoreError::Backend(format!("unsupported DATABASE_URL `{url}`: expected sqlite://<path> or memory://")))
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::open(url).await?));
+    }
+    Err(StoreError::Backend(format!(
+        "unsupported DATABASE_URL `{url}`: expected postgres://<url>, sqlite://<path> or memory://"
+    )))
 }
