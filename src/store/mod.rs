@@ -7,6 +7,7 @@
 
 mod memory;
 mod postgres;
+mod record;
 mod sqlite;
 
 use std::sync::Arc;

@@ -16,12 +16,13 @@ use std::fmt;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
+use super::record::{effective_limit, fetch_limit, from_json, to_json};
 use super::{Entity, PageQuery, Store, StoreError, StoreResult, UserId};
-use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
+use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata};
 
 /// One step of the schema. A later version appends a step; steps never change
 /// once released, because existing databases have already applied them.
@@ -125,29 +126,6 @@ fn insert_error(err: sqlx::Error, entity: Entity, id: &str, thread_id: &str) -> 
         }
     }
     backend_error(err)
-}
-
-fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|err| StoreError::Backend(format!("cannot serialize record: {err}")))
-}
-
-fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|err| StoreError::Backend(format!("stored record does not parse: {err}")))
-}
-
-/// A zero limit would give an empty page that can never advance, so it means
-/// the protocol's default page size, as it does on the wire.
-fn effective_limit(limit: usize) -> usize {
-    if limit == 0 {
-        DEFAULT_PAGE_SIZE
-    } else {
-        limit
-    }
-}
-
-/// The SQL `LIMIT` that fetches one row beyond the page, which tells whether more follow.
-fn fetch_limit(limit: usize) -> i64 {
-    i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
 /// A text column of a row, borrowed so that JSON is parsed without a copy.

@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension, Params, Row};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
+use super::record::{effective_limit, fetch_limit, from_json, to_json};
 use super::{Entity, PageQuery, Store, StoreError, StoreResult, UserId};
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 
@@ -275,29 +276,6 @@ fn insert_error(err: rusqlite::Error, entity: Entity, id: &str) -> StoreError {
 /// Whether an error is SQLite's "the file is locked" (`SQLITE_BUSY` or `SQLITE_LOCKED`).
 fn is_busy(err: &rusqlite::Error) -> bool {
     matches!(err.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
-}
-
-fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|err| StoreError::Backend(format!("cannot serialize record: {err}")))
-}
-
-fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|err| StoreError::Backend(format!("stored record does not parse: {err}")))
-}
-
-/// A zero limit would give an empty page that can never advance, so it means
-/// the protocol's default page size, as it does on the wire.
-fn effective_limit(limit: usize) -> usize {
-    if limit == 0 {
-        DEFAULT_PAGE_SIZE
-    } else {
-        limit
-    }
-}
-
-/// The SQL `LIMIT` that fetches one row beyond the page, which tells whether more follow.
-fn fetch_limit(limit: usize) -> i64 {
-    i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
 /// A text column of a row, borrowed from SQLite's buffer so that JSON is parsed without a copy.
