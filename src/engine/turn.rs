@@ -319,9 +319,9 @@ impl Engine {
         cancel: CancelSignal,
     ) -> TurnOutcome {
         let PreparedTurn { user, thread, prelude, work } = turn;
-        let mut run =
-            Run { engine: self, user, thread, sink, cancel, pending: PendingItems::default(), saved_version: 0 };
-        run.saved_version = run.thread.version();
+        let (thread_id, saved_version) = (thread.id(), thread.version());
+        let pending = PendingItems::default();
+        let mut run = Run { engine: self, user, thread_id, thread, sink, cancel, pending, saved_version };
         for event in prelude {
             if !run.send(event).await {
                 return run.cancelled().await;
@@ -350,6 +350,8 @@ impl Engine {
 struct Run<'a> {
     engine: &'a Engine,
     user: UserId,
+    /// Fixed for the turn; kept here so that streaming events need not lock `thread`.
+    thread_id: String,
     thread: SharedThread,
     sink: mpsc::Sender<ThreadStreamEvent>,
     cancel: CancelSignal,
@@ -438,15 +440,14 @@ impl Run<'_> {
     /// added, removed items deleted, replaced items saved.
     async fn persist(&mut self, event: &mut ThreadStreamEvent) -> StoreResult<()> {
         let store = &self.engine.store;
-        let thread_id = self.thread.id();
         match event {
             ThreadStreamEvent::ItemAdded { item } => {
-                item.thread_id = thread_id;
+                item.thread_id.clone_from(&self.thread_id);
                 self.pending.add(item.clone());
             }
             ThreadStreamEvent::ItemUpdated { item_id, update } => self.pending.apply(item_id, update),
             ThreadStreamEvent::ItemDone { item } => {
-                item.thread_id = thread_id;
+                item.thread_id.clone_from(&self.thread_id);
                 match store.add_item(&self.user, item).await {
                     Err(StoreError::Duplicate { .. }) => store.save_item(&self.user, item).await?,
                     other => other?,
@@ -454,7 +455,7 @@ impl Run<'_> {
                 self.pending.remove(&item.id);
             }
             ThreadStreamEvent::ItemRemoved { item_id } => {
-                match store.delete_item(&self.user, &thread_id, item_id).await {
+                match store.delete_item(&self.user, &self.thread_id, item_id).await {
                     // Removing an item that was only streamed, never stored, is fine.
                     Err(StoreError::NotFound { .. }) | Ok(()) => {}
                     Err(other) => return Err(other),
@@ -462,7 +463,7 @@ impl Run<'_> {
                 self.pending.remove(item_id);
             }
             ThreadStreamEvent::ItemReplaced { item } => {
-                item.thread_id = thread_id;
+                item.thread_id.clone_from(&self.thread_id);
                 store.save_item(&self.user, item).await?;
                 self.pending.remove(&item.id);
             }
@@ -494,7 +495,7 @@ impl Run<'_> {
     /// The reference's cancellation semantics: keep non-empty pending
     /// assistant messages and note the cancellation for the next response.
     async fn cancelled(&mut self) -> TurnOutcome {
-        let thread_id = self.thread.id();
+        let thread_id = self.thread_id.clone();
         tracing::info!(%thread_id, "turn cancelled; keeping partial output");
         let note = ThreadItem::new(
             new_id(IdKind::SdkHiddenContext),

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
-use super::record::{effective_limit, fetch_limit, from_json, to_json};
+use super::record::{effective_limit, fetch_limit, found, from_json, to_json};
 use super::{Entity, PageQuery, Store, StoreError, StoreResult, UserId};
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata};
 
@@ -307,22 +307,19 @@ impl Store for PostgresStore {
 
     async fn save_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
         let query = sqlx::query(UPDATE_THREAD).bind(&thread.id).bind(user.as_str()).bind(to_json(thread)?);
-        match self.execute(query).await.map_err(backend_error)? {
-            0 => Err(StoreError::not_found(Entity::Thread, &thread.id)),
-            _ => Ok(()),
-        }
+        found(self.execute(query).await.map_err(backend_error)? > 0, Entity::Thread, &thread.id)
     }
 
     async fn delete_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<()> {
         // The items go with the thread through `ON DELETE CASCADE`.
-        match self
-            .execute(sqlx::query(DELETE_THREAD).bind(thread_id).bind(user.as_str()))
-            .await
-            .map_err(backend_error)?
-        {
-            0 => Err(StoreError::not_found(Entity::Thread, thread_id)),
-            _ => Ok(()),
-        }
+        found(
+            self.execute(sqlx::query(DELETE_THREAD).bind(thread_id).bind(user.as_str()))
+                .await
+                .map_err(backend_error)?
+                > 0,
+            Entity::Thread,
+            thread_id,
+        )
     }
 
     async fn load_threads(&self, user: &UserId, query: &PageQuery) -> StoreResult<Page<ThreadMetadata>> {
@@ -398,37 +395,33 @@ impl Store for PostgresStore {
     async fn add_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
         let query =
             sqlx::query(INSERT_ITEM).bind(&item.id).bind(&item.thread_id).bind(user.as_str()).bind(to_json(item)?);
-        match self.execute(query).await.map_err(|err| insert_error(err, Entity::Item, &item.id, &item.thread_id))? {
-            0 => Err(StoreError::not_found(Entity::Thread, &item.thread_id)),
-            _ => Ok(()),
-        }
+        found(
+            self.execute(query).await.map_err(|err| insert_error(err, Entity::Item, &item.id, &item.thread_id))? > 0,
+            Entity::Thread,
+            &item.thread_id,
+        )
     }
 
     async fn save_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
         let query =
             sqlx::query(UPSERT_ITEM).bind(&item.id).bind(&item.thread_id).bind(user.as_str()).bind(to_json(item)?);
-        match self.execute(query).await.map_err(|err| insert_error(err, Entity::Item, &item.id, &item.thread_id))? {
-            0 => Err(StoreError::not_found(Entity::Thread, &item.thread_id)),
-            _ => Ok(()),
-        }
+        found(
+            self.execute(query).await.map_err(|err| insert_error(err, Entity::Item, &item.id, &item.thread_id))? > 0,
+            Entity::Thread,
+            &item.thread_id,
+        )
     }
 
     async fn delete_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<()> {
         let query = sqlx::query(DELETE_ITEM).bind(thread_id).bind(item_id).bind(user.as_str());
-        match self.execute(query).await.map_err(backend_error)? {
-            0 => Err(StoreError::not_found(Entity::Item, item_id)),
-            _ => Ok(()),
-        }
+        found(self.execute(query).await.map_err(backend_error)? > 0, Entity::Item, item_id)
     }
 
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()> {
         let query = sqlx::query(UPSERT_ATTACHMENT).bind(&attachment.id).bind(user.as_str()).bind(to_json(attachment)?);
-        match self.execute(query).await.map_err(backend_error)? {
-            // The id belongs to another user's attachment, which stays untouched and
-            // is reported as missing so that its existence does not leak.
-            0 => Err(StoreError::not_found(Entity::Attachment, &attachment.id)),
-            _ => Ok(()),
-        }
+        // No row changed: the id belongs to another user's attachment, which stays
+        // untouched and is reported as missing so that its existence does not leak.
+        found(self.execute(query).await.map_err(backend_error)? > 0, Entity::Attachment, &attachment.id)
     }
 
     async fn load_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<Attachment> {
@@ -439,10 +432,7 @@ impl Store for PostgresStore {
 
     async fn delete_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<()> {
         let query = sqlx::query(DELETE_ATTACHMENT).bind(attachment_id).bind(user.as_str());
-        match self.execute(query).await.map_err(backend_error)? {
-            0 => Err(StoreError::not_found(Entity::Attachment, attachment_id)),
-            _ => Ok(()),
-        }
+        found(self.execute(query).await.map_err(backend_error)? > 0, Entity::Attachment, attachment_id)
     }
 
     async fn ping(&self) -> StoreResult<()> {

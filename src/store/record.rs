@@ -2,7 +2,7 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{StoreError, StoreResult};
+use super::{Entity, StoreError, StoreResult};
 use crate::protocol::DEFAULT_PAGE_SIZE;
 
 pub(super) fn to_json<T: Serialize>(value: &T) -> StoreResult<String> {
@@ -26,4 +26,14 @@ pub(super) fn effective_limit(limit: usize) -> usize {
 /// The SQL `LIMIT` that fetches one row beyond the page, which tells whether more follow.
 pub(super) fn fetch_limit(limit: usize) -> i64 {
     i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)
+}
+
+/// A statement that changed no row found nothing to change: the record is
+/// missing, or belongs to another user, which must look the same.
+pub(super) fn found(changed: bool, entity: Entity, id: impl Into<String>) -> StoreResult<()> {
+    if changed {
+        Ok(())
+    } else {
+        Err(StoreError::not_found(entity, id))
+    }
 }

@@ -31,7 +31,7 @@ use rusqlite::{ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension,
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{effective_limit, fetch_limit, from_json, to_json};
+use super::record::{effective_limit, fetch_limit, found, from_json, to_json};
 use super::{Entity, PageQuery, Store, StoreError, StoreResult, UserId};
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 
@@ -834,9 +834,8 @@ impl Store for SqliteStore {
 
     async fn save_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
         let (id, user, data) = (thread.id.clone(), user.0.clone(), to_json(thread)?);
-        self.write(move |conn| match execute(conn, UPDATE_THREAD, params![id, user, data]).map_err(backend_error)? {
-            0 => Err(StoreError::not_found(Entity::Thread, id)),
-            _ => Ok(()),
+        self.write(move |conn| {
+            found(execute(conn, UPDATE_THREAD, params![id, user, data]).map_err(backend_error)? > 0, Entity::Thread, id)
         })
         .await
     }
@@ -844,9 +843,8 @@ impl Store for SqliteStore {
     async fn delete_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<()> {
         let (id, user) = (thread_id.to_owned(), user.0.clone());
         // The items go with the thread through `ON DELETE CASCADE`.
-        self.write(move |conn| match execute(conn, DELETE_THREAD, params![id, user]).map_err(backend_error)? {
-            0 => Err(StoreError::not_found(Entity::Thread, id)),
-            _ => Ok(()),
+        self.write(move |conn| {
+            found(execute(conn, DELETE_THREAD, params![id, user]).map_err(backend_error)? > 0, Entity::Thread, id)
         })
         .await
     }
@@ -927,12 +925,13 @@ impl Store for SqliteStore {
     async fn add_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
         let (id, thread_id, user, data) = (item.id.clone(), item.thread_id.clone(), user.0.clone(), to_json(item)?);
         self.write(move |conn| {
-            match execute(conn, INSERT_ITEM, params![id, thread_id, user, data])
-                .map_err(|err| insert_error(err, Entity::Item, &id))?
-            {
-                0 => Err(StoreError::not_found(Entity::Thread, thread_id)),
-                _ => Ok(()),
-            }
+            found(
+                execute(conn, INSERT_ITEM, params![id, thread_id, user, data])
+                    .map_err(|err| insert_error(err, Entity::Item, &id))?
+                    > 0,
+                Entity::Thread,
+                thread_id,
+            )
         })
         .await
     }
@@ -940,10 +939,11 @@ impl Store for SqliteStore {
     async fn save_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
         let (id, thread_id, user, data) = (item.id.clone(), item.thread_id.clone(), user.0.clone(), to_json(item)?);
         self.write(move |conn| {
-            match execute(conn, UPSERT_ITEM, params![id, thread_id, user, data]).map_err(backend_error)? {
-                0 => Err(StoreError::not_found(Entity::Thread, thread_id)),
-                _ => Ok(()),
-            }
+            found(
+                execute(conn, UPSERT_ITEM, params![id, thread_id, user, data]).map_err(backend_error)? > 0,
+                Entity::Thread,
+                thread_id,
+            )
         })
         .await
     }
@@ -951,10 +951,11 @@ impl Store for SqliteStore {
     async fn delete_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<()> {
         let (thread_id, id, user) = (thread_id.to_owned(), item_id.to_owned(), user.0.clone());
         self.write(move |conn| {
-            match execute(conn, DELETE_ITEM, params![thread_id, id, user]).map_err(backend_error)? {
-                0 => Err(StoreError::not_found(Entity::Item, id)),
-                _ => Ok(()),
-            }
+            found(
+                execute(conn, DELETE_ITEM, params![thread_id, id, user]).map_err(backend_error)? > 0,
+                Entity::Item,
+                id,
+            )
         })
         .await
     }
@@ -962,12 +963,13 @@ impl Store for SqliteStore {
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()> {
         let (id, user, data) = (attachment.id.clone(), user.0.clone(), to_json(attachment)?);
         self.write(move |conn| {
-            match execute(conn, UPSERT_ATTACHMENT, params![id, user, data]).map_err(backend_error)? {
-                // The id belongs to another user's attachment, which stays untouched and
-                // is reported as missing so that its existence does not leak.
-                0 => Err(StoreError::not_found(Entity::Attachment, id)),
-                _ => Ok(()),
-            }
+            // No row changed: the id belongs to another user's attachment, which stays
+            // untouched and is reported as missing so that its existence does not leak.
+            found(
+                execute(conn, UPSERT_ATTACHMENT, params![id, user, data]).map_err(backend_error)? > 0,
+                Entity::Attachment,
+                id,
+            )
         })
         .await
     }
@@ -983,9 +985,12 @@ impl Store for SqliteStore {
 
     async fn delete_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<()> {
         let (id, user) = (attachment_id.to_owned(), user.0.clone());
-        self.write(move |conn| match execute(conn, DELETE_ATTACHMENT, params![id, user]).map_err(backend_error)? {
-            0 => Err(StoreError::not_found(Entity::Attachment, id)),
-            _ => Ok(()),
+        self.write(move |conn| {
+            found(
+                execute(conn, DELETE_ATTACHMENT, params![id, user]).map_err(backend_error)? > 0,
+                Entity::Attachment,
+                id,
+            )
         })
         .await
     }
