@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatkit_gateway::engine::{AttachmentFiles, CancelSignal, Engine, EngineSettings};
+use chatkit_gateway::fanout::{FanoutSettings, LocalFanout};
 use chatkit_gateway::protocol::{Request, ThreadStreamEvent};
 use chatkit_gateway::responder::EchoResponder;
 use chatkit_gateway::store::{MemoryStore, UserId};
@@ -46,6 +47,7 @@ fn main() {
         let engine = Arc::new(Engine::new(
             Arc::new(MemoryStore::new()),
             Arc::new(EchoResponder::new()),
+            Arc::new(LocalFanout::new(FanoutSettings::default())),
             files,
             settings,
         ));

@@ -11,6 +11,7 @@ use actix_web::{web, HttpServer};
 
 use crate::config::Config;
 use crate::engine::{AttachmentFiles, Engine, EngineSettings};
+use crate::fanout::{self, FanoutError};
 use crate::http::{self, AdminAccess, ApiError};
 use crate::responder::{EchoResponder, Responder};
 use crate::store::{self, Store, StoreError};
@@ -22,6 +23,8 @@ pub enum AppError {
     Config(String),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot start fan-out: {0}")]
+    Fanout(#[from] FanoutError),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -40,7 +43,7 @@ impl App {
         let user_header = HeaderName::try_from(config.user_header.as_str())
             .map_err(|_| AppError::Config(format!("`{}` is not a valid header name", config.user_header)))?;
         std::fs::create_dir_all(&config.data_dir)?;
-        let store: Arc<dyn Store> = store::open(&config.database_url).await?;
+        let store: Arc<dyn Store> = store::open_with_pool(&config.database_url, config.pg_pool).await?;
         let responder: Arc<dyn Responder> = Arc::new(EchoResponder::new());
         Self::build_with(config, user_header, store, responder)
     }
@@ -57,9 +60,12 @@ impl App {
         let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
         let store_backend = store.backend();
         let responder_name = responder.name();
+        let fanout = fanout::open(config.redis_url.as_ref().map(|url| url.expose()), config.fanout_settings())?;
+        let fanout_name = fanout.name();
         let engine = Arc::new(Engine::new(
             store,
             responder,
+            fanout,
             AttachmentFiles::new(&config.data_dir),
             EngineSettings { public_url, max_upload_bytes: config.max_upload_bytes },
         ));
@@ -80,6 +86,7 @@ impl App {
             user_header,
             max_body_bytes: config.max_body_bytes,
             max_upload_bytes: usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX),
+            heartbeat: config.heartbeat(),
         });
         let mut server =
             HttpServer::new(move || {
@@ -104,7 +111,7 @@ impl App {
             server = server.workers(workers.max(1));
         }
         let server = server.listen(listener)?.run();
-        tracing::info!(%addr, store = store_backend, responder = responder_name, "listening");
+        tracing::info!(%addr, store = store_backend, responder = responder_name, fanout = fanout_name, "listening");
         Ok(App { server, addr, engine, threads })
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::fanout::FanoutSettings;
 use crate::thread::ThreadSettings;
 
 /// chatkit-gateway: a realtime server for the OpenAI ChatKit protocol.
@@ -70,6 +71,36 @@ pub struct Config {
     #[arg(long, env = "CHATKIT_ADMIN_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub admin_keys: Vec<Secret>,
 
+    /// Redis for fan-out and coordination between replicas
+    /// (`redis://[:password@]host:port[/db]`). Without it, fan-out is
+    /// in-process only: right for one replica.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// Seconds between heartbeat comments on idle viewer streams, so proxies keep them open.
+    #[arg(long, env = "CHATKIT_HEARTBEAT_SECS", default_value_t = 15)]
+    pub heartbeat_secs: u64,
+
+    /// Messages kept per thread and per user for viewers that reconnect with `Last-Event-ID`.
+    #[arg(long, env = "CHATKIT_FANOUT_HISTORY", default_value_t = 256)]
+    pub fanout_history: usize,
+
+    /// Messages buffered per viewer; a viewer further behind gets `resync` and is closed.
+    #[arg(long, env = "CHATKIT_VIEWER_BUFFER", default_value_t = 256)]
+    pub viewer_buffer: usize,
+
+    /// Seconds a replica's lease on a thread lives unless renewed (with Redis).
+    #[arg(long, env = "CHATKIT_LEASE_TTL_SECS", default_value_t = 10)]
+    pub lease_ttl_secs: u64,
+
+    /// Seconds a replica waits for a thread's lease held elsewhere before refusing as busy.
+    #[arg(long, env = "CHATKIT_LEASE_WAIT_SECS", default_value_t = 30)]
+    pub lease_wait_secs: u64,
+
+    /// Connections in the PostgreSQL pool (with a `postgres://` store).
+    #[arg(long, env = "CHATKIT_PG_POOL", default_value_t = 16)]
+    pub pg_pool: u32,
+
     /// Log filter, in `tracing` syntax (e.g. `info`, `chatkit_gateway=debug`).
     #[arg(long, env = "CHATKIT_LOG", default_value = "info")]
     pub log: String,
@@ -92,6 +123,13 @@ impl Config {
             thread_queue_bound: 16,
             thread_idle_secs: 300,
             admin_keys: Vec::new(),
+            redis_url: None,
+            heartbeat_secs: 15,
+            fanout_history: 256,
+            viewer_buffer: 256,
+            lease_ttl_secs: 10,
+            lease_wait_secs: 30,
+            pg_pool: 4,
             log: "warn".into(),
         }
     }
@@ -101,6 +139,20 @@ impl Config {
             queue_bound: self.thread_queue_bound.max(1),
             idle_timeout: Duration::from_secs(self.thread_idle_secs.max(1)),
         }
+    }
+
+    pub fn fanout_settings(&self) -> FanoutSettings {
+        FanoutSettings {
+            history: self.fanout_history.max(1),
+            viewer_buffer: self.viewer_buffer.max(1),
+            lease_ttl: Duration::from_secs(self.lease_ttl_secs.max(1)),
+            lease_wait: Duration::from_secs(self.lease_wait_secs),
+            ..FanoutSettings::default()
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -115,6 +167,11 @@ pub struct Secret(String);
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
+    }
+
+    /// The value itself, for the one place that must use it (e.g. to connect).
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 
     /// Compares without an early exit, so timing does not reveal a prefix.

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod config;
 pub mod engine;
+pub mod fanout;
 pub mod http;
 pub mod ids;
 pub mod protocol;

@@ -188,13 +188,15 @@ async fn a_status_set_by_the_responder_applies_to_the_next_queued_message() {
 async fn a_status_change_is_announced_as_thread_updated() {
     let (app, _gate) = spawn_gated(|_| {});
     let (tid, _) = app.create_thread("alice", "hello").await;
-    let mut events = app.threads.subscribe();
+    let mut viewer = app.view_thread("alice", &tid).await;
+    let mut history = app.view_history("alice").await;
     app.set_status(&tid, json!({"type": "locked", "reason": "Paused"})).await;
-    let announced = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
-    assert_eq!((announced.user.as_str(), announced.thread_id.as_str()), ("alice", tid.as_str()));
-    let ThreadStreamEvent::ThreadUpdated { thread } = announced.event else { panic!("{:?}", announced.event) };
-    assert_eq!(serde_json::to_value(&thread.status).unwrap(), json!({"type": "locked", "reason": "Paused"}));
-    assert_eq!(thread.id, tid);
+    for announced in [viewer.next().await, history.next().await] {
+        assert_eq!(announced.kind(), "thread.updated", "{announced:?}");
+        let thread = &announced.data["thread"];
+        assert_eq!(thread["status"], json!({"type": "locked", "reason": "Paused"}));
+        assert_eq!(thread["id"], json!(tid));
+    }
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! answered with an error status, not a broken stream), and `run` streams the
 //! response into a bounded channel, persisting as it goes.
 
+mod announce;
 mod attachments;
 mod pending;
 mod turn;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use futures_util::FutureExt;
 
+use crate::fanout::Fanout;
 use crate::protocol::{
     Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem, ThreadStatus,
     TranscriptionResult, DEFAULT_PAGE_SIZE,
@@ -24,6 +26,7 @@ use crate::protocol::{
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
 use crate::store::{Entity, PageQuery, Store, StoreError, UserId};
 
+pub use announce::Announcer;
 pub use attachments::{AttachmentContent, AttachmentFiles};
 pub use turn::{refusal, CancelSignal, PreparedTurn, TurnOutcome};
 
@@ -129,16 +132,24 @@ pub struct Engine {
     responder: Arc<dyn Responder>,
     files: AttachmentFiles,
     settings: EngineSettings,
+    fanout: Arc<dyn Fanout>,
+    announce: Announcer,
 }
 
 impl Engine {
     pub fn new(
         store: Arc<dyn Store>,
         responder: Arc<dyn Responder>,
+        fanout: Arc<dyn Fanout>,
         files: AttachmentFiles,
         settings: EngineSettings,
     ) -> Self {
-        Engine { stats: EngineStats::default(), store, responder, files, settings }
+        let announce = Announcer::new(fanout.clone());
+        Engine { stats: EngineStats::default(), store, responder, files, settings, fanout, announce }
+    }
+
+    pub fn fanout(&self) -> &Arc<dyn Fanout> {
+        &self.fanout
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -184,10 +195,13 @@ impl Engine {
                 let mut thread = self.store.load_thread(user, &params.thread_id).await?;
                 thread.title = Some(params.title);
                 self.store.save_thread(user, &thread).await?;
-                Ok(JsonAnswer::Thread(thread.to_wire(Page::default())))
+                let thread = thread.to_wire(Page::default());
+                self.announce.thread_updated(user, &thread).await;
+                Ok(JsonAnswer::Thread(thread))
             }
             Request::DeleteThread(params) => {
                 self.store.delete_thread(user, &params.thread_id).await?;
+                self.announce.thread_deleted(user, &params.thread_id).await;
                 Ok(JsonAnswer::Empty)
             }
             Request::Transcribe(params) => {
@@ -221,7 +235,9 @@ impl Engine {
                 let turn = self.turn_context(user, thread.clone());
                 let answer = guarded(self.responder.sync_action(turn, params.action, sender)).await?;
                 if thread.version() != before {
-                    self.store.save_thread(user, &thread.snapshot()).await?;
+                    let snapshot = thread.snapshot();
+                    self.store.save_thread(user, &snapshot).await?;
+                    self.announce.thread_updated(user, &snapshot.to_wire(Page::default())).await;
                 }
                 Ok(JsonAnswer::SyncAction(answer))
             }
@@ -235,7 +251,14 @@ impl Engine {
         let (owner, mut thread) = self.store.find_thread(thread_id).await?;
         thread.status = status;
         self.store.save_thread(&owner, &thread).await?;
-        Ok((owner, thread.to_wire(Page::default())))
+        let thread = thread.to_wire(Page::default());
+        self.announce.thread_updated(&owner, &thread).await;
+        Ok((owner, thread))
+    }
+
+    /// Checks that `user` may view a thread: 404 for a thread of another user.
+    pub async fn check_viewer(&self, user: &UserId, thread_id: &str) -> EngineResult<()> {
+        self.store.load_thread(user, thread_id).await.map(|_| ()).map_err(EngineError::from)
     }
 
     /// Checks that a thread exists, for operator endpoints.

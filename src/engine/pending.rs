@@ -10,6 +10,15 @@ pub struct PendingItems {
 }
 
 impl PendingItems {
+    /// The items as they stand, in the order they were added.
+    pub fn items(&self) -> &[ThreadItem] {
+        &self.items
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     pub fn add(&mut self, item: ThreadItem) {
         self.remove(&item.id);
         self.items.push(item);

@@ -4,12 +4,14 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{stream, FutureExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::pending::PendingItems;
 use super::{panic_message, Engine, EngineError, EngineResult};
+use crate::fanout::SnapshotChange;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::{
     Action, Attachment, ItemBody, Order, Page, Request, StreamOptions, StructuredInput, StructuredInputAnswer,
@@ -22,6 +24,13 @@ use crate::store::{Entity, PageQuery, StoreError, StoreResult, UserId};
 /// What the reference stores when a user cancels, so the next response does
 /// not continue the cancelled one.
 pub const CANCELLED_CONTEXT: &str = "The user cancelled the stream. Stop responding to the prior request.";
+
+/// A viewer joining mid-turn starts from a snapshot of the in-progress items.
+/// It is refreshed on every item added or finished, and between those after
+/// this many updates or this much time, whichever comes first; the fan-out
+/// history covers the updates in between.
+const SNAPSHOT_EVERY_UPDATES: u32 = 16;
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 
 /// Cancels a running turn from outside its stream (another tab, an operator,
 /// a status change with `cancel_running`). Cloning shares the signal.
@@ -321,7 +330,17 @@ impl Engine {
         let PreparedTurn { user, thread, prelude, work } = turn;
         let (thread_id, saved_version) = (thread.id(), thread.version());
         let pending = PendingItems::default();
-        let mut run = Run { engine: self, user, thread_id, thread, sink, cancel, pending, saved_version };
+        let mut run = Run {
+            engine: self,
+            user,
+            thread_id,
+            thread,
+            sink,
+            cancel,
+            pending,
+            saved_version,
+            snapshot: SnapshotState { updates: 0, at: Instant::now(), live: false },
+        };
         for event in prelude {
             if !run.send(event).await {
                 return run.cancelled().await;
@@ -358,6 +377,14 @@ struct Run<'a> {
     pending: PendingItems,
     /// The thread version last persisted; a newer one means the responder changed it.
     saved_version: u64,
+    snapshot: SnapshotState,
+}
+
+/// When the in-progress snapshot was last published, and whether one is up.
+struct SnapshotState {
+    updates: u32,
+    at: Instant,
+    live: bool,
 }
 
 enum Step {
@@ -368,9 +395,66 @@ enum Step {
 }
 
 impl Run<'_> {
-    /// Sends an event; false when the client has gone.
-    async fn send(&self, event: ThreadStreamEvent) -> bool {
+    /// Announces an event to live viewers and sends it to the client; false
+    /// when the client has gone. Viewers get it either way.
+    async fn send(&mut self, event: ThreadStreamEvent) -> bool {
+        let snapshot = match &event {
+            ThreadStreamEvent::ItemAdded { .. }
+            | ThreadStreamEvent::ItemDone { .. }
+            | ThreadStreamEvent::ItemRemoved { .. }
+            | ThreadStreamEvent::ItemReplaced { .. } => self.snapshot_now(),
+            ThreadStreamEvent::ItemUpdated { .. } => {
+                self.snapshot.updates += 1;
+                if self.snapshot.updates >= SNAPSHOT_EVERY_UPDATES || self.snapshot.at.elapsed() >= SNAPSHOT_EVERY {
+                    self.snapshot_now()
+                } else {
+                    SnapshotChange::Keep
+                }
+            }
+            _ => SnapshotChange::Keep,
+        };
+        self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
         self.sink.send(event).await.is_ok()
+    }
+
+    /// The in-progress items as they stand, for viewers that join mid-turn.
+    fn snapshot_now(&mut self) -> SnapshotChange {
+        self.snapshot.updates = 0;
+        self.snapshot.at = Instant::now();
+        if self.pending.is_empty() {
+            if std::mem::take(&mut self.snapshot.live) {
+                SnapshotChange::Clear
+            } else {
+                SnapshotChange::Keep
+            }
+        } else {
+            self.snapshot.live = true;
+            match serde_json::to_string(self.pending.items()) {
+                Ok(items) => SnapshotChange::Set(items),
+                Err(error) => {
+                    tracing::error!(%error, "could not serialize in-progress items");
+                    SnapshotChange::Clear
+                }
+            }
+        }
+    }
+
+    /// Tells viewers how a turn that stopped early left its in-progress items:
+    /// kept messages are done, the rest removed, as the store has them.
+    async fn announce_abandoned(&mut self) {
+        let items = self.pending.items().to_vec();
+        let kept: Vec<String> = self.pending.non_empty_messages().map(|item| item.id.clone()).collect();
+        let last = items.len().saturating_sub(1);
+        for (index, item) in items.into_iter().enumerate() {
+            let event = if kept.contains(&item.id) {
+                ThreadStreamEvent::ItemDone { item }
+            } else {
+                ThreadStreamEvent::ItemRemoved { item_id: item.id }
+            };
+            let snapshot = if index == last { SnapshotChange::Clear } else { SnapshotChange::Keep };
+            self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
+        }
+        self.snapshot.live = false;
     }
 
     async fn drive(&mut self, mut events: EventStream) -> TurnOutcome {
@@ -426,6 +510,7 @@ impl Run<'_> {
                 if let Err(error) = self.keep_partial_messages().await {
                     tracing::error!(%error, "could not keep partial output of a failed turn");
                 }
+                self.announce_abandoned().await;
                 self.send(error).await;
                 TurnOutcome::Failed
             }
@@ -511,6 +596,7 @@ impl Run<'_> {
         if let Err(error) = result {
             tracing::error!(%error, "could not persist a cancelled turn");
         }
+        self.announce_abandoned().await;
         TurnOutcome::Cancelled
     }
 }

@@ -81,6 +81,6 @@ pub async fn cancel(
     state.admin.check(&request)?;
     let thread_id = path.into_inner();
     state.engine.thread_exists(&thread_id).await?;
-    let cancelled = state.threads.cancel_running(&thread_id);
+    let cancelled = state.threads.cancel(&thread_id).await;
     Ok(HttpResponse::Ok().json(json!({"id": thread_id, "cancelled": cancelled})))
 }

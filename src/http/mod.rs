@@ -7,6 +7,7 @@ mod admin;
 mod attachments;
 mod chatkit;
 mod error;
+mod viewers;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::engine::Engine;
+use crate::fanout::Health;
 use crate::store::UserId;
 use crate::thread::Threads;
 
@@ -33,6 +35,8 @@ pub struct State {
     pub user_header: HeaderName,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
+    /// Between heartbeat comments on idle viewer streams.
+    pub heartbeat: std::time::Duration,
 }
 
 /// Registers every route on an actix `App`.
@@ -44,12 +48,47 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/chatkit/attachments/{id}/content", web::get().to(attachments::content))
         .route("/v1/chatkit/threads/{thread_id}/status", web::post().to(admin::set_status))
         .route("/v1/chatkit/threads/{thread_id}/cancel", web::post().to(admin::cancel))
+        .route("/chatkit/threads/{thread_id}/events", web::get().to(viewers::thread_events))
+        .route("/chatkit/events", web::get().to(viewers::history_events))
         .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .default_service(web::to(unknown_route));
 }
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready when the store answers and, with Redis, fan-out is connected; the
+/// body names what is degraded.
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let store = match state.engine.store().ping().await {
+        Ok(()) => serde_json::json!({"backend": state.engine.store().backend(), "state": "ok"}),
+        Err(error) => {
+            tracing::warn!(%error, "readiness: store unreachable");
+            serde_json::json!({"backend": state.engine.store().backend(), "state": "unreachable"})
+        }
+    };
+    let fanout = state.engine.fanout();
+    let health = fanout.health();
+    let fanout_state = match &health {
+        Health::Local => serde_json::json!({"backend": fanout.name(), "state": "local"}),
+        Health::Connected => serde_json::json!({"backend": fanout.name(), "state": "connected"}),
+        Health::Disconnected(why) => {
+            serde_json::json!({"backend": fanout.name(), "state": "disconnected", "error": why})
+        }
+    };
+    let ready = store["state"] == "ok" && health.is_ready();
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "degraded" },
+        "store": store,
+        "fanout": fanout_state,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 async fn unknown_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {

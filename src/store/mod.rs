@@ -131,6 +131,11 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the store a `DATABASE_URL` names: `postgres://…` (or `postgresql://…`),
 /// `sqlite://path`, `sqlite::memory:` or `memory://`.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    open_with_pool(url, postgres::DEFAULT_POOL_SIZE).await
+}
+
+/// As `open`, with at most `pg_pool` connections for a PostgreSQL store.
+pub async fn open_with_pool(url: &str, pg_pool: u32) -> StoreResult<Arc<dyn Store>> {
     if url == "memory://" || url == "memory" {
         return Ok(Arc::new(MemoryStore::new()));
     }
@@ -138,7 +143,7 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
         return Ok(Arc::new(SqliteStore::open(url).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PostgresStore::open(url).await?));
+        return Ok(Arc::new(PostgresStore::open_with_pool(url, pg_pool).await?));
     }
     Err(StoreError::Backend(format!(
         "unsupported DATABASE_URL `{url}`: expected postgres://<url>, sqlite://<path> or memory://"

@@ -73,10 +73,11 @@ const RECORD_MIGRATION: &str = "INSERT INTO schema_migrations (version) VALUES (
 const MIGRATION_LOCK: i64 = 0x63_68_61_74_6b_69_74;
 const TAKE_MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
-/// Connections the pool may open. Each request holds one only for a statement,
-/// so a few dozen serve many concurrent requests without exhausting the
-/// server's own connection limit (100 by default).
-const MAX_CONNECTIONS: u32 = 16;
+/// Connections the pool may open by default. Each request holds one only for
+/// a statement, so a few dozen serve many concurrent requests without
+/// exhausting the server's own connection limit (100 by default, shared by
+/// every replica).
+pub const DEFAULT_POOL_SIZE: u32 = 16;
 
 /// A store in one PostgreSQL database.
 #[derive(Clone)]
@@ -193,6 +194,11 @@ impl PostgresStore {
     /// Connects to the database a `postgres://` or `postgresql://` URL names and
     /// brings its schema up to date.
     pub async fn open(url: &str) -> StoreResult<Self> {
+        Self::open_with_pool(url, DEFAULT_POOL_SIZE).await
+    }
+
+    /// As `open`, with at most `pool_size` connections.
+    pub async fn open_with_pool(url: &str, pool_size: u32) -> StoreResult<Self> {
         let location = redact(url);
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::Backend(format!("`{location}` is not a postgres:// URL")));
@@ -200,7 +206,7 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|err| StoreError::Backend(format!("`{location}` is not a valid PostgreSQL URL: {err}")))?;
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(pool_size.max(1))
             .connect_with(options)
             .await
             .map_err(|err| StoreError::Backend(format!("cannot connect to PostgreSQL at `{location}`: {err}")))?;

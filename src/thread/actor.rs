@@ -11,7 +11,8 @@ use actix::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::registry::Inner;
-use crate::engine::{CancelSignal, Engine, EngineResult, JsonAnswer, PreparedTurn};
+use crate::engine::{CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn};
+use crate::fanout::Lease;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
 use crate::store::UserId;
 
@@ -129,14 +130,25 @@ impl Handler<Envelope> for ThreadActor {
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
         }
-        let work = run_job(self.engine.clone(), self.shared.clone(), job);
+        let work = run_job(self.engine.clone(), self.shared.clone(), self.thread_id.clone(), job);
         // AtomicResponse keeps the mailbox closed until the job is done: this
         // is what makes a thread's operations run one at a time.
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|(), actor, ctx| actor.arm_idle_timer(ctx))))
     }
 }
 
-async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, job: Job) {
+async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, thread_id: String, job: Job) {
+    // With several replicas, the lease keeps this thread's messages one at a
+    // time across all of them. Everything below reads the thread after it is
+    // taken, so a status committed by another replica is honoured.
+    let lease = match engine.fanout().lease(&thread_id).await {
+        Ok(lease) => lease,
+        Err(error) => {
+            tracing::warn!(%thread_id, %error, "refusing a job: the thread's lease is held elsewhere");
+            job.refuse(EngineError::Busy(format!("{error}; try again in a moment")));
+            return;
+        }
+    };
     match job {
         Job::Turn { user, request, sink, started } => match engine.prepare(&user, request).await {
             Err(error) => {
@@ -146,10 +158,10 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, job: Job) {
                 // Run even if the caller is gone: its input is already stored,
                 // and the closed sink makes the run keep it as a cancelled turn.
                 let _ = started.send(Ok(()));
-                run_turn(&engine, &shared, turn, sink).await;
+                run_turn(&engine, &shared, turn, sink, &lease).await;
             }
         },
-        Job::Run { turn, sink } => run_turn(&engine, &shared, turn, sink).await,
+        Job::Run { turn, sink } => run_turn(&engine, &shared, turn, sink, &lease).await,
         Job::Status { thread_id, status, answer } => {
             let _ = answer.send(engine.set_status(&thread_id, status).await);
         }
@@ -159,9 +171,44 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, job: Job) {
     }
 }
 
-async fn run_turn(engine: &Engine, shared: &Shared, turn: PreparedTurn, sink: mpsc::Sender<ThreadStreamEvent>) {
+async fn run_turn(
+    engine: &Engine,
+    shared: &Shared,
+    turn: PreparedTurn,
+    sink: mpsc::Sender<ThreadStreamEvent>,
+    lease: &Lease,
+) {
     let cancel = CancelSignal::new();
     shared.set_running(Some(cancel.clone()));
-    engine.run(turn, sink, cancel).await;
+    let run = engine.run(turn, sink, cancel.clone());
+    tokio::pin!(run);
+    tokio::select! {
+        _ = &mut run => {}
+        _ = lease.lost() => {
+            // Another replica may now run this thread: stop, keeping what streamed.
+            cancel.cancel();
+            run.await;
+        }
+    }
     shared.set_running(None);
+}
+
+impl Job {
+    /// Answers a job that will not run with `error`.
+    fn refuse(self, error: EngineError) {
+        match self {
+            Job::Turn { started, .. } => {
+                let _ = started.send(Err(error));
+            }
+            Job::Run { sink, .. } => {
+                let _ = sink.try_send(ThreadStreamEvent::custom_error(error.to_string(), true));
+            }
+            Job::Status { answer, .. } => {
+                let _ = answer.send(Err(error));
+            }
+            Job::Json { answer, .. } => {
+                let _ = answer.send(Err(error));
+            }
+        }
+    }
 }

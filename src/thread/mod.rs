@@ -9,4 +9,4 @@
 mod actor;
 mod registry;
 
-pub use registry::{ThreadEvent, ThreadSettings, ThreadStats, Threads, EVENT_BUFFER};
+pub use registry::{ThreadSettings, ThreadStats, Threads};

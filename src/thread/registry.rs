@@ -31,19 +31,6 @@ impl Default for ThreadSettings {
     }
 }
 
-/// Thread events announced outside any turn stream, buffered for subscribers
-/// that fall behind; a subscriber that lags more than this learns it missed some.
-pub const EVENT_BUFFER: usize = 1024;
-
-/// A change announced outside a turn stream (e.g. an operator's status
-/// change), for live viewers of the thread and of its owner's history.
-#[derive(Clone, Debug)]
-pub struct ThreadEvent {
-    pub user: UserId,
-    pub thread_id: String,
-    pub event: ThreadStreamEvent,
-}
-
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct ThreadStats {
@@ -65,7 +52,6 @@ pub(super) struct Inner {
     actors: DashMap<String, Entry>,
     generations: AtomicU64,
     stats: ThreadStats,
-    events: broadcast::Sender<ThreadEvent>,
 }
 
 impl Inner {
@@ -111,9 +97,12 @@ impl Threads {
             actors: DashMap::new(),
             generations: AtomicU64::new(0),
             stats: ThreadStats::default(),
-            events: broadcast::channel(EVENT_BUFFER).0,
         };
-        Threads { inner: Arc::new(inner) }
+        let inner = Arc::new(inner);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(follow_cancel_requests(Arc::downgrade(&inner), inner.engine.fanout().cancel_requests()));
+        }
+        Threads { inner }
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -122,11 +111,6 @@ impl Threads {
 
     pub fn stats(&self) -> &ThreadStats {
         &self.inner.stats
-    }
-
-    /// Listens to changes announced outside turn streams.
-    pub fn subscribe(&self) -> broadcast::Receiver<ThreadEvent> {
-        self.inner.events.subscribe()
     }
 
     /// Actors alive now.
@@ -185,22 +169,24 @@ impl Threads {
     ) -> EngineResult<Thread> {
         self.inner.engine.thread_exists(thread_id).await?;
         if cancel_running {
-            self.cancel_running(thread_id);
+            self.cancel(thread_id).await;
         }
         let job = |answer| Job::Status { thread_id: thread_id.to_string(), status, answer };
-        let (owner, thread) = self.ask(thread_id, job).await?;
-        // No subscriber is not an error: nobody is watching the thread.
-        let _ = self.inner.events.send(ThreadEvent {
-            user: owner,
-            thread_id: thread.id.clone(),
-            event: ThreadStreamEvent::ThreadUpdated { thread: thread.clone() },
-        });
+        let (_owner, thread) = self.ask(thread_id, job).await?;
         Ok(thread)
     }
 
-    /// Cancels the turn running on a thread, if any; true when there was one.
+    /// Cancels the turn running on a thread on this replica, if any; true when there was one.
     pub fn cancel_running(&self, thread_id: &str) -> bool {
         self.inner.actors.get(thread_id).is_some_and(|entry| entry.shared.cancel_running())
+    }
+
+    /// Cancels the thread's running turn on whichever replica runs it; true
+    /// when one was running here or another replica holds the thread's lease.
+    pub async fn cancel(&self, thread_id: &str) -> bool {
+        let here = self.cancel_running(thread_id);
+        let elsewhere = self.inner.engine.fanout().request_cancel(thread_id).await;
+        here || elsewhere
     }
 
     /// Queues a job that answers on a channel, and waits for its answer.
@@ -264,5 +250,24 @@ impl Threads {
                 Entry { addr: actor.start(), shared, generation }
             })
             .clone()
+    }
+}
+
+/// Carries out cancel requests sent by other replicas, for as long as the registry lives.
+async fn follow_cancel_requests(inner: std::sync::Weak<Inner>, mut requests: broadcast::Receiver<String>) {
+    loop {
+        match requests.recv().await {
+            Ok(thread_id) => {
+                let Some(registry) = inner.upgrade() else { return };
+                let cancelled = registry.actors.get(&thread_id).is_some_and(|entry| entry.shared.cancel_running());
+                if cancelled {
+                    tracing::info!(%thread_id, "cancelled a turn on another replica's request");
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed cancel requests from other replicas");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }

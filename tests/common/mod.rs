@@ -262,6 +262,19 @@ where
 // Helpers for the per-op, bad-input and responder tests.
 
 pub mod scripted;
+pub mod viewer;
+
+impl TestApp {
+    /// Opens the viewer stream of a thread as `user`.
+    pub async fn view_thread(&self, user: &str, thread_id: &str) -> viewer::Viewer {
+        viewer::open(&self.url(&format!("/chatkit/threads/{thread_id}/events")), user, None).await
+    }
+
+    /// Opens `user`'s history stream.
+    pub async fn view_history(&self, user: &str) -> viewer::Viewer {
+        viewer::open(&self.url("/chatkit/events"), user, None).await
+    }
+}
 
 /// Asserts the documented error body: `{"error": {"message", "type", "code"}}`, three strings and nothing else.
 pub fn check_error_body(body: &Value) {

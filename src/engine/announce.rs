@@ -1,0 +1,75 @@
+//! Announces thread changes to live viewers through the fan-out: the one place
+//! that decides which change reaches which topic.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::fanout::{Fanout, Kind, SnapshotChange, Topic};
+use crate::protocol::{Thread, ThreadStreamEvent};
+use crate::store::UserId;
+
+#[derive(Clone)]
+pub struct Announcer {
+    fanout: Arc<dyn Fanout>,
+}
+
+impl Announcer {
+    pub fn new(fanout: Arc<dyn Fanout>) -> Self {
+        Announcer { fanout }
+    }
+
+    /// A title or status change: for the thread's viewers and its owner's history.
+    pub async fn thread_updated(&self, user: &UserId, thread: &Thread) {
+        let event = ThreadStreamEvent::ThreadUpdated { thread: thread.clone() };
+        let body = encode(&event);
+        let thread_topic = Topic::Thread(thread.id.clone());
+        self.fanout.publish(&thread_topic, Kind::Event, body.clone(), SnapshotChange::Keep).await;
+        self.fanout.publish(&Topic::User(user.clone()), Kind::Event, body, SnapshotChange::Keep).await;
+    }
+
+    pub async fn thread_created(&self, user: &UserId, thread: &Thread) {
+        let event = ThreadStreamEvent::ThreadCreated { thread: thread.clone() };
+        self.fanout.publish(&Topic::User(user.clone()), Kind::Event, encode(&event), SnapshotChange::Keep).await;
+    }
+
+    pub async fn thread_deleted(&self, user: &UserId, thread_id: &str) {
+        let body = json!({ "thread_id": thread_id }).to_string();
+        let thread_topic = Topic::Thread(thread_id.to_string());
+        self.fanout.publish(&thread_topic, Kind::Deleted, body.clone(), SnapshotChange::Clear).await;
+        self.fanout.publish(&Topic::User(user.clone()), Kind::Deleted, body, SnapshotChange::Keep).await;
+    }
+
+    /// An item event of a turn, with what it does to the in-progress snapshot.
+    pub async fn item_event(&self, thread_id: &str, event: &ThreadStreamEvent, snapshot: SnapshotChange) {
+        self.fanout.publish(&Topic::Thread(thread_id.to_string()), Kind::Event, encode(event), snapshot).await;
+    }
+
+    /// A turn event, routed by type; events that only concern the requesting
+    /// client (stream options, progress, errors, notices, effects) stay private.
+    pub async fn turn_event(
+        &self,
+        user: &UserId,
+        thread_id: &str,
+        event: &ThreadStreamEvent,
+        snapshot: SnapshotChange,
+    ) {
+        match event {
+            ThreadStreamEvent::ThreadCreated { thread } => self.thread_created(user, thread).await,
+            ThreadStreamEvent::ThreadUpdated { thread } => self.thread_updated(user, thread).await,
+            ThreadStreamEvent::ItemAdded { .. }
+            | ThreadStreamEvent::ItemUpdated { .. }
+            | ThreadStreamEvent::ItemDone { .. }
+            | ThreadStreamEvent::ItemRemoved { .. }
+            | ThreadStreamEvent::ItemReplaced { .. } => self.item_event(thread_id, event, snapshot).await,
+            _ => {}
+        }
+    }
+}
+
+fn encode(event: &ThreadStreamEvent) -> String {
+    serde_json::to_string(event).unwrap_or_else(|error| {
+        tracing::error!(%error, "could not serialize a fan-out event");
+        r#"{"type":"error","code":"stream.error","allow_retry":true}"#.to_string()
+    })
+}

@@ -1,0 +1,127 @@
+//! In-process fan-out: the single-node default, with no Redis.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use tokio::sync::broadcast;
+
+use super::{
+    now_us, sequence_base, CatchUp, Delivery, Fanout, FanoutError, FanoutSettings, Health, Hub, Kind, Lease, Snapshot,
+    SnapshotChange, Stamped, Subscription, Topic,
+};
+
+/// How often topics without viewers and recent messages are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct TopicState {
+    seq: u64,
+    history: VecDeque<Arc<Stamped>>,
+    snapshot: Option<Snapshot>,
+    touched: Option<Instant>,
+}
+
+pub struct LocalFanout {
+    settings: FanoutSettings,
+    hub: Arc<Hub>,
+    topics: Arc<DashMap<String, Arc<Mutex<TopicState>>>>,
+    cancels: broadcast::Sender<String>,
+}
+
+impl LocalFanout {
+    /// Must run inside a tokio runtime: it starts the sweeper that bounds memory.
+    pub fn new(settings: FanoutSettings) -> Self {
+        let hub = Hub::new(settings.viewer_buffer, None);
+        let topics: Arc<DashMap<String, Arc<Mutex<TopicState>>>> = Arc::default();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&topics), hub.clone(), settings.history_ttl));
+        }
+        LocalFanout { settings, hub, topics, cancels: broadcast::channel(16).0 }
+    }
+
+    fn topic(&self, channel: &str) -> Arc<Mutex<TopicState>> {
+        self.topics.entry(channel.to_string()).or_default().clone()
+    }
+}
+
+/// Forgets topics whose history expired and that nobody views.
+async fn sweep(topics: Weak<DashMap<String, Arc<Mutex<TopicState>>>>, hub: Arc<Hub>, ttl: Duration) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY.min(ttl));
+    loop {
+        tick.tick().await;
+        let Some(topics) = topics.upgrade() else { return };
+        topics.retain(|channel, state| {
+            let touched = state.lock().unwrap_or_else(|p| p.into_inner()).touched;
+            touched.is_some_and(|at| at.elapsed() < ttl) || hub.has_viewers(channel)
+        });
+    }
+}
+
+#[async_trait]
+impl Fanout for LocalFanout {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn publish(&self, topic: &Topic, kind: Kind, body: String, snapshot: SnapshotChange) {
+        let channel = topic.channel();
+        let state = self.topic(&channel);
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        state.seq = if state.seq == 0 { sequence_base() } else { state.seq + 1 };
+        let message = Arc::new(Stamped { seq: state.seq, sent_at_us: now_us(), kind, body });
+        state.history.push_back(message.clone());
+        while state.history.len() > self.settings.history {
+            state.history.pop_front();
+        }
+        match snapshot {
+            SnapshotChange::Keep => {}
+            SnapshotChange::Set(items) => state.snapshot = Some(Snapshot { seq: message.seq, items }),
+            SnapshotChange::Clear => state.snapshot = None,
+        }
+        state.touched = Some(Instant::now());
+        // Delivered under the topic's lock, so viewers see the sequence in order.
+        self.hub.deliver(&channel, Delivery::Message(message));
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Subscription {
+        self.hub.join(&topic.channel()).0
+    }
+
+    async fn catch_up(&self, topic: &Topic, after: Option<u64>) -> Result<CatchUp, FanoutError> {
+        let Some(state) = self.topics.get(&topic.channel()).map(|entry| entry.clone()) else {
+            return Ok(CatchUp::default());
+        };
+        let state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let from = match (after, &state.snapshot) {
+            (Some(after), _) => Some(after),
+            (None, Some(snapshot)) => Some(snapshot.seq),
+            (None, None) => None,
+        };
+        // Keep the message just before `from` too, so `CatchUp::since` can tell there is no gap.
+        let history = match from {
+            Some(from) => state.history.iter().filter(|m| m.seq >= from).map(|m| (**m).clone()).collect(),
+            None => Vec::new(),
+        };
+        Ok(CatchUp { head: state.seq, snapshot: state.snapshot.clone(), history })
+    }
+
+    async fn lease(&self, _thread_id: &str) -> Result<Lease, FanoutError> {
+        // One process: the thread's actor already runs its messages one at a time.
+        Ok(Lease::local())
+    }
+
+    async fn request_cancel(&self, _thread_id: &str) -> bool {
+        false
+    }
+
+    fn cancel_requests(&self) -> broadcast::Receiver<String> {
+        self.cancels.subscribe()
+    }
+
+    fn health(&self) -> Health {
+        Health::Local
+    }
+}

@@ -1,0 +1,183 @@
+//! Viewer streams: live Server-Sent Events of one thread's changes
+//! (`GET /chatkit/threads/{thread_id}/events`) and of a user's thread history
+//! (`GET /chatkit/events`), whoever made them and on whichever replica.
+//!
+//! Every message carries an `id:` from its topic's sequence. ChatKit events
+//! are plain `data:` frames, so a client parses them with its turn-stream
+//! types; control messages are named events (`resync`, `thread.deleted`), and
+//! heartbeats are comments. A fresh stream starts at the present (plus the
+//! in-progress items of a running turn): open it, then fetch the thread.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{CacheControl, CacheDirective};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::value::RawValue;
+
+use super::{user_of, ApiError, State};
+use crate::fanout::hub::Received;
+use crate::fanout::{CatchUp, Delivery, Fanout, FanoutError, Kind, Stamped, Subscription, Topic};
+
+/// `GET /chatkit/threads/{thread_id}/events`.
+pub async fn thread_events(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    let user = user_of(&request, &state)?;
+    let thread_id = path.into_inner();
+    let last = last_event_id(&request)?;
+    state.engine.check_viewer(&user, &thread_id).await?;
+    Ok(open(state.engine.fanout(), Topic::Thread(thread_id), last, state.heartbeat).await)
+}
+
+/// `GET /chatkit/events`.
+pub async fn history_events(request: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    let user = user_of(&request, &state)?;
+    let last = last_event_id(&request)?;
+    Ok(open(state.engine.fanout(), Topic::User(user), last, state.heartbeat).await)
+}
+
+fn last_event_id(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    let Some(value) = request.headers().get("last-event-id") else { return Ok(None) };
+    let text = value.to_str().unwrap_or("").trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        ApiError::bad_request(format!("`Last-Event-ID` must be an event id from this stream (a number), got `{text}`"))
+    })
+}
+
+/// Subscribes before answering, so that once the response head arrives the
+/// viewer receives everything published after.
+async fn open(fanout: &Arc<dyn Fanout>, topic: Topic, last: Option<u64>, heartbeat: Duration) -> HttpResponse {
+    let subscription = fanout.subscribe(&topic).await;
+    let catch_up = fanout.catch_up(&topic, last).await;
+    let closes_on_delete = matches!(topic, Topic::Thread(_));
+    let frames = frames(subscription, catch_up, last, heartbeat, closes_on_delete);
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(CacheControl(vec![CacheDirective::NoCache]))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(frames)
+}
+
+fn frames(
+    mut subscription: Subscription,
+    catch_up: Result<CatchUp, FanoutError>,
+    last: Option<u64>,
+    heartbeat: Duration,
+    closes_on_delete: bool,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    async_stream::stream! {
+        // The highest sequence number this viewer has; later copies are skipped.
+        let mut delivered = last.unwrap_or(0);
+        match catch_up {
+            Err(error) => {
+                tracing::warn!(%error, "viewer joined while fan-out is unavailable");
+                yield Ok(resync("unavailable", None));
+            }
+            Ok(catch_up) => {
+                let head = catch_up.head.max(catch_up.history.last().map_or(0, |m| m.seq));
+                match (last, &catch_up.snapshot) {
+                    (Some(after), _) => match catch_up.since(after) {
+                        Some(missed) => {
+                            for message in &missed {
+                                yield Ok(frame(message));
+                            }
+                            delivered = missed.last().map_or(after, |m| m.seq);
+                        }
+                        None => {
+                            yield Ok(resync("gap", Some(head)));
+                            delivered = head;
+                        }
+                    },
+                    (None, Some(snapshot)) => {
+                        // A turn is running: its items as they stand, then what followed.
+                        for added in snapshot_frames(snapshot.seq, &snapshot.items) {
+                            yield Ok(added);
+                        }
+                        delivered = snapshot.seq;
+                        match catch_up.since(snapshot.seq) {
+                            Some(rest) => {
+                                for message in &rest {
+                                    yield Ok(frame(message));
+                                }
+                                delivered = rest.last().map_or(delivered, |m| m.seq);
+                            }
+                            None => {
+                                yield Ok(resync("gap", Some(head)));
+                                delivered = head;
+                            }
+                        }
+                    }
+                    (None, None) => delivered = head,
+                }
+            }
+        }
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                received = subscription.recv() => match received {
+                    Received::Delivery(Delivery::Message(message)) => {
+                        if message.seq <= delivered {
+                            continue;
+                        }
+                        delivered = message.seq;
+                        yield Ok(frame(&message));
+                        if closes_on_delete && message.kind == Kind::Deleted {
+                            break;
+                        }
+                    }
+                    Received::Delivery(Delivery::Resync) => yield Ok(resync("fanout", None)),
+                    Received::Lagged => {
+                        // Too slow to keep up: say so and close, rather than
+                        // slow the others or skip events silently.
+                        yield Ok(resync("lagged", None));
+                        break;
+                    }
+                },
+                _ = ticker.tick() => yield Ok(Bytes::from_static(b": heartbeat\n\n")),
+            }
+        }
+    }
+}
+
+/// One message: a ChatKit event as a plain `data:` frame, a deletion as a named event.
+fn frame(message: &Stamped) -> Bytes {
+    let event = match message.kind {
+        Kind::Event => "",
+        Kind::Deleted => "event: thread.deleted\n",
+    };
+    Bytes::from(format!("id: {}\n{event}data: {}\n\n", message.seq, message.body))
+}
+
+/// `event: resync`: the viewer must refetch what it shows.
+fn resync(reason: &str, id: Option<u64>) -> Bytes {
+    let id = id.map(|id| format!("id: {id}\n")).unwrap_or_default();
+    Bytes::from(format!("{id}event: resync\ndata: {{\"reason\":\"{reason}\"}}\n\n"))
+}
+
+/// The in-progress items of a running turn, each as a `thread.item.added`
+/// carrying its content so far.
+fn snapshot_frames(seq: u64, items: &str) -> Vec<Bytes> {
+    let items: Vec<Box<RawValue>> = match serde_json::from_str(items) {
+        Ok(items) => items,
+        Err(error) => {
+            tracing::error!(%error, "ignoring a malformed in-progress snapshot");
+            return Vec::new();
+        }
+    };
+    items
+        .iter()
+        .map(|item| {
+            Bytes::from(format!("id: {seq}\ndata: {{\"type\":\"thread.item.added\",\"item\":{}}}\n\n", item.get()))
+        })
+        .collect()
+}
