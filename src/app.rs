@@ -31,6 +31,9 @@ pub enum AppError {
 
 pub struct App {
     server: actix_web::dev::Server,
+    /// Tells viewer streams the replica is stopping, so they close with a
+    /// reconnect hint instead of holding the shutdown for the grace period.
+    closing: tokio::sync::watch::Sender<bool>,
     addr: SocketAddr,
     engine: Arc<Engine>,
     threads: Threads,
@@ -79,6 +82,7 @@ impl App {
             tracing::warn!("admin API under /v1/ is disabled (403): set CHATKIT_ADMIN_KEYS to enable it");
             AdminAccess::Disabled
         };
+        let closing = tokio::sync::watch::channel(false).0;
         let state = web::Data::new(http::State {
             engine: engine.clone(),
             threads: threads.clone(),
@@ -87,6 +91,7 @@ impl App {
             max_body_bytes: config.max_body_bytes,
             max_upload_bytes: usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX),
             heartbeat: config.heartbeat(),
+            closing: closing.subscribe(),
         });
         let mut server =
             HttpServer::new(move || {
@@ -112,7 +117,7 @@ impl App {
         }
         let server = server.listen(listener)?.run();
         tracing::info!(%addr, store = store_backend, responder = responder_name, fanout = fanout_name, "listening");
-        Ok(App { server, addr, engine, threads })
+        Ok(App { server, closing, addr, engine, threads })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -137,6 +142,8 @@ impl App {
             result = &mut server => result,
             _ = shutdown => {
                 tracing::info!("stopping: no new connections; letting running requests finish");
+                // Viewer streams never finish on their own: close them now.
+                self.closing.send_replace(true);
                 // The server future itself carries out the stop, so it must be
                 // polled while the stop is awaited.
                 let ((), result) = tokio::join!(handle.stop(true), &mut server);

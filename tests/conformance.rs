@@ -94,6 +94,33 @@ async fn drive_every_op(app: &TestApp) {
     app.call(user, "threads.delete", json!({"thread_id": other})).await;
 }
 
+/// What viewer streams carried: the history stream during every op, and a
+/// thread stream through a turn with a widget, a rename and a status change.
+async fn viewer_frames(app: &TestApp, history: &mut common::viewer::Viewer) -> Vec<(&'static str, Value)> {
+    let user = "conformance";
+    let (tid, _) = app.create_thread(user, "watched").await;
+    let mut thread = app.view_thread(user, &tid).await;
+    app.say(user, &tid, "/widget").await;
+    app.call(user, "threads.update", json!({"thread_id": tid, "title": "Watched"})).await;
+    let locked = app.client.post(app.url(&format!("/v1/chatkit/threads/{tid}/status")));
+    assert!(locked.json(&json!({"type": "locked", "reason": "r"})).send().await.unwrap().status().is_success());
+    let mut frames = Vec::new();
+    for frame in thread.until(|f| f.data["thread"]["status"]["type"] == "locked").await {
+        frames.push(("viewer:thread", frame.data));
+    }
+    for frame in history.until(|f| f.data["thread"]["status"]["type"] == "locked").await {
+        // Deletions are named control events, not ChatKit events.
+        if frame.event.is_none() {
+            frames.push(("viewer:history", frame.data));
+        }
+    }
+    let kinds: std::collections::BTreeSet<&str> = frames.iter().filter_map(|(_, f)| f["type"].as_str()).collect();
+    for kind in ["thread.created", "thread.updated", "thread.item.added", "thread.item.updated", "thread.item.done"] {
+        assert!(kinds.contains(kind), "viewer streams carried no {kind}: {kinds:?}");
+    }
+    frames
+}
+
 #[tokio::test]
 async fn every_response_and_event_validates_with_the_reference_types() {
     let python = reference_python();

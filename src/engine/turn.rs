@@ -26,9 +26,11 @@ use crate::store::{Entity, PageQuery, StoreError, StoreResult, UserId};
 pub const CANCELLED_CONTEXT: &str = "The user cancelled the stream. Stop responding to the prior request.";
 
 /// A viewer joining mid-turn starts from a snapshot of the in-progress items.
-/// It is refreshed on every item added or finished, and between those after
-/// this many updates or this much time, whichever comes first; the fan-out
-/// history covers the updates in between.
+/// It is refreshed with every item event while the items are small; past
+/// this size, rewriting it per delta would make a long answer quadratic, so
+/// it is refreshed after `SNAPSHOT_EVERY_UPDATES` updates or `SNAPSHOT_EVERY`,
+/// and a joining viewer gets the updates since from the fan-out history.
+const SNAPSHOT_EAGER_BYTES: usize = 32 * 1024;
 const SNAPSHOT_EVERY_UPDATES: u32 = 16;
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 
@@ -339,7 +341,7 @@ impl Engine {
             cancel,
             pending,
             saved_version,
-            snapshot: SnapshotState { updates: 0, at: Instant::now(), live: false },
+            snapshot: SnapshotState { updates: 0, bytes: 0, at: Instant::now(), live: false },
         };
         for event in prelude {
             if !run.send(event).await {
@@ -383,6 +385,8 @@ struct Run<'a> {
 /// When the in-progress snapshot was last published, and whether one is up.
 struct SnapshotState {
     updates: u32,
+    /// The size of the last snapshot.
+    bytes: usize,
     at: Instant,
     live: bool,
 }
@@ -405,7 +409,10 @@ impl Run<'_> {
             | ThreadStreamEvent::ItemReplaced { .. } => self.snapshot_now(),
             ThreadStreamEvent::ItemUpdated { .. } => {
                 self.snapshot.updates += 1;
-                if self.snapshot.updates >= SNAPSHOT_EVERY_UPDATES || self.snapshot.at.elapsed() >= SNAPSHOT_EVERY {
+                if self.snapshot.bytes < SNAPSHOT_EAGER_BYTES
+                    || self.snapshot.updates >= SNAPSHOT_EVERY_UPDATES
+                    || self.snapshot.at.elapsed() >= SNAPSHOT_EVERY
+                {
                     self.snapshot_now()
                 } else {
                     SnapshotChange::Keep
@@ -430,7 +437,10 @@ impl Run<'_> {
         } else {
             self.snapshot.live = true;
             match serde_json::to_string(self.pending.items()) {
-                Ok(items) => SnapshotChange::Set(items),
+                Ok(items) => {
+                    self.snapshot.bytes = items.len();
+                    SnapshotChange::Set(items)
+                }
                 Err(error) => {
                     tracing::error!(%error, "could not serialize in-progress items");
                     SnapshotChange::Clear

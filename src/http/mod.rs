@@ -37,6 +37,8 @@ pub struct State {
     pub max_upload_bytes: usize,
     /// Between heartbeat comments on idle viewer streams.
     pub heartbeat: std::time::Duration,
+    /// Turns true when the replica stops; viewer streams then close.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Registers every route on an actix `App`.

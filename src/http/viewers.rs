@@ -9,7 +9,6 @@
 //! in-progress items of a running turn): open it, then fetch the thread.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{CacheControl, CacheDirective};
@@ -17,10 +16,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 
 use super::{user_of, ApiError, State};
 use crate::fanout::hub::Received;
-use crate::fanout::{CatchUp, Delivery, Fanout, FanoutError, Kind, Stamped, Subscription, Topic};
+use crate::fanout::{CatchUp, Delivery, FanoutError, Kind, Stamped, Subscription, Topic};
 
 /// `GET /chatkit/threads/{thread_id}/events`.
 pub async fn thread_events(
@@ -32,14 +32,14 @@ pub async fn thread_events(
     let thread_id = path.into_inner();
     let last = last_event_id(&request)?;
     state.engine.check_viewer(&user, &thread_id).await?;
-    Ok(open(state.engine.fanout(), Topic::Thread(thread_id), last, state.heartbeat).await)
+    Ok(open(&state, Topic::Thread(thread_id), last).await)
 }
 
 /// `GET /chatkit/events`.
 pub async fn history_events(request: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let user = user_of(&request, &state)?;
     let last = last_event_id(&request)?;
-    Ok(open(state.engine.fanout(), Topic::User(user), last, state.heartbeat).await)
+    Ok(open(&state, Topic::User(user), last).await)
 }
 
 fn last_event_id(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
@@ -55,11 +55,12 @@ fn last_event_id(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
 
 /// Subscribes before answering, so that once the response head arrives the
 /// viewer receives everything published after.
-async fn open(fanout: &Arc<dyn Fanout>, topic: Topic, last: Option<u64>, heartbeat: Duration) -> HttpResponse {
+async fn open(state: &State, topic: Topic, last: Option<u64>) -> HttpResponse {
+    let fanout = state.engine.fanout();
     let subscription = fanout.subscribe(&topic).await;
     let catch_up = fanout.catch_up(&topic, last).await;
     let closes_on_delete = matches!(topic, Topic::Thread(_));
-    let frames = frames(subscription, catch_up, last, heartbeat, closes_on_delete);
+    let frames = frames(subscription, catch_up, last, state.heartbeat, state.closing.clone(), closes_on_delete);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(CacheControl(vec![CacheDirective::NoCache]))
@@ -72,6 +73,7 @@ fn frames(
     catch_up: Result<CatchUp, FanoutError>,
     last: Option<u64>,
     heartbeat: Duration,
+    mut closing: watch::Receiver<bool>,
     closes_on_delete: bool,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
@@ -144,6 +146,12 @@ fn frames(
                     }
                 },
                 _ = ticker.tick() => yield Ok(Bytes::from_static(b": heartbeat\n\n")),
+                _ = closing.wait_for(|closing| *closing) => {
+                    // The replica is stopping: reconnect (through the load
+                    // balancer, to another replica) after a second.
+                    yield Ok(Bytes::from_static(b"retry: 1000\n: closing\n\n"));
+                    break;
+                }
             }
         }
     }

@@ -261,6 +261,7 @@ where
 // ---------------------------------------------------------------------------
 // Helpers for the per-op, bad-input and responder tests.
 
+pub mod gated;
 pub mod scripted;
 pub mod viewer;
 

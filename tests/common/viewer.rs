@@ -122,7 +122,7 @@ impl Viewer {
         let (mut id, mut event, mut data) = (None, None, None::<String>);
         let mut comment = false;
         for line in raw.lines() {
-            if line.starts_with(':') {
+            if line.starts_with(':') || line.starts_with("retry: ") {
                 comment = true;
             } else if let Some(value) = line.strip_prefix("id: ") {
                 id = Some(value.parse().unwrap_or_else(|_| panic!("bad id line: {line}")));

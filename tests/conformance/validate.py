@@ -7,7 +7,7 @@ Usage:
 
 The transcript is JSON Lines, one object per line:
 
-    {"op": "<request type>", "kind": "response" | "event", "body": <JSON the server sent>}
+    {"op": "<request type>", "kind": "response" | "event" | "viewer_event", "body": <JSON the server sent>}
 
 Every body is validated with the reference pydantic types, re-serialized the way
 the reference server does (by alias, without nulls, without attachment metadata)
@@ -278,6 +278,10 @@ def check_entry(op: Any, kind: Any, body: Any) -> list[Failure]:
         if op not in STREAMING_OPS:
             return [("$", f"unknown op {op!r} for kind 'event' (not a streaming request type)")]
         return check_model(EVENT_ADAPTER, body)
+    if kind == "viewer_event":
+        # A viewer stream's data frames are ChatKit events too (control
+        # frames are named SSE events and never reach this check).
+        return check_model(EVENT_ADAPTER, body)
     if kind == "response":
         if op in EMPTY_BODY_OPS:
             if isinstance(body, dict) and not body:
@@ -286,7 +290,7 @@ def check_entry(op: Any, kind: Any, body: Any) -> list[Failure]:
         if op in RESPONSE_ADAPTERS:
             return check_model(RESPONSE_ADAPTERS[op][1], body)
         return [("$", f"unknown op {op!r} for kind 'response'")]
-    return [("$", f"unknown kind {short(kind)} (expected 'response' or 'event')")]
+    return [("$", f"unknown kind {short(kind)} (expected 'response', 'event' or 'viewer_event')")]
 
 
 def check_line(text: str) -> tuple[str, list[Failure]]:
