@@ -101,6 +101,7 @@ async fn viewer_frames(app: &TestApp, history: &mut common::viewer::Viewer) -> V
     let (tid, _) = app.create_thread(user, "watched").await;
     let mut thread = app.view_thread(user, &tid).await;
     app.say(user, &tid, "/widget").await;
+    app.say(user, &tid, "and a plain answer").await;
     app.call(user, "threads.update", json!({"thread_id": tid, "title": "Watched"})).await;
     let locked = app.client.post(app.url(&format!("/v1/chatkit/threads/{tid}/status")));
     assert!(locked.json(&json!({"type": "locked", "reason": "r"})).send().await.unwrap().status().is_success());
@@ -125,14 +126,20 @@ async fn viewer_frames(app: &TestApp, history: &mut common::viewer::Viewer) -> V
 async fn every_response_and_event_validates_with_the_reference_types() {
     let python = reference_python();
     let app = spawn(Spawn { record: true, ..Default::default() });
+    let mut history = app.view_history("conformance").await;
     drive_every_op(&app).await;
+    let viewed = viewer_frames(&app, &mut history).await;
 
-    let transcript = app.transcript_lines();
+    let mut transcript = app.transcript_lines();
     let ops: std::collections::BTreeSet<String> = transcript
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).unwrap()["op"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ops.len(), 16, "the transcript covers every op: {ops:?}");
+    let viewer_lines = viewed.len();
+    for (stream, frame) in viewed {
+        transcript.push_str(&format!("{}\n", json!({"op": stream, "kind": "viewer_event", "body": frame})));
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("transcript.jsonl");
@@ -143,4 +150,6 @@ async fn every_response_and_event_validates_with_the_reference_types() {
     println!("{report}");
     assert!(output.status.success(), "the reference types reject what the server sent:\n{report}");
     assert!(report.contains(" passed, 0 failed"), "{report}");
+    let checked = format!("{} passed, 0 failed", transcript.lines().count());
+    assert!(viewer_lines > 0 && report.contains(&checked), "every line, viewer frames too, was checked: {report}");
 }
