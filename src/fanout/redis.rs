@@ -7,7 +7,9 @@
 //! channels its local viewers watch, and one multiplexed connection for
 //! everything else. Redis going away never fails a turn: publications are
 //! dropped, viewers are told to `resync`, and both connections come back
-//! with backoff.
+//! with backoff. A replica that dropped publications tells every replica's
+//! viewers of those channels to `resync` as soon as Redis takes a command
+//! again, since their own connection may have come back before its did.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +37,16 @@ const PUBLISH_BATCH: usize = 256;
 const COMMAND_QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first pause between reconnection attempts.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_millis(800);
+/// How often a publisher that dropped publications tries Redis again, to send
+/// the `resync` notices for them even when nothing else is published.
+const NOTICE_RETRY: Duration = Duration::from_millis(100);
+/// Above this many channels with dropped publications, one notice tells every
+/// viewer to resync.
+const MAX_LOST_CHANNELS: usize = 1024;
 /// How often the subscriber connection is checked.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How often subscriptions without local viewers are dropped.
@@ -75,13 +85,23 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', token), 'PX', A
 return token
 ";
 
-/// KEYS: lease. ARGV: value, ttl ms. 1 when still held and extended.
+/// KEYS: lease, fence. ARGV: value, ttl ms, token. 1 when still held and
+/// extended. A lease Redis no longer has (it restarted empty, or the lease
+/// expired unnoticed) that nobody took since is taken back, with the fence
+/// raised to its token so that later grants still get higher ones; 0 only when
+/// another holder has it.
 const RENEW_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
-return 0
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 1
 ";
 
 /// KEYS: lease. ARGV: value. Deletes the lease only if it is still ours.
@@ -143,7 +163,7 @@ impl Link {
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         match self.client.get_multiplexed_async_connection_with_config(&config).await {
             Ok(fresh) => {
-                *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_millis(50);
+                *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = MIN_BACKOFF;
                 *conn = Some(fresh.clone());
                 Ok(fresh)
             }
@@ -153,6 +173,20 @@ impl Link {
                 *backoff = (*backoff * 2).min(MAX_BACKOFF);
                 Err(unavailable(&error))
             }
+        }
+    }
+
+    /// Redis answers again (the subscriber connection just came back): the
+    /// next call connects at once rather than wait out its backoff, and on a
+    /// fresh connection, since the old one most likely died with the other.
+    /// Without this, `/readyz` could report ready while publications are
+    /// still dropped and leases not taken.
+    fn retry_now(&self) {
+        *self.next_try.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = MIN_BACKOFF;
+        // A caller holding the lock is connecting now, so there is nothing stale to forget.
+        if let Ok(mut conn) = self.conn.try_lock() {
+            *conn = None;
         }
     }
 
@@ -192,14 +226,22 @@ impl RedisFanout {
             client: client.clone(),
             conn: tokio::sync::Mutex::new(None),
             next_try: Mutex::new(Instant::now()),
-            backoff: Mutex::new(Duration::from_millis(50)),
+            backoff: Mutex::new(MIN_BACKOFF),
         });
         let state = Arc::new(LinkState::default());
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let cancels = broadcast::channel(256).0;
         tokio::spawn(publisher(link.clone(), state.clone(), publication_rx, settings.clone()));
-        tokio::spawn(subscriber(client, hub.clone(), state.clone(), command_rx, empty_rx, cancels.clone()));
+        tokio::spawn(subscriber(
+            client,
+            link.clone(),
+            hub.clone(),
+            state.clone(),
+            command_rx,
+            empty_rx,
+            cancels.clone(),
+        ));
         let replica = format!("{:016x}", rand::random::<u64>());
         Ok(RedisFanout { settings, hub, link, state, publications, commands, cancels, replica })
     }
@@ -214,7 +256,54 @@ fn lease_keys(thread_id: &str) -> [String; 2] {
     [format!("{channel}:lease"), format!("{channel}:fence")]
 }
 
+/// Channels whose publications were dropped since Redis last took some.
+#[derive(Default)]
+struct DroppedOn {
+    channels: HashSet<String>,
+    /// There were too many to name them, so every viewer must resync.
+    all: bool,
+}
+
+impl DroppedOn {
+    fn is_empty(&self) -> bool {
+        !self.all && self.channels.is_empty()
+    }
+
+    fn add(&mut self, channels: impl IntoIterator<Item = String>) {
+        if !self.all {
+            self.channels.extend(channels);
+            if self.channels.len() > MAX_LOST_CHANNELS {
+                self.all = true;
+                self.channels.clear();
+            }
+        }
+    }
+
+    /// The control messages that tell every replica's viewers of these channels to resync.
+    fn notices(&self) -> Vec<String> {
+        if self.all {
+            vec![format!("{RESYNC_NOTICE}*")]
+        } else {
+            self.channels.iter().map(|channel| format!("{RESYNC_NOTICE}{channel}")).collect()
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = DroppedOn::default();
+    }
+}
+
+/// The prefix of a control message that tells the viewers of a channel (or of
+/// every channel, for `*`) to resync.
+const RESYNC_NOTICE: &str = "resync ";
+
 /// Sends queued publications in order, a pipeline at a time.
+///
+/// A publication Redis does not take is dropped, so that turns never wait on
+/// Redis. Viewers on this replica learn of the gap when its subscriber
+/// connection comes back; but viewers on a replica whose connection came back
+/// first would not, so once Redis takes commands again this publisher sends a
+/// `resync` notice for every channel it dropped something on, before anything else.
 async fn publisher(
     link: Arc<Link>,
     state: Arc<LinkState>,
@@ -223,19 +312,35 @@ async fn publisher(
 ) {
     let ttl_ms = settings.history_ttl.as_millis() as u64;
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+    let mut dropped_on = DroppedOn::default();
+    loop {
+        if dropped_on.is_empty() {
+            if queue.recv_many(&mut batch, PUBLISH_BATCH).await == 0 {
+                return;
+            }
+        } else {
+            // Notices are owed: try Redis again even if nothing else comes.
+            tokio::select! {
+                received = queue.recv_many(&mut batch, PUBLISH_BATCH) => if received == 0 { return },
+                _ = tokio::time::sleep(NOTICE_RETRY) => {}
+            }
+        }
         let mut conn = match link.get().await {
             Ok(conn) => conn,
             Err(error) => {
-                // Viewers learn of the gap through `resync` when the
-                // subscriber's connection drops or comes back.
-                state.dropped_publications.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::debug!(%error, dropped = batch.len(), "fan-out publications dropped");
-                batch.clear();
+                if !batch.is_empty() {
+                    state.dropped_publications.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    tracing::debug!(%error, dropped = batch.len(), "fan-out publications dropped");
+                    dropped_on.add(batch.drain(..).map(|publication| publication.channel));
+                }
                 continue;
             }
         };
         let mut pipe = redis::pipe();
+        for notice in dropped_on.notices() {
+            pipe.cmd("PUBLISH").arg(CONTROL).arg(notice).ignore();
+        }
+        let channels: Vec<String> = batch.iter().map(|publication| publication.channel.clone()).collect();
         for publication in batch.drain(..) {
             let [seq, history, snapshot] = keys(&publication.channel);
             let (op, items) = match publication.snapshot {
@@ -258,9 +363,15 @@ async fn publisher(
                 .arg(items)
                 .ignore();
         }
-        if let Err(error) = pipe.query_async::<()>(&mut conn).await {
-            tracing::warn!(%error, "fan-out publication failed");
-            link.failed(&error).await;
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => dropped_on.clear(),
+            Err(error) => {
+                // Some of the pipeline may have gone through; resyncing too many viewers is harmless.
+                tracing::warn!(%error, "fan-out publication failed");
+                state.dropped_publications.fetch_add(channels.len() as u64, Ordering::Relaxed);
+                dropped_on.add(channels);
+                link.failed(&error).await;
+            }
         }
     }
 }
@@ -269,6 +380,7 @@ async fn publisher(
 /// messages to the hub, and reconnects with backoff.
 async fn subscriber(
     client: redis::Client,
+    link: Arc<Link>,
     hub: Arc<Hub>,
     state: Arc<LinkState>,
     mut commands: mpsc::Receiver<Command>,
@@ -315,6 +427,7 @@ async fn subscriber(
         if connected_before {
             state.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!("Redis fan-out reconnected");
+            link.retry_now();
             // Whatever was published while the connection was down is lost to
             // these viewers: they must refetch.
             hub.resync_all();
@@ -333,6 +446,13 @@ async fn subscriber(
                     if channel == CONTROL {
                         if let Some(thread_id) = payload.strip_prefix("cancel ") {
                             let _ = cancels.send(thread_id.to_string());
+                        } else if let Some(target) = payload.strip_prefix(RESYNC_NOTICE) {
+                            // Another replica (or this one) dropped publications on the channel.
+                            if target == "*" {
+                                hub.resync_all();
+                            } else {
+                                hub.deliver(target, Delivery::Resync);
+                            }
                         }
                     } else if let Some(stamped) = Stamped::decode(payload) {
                         hub.deliver(channel, Delivery::Message(Arc::new(stamped)));
@@ -485,7 +605,10 @@ impl Fanout for RedisFanout {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(25));
                 }
-                Ok(token) => return Ok(self.held(lease_key, format!("{}:{token}", self.replica), token)),
+                Ok(token) => {
+                    let value = format!("{}:{token}", self.replica);
+                    return Ok(self.held(lease_key, fence_key, value, token));
+                }
                 Err(error) => {
                     self.link.failed(&error).await;
                     tracing::warn!(%error, thread_id, "running without a cross-replica lease");
@@ -532,7 +655,7 @@ impl Fanout for RedisFanout {
 
 impl RedisFanout {
     /// A granted lease: renewed in the background until dropped, released on drop.
-    fn held(&self, key: String, value: String, token: u64) -> Lease {
+    fn held(&self, key: String, fence: String, value: String, token: u64) -> Lease {
         let lost = Arc::new(Notify::new());
         let lost_flag = Arc::new(AtomicBool::new(false));
         let ttl_ms = self.settings.lease_ttl.as_millis() as u64;
@@ -546,10 +669,12 @@ impl RedisFanout {
                     let Ok(mut conn) = link.get().await else { continue };
                     let renewed: Result<u64, RedisError> = redis::cmd("EVAL")
                         .arg(RENEW_SCRIPT)
-                        .arg(1)
+                        .arg(2)
                         .arg(&key)
+                        .arg(&fence)
                         .arg(&value)
                         .arg(ttl_ms)
+                        .arg(token)
                         .query_async(&mut conn)
                         .await;
                     match renewed {

@@ -262,6 +262,8 @@ where
 // Helpers for the per-op, bad-input and responder tests.
 
 pub mod gated;
+pub mod postgres;
+pub mod redis;
 pub mod scripted;
 pub mod viewer;
 
