@@ -25,7 +25,7 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-async fn admin_connection(admin: &str) -> sqlx::PgConnection {
+pub async fn admin_connection(admin: &str) -> sqlx::PgConnection {
     match sqlx::PgConnection::connect(admin).await {
         Ok(conn) => conn,
         Err(err) => panic!(
