@@ -17,6 +17,7 @@ use chatkit_gateway::ids::{new_id, IdKind};
 use chatkit_gateway::protocol::{AssistantMessageContent, ItemBody, ItemUpdate, Order, ThreadItem, ThreadStreamEvent};
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::store::{PageQuery, PostgresStore, UserId};
+use common::gated::{rest_of, start_slow};
 use common::postgres::TestDatabase;
 use common::redis::RedisServer;
 use common::viewer::{rebuilt_text, Frame, Viewer};
@@ -148,47 +149,12 @@ async fn readiness(app: &TestApp) -> (u16, Value) {
     (status, response.json().await.expect("readyz answers JSON"))
 }
 
-/// Posts to the admin API; its status and JSON answer.
-async fn post_admin(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
-    let response = app.client.post(app.url(path)).json(&body).send().await.expect("admin request");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("admin answers JSON"))
-}
-
-async fn change_status(app: &TestApp, thread_id: &str, body: Value) -> Value {
-    let (status, answer) = post_admin(app, &format!("/v1/chatkit/threads/{thread_id}/status"), body).await;
-    assert_eq!(status, 200, "{answer}");
-    answer
-}
-
 async fn rename(app: &TestApp, thread_id: &str, title: &str) {
     app.call("alice", "threads.update", json!({"thread_id": thread_id, "title": title})).await;
 }
 
 fn thread_events(app: &TestApp, thread_id: &str) -> String {
     app.url(&format!("/chatkit/threads/{thread_id}/events"))
-}
-
-/// Sends `slow` through `app` and reads its stream until the first delta; the
-/// response still holds the rest of the stream.
-async fn begin_slow_turn(app: &TestApp, thread_id: &str) -> reqwest::Response {
-    let body = request("threads.add_user_message", json!({"thread_id": thread_id, "input": text_input(SLOW)}));
-    let mut response = app.post_raw(Some("alice"), body.to_string()).await;
-    let mut seen = String::new();
-    while !seen.contains("partial ") {
-        let chunk = response.chunk().await.expect("stream readable").expect("stream open until the delta");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    response
-}
-
-/// The rest of a turn stream, read until it ends.
-async fn rest_of_turn(mut response: reqwest::Response) -> String {
-    let mut rest = String::new();
-    while let Some(chunk) = response.chunk().await.expect("stream readable") {
-        rest.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    rest
 }
 
 /// Reads past item events of earlier turns to the next frame of `kind`; any
@@ -218,18 +184,6 @@ fn text_of(item: &Value) -> String {
     item["content"][0]["text"].as_str().unwrap_or_default().to_string()
 }
 
-fn deltas(events: &[Value]) -> String {
-    events
-        .iter()
-        .filter(|e| e["update"]["type"] == "assistant_message.content_part.text_delta")
-        .map(|e| e["update"]["delta"].as_str().unwrap())
-        .collect()
-}
-
-fn refused_with(events: &[Value], reason: &str) -> bool {
-    events.len() == 1 && events[0]["type"] == "error" && events[0]["message"] == reason
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn title_and_status_changes_on_one_replica_reach_viewers_on_the_others() {
     let cluster = cluster(|_| {}).await;
@@ -249,7 +203,7 @@ async fn title_and_status_changes_on_one_replica_reach_viewers_on_the_others() {
         assert_eq!(frame.data["thread"]["title"], "Renamed", "{frame:?}");
         renamed_ids.push(frame.id.expect("an id"));
     }
-    change_status(a, &tid, json!({"type": "locked", "reason": "Paused"})).await;
+    a.set_status(&tid, json!({"type": "locked", "reason": "Paused"})).await;
     for (viewer, renamed) in viewers.iter_mut().zip(renamed_ids) {
         let frame = viewer.next().await;
         assert_eq!(frame.kind(), "thread.updated", "{frame:?}");
@@ -334,7 +288,7 @@ async fn a_lock_made_on_one_replica_refuses_input_on_another() {
     let (tid, _) = a.create_thread("alice", "hello").await;
     // B has served the thread already, so it has a live actor for it.
     assert_eq!(assistant_text(&b.say("alice", &tid, "before").await), "echo: before");
-    let locked = change_status(a, &tid, json!({"type": "locked", "reason": "Under review"})).await;
+    let locked = a.set_status(&tid, json!({"type": "locked", "reason": "Under review"})).await;
     assert_eq!(locked["status"], json!({"type": "locked", "reason": "Under review"}));
 
     let refused = b.say("alice", &tid, "after the lock").await;
@@ -346,7 +300,7 @@ async fn a_lock_made_on_one_replica_refuses_input_on_another() {
     assert_eq!(thread["status"], json!({"type": "locked", "reason": "Under review"}));
 
     // Reopened on C, the thread takes input on B again.
-    change_status(c, &tid, json!({"type": "active"})).await;
+    c.set_status(&tid, json!({"type": "active"})).await;
     assert_eq!(assistant_text(&b.say("alice", &tid, "again").await), "echo: again");
 }
 
@@ -357,7 +311,7 @@ async fn losing_redis_mid_turn_degrades_fanout_but_not_the_turn_and_it_recovers(
     let (a, b, c) = (&*a, &*b, &*c);
     let (tid, _) = a.create_thread("alice", "hello").await;
     let mut watcher = b.view_thread("alice", &tid).await;
-    let running = begin_slow_turn(a, &tid).await;
+    let running = start_slow(a, &tid).await;
     let streamed = watcher.until(|f| f.data["update"]["delta"] == "partial ").await;
     assert!(streamed.iter().all(|f| f.event.is_none()), "{streamed:?}");
 
@@ -373,7 +327,7 @@ async fn losing_redis_mid_turn_degrades_fanout_but_not_the_turn_and_it_recovers(
     }
 
     gate.add_permits(1);
-    let rest = rest_of_turn(running).await;
+    let rest = rest_of(running).await;
     assert!(rest.contains("partial rest") && !rest.contains("\"error\""), "the turn completed: {rest}");
     let items = c.items("alice", &tid).await;
     assert_eq!(text_of(items.last().unwrap()), "partial rest", "and persisted");
@@ -452,10 +406,10 @@ async fn a_viewer_joining_mid_turn_on_another_replica_renders_the_whole_answer()
     let cluster = cluster(|_| {}).await;
     let [a, b, c] = &cluster.replicas;
     let (tid, _) = a.create_thread("alice", "hello").await;
-    let running = begin_slow_turn(a, &tid).await;
+    let running = start_slow(a, &tid).await;
     let mut late = b.view_thread("alice", &tid).await;
     cluster.gate.add_permits(1);
-    assert!(rest_of_turn(running).await.contains("partial rest"));
+    assert!(rest_of(running).await.contains("partial rest"));
     let persisted = c.items("alice", &tid).await.last().expect("items").clone();
     let answer_id = persisted["id"].as_str().unwrap().to_string();
     assert_eq!(text_of(&persisted), "partial rest");
@@ -474,11 +428,11 @@ async fn a_cancel_sent_to_another_replica_stops_the_turn_and_keeps_its_partial_a
     let cluster = cluster(|_| {}).await;
     let [a, b, c] = &cluster.replicas;
     let (tid, _) = a.create_thread("alice", "hello").await;
-    let running = begin_slow_turn(a, &tid).await;
-    let (status, answer) = post_admin(b, &format!("/v1/chatkit/threads/{tid}/cancel"), json!({})).await;
+    let running = start_slow(a, &tid).await;
+    let (status, answer) = b.admin(&format!("/v1/chatkit/threads/{tid}/cancel"), json!({}), None).await;
     assert_eq!((status, answer), (200, json!({"id": tid, "cancelled": true})));
     // The gate stays shut: the stream can only end because the turn stopped.
-    let rest = tokio::time::timeout(Duration::from_secs(10), rest_of_turn(running)).await.expect("the stream ended");
+    let rest = tokio::time::timeout(Duration::from_secs(10), rest_of(running)).await.expect("the stream ended");
     assert!(!rest.contains("rest"), "the turn stopped where it was: {rest}");
 
     let items = c.items("alice", &tid).await;
@@ -541,7 +495,7 @@ async fn a_turn_that_outlives_a_redis_restart_keeps_its_lease_and_completes() {
     let Cluster { replicas: [a, _, c], gate, redis, .. } = &mut cluster;
     let (a, c) = (&*a, &*c);
     let (tid, _) = a.create_thread("alice", "hello").await;
-    let running = begin_slow_turn(a, &tid).await;
+    let running = start_slow(a, &tid).await;
     let lease = format!("{}:lease", chatkit_gateway::fanout::Topic::Thread(tid.clone()).channel());
     assert!(redis.exists(&lease), "the running turn holds the thread's lease");
     redis.kill();
@@ -552,7 +506,7 @@ async fn a_turn_that_outlives_a_redis_restart_keeps_its_lease_and_completes() {
     let redis = &*redis;
     eventually("the running turn holds the lease again", || async { redis.exists(&lease) }).await;
     gate.add_permits(1);
-    let rest = rest_of_turn(running).await;
+    let rest = rest_of(running).await;
     assert!(rest.contains("partial rest"), "the turn completed: {rest}");
     assert_eq!(text_of(c.items("alice", &tid).await.last().unwrap()), "partial rest");
     eventually("the finished turn released the lease", || async { !redis.exists(&lease) }).await;

@@ -53,14 +53,6 @@ async fn flood(app: &TestApp, thread_id: &str, count: usize) -> Vec<(String, Vec
     futures_util::future::join_all(sends).await
 }
 
-fn deltas(events: &[Value]) -> String {
-    events
-        .iter()
-        .filter(|e| e["update"]["type"] == "assistant_message.content_part.text_delta")
-        .map(|e| e["update"]["delta"].as_str().unwrap())
-        .collect()
-}
-
 /// Asserts that stored items after the first turn come in (user, its echo) pairs.
 fn check_contiguous(items: &[Value]) -> Vec<String> {
     let mut texts = Vec::new();

@@ -5,10 +5,6 @@ use common::gated::*;
 use common::*;
 use serde_json::{json, Value};
 
-fn refused_with(events: &[Value], reason: &str) -> bool {
-    events.len() == 1 && events[0]["type"] == "error" && events[0]["message"] == reason
-}
-
 #[tokio::test]
 async fn a_lock_waits_for_the_running_turn_then_refuses_what_queued_behind_it() {
     let (app, gate) = spawn_gated(|_| {});

@@ -243,6 +243,20 @@ pub fn assistant_text(events: &[Value]) -> String {
         .unwrap_or_else(|| panic!("no assistant message among {:?}", types(events)))
 }
 
+/// The text a turn streamed, from its text deltas alone.
+pub fn deltas(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["update"]["type"] == "assistant_message.content_part.text_delta")
+        .map(|e| e["update"]["delta"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// Whether a turn was refused with exactly one error event carrying `reason`.
+pub fn refused_with(events: &[Value], reason: &str) -> bool {
+    events.len() == 1 && events[0]["type"] == "error" && events[0]["message"] == reason
+}
+
 /// Waits (bounded) until `check` holds, polling.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
