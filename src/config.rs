@@ -97,6 +97,10 @@ pub struct Config {
     #[arg(long, env = "CHATKIT_LEASE_WAIT_SECS", default_value_t = 30)]
     pub lease_wait_secs: u64,
 
+    /// Milliseconds between pings that check the Redis subscriber connection.
+    #[arg(long, env = "CHATKIT_REDIS_PING_MS", default_value_t = 5000)]
+    pub redis_ping_ms: u64,
+
     /// Connections in the PostgreSQL pool (with a `postgres://` store).
     #[arg(long, env = "CHATKIT_PG_POOL", default_value_t = 16)]
     pub pg_pool: u32,
@@ -129,6 +133,7 @@ impl Config {
             viewer_buffer: 256,
             lease_ttl_secs: 10,
             lease_wait_secs: 30,
+            redis_ping_ms: 5000,
             pg_pool: 4,
             log: "warn".into(),
         }
@@ -147,6 +152,7 @@ impl Config {
             viewer_buffer: self.viewer_buffer.max(1),
             lease_ttl: Duration::from_secs(self.lease_ttl_secs.max(1)),
             lease_wait: Duration::from_secs(self.lease_wait_secs),
+            ping_every: Duration::from_millis(self.redis_ping_ms.max(10)),
             ..FanoutSettings::default()
         }
     }

@@ -511,3 +511,19 @@ async fn a_turn_that_outlives_a_redis_restart_keeps_its_lease_and_completes() {
     assert_eq!(text_of(c.items("alice", &tid).await.last().unwrap()), "partial rest");
     eventually("the finished turn released the lease", || async { !redis.exists(&lease) }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_pings_keep_a_quiet_subscriber_connection_up() {
+    // Ten pings a second: a ping the subscriber mistook for a failure would
+    // drop the connection and send every viewer `resync`.
+    let cluster = cluster(|config| config.redis_ping_ms = 100).await;
+    let [a, b, _] = &cluster.replicas;
+    let (tid, _) = a.create_thread("alice", "hello").await;
+    let mut viewer = b.view_thread("alice", &tid).await;
+    let quiet = viewer.next_within(Duration::from_millis(800)).await;
+    assert!(quiet.is_none(), "nothing happened, so nothing is sent: {quiet:?}");
+    assert_eq!(readiness(b).await.0, 200);
+    rename(a, &tid, "Still connected").await;
+    let frame = viewer.next().await;
+    assert_eq!((frame.kind(), frame.data["thread"]["title"].clone()), ("thread.updated", json!("Still connected")));
+}

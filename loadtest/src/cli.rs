@@ -12,15 +12,16 @@ use hyper::Uri;
 #[derive(Debug, Parser)]
 #[command(name = "chatkit-loadtest", version)]
 pub struct Args {
-    /// Base URL of the gateway; `/chatkit` is appended when the URL has no path.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Base URL of the gateway; `/chatkit` is appended when the URL has no path. The fanout
+    /// scenario takes one per replica (repeat the flag or separate the URLs with commas).
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    pub url: Vec<String>,
 
     /// What each virtual client does over and over.
     #[arg(long, value_enum, default_value_t = Scenario::Turn)]
     pub scenario: Scenario,
 
-    /// Number of virtual clients, each with its own user and connection.
+    /// Number of virtual clients, each with its own user and connection (not used by fanout).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
 
@@ -28,11 +29,12 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
-    /// Time spent loading before measuring; its results are discarded.
+    /// Time spent loading before measuring; its results are discarded (not used by fanout).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
 
-    /// Limit on one request, from sending it to the end of its body.
+    /// Limit on one request, from sending it to the end of its body; for fanout also the limit
+    /// on opening one viewer stream, from connecting to its response head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
 
@@ -47,6 +49,112 @@ pub struct Args {
     /// Print one JSON object line on stdout (the human table then goes to stderr).
     #[arg(long)]
     pub json: bool,
+
+    /// Fanout: threads the viewers watch and the updates go to [default: 1000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub threads: Option<u32>,
+
+    /// Fanout: viewer streams, spread evenly over the threads and in turn over the replicas
+    /// [default: 10000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_VIEWERS as i64))]
+    pub viewers: Option<u32>,
+
+    /// Fanout: thread updates sent per second, for `--duration` [default: 200].
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Fanout: how long viewers keep listening after the last update has been answered [default: 2s].
+    #[arg(long, value_parser = parse_duration)]
+    pub drain: Option<Duration>,
+
+    /// Fanout: viewer streams being opened at once [default: 256].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub open_concurrency: Option<u32>,
+
+    /// Fanout: limit on the whole setup, creating the threads and opening every viewer [default: 120s].
+    #[arg(long, value_parser = parse_duration)]
+    pub setup_timeout: Option<Duration>,
+}
+
+/// The most viewer streams one run opens; each takes a socket in this process and one in a gateway.
+pub const MAX_VIEWERS: u32 = 50_000;
+/// The longest update phase a fanout run may ask for.
+pub const MAX_FANOUT_DURATION: Duration = Duration::from_secs(600);
+/// The longest drain a fanout run may ask for.
+pub const MAX_DRAIN: Duration = Duration::from_secs(60);
+
+/// What a fanout run does, with every default filled in and every bound checked.
+#[derive(Clone, Debug)]
+pub struct FanoutShape {
+    pub replicas: Vec<Endpoint>,
+    pub threads: u32,
+    pub viewers: u32,
+    pub rate: f64,
+    pub duration: Duration,
+    pub drain: Duration,
+    pub open_concurrency: u32,
+    pub setup_timeout: Duration,
+}
+
+impl Args {
+    /// Whether any option that only the fanout scenario reads was given.
+    fn has_fanout_options(&self) -> bool {
+        self.threads.is_some()
+            || self.viewers.is_some()
+            || self.rate.is_some()
+            || self.drain.is_some()
+            || self.open_concurrency.is_some()
+            || self.setup_timeout.is_some()
+    }
+
+    /// The one endpoint of the request scenarios, refusing fanout options and extra URLs.
+    pub fn single_endpoint(&self) -> Result<Endpoint, String> {
+        if self.has_fanout_options() {
+            return Err(format!(
+                "--threads, --viewers, --rate, --drain, --open-concurrency and --setup-timeout belong to \
+                 --scenario fanout, not {}",
+                self.scenario.name()
+            ));
+        }
+        match self.url.as_slice() {
+            [url] => endpoint(url),
+            urls => Err(format!("--scenario {} takes one --url, got {}", self.scenario.name(), urls.len())),
+        }
+    }
+
+    /// The fanout run the options describe.
+    pub fn fanout_shape(&self) -> Result<FanoutShape, String> {
+        let mut replicas = Vec::with_capacity(self.url.len());
+        for url in &self.url {
+            let endpoint = endpoint(url)?;
+            if endpoint.path != "/chatkit" {
+                return Err(format!(
+                    "--url `{url}`: the fanout scenario needs the gateway's own paths, so give the URL without a path"
+                ));
+            }
+            if replicas.contains(&endpoint) {
+                return Err(format!("--url `{url}` is given twice"));
+            }
+            replicas.push(endpoint);
+        }
+        if self.duration > MAX_FANOUT_DURATION {
+            return Err(format!("--duration is at most {MAX_FANOUT_DURATION:?} for fanout"));
+        }
+        let drain = self.drain.unwrap_or(Duration::from_secs(2));
+        if drain > MAX_DRAIN {
+            return Err(format!("--drain is at most {MAX_DRAIN:?}"));
+        }
+        Ok(FanoutShape {
+            replicas,
+            threads: self.threads.unwrap_or(1000),
+            viewers: self.viewers.unwrap_or(10_000),
+            rate: self.rate.unwrap_or(200.0),
+            duration: self.duration,
+            drain,
+            open_concurrency: self.open_concurrency.unwrap_or(256),
+            setup_timeout: self.setup_timeout.unwrap_or(Duration::from_secs(120)),
+        })
+    }
 }
 
 /// The workloads the tool knows.
@@ -58,6 +166,9 @@ pub enum Scenario {
     List,
     /// `threads.create`, streamed to its end.
     Create,
+    /// Viewer streams on threads across replicas, a steady rate of title and status
+    /// updates, and the time each update takes to reach every viewer.
+    Fanout,
 }
 
 impl Scenario {
@@ -66,6 +177,7 @@ impl Scenario {
             Scenario::Turn => "turn",
             Scenario::List => "list",
             Scenario::Create => "create",
+            Scenario::Fanout => "fanout",
         }
     }
 
@@ -90,6 +202,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown unit `{other}` in `{text}`; use us, ms, s, m or h")),
     };
     Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// Parses an update rate: a positive number of updates per second, at most 10,000.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 10_000.0 => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate between 0 and 10000 updates per second")),
+    }
 }
 
 fn parse_header_name(text: &str) -> Result<HeaderName, String> {
@@ -200,6 +320,40 @@ mod tests {
         let v6 = endpoint("http://[::1]:9000").unwrap();
         assert_eq!((v6.addr, v6.authority.as_str()), ("[::1]:9000".parse().unwrap(), "[::1]:9000"));
         assert!(endpoint("http://localhost:9000").unwrap().addr.ip().is_loopback());
+    }
+
+    #[test]
+    fn fanout_takes_several_replicas_and_its_own_options_only() {
+        let args = Args::parse_from([
+            "chatkit-loadtest",
+            "--scenario",
+            "fanout",
+            "--url",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--url",
+            "http://localhost:3",
+            "--rate",
+            "50",
+        ]);
+        let shape = args.fanout_shape().unwrap();
+        assert_eq!(shape.replicas.len(), 3);
+        assert_eq!((shape.threads, shape.viewers, shape.rate), (1000, 10_000, 50.0));
+        assert!(args.single_endpoint().is_err(), "the request scenarios take one URL");
+
+        let with_path = Args::parse_from(["chatkit-loadtest", "--scenario", "fanout", "--url", "http://127.0.0.1:1/x"]);
+        assert!(with_path.fanout_shape().is_err());
+        let twice = Args::parse_from([
+            "chatkit-loadtest",
+            "--scenario",
+            "fanout",
+            "--url",
+            "http://127.0.0.1:1,http://127.0.0.1:1",
+        ]);
+        assert!(twice.fanout_shape().is_err());
+        let misplaced = Args::parse_from(["chatkit-loadtest", "--scenario", "turn", "--viewers", "5"]);
+        assert!(misplaced.single_endpoint().is_err());
+        assert!(Args::try_parse_from(["chatkit-loadtest", "--rate", "0"]).is_err());
+        assert!(Args::try_parse_from(["chatkit-loadtest", "--viewers", "50001"]).is_err());
     }
 
     #[test]

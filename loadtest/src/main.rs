@@ -1,6 +1,7 @@
 //! `chatkit-loadtest`: drives a local chatkit-gateway with many virtual clients and reports throughput and latency.
 
 mod cli;
+mod fanout;
 mod report;
 mod scenario;
 mod sse;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use cli::Args;
+use cli::{Args, Scenario};
 use report::{Report, RunShape, Stats};
 use scenario::{Phases, Target, VirtualClient};
 
@@ -26,9 +27,21 @@ const MAX_SHARDS: usize = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let endpoint = match cli::endpoint(&args.url) {
-        Ok(endpoint) => endpoint,
-        Err(message) => {
+    // The fanout scenario checks its own options; the others take one endpoint.
+    let endpoint = match args.scenario {
+        Scenario::Fanout => None,
+        _ => match args.single_endpoint() {
+            Ok(endpoint) => Some(endpoint),
+            Err(message) => {
+                eprintln!("chatkit-loadtest: {message}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let fanout_shape = match (&endpoint, args.fanout_shape()) {
+        (Some(_), _) => None,
+        (None, Ok(shape)) => Some(shape),
+        (None, Err(message)) => {
             eprintln!("chatkit-loadtest: {message}");
             return ExitCode::from(2);
         }
@@ -45,6 +58,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(shape) = fanout_shape {
+        return match runtime.block_on(fanout::run(shape, args.user_header.clone(), args.timeout)) {
+            Ok(report) => {
+                if args.json {
+                    eprint!("{}", report.table());
+                    println!("{}", report.json_line());
+                } else {
+                    print!("{}", report.table());
+                }
+                // A run in which no viewer opened or no update went through measured nothing.
+                if !report.measured() {
+                    eprintln!("chatkit-loadtest: nothing was measured (no viewer open or no update answered)");
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("chatkit-loadtest: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(endpoint) = endpoint else { return ExitCode::FAILURE };
     let target = Target {
         endpoint,
         user_header: args.user_header.clone(),

@@ -81,24 +81,34 @@ impl Stats {
     }
 
     pub fn record_error(&mut self, kind: ErrorKind, detail: &str) {
-        let key = kind.key();
-        if !self.first_error.contains_key(&key) {
-            self.first_error.insert(key.clone(), detail.to_string());
-        }
-        *self.errors.entry(key).or_insert(0) += 1;
+        count_error(&mut self.errors, &mut self.first_error, kind.key(), detail);
     }
 
     pub fn merge(&mut self, other: &Stats) {
         self.ok += other.ok;
-        for (key, count) in &other.errors {
-            *self.errors.entry(key.clone()).or_insert(0) += count;
-        }
-        for (key, detail) in &other.first_error {
-            self.first_error.entry(key.clone()).or_insert_with(|| detail.clone());
-        }
+        merge_errors((&mut self.errors, &mut self.first_error), (&other.errors, &other.first_error));
         // Both histograms share the same bounds, so adding cannot fail.
         self.latency.add(&other.latency).expect("histograms with equal bounds add");
         self.ttfb.add(&other.ttfb).expect("histograms with equal bounds add");
+    }
+}
+
+/// Counts one error under `key`, keeping the first explanation seen for it.
+fn count_error(errors: &mut BTreeMap<String, u64>, first: &mut BTreeMap<String, String>, key: String, detail: &str) {
+    if !first.contains_key(&key) {
+        first.insert(key.clone(), detail.to_string());
+    }
+    *errors.entry(key).or_insert(0) += 1;
+}
+
+type ErrorTally<'a> = (&'a BTreeMap<String, u64>, &'a BTreeMap<String, String>);
+
+fn merge_errors(into: (&mut BTreeMap<String, u64>, &mut BTreeMap<String, String>), from: ErrorTally<'_>) {
+    for (key, count) in from.0 {
+        *into.0.entry(key.clone()).or_insert(0) += count;
+    }
+    for (key, detail) in from.1 {
+        into.1.entry(key.clone()).or_insert_with(|| detail.clone());
     }
 }
 
@@ -211,6 +221,377 @@ impl Report {
     }
 }
 
+/// What the viewers and the updater of a fanout run record, one shard of it.
+#[derive(Debug)]
+pub struct FanoutStats {
+    /// Receipt time minus send time of every matched `thread.updated`, in microseconds.
+    pub fanout: Histogram<u64>,
+    /// From sending an update to the end of its answer, for updates answered 200.
+    pub update: Histogram<u64>,
+    /// Failures by kind: `open_*` for viewer streams that did not open, `update_*` for
+    /// updates that failed, `stream_*` for open streams that ended before the run did.
+    pub errors: BTreeMap<String, u64>,
+    pub first_error: BTreeMap<String, String>,
+    /// `resync` events by their reason.
+    pub resyncs: BTreeMap<String, u64>,
+    /// A viewer's second copy of one update.
+    pub duplicates: u64,
+    /// `thread.updated` events that match no update sent to their thread.
+    pub unmatched: u64,
+    /// Events of any other kind on a viewer stream.
+    pub other_events: u64,
+}
+
+impl Default for FanoutStats {
+    fn default() -> Self {
+        FanoutStats {
+            fanout: new_histogram(),
+            update: new_histogram(),
+            errors: BTreeMap::new(),
+            first_error: BTreeMap::new(),
+            resyncs: BTreeMap::new(),
+            duplicates: 0,
+            unmatched: 0,
+            other_events: 0,
+        }
+    }
+}
+
+impl FanoutStats {
+    pub fn record_delivery(&mut self, latency_us: u64) {
+        self.fanout.saturating_record(latency_us.max(1));
+    }
+
+    pub fn record_update(&mut self, latency: Duration) {
+        self.update.saturating_record(micros(latency));
+    }
+
+    /// Counts an error under `<phase>_<kind>`, such as `open_timeout` or `update_http_500`.
+    pub fn record_error(&mut self, phase: &str, kind: ErrorKind, detail: &str) {
+        self.record_named_error(format!("{phase}_{}", kind.key()), detail);
+    }
+
+    pub fn record_named_error(&mut self, key: String, detail: &str) {
+        count_error(&mut self.errors, &mut self.first_error, key, detail);
+    }
+
+    pub fn record_resync(&mut self, reason: &str) {
+        *self.resyncs.entry(reason.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn merge(&mut self, other: &FanoutStats) {
+        merge_errors((&mut self.errors, &mut self.first_error), (&other.errors, &other.first_error));
+        for (reason, count) in &other.resyncs {
+            *self.resyncs.entry(reason.clone()).or_insert(0) += count;
+        }
+        self.duplicates += other.duplicates;
+        self.unmatched += other.unmatched;
+        self.other_events += other.other_events;
+        self.fanout.add(&other.fanout).expect("histograms with equal bounds add");
+        self.update.add(&other.update).expect("histograms with equal bounds add");
+    }
+}
+
+/// The counts a fanout run ends with, taken from the updater's book of what it sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FanoutTally {
+    pub viewers_open: u64,
+    /// Updates the updater sent, whatever their answer.
+    pub updates_sent: u64,
+    pub updates_ok: u64,
+    pub updates_failed: u64,
+    /// For each update answered 200, the number of its thread's viewers that opened.
+    pub expected: u64,
+    /// Distinct (viewer, update) deliveries of updates answered 200.
+    pub received: u64,
+    /// Deliveries of updates whose request failed, which may or may not have applied.
+    pub received_for_failed: u64,
+}
+
+/// What a fanout run was asked to do and how its phases went, beside what it counted.
+#[derive(Clone, Copy, Debug)]
+pub struct FanoutShapeSummary {
+    pub replicas: usize,
+    pub threads: u32,
+    pub viewers: u32,
+    pub rate: f64,
+    pub duration: Duration,
+    pub drain: Duration,
+    /// From the first viewer connect to the last viewer open (or failure).
+    pub open_time: Duration,
+    /// From the first update to the start of the last, plus one interval of the schedule.
+    pub send_time: Duration,
+    /// How late the latest update started against its schedule.
+    pub send_lag_max: Duration,
+    pub connections: u64,
+}
+
+/// An update answered 200 that some viewers never received.
+///
+/// Its keys, like those of `Second`, carry a prefix so that none of them repeats a top-level key of the JSON line,
+/// which a script picks out with `sed`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LostUpdate {
+    pub lost_n: u64,
+    /// `title`, `lock` or `unlock`.
+    pub lost_kind: &'static str,
+    pub lost_sent_us: u64,
+    /// The replica it was sent through, counting from 1 in the order of `--url`.
+    pub lost_via_replica: usize,
+    /// Viewers that missed it, by the replica they watch through.
+    pub lost_missing: Vec<u32>,
+    /// Viewers of its thread, by replica.
+    pub lost_viewers: Vec<u32>,
+}
+
+/// One second of the update phase, by the send time of its updates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Second {
+    pub second: u64,
+    pub second_updates: u64,
+    pub second_deliveries: u64,
+    pub second_lost: u64,
+    /// Deliveries that took 100 ms or longer.
+    pub second_slow: u64,
+    pub second_max_ms: Option<f64>,
+}
+
+/// Where and when a fanout run lost or delayed deliveries.
+#[derive(Clone, Debug, Default)]
+pub struct FanoutDetail {
+    /// When the update phase began, in unix microseconds.
+    pub updates_from_us: u64,
+    /// Deliveries lost, by the replica the viewer watched through.
+    pub lost_by_replica: Vec<u64>,
+    /// The first lost updates, in the order they were sent.
+    pub lost_updates: Vec<LostUpdate>,
+    pub timeline: Vec<Second>,
+}
+
+/// A unix time in microseconds as the UTC time of day, `hh:mm:ss.mmm`, to set beside server logs.
+pub fn utc_time_of_day(unix_us: u64) -> String {
+    let seconds = unix_us / 1_000_000;
+    let day = seconds % 86_400;
+    format!("{:02}:{:02}:{:02}.{:03}", day / 3600, day / 60 % 60, day % 60, unix_us / 1000 % 1000)
+}
+
+/// The result of a fanout run, in the shape of its JSON line; keys are flat and unique as in `Report`.
+#[derive(Debug, Serialize)]
+pub struct FanoutReport {
+    pub scenario: &'static str,
+    pub replicas: usize,
+    pub threads: u32,
+    pub viewers: u32,
+    pub viewers_open: u64,
+    pub open_s: f64,
+    /// Connections opened over the whole run: setup, viewers and updates.
+    pub connections: u64,
+    pub rate_target: f64,
+    pub duration_s: f64,
+    pub drain_s: f64,
+    pub updates_sent: u64,
+    pub updates_ok: u64,
+    pub updates_failed: u64,
+    /// Updates sent per second of the send phase.
+    pub update_rate: f64,
+    pub send_lag_max_ms: f64,
+    pub update_p50_ms: Option<f64>,
+    pub update_p99_ms: Option<f64>,
+    pub update_max_ms: Option<f64>,
+    pub expected: u64,
+    pub received: u64,
+    /// `expected - received`: deliveries that never came, whatever the reason (a resync included).
+    pub lost: u64,
+    pub lost_pct: f64,
+    pub resyncs: u64,
+    pub resync_reasons: BTreeMap<String, u64>,
+    pub duplicates: u64,
+    pub unmatched: u64,
+    pub received_for_failed_updates: u64,
+    pub other_events: u64,
+    pub errors_total: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub fanout_p50_ms: Option<f64>,
+    pub fanout_p90_ms: Option<f64>,
+    pub fanout_p99_ms: Option<f64>,
+    pub fanout_max_ms: Option<f64>,
+    pub updates_from_us: u64,
+    pub lost_by_replica: Vec<u64>,
+    pub lost_updates: Vec<LostUpdate>,
+    pub timeline: Vec<Second>,
+    #[serde(skip)]
+    pub first_error: BTreeMap<String, String>,
+}
+
+fn max_ms(histogram: &Histogram<u64>) -> Option<f64> {
+    (!histogram.is_empty()).then(|| ms(histogram.max()))
+}
+
+impl FanoutReport {
+    pub fn new(shape: FanoutShapeSummary, tally: FanoutTally, stats: FanoutStats, detail: FanoutDetail) -> Self {
+        let lost = tally.expected.saturating_sub(tally.received);
+        let send_seconds = shape.send_time.as_secs_f64();
+        let round = |value: f64, places: i32| {
+            let scale = 10f64.powi(places);
+            (value * scale).round() / scale
+        };
+        FanoutReport {
+            scenario: "fanout",
+            replicas: shape.replicas,
+            threads: shape.threads,
+            viewers: shape.viewers,
+            viewers_open: tally.viewers_open,
+            open_s: round(shape.open_time.as_secs_f64(), 3),
+            connections: shape.connections,
+            rate_target: shape.rate,
+            duration_s: shape.duration.as_secs_f64(),
+            drain_s: shape.drain.as_secs_f64(),
+            updates_sent: tally.updates_sent,
+            updates_ok: tally.updates_ok,
+            updates_failed: tally.updates_failed,
+            update_rate: if send_seconds > 0.0 { round(tally.updates_sent as f64 / send_seconds, 1) } else { 0.0 },
+            send_lag_max_ms: ms(micros(shape.send_lag_max)),
+            update_p50_ms: quantile_ms(&stats.update, 0.50),
+            update_p99_ms: quantile_ms(&stats.update, 0.99),
+            update_max_ms: max_ms(&stats.update),
+            expected: tally.expected,
+            received: tally.received,
+            lost,
+            lost_pct: if tally.expected > 0 { round(lost as f64 * 100.0 / tally.expected as f64, 4) } else { 0.0 },
+            resyncs: stats.resyncs.values().sum(),
+            resync_reasons: stats.resyncs,
+            duplicates: stats.duplicates,
+            unmatched: stats.unmatched,
+            received_for_failed_updates: tally.received_for_failed,
+            other_events: stats.other_events,
+            errors_total: stats.errors.values().sum(),
+            errors: stats.errors,
+            fanout_p50_ms: quantile_ms(&stats.fanout, 0.50),
+            fanout_p90_ms: quantile_ms(&stats.fanout, 0.90),
+            fanout_p99_ms: quantile_ms(&stats.fanout, 0.99),
+            fanout_max_ms: max_ms(&stats.fanout),
+            updates_from_us: detail.updates_from_us,
+            lost_by_replica: detail.lost_by_replica,
+            lost_updates: detail.lost_updates,
+            timeline: detail.timeline,
+            first_error: stats.first_error,
+        }
+    }
+
+    /// Whether the run measured anything: some viewer opened and some update went through.
+    pub fn measured(&self) -> bool {
+        self.viewers_open > 0 && self.updates_ok > 0
+    }
+
+    pub fn json_line(&self) -> String {
+        serde_json::to_string(self).expect("a report of numbers and strings serializes")
+    }
+
+    pub fn table(&self) -> String {
+        let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario      fanout: {} viewers on {} threads over {} replicas",
+            self.viewers, self.threads, self.replicas
+        );
+        let _ = writeln!(
+            out,
+            "viewers       {} of {} open after {:.2} s ({} connections opened in all)",
+            self.viewers_open, self.viewers, self.open_s, self.connections
+        );
+        let _ = writeln!(
+            out,
+            "updates       {} sent at {:.1}/s (target {}/s for {:.2} s, latest start {:.1} ms behind schedule): \
+             {} ok, {} failed",
+            self.updates_sent,
+            self.update_rate,
+            self.rate_target,
+            self.duration_s,
+            self.send_lag_max_ms,
+            self.updates_ok,
+            self.updates_failed
+        );
+        let _ = writeln!(
+            out,
+            "update ms     p50 {}  p99 {}  max {}  (request to answer)",
+            show(self.update_p50_ms),
+            show(self.update_p99_ms),
+            show(self.update_max_ms)
+        );
+        let _ = writeln!(
+            out,
+            "deliveries    {} expected, {} received, {} lost ({:.4}%), counted {:.2} s after the last answer",
+            self.expected, self.received, self.lost, self.lost_pct, self.drain_s
+        );
+        if self.lost > 0 {
+            let by_replica: Vec<String> =
+                self.lost_by_replica.iter().enumerate().map(|(i, n)| format!("replica {}: {n}", i + 1)).collect();
+            let _ = writeln!(out, "lost where    {} (by the viewer's replica)", by_replica.join(", "));
+            for lost in self.lost_updates.iter().take(5) {
+                let missed: Vec<String> = lost
+                    .lost_missing
+                    .iter()
+                    .zip(&lost.lost_viewers)
+                    .enumerate()
+                    .filter(|(_, (missing, _))| **missing > 0)
+                    .map(|(i, (missing, viewers))| format!("{missing} of {viewers} on replica {}", i + 1))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "lost update   n={} ({}) sent {} UTC via replica {}: missed by {}",
+                    lost.lost_n,
+                    lost.lost_kind,
+                    utc_time_of_day(lost.lost_sent_us),
+                    lost.lost_via_replica,
+                    missed.join(", ")
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "fan-out ms    p50 {}  p90 {}  p99 {}  max {}  (send to receipt)",
+            show(self.fanout_p50_ms),
+            show(self.fanout_p90_ms),
+            show(self.fanout_p99_ms),
+            show(self.fanout_max_ms)
+        );
+        if !self.timeline.is_empty() {
+            let worst: Vec<String> = self
+                .timeline
+                .iter()
+                .map(|second| second.second_max_ms.map_or_else(|| "-".to_string(), |max| format!("{max:.0}")))
+                .collect();
+            let _ = writeln!(
+                out,
+                "by second     max fan-out ms of the updates sent in each second from {} UTC: {}",
+                utc_time_of_day(self.updates_from_us),
+                worst.join(" ")
+            );
+        }
+        if self.resyncs == 0 {
+            let _ = writeln!(out, "resyncs       none");
+        } else {
+            let reasons: Vec<String> = self.resync_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+            let _ = writeln!(out, "resyncs       {} ({})", self.resyncs, reasons.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "anomalies     {} duplicates, {} unmatched, {} deliveries of failed updates, {} other events",
+            self.duplicates, self.unmatched, self.received_for_failed_updates, self.other_events
+        );
+        if self.errors.is_empty() {
+            let _ = writeln!(out, "errors        none");
+        } else {
+            for (key, count) in &self.errors {
+                let first = self.first_error.get(key).map(String::as_str).unwrap_or("");
+                let _ = writeln!(out, "errors        {key}: {count} (first: {first})");
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +652,81 @@ mod tests {
         assert_eq!(report.rps, 0.0);
         assert!(report.json_line().contains("\"ttfb_p50_ms\":null"));
         assert!(!report.table().contains("ttfb"));
+    }
+
+    #[test]
+    fn fanout_report_counts_losses_and_never_hides_them() {
+        let mut a = FanoutStats::default();
+        let mut b = FanoutStats::default();
+        for i in 1..=90u64 {
+            let target = if i % 2 == 0 { &mut a } else { &mut b };
+            target.record_delivery(i * 1000);
+        }
+        a.record_update(Duration::from_millis(4));
+        b.record_resync("lagged");
+        b.record_error("stream", ErrorKind::BadStream, "closed");
+        a.record_named_error("stream_closed".into(), "the server ended the stream");
+        a.merge(&b);
+        let tally = FanoutTally {
+            viewers_open: 10,
+            updates_sent: 11,
+            updates_ok: 10,
+            updates_failed: 1,
+            expected: 100,
+            received: 90,
+            received_for_failed: 3,
+        };
+        let shape = FanoutShapeSummary {
+            replicas: 3,
+            threads: 2,
+            viewers: 10,
+            rate: 5.0,
+            duration: Duration::from_secs(2),
+            drain: Duration::from_secs(2),
+            open_time: Duration::from_millis(20),
+            send_time: Duration::from_secs(2),
+            send_lag_max: Duration::from_micros(1500),
+            connections: 13,
+        };
+        let lost = LostUpdate {
+            lost_n: 7,
+            lost_kind: "lock",
+            lost_sent_us: 1_764_000_000_123_456,
+            lost_via_replica: 2,
+            lost_missing: vec![0, 0, 3],
+            lost_viewers: vec![3, 3, 4],
+        };
+        let detail = FanoutDetail {
+            updates_from_us: 1_764_000_000_000_000,
+            lost_by_replica: vec![0, 0, 10],
+            lost_updates: vec![lost],
+            timeline: vec![
+                Second { second: 0, second_updates: 6, second_max_ms: Some(90.0), ..Second::default() },
+                Second { second: 1, second_updates: 5, second_lost: 10, ..Second::default() },
+            ],
+        };
+        let report = FanoutReport::new(shape, tally, a, detail);
+        assert_eq!((report.lost, report.lost_pct, report.resyncs), (10, 10.0, 1));
+        assert_eq!(report.errors_total, 2);
+        assert_eq!(report.update_rate, 5.5);
+        assert!(report.measured());
+        let json: serde_json::Value = serde_json::from_str(&report.json_line()).unwrap();
+        assert_eq!(json["lost"], 10);
+        assert_eq!(json["resync_reasons"]["lagged"], 1);
+        assert_eq!(json["errors"]["stream_bad_stream"], 1);
+        assert!(json["fanout_p99_ms"].as_f64().unwrap() >= 89.0);
+        let table = report.table();
+        assert!(table.contains("10 lost"), "{table}");
+        assert!(table.contains("lagged: 1"), "{table}");
+        assert!(
+            table.contains("n=7 (lock) sent 16:00:00.123 UTC via replica 2: missed by 3 of 4 on replica 3"),
+            "{table}"
+        );
+        assert!(table.contains("from 16:00:00.000 UTC: 90 -"), "{table}");
+        // Top-level keys appear once, nested lists and all, so that a script can pick one out with sed.
+        let line = report.json_line();
+        for key in ["lost", "received", "errors_total", "fanout_p99_ms", "updates_sent"] {
+            assert_eq!(line.matches(&format!("\"{key}\":")).count(), 1, "{key} in {line}");
+        }
     }
 }

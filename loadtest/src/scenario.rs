@@ -1,5 +1,6 @@
 //! The scenarios as one virtual client runs them: its setup, its request loop, and what counts as success.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +46,7 @@ pub struct Phases {
 
 /// How one request ended.
 #[derive(Debug)]
-enum Outcome {
+pub(crate) enum Outcome {
     Ok {
         latency: Duration,
         ttfb: Option<Duration>,
@@ -58,13 +59,15 @@ enum Outcome {
 
 /// Which answer a request should get.
 #[derive(Clone, Copy, Debug)]
-enum Expect {
+pub(crate) enum Expect {
     /// An event stream with an assistant answer.
     Turn,
     /// An event stream with an assistant answer and a `thread.created` event.
     Create,
     /// A JSON page of exactly `LIST_LIMIT` threads.
     FullPage,
+    /// Any JSON object, such as the thread that `threads.update` and the admin API answer.
+    Object,
 }
 
 #[derive(Deserialize)]
@@ -103,7 +106,8 @@ impl VirtualClient {
                     self.create_thread().await?;
                 }
             }
-            Scenario::Create => {}
+            // The fan-out scenario runs its own setup in `fanout`, not through a virtual client.
+            Scenario::Create | Scenario::Fanout => {}
         }
         Ok(())
     }
@@ -129,6 +133,8 @@ impl VirtualClient {
                 Scenario::Turn => (self.turn_body(), Expect::Turn),
                 Scenario::Create => (self.create_body(), Expect::Create),
                 Scenario::List => (json!({"type": "threads.list", "params": {"limit": LIST_LIMIT}}), Expect::FullPage),
+                // The fan-out scenario has no request loop of its kind; `fanout` drives it.
+                Scenario::Fanout => break,
             };
             let outcome = self.exchange(&body, expect, Some(phases.end)).await;
             if started < phases.measure_from {
@@ -192,18 +198,7 @@ impl VirtualClient {
             .header(&self.target.user_header, &self.user)
             .body(Full::new(Bytes::from(body)))
             .expect("the method, path and headers were all validated up front");
-        let response = match connection.send_request(request).await {
-            Ok(response) => response,
-            Err(e) => return Outcome::Failed(ErrorKind::Transport, format!("request failed: {}", describe(&e))),
-        };
-        let (outcome, read_to_end) = if response.status() != StatusCode::OK {
-            read_refusal(response).await
-        } else {
-            match expect {
-                Expect::Turn | Expect::Create => read_stream(response, expect, start).await,
-                Expect::FullPage => read_page(response, start).await,
-            }
-        };
+        let (outcome, read_to_end) = send_and_read(&mut connection, request, expect, start).await;
         if read_to_end {
             self.connection = Some(connection);
         }
@@ -219,25 +214,48 @@ impl VirtualClient {
                 return Ok(connection);
             }
         }
-        let stream = TcpStream::connect(self.target.endpoint.addr)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.target.endpoint.addr))?;
-        stream.set_nodelay(true).map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-        let (sender, driver) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake failed: {}", describe(&e)))?;
-        // The driver does the reading and writing; it ends when the sender is
-        // dropped or the server closes the connection, and its error then is
-        // already reported through the request that saw it.
-        tokio::spawn(async move {
-            let _ = driver.await;
-        });
-        self.target.connections.fetch_add(1, Ordering::Relaxed);
-        Ok(sender)
+        open_connection(self.target.endpoint.addr, &self.target.connections).await
     }
 }
 
-fn user_input(text: &str) -> Value {
+/// Opens one HTTP/1 connection and counts it in `opened`.
+pub(crate) async fn open_connection(addr: SocketAddr, opened: &AtomicU64) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    let (sender, driver) =
+        http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP handshake failed: {}", describe(&e)))?;
+    // The driver does the reading and writing; it ends when the sender is
+    // dropped or the server closes the connection, and its error then is
+    // already reported through the request that saw it.
+    tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    opened.fetch_add(1, Ordering::Relaxed);
+    Ok(sender)
+}
+
+/// Sends one request and reads its whole answer as `expect` says; the flag says
+/// whether the answer was read to its end, so the connection can carry another.
+pub(crate) async fn send_and_read(
+    connection: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+    expect: Expect,
+    start: Instant,
+) -> (Outcome, bool) {
+    let response = match connection.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => return (Outcome::Failed(ErrorKind::Transport, format!("request failed: {}", describe(&e))), false),
+    };
+    if response.status() != StatusCode::OK {
+        return read_refusal(response).await;
+    }
+    match expect {
+        Expect::Turn | Expect::Create => read_stream(response, expect, start).await,
+        Expect::FullPage | Expect::Object => read_json(response, expect, start).await,
+    }
+}
+
+pub(crate) fn user_input(text: &str) -> Value {
     json!({
         "content": [{"type": "input_text", "text": text}],
         "attachments": [],
@@ -246,7 +264,7 @@ fn user_input(text: &str) -> Value {
 }
 
 /// Reads a non-200 answer so the connection stays usable, and reports its status with the start of its body.
-async fn read_refusal(response: Response<Incoming>) -> (Outcome, bool) {
+pub(crate) async fn read_refusal(response: Response<Incoming>) -> (Outcome, bool) {
     let status = response.status();
     let (text, read_to_end) = match response.into_body().collect().await {
         Ok(body) => (String::from_utf8_lossy(&body.to_bytes()).chars().take(200).collect::<String>(), true),
@@ -294,25 +312,35 @@ async fn read_stream(response: Response<Incoming>, expect: Expect, start: Instan
     (outcome, true)
 }
 
-/// Reads a JSON page and checks that it is full; the flag says whether the body was read to its end.
-async fn read_page(response: Response<Incoming>, start: Instant) -> (Outcome, bool) {
+/// Reads a JSON answer and checks it: a full page for `FullPage`, any object for `Object`; the flag
+/// says whether the body was read to its end.
+async fn read_json(response: Response<Incoming>, expect: Expect, start: Instant) -> (Outcome, bool) {
     let bytes = match response.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => return (Outcome::Failed(ErrorKind::BadBody, format!("body broke off: {}", describe(&e))), false),
     };
     let latency = start.elapsed();
-    let outcome = match serde_json::from_slice::<ListPage>(&bytes) {
-        Ok(page) if page.data.len() == LIST_LIMIT => Outcome::Ok { latency, ttfb: None, thread_id: None },
-        Ok(page) => {
-            Outcome::Failed(ErrorKind::BadBody, format!("page has {} threads, expected {LIST_LIMIT}", page.data.len()))
+    let ok = Outcome::Ok { latency, ttfb: None, thread_id: None };
+    let outcome = if let Expect::Object = expect {
+        match serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes) {
+            Ok(_) => ok,
+            Err(e) => Outcome::Failed(ErrorKind::BadBody, format!("answer is not a JSON object: {e}")),
         }
-        Err(e) => Outcome::Failed(ErrorKind::BadBody, format!("answer is not a page of threads: {e}")),
+    } else {
+        match serde_json::from_slice::<ListPage>(&bytes) {
+            Ok(page) if page.data.len() == LIST_LIMIT => ok,
+            Ok(page) => Outcome::Failed(
+                ErrorKind::BadBody,
+                format!("page has {} threads, expected {LIST_LIMIT}", page.data.len()),
+            ),
+            Err(e) => Outcome::Failed(ErrorKind::BadBody, format!("answer is not a page of threads: {e}")),
+        }
     };
     (outcome, true)
 }
 
 /// An error with its causes, since hyper keeps the useful part (such as "connection reset") in the source chain.
-fn describe(error: &dyn std::error::Error) -> String {
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

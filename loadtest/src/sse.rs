@@ -8,8 +8,8 @@ use serde::Deserialize;
 ///
 /// It follows the HTML server-sent events rules that matter here: lines end in
 /// `\n`, `\r\n` or `\r`; a blank line ends an event; several `data:` lines join
-/// with `\n`; comments and other fields are skipped; an event that is not ended
-/// by a blank line before the stream closes is dropped.
+/// with `\n`; the `event` field names an event; comments and other fields are
+/// skipped; an event that is not ended by a blank line before the stream closes is dropped.
 #[derive(Debug, Default)]
 pub struct SseParser {
     /// Bytes of a line whose end has not arrived yet.
@@ -18,6 +18,8 @@ pub struct SseParser {
     data: Vec<u8>,
     /// Whether the event being read has any `data` line, since an empty one still counts.
     has_data: bool,
+    /// The `event` field of the event being read; empty for an unnamed (`message`) event.
+    name: Vec<u8>,
     /// Whether the last byte seen was `\r`, so a `\n` right after it ends no extra line.
     after_cr: bool,
 }
@@ -29,6 +31,11 @@ impl SseParser {
 
     /// Feeds the next chunk and calls `on_event` with the data of every event it completes.
     pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8])) {
+        self.feed_named(chunk, |_, data| on_event(data));
+    }
+
+    /// Like `feed`, but also passes each event's name (its `event` field, empty when it has none).
+    pub fn feed_named(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8], &[u8])) {
         let mut rest = chunk;
         if self.after_cr {
             self.after_cr = false;
@@ -61,12 +68,13 @@ impl SseParser {
         self.line.extend_from_slice(rest);
     }
 
-    fn end_line(&mut self, line: &[u8], on_event: &mut impl FnMut(&[u8])) {
+    fn end_line(&mut self, line: &[u8], on_event: &mut impl FnMut(&[u8], &[u8])) {
         if line.is_empty() {
             if self.has_data {
-                on_event(&self.data);
+                on_event(&self.name, &self.data);
             }
             self.data.clear();
+            self.name.clear();
             self.has_data = false;
             return;
         }
@@ -86,6 +94,9 @@ impl SseParser {
             }
             self.data.extend_from_slice(value);
             self.has_data = true;
+        } else if field == b"event" {
+            self.name.clear();
+            self.name.extend_from_slice(value);
         }
     }
 
@@ -205,6 +216,18 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(events_of(&bytes), whole);
+    }
+
+    #[test]
+    fn names_events_by_their_event_field() {
+        let stream = b"id: 7\ndata: {\"a\":1}\n\n: heartbeat\n\nevent: resync\ndata: {\"reason\":\"lagged\"}\n\nevent: x\n\ndata: b\n\n";
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        parser.feed_named(stream, |name, data| {
+            out.push((String::from_utf8(name.to_vec()).unwrap(), String::from_utf8(data.to_vec()).unwrap()))
+        });
+        let want = [("", "{\"a\":1}"), ("resync", "{\"reason\":\"lagged\"}"), ("", "b")];
+        assert_eq!(out, want.map(|(name, data)| (name.to_string(), data.to_string())));
     }
 
     #[test]

@@ -228,6 +228,8 @@ pub struct FanoutSettings {
     pub lease_ttl: Duration,
     /// How long a replica waits for a lease another replica holds.
     pub lease_wait: Duration,
+    /// How often the Redis subscriber connection is checked with a ping.
+    pub ping_every: Duration,
 }
 
 impl Default for FanoutSettings {
@@ -238,6 +240,7 @@ impl Default for FanoutSettings {
             history_ttl: Duration::from_secs(600),
             lease_ttl: Duration::from_secs(10),
             lease_wait: Duration::from_secs(30),
+            ping_every: Duration::from_secs(5),
         }
     }
 }

@@ -47,8 +47,6 @@ const NOTICE_RETRY: Duration = Duration::from_millis(100);
 /// Above this many channels with dropped publications, one notice tells every
 /// viewer to resync.
 const MAX_LOST_CHANNELS: usize = 1024;
-/// How often the subscriber connection is checked.
-const PING_EVERY: Duration = Duration::from_secs(5);
 /// How often subscriptions without local viewers are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
@@ -233,15 +231,15 @@ impl RedisFanout {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let cancels = broadcast::channel(256).0;
         tokio::spawn(publisher(link.clone(), state.clone(), publication_rx, settings.clone()));
-        tokio::spawn(subscriber(
+        let shared = SubscriberShared {
             client,
-            link.clone(),
-            hub.clone(),
-            state.clone(),
-            command_rx,
-            empty_rx,
-            cancels.clone(),
-        ));
+            link: link.clone(),
+            hub: hub.clone(),
+            state: state.clone(),
+            cancels: cancels.clone(),
+            ping_every: settings.ping_every,
+        };
+        tokio::spawn(subscriber(shared, command_rx, empty_rx));
         let replica = format!("{:016x}", rand::random::<u64>());
         Ok(RedisFanout { settings, hub, link, state, publications, commands, cancels, replica })
     }
@@ -378,15 +376,23 @@ async fn publisher(
 
 /// Holds the subscriber connection: follows local viewers' channels, hands
 /// messages to the hub, and reconnects with backoff.
-async fn subscriber(
+/// What the subscriber task shares with the rest of the backend.
+struct SubscriberShared {
     client: redis::Client,
+    /// The command connection, told to reconnect at once when this one does.
     link: Arc<Link>,
     hub: Arc<Hub>,
     state: Arc<LinkState>,
+    cancels: broadcast::Sender<String>,
+    ping_every: Duration,
+}
+
+async fn subscriber(
+    shared: SubscriberShared,
     mut commands: mpsc::Receiver<Command>,
     mut emptied: mpsc::Receiver<String>,
-    cancels: broadcast::Sender<String>,
 ) {
+    let SubscriberShared { client, link, hub, state, cancels, ping_every } = shared;
     let mut backoff = Duration::from_millis(50);
     let mut connected_before = false;
     loop {
@@ -435,7 +441,7 @@ async fn subscriber(
         connected_before = true;
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.tick().await;
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(ping_every);
         ping.tick().await;
         let error = loop {
             tokio::select! {
@@ -493,7 +499,7 @@ async fn subscriber(
                 }
                 _ = ping.tick() => {
                     // A silent network partition never closes the stream; a ping notices it.
-                    match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<String>()).await {
+                    match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(error)) => break error.to_string(),
                         Err(_) => break "Redis did not answer a ping".to_string(),
