@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::engine::{AttachmentFiles, Engine, EngineSettings};
 use crate::fanout::{self, FanoutError};
 use crate::http::{self, AdminAccess, ApiError};
-use crate::responder::{EchoResponder, Responder};
+use crate::responder::{EchoResponder, OpenAiResponder, Responder};
 use crate::store::{self, Store, StoreError};
 use crate::thread::Threads;
 
@@ -47,7 +47,13 @@ impl App {
             .map_err(|_| AppError::Config(format!("`{}` is not a valid header name", config.user_header)))?;
         std::fs::create_dir_all(&config.data_dir)?;
         let store: Arc<dyn Store> = store::open_with_pool(&config.database_url, config.pg_pool).await?;
-        let responder: Arc<dyn Responder> = Arc::new(EchoResponder::new());
+        let responder: Arc<dyn Responder> = match config.model_settings().map_err(AppError::Config)? {
+            None => Arc::new(EchoResponder::new()),
+            Some(settings) => {
+                tracing::info!(model = %settings.default_model, base_url = %settings.base_url, "model responder");
+                Arc::new(OpenAiResponder::new(settings).map_err(AppError::Config)?)
+            }
+        };
         Self::build_with(config, user_header, store, responder)
     }
 

@@ -7,6 +7,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::fanout::FanoutSettings;
+use crate::responder::ModelSettings;
+
+/// The model used when an API key is set and `CHATKIT_MODEL` is not.
+pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
 use crate::thread::ThreadSettings;
 
 /// chatkit-gateway: a realtime server for the OpenAI ChatKit protocol.
@@ -105,6 +109,58 @@ pub struct Config {
     #[arg(long, env = "CHATKIT_PG_POOL", default_value_t = 16)]
     pub pg_pool: u32,
 
+    /// The model that answers: `echo` (built in, no network) or a model of the
+    /// OpenAI-compatible server at `OPENAI_BASE_URL`. Default: `gpt-4.1-mini`
+    /// when `OPENAI_API_KEY` is set, else `echo`.
+    #[arg(long, env = "CHATKIT_MODEL")]
+    pub model: Option<String>,
+
+    /// Models a user message may pick with `inference_options.model`, comma-separated
+    /// (the default model is always allowed).
+    #[arg(long, env = "CHATKIT_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+
+    /// Key for the model service; never logged.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<Secret>,
+
+    /// The OpenAI-compatible API root, e.g. `http://127.0.0.1:11434/v1` for Ollama.
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = "https://api.openai.com/v1")]
+    pub openai_base_url: String,
+
+    /// The system prompt of every model call.
+    #[arg(long, env = "CHATKIT_SYSTEM_PROMPT", default_value = "You are a helpful assistant.")]
+    pub system_prompt: String,
+
+    /// How many of a thread's newest items the model sees.
+    #[arg(long, env = "CHATKIT_HISTORY_ITEMS", default_value_t = 40)]
+    pub history_items: usize,
+
+    /// Generate a 3 to 6 word title after a thread's first turn (`true` or `false`).
+    #[arg(long, env = "CHATKIT_TITLES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub titles: bool,
+
+    /// The model that writes titles; defaults to the default model.
+    #[arg(long, env = "CHATKIT_TITLE_MODEL")]
+    pub title_model: Option<String>,
+
+    /// Client tools offered to the model: a JSON array of `{"name", "description",
+    /// "parameters"}`, or `@path` to a file holding one.
+    #[arg(long, env = "CHATKIT_CLIENT_TOOLS")]
+    pub client_tools: Option<String>,
+
+    /// Seconds to wait for the model: for its answer to start, and between two chunks.
+    #[arg(long, env = "CHATKIT_MODEL_TIMEOUT_SECS", default_value_t = 60)]
+    pub model_timeout_secs: u64,
+
+    /// Retries of a connection failure before the model's first token.
+    #[arg(long, env = "CHATKIT_MODEL_RETRIES", default_value_t = 2)]
+    pub model_retries: u32,
+
+    /// The model that transcribes dictation (`input.transcribe`).
+    #[arg(long, env = "CHATKIT_TRANSCRIBE_MODEL", default_value = "gpt-4o-mini-transcribe")]
+    pub transcribe_model: String,
+
     /// Log filter, in `tracing` syntax (e.g. `info`, `chatkit_gateway=debug`).
     #[arg(long, env = "CHATKIT_LOG", default_value = "info")]
     pub log: String,
@@ -135,6 +191,18 @@ impl Config {
             lease_wait_secs: 30,
             redis_ping_ms: 5000,
             pg_pool: 4,
+            model: None,
+            models: Vec::new(),
+            openai_api_key: None,
+            openai_base_url: "https://api.openai.com/v1".into(),
+            system_prompt: "You are a helpful assistant.".into(),
+            history_items: 40,
+            titles: true,
+            title_model: None,
+            client_tools: None,
+            model_timeout_secs: 60,
+            model_retries: 2,
+            transcribe_model: "gpt-4o-mini-transcribe".into(),
             log: "warn".into(),
         }
     }
@@ -155,6 +223,47 @@ impl Config {
             ping_every: Duration::from_millis(self.redis_ping_ms.max(10)),
             ..FanoutSettings::default()
         }
+    }
+
+    /// The model responder's settings, or `None` for the built-in echo responder.
+    pub fn model_settings(&self) -> Result<Option<ModelSettings>, String> {
+        let model = match (self.model.as_deref().map(str::trim), &self.openai_api_key) {
+            (Some("echo"), _) | (None, None) => return Ok(None),
+            (Some(""), _) => return Err("CHATKIT_MODEL is empty".into()),
+            (Some(model), _) => model.to_string(),
+            (None, Some(_)) => DEFAULT_MODEL.to_string(),
+        };
+        let on_openai = self.openai_base_url.contains("api.openai.com");
+        if self.openai_api_key.is_none() && on_openai {
+            return Err(format!(
+                "CHATKIT_MODEL is `{model}` but OPENAI_API_KEY is not set; set it, or point OPENAI_BASE_URL at a server that needs no key"
+            ));
+        }
+        let mut allowed = vec![model.clone()];
+        for extra in self.models.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
+            if !allowed.iter().any(|m| m == extra) {
+                allowed.push(extra.to_string());
+            }
+        }
+        let client_tools = match &self.client_tools {
+            Some(spec) if !spec.trim().is_empty() => ModelSettings::parse_client_tools(spec)?,
+            _ => Vec::new(),
+        };
+        Ok(Some(ModelSettings {
+            api_key: self.openai_api_key.clone(),
+            base_url: self.openai_base_url.clone(),
+            title_model: self.title_model.clone().unwrap_or_else(|| model.clone()),
+            default_model: model,
+            allowed_models: allowed,
+            system_prompt: self.system_prompt.clone(),
+            history_items: self.history_items.max(1),
+            titles: self.titles,
+            client_tools,
+            timeout: Duration::from_secs(self.model_timeout_secs.max(1)),
+            retries: self.model_retries,
+            retry_backoff: Duration::from_millis(200),
+            transcribe_model: self.transcribe_model.clone(),
+        }))
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -230,6 +339,29 @@ mod tests {
         assert!(config.admin_keys[1].matches("k2") && !config.admin_keys[1].matches("k1"));
         let printed = format!("{config:?}");
         assert!(!printed.contains("k1") && printed.contains("***"), "{printed}");
+    }
+
+    #[test]
+    fn the_model_responder_is_chosen_by_model_and_key() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["chatkit-gateway"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().model_settings()
+        };
+        assert!(parse(&[]).unwrap().is_none(), "no key, no model: echo");
+        assert!(parse(&["--model", "echo", "--openai-api-key", "k"]).unwrap().is_none());
+        let with_key = parse(&["--openai-api-key", "sk-1"]).unwrap().unwrap();
+        assert_eq!((with_key.default_model.as_str(), with_key.allowed_models.len()), (DEFAULT_MODEL, 1));
+        let error = parse(&["--model", "gpt-x"]).unwrap_err();
+        assert!(error.contains("OPENAI_API_KEY"), "{error}");
+        let local =
+            parse(&["--model", "llama3", "--openai-base-url", "http://127.0.0.1:11434/v1", "--models", "a,llama3,b"]);
+        let local = local.unwrap().unwrap();
+        assert_eq!(local.allowed_models, ["llama3", "a", "b"]);
+        assert_eq!(local.title_model, "llama3");
+        assert!(parse(&["--model", "m", "--openai-api-key", "k", "--client-tools", "[{\"name\": \"x y\"}]"]).is_err());
+        let printed = format!("{:?}", Config::try_parse_from(["c", "--openai-api-key", "sk-secret"]).unwrap());
+        assert!(!printed.contains("sk-secret"), "{printed}");
     }
 
     #[test]

@@ -160,8 +160,8 @@ impl Engine {
         &self.store
     }
 
-    fn turn_context(&self, user: &UserId, thread: SharedThread) -> TurnContext {
-        TurnContext { user: user.clone(), thread, store: self.store.clone() }
+    fn turn_context(&self, user: &UserId, thread: SharedThread, locale: Option<String>) -> TurnContext {
+        TurnContext { user: user.clone(), thread, store: self.store.clone(), locale }
     }
 
     /// Answers an operation that responds with JSON. Streaming operations are
@@ -232,7 +232,7 @@ impl Engine {
                     }
                 }
                 let before = thread.version();
-                let turn = self.turn_context(user, thread.clone());
+                let turn = self.turn_context(user, thread.clone(), None);
                 let answer = guarded(self.responder.sync_action(turn, params.action, sender)).await?;
                 if thread.version() != before {
                     let snapshot = thread.snapshot();

@@ -85,6 +85,8 @@ pub fn refusal(thread: &ThreadMetadata) -> Option<String> {
 pub struct PreparedTurn {
     user: UserId,
     thread: SharedThread,
+    /// The caller's preferred language, for the responder.
+    locale: Option<String>,
     /// Events sent before `stream_options`: `thread.created` and the user message.
     prelude: Vec<ThreadStreamEvent>,
     work: Work,
@@ -107,6 +109,12 @@ impl PreparedTurn {
     pub fn user(&self) -> &UserId {
         &self.user
     }
+
+    /// Passes the caller's preferred language (`Accept-Language`) to the responder.
+    pub fn with_locale(mut self, locale: Option<String>) -> Self {
+        self.locale = locale;
+        self
+    }
 }
 
 /// How a turn ended.
@@ -126,6 +134,7 @@ impl Engine {
         let turn = |thread: ThreadMetadata, prelude, work| PreparedTurn {
             user: user.clone(),
             thread: SharedThread::new(thread),
+            locale: None,
             prelude,
             work,
         };
@@ -329,7 +338,7 @@ impl Engine {
         sink: mpsc::Sender<ThreadStreamEvent>,
         cancel: CancelSignal,
     ) -> TurnOutcome {
-        let PreparedTurn { user, thread, prelude, work } = turn;
+        let PreparedTurn { user, thread, locale, prelude, work } = turn;
         let (thread_id, saved_version) = (thread.id(), thread.version());
         let pending = PendingItems::default();
         let mut run = Run {
@@ -348,7 +357,7 @@ impl Engine {
                 return run.cancelled().await;
             }
         }
-        let context = self.turn_context(&run.user, run.thread.clone());
+        let context = self.turn_context(&run.user, run.thread.clone(), locale);
         let events: EventStream = match work {
             Work::Nothing => return TurnOutcome::Completed,
             Work::Respond { first, input } => {

@@ -29,7 +29,7 @@ pub async fn handle(
         };
         return Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json_body(&answer)?));
     }
-    let events = state.threads.turn(user, parsed).await?;
+    let events = state.threads.turn(user, parsed, locale_of(&request)).await?;
     let frames = stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
         Some((Ok::<_, Infallible>(sse_frame(&event)), events))
@@ -40,6 +40,18 @@ pub async fn handle(
         // Tells nginx-style proxies not to buffer the stream.
         .insert_header(("x-accel-buffering", "no"))
         .streaming(frames))
+}
+
+/// The first language tag of `Accept-Language` (`fr-FR,fr;q=0.9` gives
+/// `fr-FR`), when it is a plausible tag; `*` and junk give none.
+fn locale_of(request: &HttpRequest) -> Option<String> {
+    let header = request.headers().get(actix_web::http::header::ACCEPT_LANGUAGE)?.to_str().ok()?;
+    let tag = header.split(',').next()?.split(';').next()?.trim();
+    let plausible = !tag.is_empty()
+        && tag.len() <= 35
+        && tag != "*"
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    plausible.then(|| tag.to_string())
 }
 
 fn json_body(answer: &JsonAnswer) -> Result<Vec<u8>, ApiError> {

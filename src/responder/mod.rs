@@ -3,9 +3,11 @@
 //! The roles match the reference `ChatKitServer` methods (`respond`, `action`,
 //! `sync_action`, `add_feedback`, `transcribe`). The engine persists what a
 //! responder streams; a responder only produces events. Backends are
-//! same-shaped files: `echo` (built in, no network) and, later, a model.
+//! same-shaped files: `echo` (built in, no network) and `openai` (any
+//! OpenAI-compatible Chat Completions server).
 
 mod echo;
+mod openai;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,6 +22,7 @@ use crate::protocol::{
 use crate::store::{Store, UserId};
 
 pub use echo::EchoResponder;
+pub use openai::{ClientTool, ModelSettings, OpenAiResponder, DICTATION_TYPES};
 
 /// The events of a response, in order; an `Err` ends the response with an error event.
 pub type EventStream = BoxStream<'static, Result<ThreadStreamEvent, ResponderError>>;
@@ -141,6 +144,9 @@ pub struct TurnContext {
     /// The store, for reading history and saving what a responder saves itself
     /// (e.g. a widget updated by a sync action). Calls must pass `user`.
     pub store: Arc<dyn Store>,
+    /// The user's preferred language, from the request's `Accept-Language`
+    /// (its first tag, e.g. `fr-FR`), when it named one.
+    pub locale: Option<String>,
 }
 
 /// Recorded speech to transcribe.

@@ -23,6 +23,7 @@ pub(super) enum Job {
     Turn {
         user: UserId,
         request: Request,
+        locale: Option<String>,
         sink: mpsc::Sender<ThreadStreamEvent>,
         started: oneshot::Sender<EngineResult<()>>,
     },
@@ -150,11 +151,12 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, thread_id: String, jo
         }
     };
     match job {
-        Job::Turn { user, request, sink, started } => match engine.prepare(&user, request).await {
+        Job::Turn { user, request, locale, sink, started } => match engine.prepare(&user, request).await {
             Err(error) => {
                 let _ = started.send(Err(error));
             }
             Ok(turn) => {
+                let turn = turn.with_locale(locale);
                 // Run even if the caller is gone: its input is already stored,
                 // and the closed sink makes the run keep it as a cancelled turn.
                 let _ = started.send(Ok(()));

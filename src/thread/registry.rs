@@ -125,12 +125,18 @@ impl Threads {
 
     /// Starts a streaming operation in its thread's order. An error means the
     /// request was refused before its first event.
-    pub async fn turn(&self, user: UserId, request: Request) -> EngineResult<mpsc::Receiver<ThreadStreamEvent>> {
+    /// `locale` is the caller's preferred language, passed to the responder.
+    pub async fn turn(
+        &self,
+        user: UserId,
+        request: Request,
+        locale: Option<String>,
+    ) -> EngineResult<mpsc::Receiver<ThreadStreamEvent>> {
         let (sink, events) = mpsc::channel(STREAM_BUFFER);
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
             // A new thread: nothing can be queued on it yet, so it is prepared
             // here and only its run goes through the new thread's actor.
-            let turn = self.inner.engine.prepare(&user, request).await?;
+            let turn = self.inner.engine.prepare(&user, request).await?.with_locale(locale);
             let thread_id = turn.thread_id();
             if let Submit::Busy = self.submit(&thread_id, Job::Run { turn, sink: sink.clone() }) {
                 let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
@@ -138,7 +144,7 @@ impl Threads {
             return Ok(events);
         };
         let (started, accepted) = oneshot::channel();
-        match self.submit(&thread_id, Job::Turn { user, request, sink: sink.clone(), started }) {
+        match self.submit(&thread_id, Job::Turn { user, request, locale, sink: sink.clone(), started }) {
             Submit::Busy => {
                 let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
                 Ok(events)

@@ -1,0 +1,373 @@
+//! The model responder: answers through any OpenAI-compatible Chat Completions
+//! server (OpenAI, vLLM, Ollama, llama.cpp, LM Studio) with `async-openai`,
+//! streaming the answer as ChatKit events the way the reference's
+//! `stream_agent_response` streams text.
+
+mod input;
+mod settings;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::audio::{AudioInput as UpstreamAudio, CreateTranscriptionRequestArgs};
+use async_openai::Client;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, TurnContext};
+use crate::protocol::{ItemBody, Order, ThreadItem, TranscriptionResult, UserMessage};
+use crate::store::{PageQuery, UserId};
+
+pub use settings::{ClientTool, ModelSettings};
+use stream::{Chunk, Translator};
+
+/// The media types ChatKit.js records dictation in.
+pub const DICTATION_TYPES: [&str; 3] = ["audio/webm", "audio/ogg", "audio/mp4"];
+
+/// What the title call asks for.
+const TITLE_PROMPT: &str = "Write a title of 3 to 6 words for the conversation below. \
+Answer with the title only: no quotes, no trailing punctuation.";
+
+pub struct OpenAiResponder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client<OpenAIConfig>,
+    settings: ModelSettings,
+}
+
+impl OpenAiResponder {
+    pub fn new(settings: ModelSettings) -> Result<Self, String> {
+        install_tls_provider();
+        let mut config = OpenAIConfig::new().with_api_base(settings.base_url.trim_end_matches('/'));
+        if let Some(key) = &settings.api_key {
+            config = config.with_api_key(key.expose());
+        }
+        let http = upstream_http::Client::builder()
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client for the model service: {e}"))?;
+        let client = Client::with_config(config).with_http_client(http);
+        Ok(OpenAiResponder { inner: Arc::new(Inner { client, settings }) })
+    }
+}
+
+/// rustls needs one process-wide crypto provider; ring is the lean choice.
+fn install_tls_provider() {
+    // Fails only when one is installed already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Why a model call failed, in terms of what the user is told.
+#[derive(Debug)]
+enum Failure {
+    /// Could not connect or the connection broke before an answer: retryable here.
+    Connect(String),
+    Timeout,
+    Status {
+        status: u16,
+        message: String,
+    },
+    /// The answer broke off or was malformed after it began.
+    Broken(String),
+}
+
+impl Failure {
+    fn from_openai(error: OpenAIError) -> Failure {
+        match error {
+            OpenAIError::ApiError(response) => {
+                Failure::Status { status: response.status_code.as_u16(), message: response.api_error.message }
+            }
+            OpenAIError::Reqwest(error) if error.is_timeout() => Failure::Timeout,
+            OpenAIError::Reqwest(error) if error.is_connect() || error.is_request() => {
+                Failure::Connect(error.to_string())
+            }
+            OpenAIError::StreamError(error) => Failure::Connect(error.to_string()),
+            other => Failure::Broken(other.to_string()),
+        }
+    }
+
+    /// The error event the user sees: retryable for rate limits, server
+    /// errors and timeouts, not for requests the service refuses.
+    fn into_error(self, model: &str) -> ResponderError {
+        let (message, allow_retry) = match self {
+            Failure::Connect(detail) => {
+                tracing::warn!(%detail, "cannot reach the model service");
+                ("Could not reach the model service. Try again in a moment.".to_string(), true)
+            }
+            Failure::Timeout => ("The model service did not answer in time. Try again.".to_string(), true),
+            Failure::Status { status: 429, .. } => {
+                ("The model service is busy (rate limited). Try again in a moment.".to_string(), true)
+            }
+            Failure::Status { status, message } if status >= 500 => {
+                tracing::warn!(status, %message, "model service error");
+                (format!("The model service failed (HTTP {status}). Try again."), true)
+            }
+            Failure::Status { status: status @ (401 | 403), message } => {
+                // The upstream message may quote part of the key: keep it in the log only.
+                tracing::error!(status, %message, "the model service refused the gateway's credentials");
+                ("The model service refused the gateway's credentials.".to_string(), false)
+            }
+            Failure::Status { status: 404, message } => {
+                tracing::warn!(%message, model, "model not found upstream");
+                (format!("The model `{model}` is not available on the model service."), false)
+            }
+            Failure::Status { status, message } => {
+                (format!("The model service rejected the request (HTTP {status}): {message}"), false)
+            }
+            Failure::Broken(detail) => {
+                tracing::warn!(%detail, "the model's answer broke off");
+                ("The model's answer was cut off. Try again.".to_string(), true)
+            }
+        };
+        ResponderError::Custom { message, allow_retry }
+    }
+}
+
+impl Inner {
+    /// Opens the completion stream and reads its first chunk, retrying
+    /// connection failures with backoff; nothing is retried once a chunk came.
+    async fn open(
+        &self,
+        request: &Value,
+    ) -> Result<(async_openai::types::stream::StreamResponse<Chunk>, Option<Chunk>), Failure> {
+        let mut attempt = 0;
+        loop {
+            let result = async {
+                let chat = self.client.chat();
+                let opened = tokio::time::timeout(self.settings.timeout, chat.create_stream_byot(request))
+                    .await
+                    .map_err(|_| Failure::Timeout)?;
+                let mut stream = opened.map_err(Failure::from_openai)?;
+                let first = match tokio::time::timeout(self.settings.timeout, stream.next()).await {
+                    Err(_) => return Err(Failure::Timeout),
+                    Ok(None) => None,
+                    Ok(Some(Err(error))) => return Err(Failure::from_openai(error)),
+                    Ok(Some(Ok(chunk))) => Some(chunk),
+                };
+                Ok((stream, first))
+            }
+            .await;
+            match result {
+                Err(Failure::Connect(detail)) if attempt < self.settings.retries => {
+                    let pause = self.settings.retry_backoff * 2u32.saturating_pow(attempt);
+                    tracing::info!(%detail, attempt, ?pause, "retrying the model call");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The newest `history_items` items of the thread, oldest first.
+    async fn history(&self, turn: &TurnContext) -> Result<Vec<ThreadItem>, ResponderError> {
+        let query = PageQuery::first(self.settings.history_items.max(1), Order::Desc);
+        let page = turn
+            .store
+            .load_items(&turn.user, &turn.thread.id(), &query)
+            .await
+            .map_err(|e| ResponderError::Internal(format!("cannot load the thread's items: {e}")))?;
+        let mut items = page.data;
+        items.reverse();
+        Ok(items)
+    }
+
+    fn system_prompt(&self, locale: Option<&str>) -> String {
+        match locale {
+            Some(locale) => format!(
+                "{}\n\nThe user's preferred language is `{locale}`. Answer in that language unless the user writes in another.",
+                self.settings.system_prompt
+            ),
+            None => self.settings.system_prompt.clone(),
+        }
+    }
+
+    /// The request for a turn: model, messages and tools.
+    fn request(&self, model: &str, messages: Vec<Value>, tool_choice: Option<&str>) -> Value {
+        let mut request = json!({"model": model, "messages": messages, "stream": true});
+        if !self.settings.client_tools.is_empty() {
+            request["tools"] = Value::Array(settings::tools_json(&self.settings.client_tools));
+            if let Some(name) = tool_choice {
+                request["tool_choice"] = json!({"type": "function", "function": {"name": name}});
+            }
+        }
+        request
+    }
+
+    /// Asks for a short title; `None` (logged) when the call fails.
+    async fn title(&self, first_message: &str, answer: &str) -> Option<String> {
+        let request = json!({
+            "model": self.settings.title_model,
+            "stream": false,
+            "messages": [
+                {"role": "system", "content": TITLE_PROMPT},
+                {"role": "user", "content": format!("User: {first_message}\nAssistant: {answer}")},
+            ],
+        });
+        let chat = self.client.chat();
+        let response = match tokio::time::timeout(self.settings.timeout, chat.create_byot::<_, Value>(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "title generation failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!("title generation timed out");
+                return None;
+            }
+        };
+        let text = response["choices"][0]["message"]["content"].as_str()?;
+        let title = clean_title(text);
+        (!title.is_empty()).then_some(title)
+    }
+}
+
+/// A title as the model wrote it, without quotes, trailing punctuation or extra lines.
+fn clean_title(text: &str) -> String {
+    let line = text.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or_default();
+    let trimmed = line.trim_matches(|c: char| c == '"' || c == '\'' || c == '“' || c == '”' || c == '*');
+    let trimmed = trimmed.trim_end_matches(['.', '!', '?', ':', ';', ',']).trim();
+    trimmed.chars().take(80).collect()
+}
+
+/// The user message that holds this turn's inference options: the input
+/// itself, or the newest user message before a tool output or retry.
+fn options_message<'a>(items: &'a [ThreadItem], input: &'a RespondInput) -> Option<&'a UserMessage> {
+    if let ItemBody::UserMessage(message) = &input.item().body {
+        return Some(message);
+    }
+    items.iter().rev().find_map(|item| match &item.body {
+        ItemBody::UserMessage(message) => Some(message),
+        _ => None,
+    })
+}
+
+#[async_trait]
+impl Responder for OpenAiResponder {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream {
+        let inner = self.inner.clone();
+        Box::pin(async_stream::try_stream! {
+            let settings = &inner.settings;
+            let items = inner.history(&turn).await?;
+            let options = options_message(&items, &input).map(|m| m.inference_options.clone()).unwrap_or_default();
+            let model = match options.model.as_deref().filter(|m| !m.is_empty()) {
+                None => settings.default_model.clone(),
+                Some(model) if settings.allowed_models.iter().any(|allowed| allowed == model) => model.to_string(),
+                Some(model) => Err(ResponderError::Custom {
+                    message: format!(
+                        "The model `{model}` is not available here. Choose one of: {}.",
+                        settings.allowed_models.join(", ")
+                    ),
+                    allow_retry: false,
+                })?,
+            };
+            let tool_choice = match options.tool_choice.as_ref().map(|choice| choice.id.as_str()) {
+                None => None,
+                Some(name) if settings.tool(name).is_some() => Some(name.to_string()),
+                Some(name) => {
+                    let declared: Vec<&str> = settings.client_tools.iter().map(|t| t.name.as_str()).collect();
+                    Err(ResponderError::Custom {
+                        message: if declared.is_empty() {
+                            format!("The tool `{name}` is not available here: no tools are configured.")
+                        } else {
+                            format!("The tool `{name}` is not available here. Choose one of: {}.", declared.join(", "))
+                        },
+                        allow_retry: false,
+                    })?
+                }
+            };
+            let mut messages = vec![json!({"role": "system", "content": inner.system_prompt(turn.locale.as_deref())})];
+            messages.extend(input::to_messages(&items));
+            let request = inner.request(&model, messages, tool_choice.as_deref());
+            let (mut upstream, first) = inner.open(&request).await.map_err(|f| f.into_error(&model))?;
+            let mut translator = Translator::new(turn.thread.id(), settings.clone());
+            let mut next = first;
+            while let Some(chunk) = next.take() {
+                for event in translator.chunk(chunk)? {
+                    yield event;
+                }
+                // From here on nothing is retried: the user has seen output.
+                next = match tokio::time::timeout(settings.timeout, upstream.next()).await {
+                    Err(_) => Err(Failure::Timeout.into_error(&model))?,
+                    Ok(None) => None,
+                    Ok(Some(Ok(chunk))) => Some(chunk),
+                    Ok(Some(Err(error))) => {
+                        let failure = match Failure::from_openai(error) {
+                            Failure::Connect(detail) => Failure::Broken(detail),
+                            other => other,
+                        };
+                        Err(failure.into_error(&model))?
+                    }
+                };
+            }
+            // The stream is done; dropping it closes the upstream connection.
+            drop(upstream);
+            let finished = translator.finish(&model)?;
+            for event in finished.events {
+                yield event;
+            }
+            if settings.titles && turn.thread.title().is_none() {
+                let first_message = items.iter().find_map(|item| match &item.body {
+                    ItemBody::UserMessage(message) => Some(message.plain_text()),
+                    _ => None,
+                });
+                if let Some(first_message) = first_message {
+                    if let Some(title) = inner.title(&first_message, &finished.text).await {
+                        // The engine saves it and announces `thread.updated`.
+                        turn.thread.set_title(title);
+                    }
+                }
+            }
+        })
+    }
+
+    async fn transcribe(&self, _user: &UserId, audio: AudioInput) -> Result<TranscriptionResult, ResponderError> {
+        let media_type = audio.media_type().to_ascii_lowercase();
+        let extension = match media_type.as_str() {
+            "audio/webm" => "webm",
+            "audio/ogg" => "ogg",
+            "audio/mp4" => "mp4",
+            other => {
+                return Err(ResponderError::BadRequest(format!(
+                    "input.transcribe accepts {}; got `{other}`",
+                    DICTATION_TYPES.join(", ")
+                )))
+            }
+        };
+        let request = CreateTranscriptionRequestArgs::default()
+            .file(UpstreamAudio::from_bytes(format!("dictation.{extension}"), audio.data.clone()))
+            .model(self.inner.settings.transcribe_model.clone())
+            .build()
+            .map_err(|e| ResponderError::Internal(format!("cannot build the transcription request: {e}")))?;
+        let audio_api = self.inner.client.audio();
+        let transcriptions = audio_api.transcription();
+        let model = &self.inner.settings.transcribe_model;
+        match tokio::time::timeout(self.inner.settings.timeout, transcriptions.create(request)).await {
+            Err(_) => Err(Failure::Timeout.into_error(model)),
+            Ok(Err(error)) => Err(Failure::from_openai(error).into_error(model)),
+            Ok(Ok(response)) => Ok(TranscriptionResult { text: response.text }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_lose_quotes_punctuation_and_extra_lines() {
+        assert_eq!(clean_title("\"Planning a Trip to Paris.\"\n\nMore"), "Planning a Trip to Paris");
+        assert_eq!(clean_title("  **Rust Borrow Checker Basics**  "), "Rust Borrow Checker Basics");
+        assert_eq!(clean_title("\n\n"), "");
+    }
+}
