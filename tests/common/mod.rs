@@ -275,6 +275,7 @@ where
 // ---------------------------------------------------------------------------
 // Helpers for the per-op, bad-input and responder tests.
 
+pub mod fake_openai;
 pub mod gated;
 pub mod postgres;
 pub mod redis;

@@ -352,10 +352,15 @@ impl Responder for OpenAiResponder {
         let audio_api = self.inner.client.audio();
         let transcriptions = audio_api.transcription();
         let model = &self.inner.settings.transcribe_model;
-        match tokio::time::timeout(self.inner.settings.timeout, transcriptions.create(request)).await {
+        // Read loosely: some compatible servers answer only `{"text"}`.
+        let call = transcriptions.create_byot::<_, Value>(request);
+        match tokio::time::timeout(self.inner.settings.timeout, call).await {
             Err(_) => Err(Failure::Timeout.into_error(model)),
             Ok(Err(error)) => Err(Failure::from_openai(error).into_error(model)),
-            Ok(Ok(response)) => Ok(TranscriptionResult { text: response.text }),
+            Ok(Ok(response)) => match response["text"].as_str() {
+                Some(text) => Ok(TranscriptionResult { text: text.to_string() }),
+                None => Err(Failure::Broken("the transcription answer has no `text`".into()).into_error(model)),
+            },
         }
     }
 }
