@@ -60,7 +60,7 @@ fn main() {
         let (direct_thread, actor_thread) = (turn.thread_id(), {
             let events = threads.turn(user.clone(), request(
                 r#"{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"hi"}]}}}"#.into(),
-            ), None).await.expect("create");
+            ), Default::default()).await.expect("create");
             let mut events = events;
             let Some(ThreadStreamEvent::ThreadCreated { thread }) = events.recv().await else { panic!("no thread") };
             drain(events).await;
@@ -82,7 +82,7 @@ fn main() {
             direct.push(started.elapsed());
 
             let started = Instant::now();
-            let events = threads.turn(user.clone(), message(&actor_thread, "ping"), None).await.expect("turn");
+            let events = threads.turn(user.clone(), message(&actor_thread, "ping"), Default::default()).await.expect("turn");
             assert!(drain(events).await > 5, "turn {i} streamed");
             actor.push(started.elapsed());
         }

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpServer};
 
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::engine::{AttachmentFiles, Engine, EngineSettings};
 use crate::fanout::{self, FanoutError};
 use crate::http::{self, AdminAccess, ApiError};
 use crate::responder::{EchoResponder, OpenAiResponder, Responder};
+use crate::sessions::Sessions;
 use crate::store::{self, Store, StoreError};
 use crate::thread::Threads;
 
@@ -89,6 +90,13 @@ impl App {
             AdminAccess::Disabled
         };
         let closing = tokio::sync::watch::channel(false).0;
+        let auth = config.auth.unwrap_or(if addr.ip().is_loopback() { AuthMode::Header } else { AuthMode::Session });
+        if auth == AuthMode::Header && !addr.ip().is_loopback() {
+            tracing::warn!(
+                "CHATKIT_AUTH=header on a non-loopback bind: deploy only behind a proxy that sets the user header"
+            );
+        }
+        let sessions = Arc::new(Sessions::new(engine.store().clone(), engine.fanout().clone()));
         let state = web::Data::new(http::State {
             engine: engine.clone(),
             threads: threads.clone(),
@@ -98,6 +106,8 @@ impl App {
             max_upload_bytes: usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX),
             heartbeat: config.heartbeat(),
             closing: closing.subscribe(),
+            auth,
+            sessions,
         });
         let mut server =
             HttpServer::new(move || {

@@ -35,6 +35,14 @@ pub struct Config {
     #[arg(long, env = "CHATKIT_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
+    /// How `/chatkit` and the viewer streams learn the user: `session`
+    /// (`Authorization: Bearer <client_secret>` of a session made through
+    /// `POST /v1/chatkit/sessions`) or `header` (trust `CHATKIT_USER_HEADER`,
+    /// set by an authenticating proxy). Default: `header` on a loopback bind,
+    /// else `session`.
+    #[arg(long, env = "CHATKIT_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
     /// Request header that names the user. Until client-secret sessions exist,
     /// deploy behind a proxy that sets it; requests without it get 401.
     #[arg(long, env = "CHATKIT_USER_HEADER", default_value = "x-user-id")]
@@ -173,6 +181,7 @@ impl Config {
         Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: "memory://".into(),
+            auth: None,
             data_dir,
             user_header: "x-user-id".into(),
             max_body_bytes: 8 * 1024 * 1024,
@@ -273,6 +282,15 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+}
+
+/// How requests are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Trust the user header (behind an authenticating proxy).
+    Header,
+    /// Client secrets of sessions.
+    Session,
 }
 
 /// A secret value: compared, never printed. `Debug` and `Display` show `***`.

@@ -12,6 +12,7 @@ pub enum IdKind {
     Workflow,
     Attachment,
     SdkHiddenContext,
+    Session,
 }
 
 impl IdKind {
@@ -24,6 +25,7 @@ impl IdKind {
             IdKind::Workflow => "wf",
             IdKind::Attachment => "atc",
             IdKind::SdkHiddenContext => "shcx",
+            IdKind::Session => "cksess",
         }
     }
 }

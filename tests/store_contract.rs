@@ -5,7 +5,7 @@
 //! an in-memory SQLite database and a PostgreSQL database (fresh per test, on the
 //! server `TEST_DATABASE_URL` names), so the backends cannot drift apart. Tests
 //! after the macro cover what only concerns opening: URLs, re-opening a file and
-//! schema versions.
+//! schema versions and migrations.
 
 mod common;
 
@@ -15,13 +15,14 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use chatkit_gateway::ids::{new_id, IdKind};
+use chatkit_gateway::ids::{new_id, new_secret, IdKind};
 use chatkit_gateway::protocol::{
     AssistantMessageContent, Attachment, AttachmentKind, ItemBody, Order, Page, ThreadItem, ThreadMetadata,
     ThreadStatus, Timestamp, UserMessage, UserMessageContent, DEFAULT_PAGE_SIZE,
 };
 use chatkit_gateway::store::{
-    self, Entity, MemoryStore, PageQuery, PostgresStore, SqliteStore, Store, StoreError, UserId,
+    self, Entity, ListQuery, Listing, MemoryStore, PageQuery, PostgresStore, SessionRecord, SqliteStore, Store,
+    StoreError, UserId,
 };
 use common::postgres::{admin_connection, TestDatabase};
 use sqlx::Connection;
@@ -164,6 +165,162 @@ where
         query = PageQuery { after: page.after, limit, order };
         assert!(sizes.len() < 1000, "paging does not end");
     }
+}
+
+fn hidden_context(thread_id: &str, note: &str) -> ThreadItem {
+    ThreadItem::new(
+        new_id(IdKind::Message),
+        thread_id.to_owned(),
+        ItemBody::HiddenContext { content: json!({ "note": note }) },
+    )
+}
+
+fn sdk_hidden_context(thread_id: &str, note: &str) -> ThreadItem {
+    ThreadItem::new(
+        new_id(IdKind::SdkHiddenContext),
+        thread_id.to_owned(),
+        ItemBody::SdkHiddenContext { content: note.to_owned() },
+    )
+}
+
+/// A session of `user` with settings that exercise JSON: nesting, every kind of
+/// number, escapes, a NUL and text beyond ASCII.
+fn new_session(user: &str) -> SessionRecord {
+    SessionRecord {
+        id: format!("cksess_{}", new_secret()),
+        // The shape of a hex SHA-256; the store never looks inside.
+        secret_hash: format!("{}{}", new_secret(), new_secret()),
+        user: user.to_owned(),
+        created_at: 1_760_000_000,
+        expires_at: 1_760_000_600,
+        cancelled: false,
+        settings: json!({
+            "workflow": {
+                "id": "wf_68df4b13",
+                "version": "3",
+                "state_variables": { "plan": "pro", "seats": 12, "ratio": 0.1, "tags": ["a", "b\"c", "\u{0}nul"] },
+                "tracing": { "enabled": true }
+            },
+            "chatkit_configuration": {
+                "automatic_thread_titling": { "enabled": false },
+                "file_upload": { "enabled": true, "max_file_size": 512, "max_files": 10 },
+                "history": { "enabled": true, "recent_threads": null }
+            },
+            "rate_limits": { "max_requests_per_1_minute": 10 },
+            "big": 9_007_199_254_740_993_u64,
+            "negative": -42,
+            "exponent": 1.5e300,
+            "text": "ünïcødé 🚀 \n\t",
+            "empty": {},
+            "none": []
+        }),
+    }
+}
+
+fn list_after(id: &str, limit: usize, order: Order) -> ListQuery {
+    ListQuery { after: Some(id.to_owned()), before: None, limit, order }
+}
+
+fn list_before(id: &str, limit: usize, order: Order) -> ListQuery {
+    ListQuery { after: None, before: Some(id.to_owned()), limit, order }
+}
+
+fn list_between(after: &str, before: &str, limit: usize, order: Order) -> ListQuery {
+    ListQuery { after: Some(after.to_owned()), before: Some(before.to_owned()), limit, order }
+}
+
+fn listed_threads(listing: &Listing<(UserId, ThreadMetadata)>) -> Vec<String> {
+    listing.data.iter().map(|(_, thread)| thread.id.clone()).collect()
+}
+
+fn listed_items(listing: &Listing<ThreadItem>) -> Vec<String> {
+    listing.data.iter().map(|item| item.id.clone()).collect()
+}
+
+fn reversed(ids: &[String]) -> Vec<String> {
+    ids.iter().rev().cloned().collect()
+}
+
+/// Walks a whole admin listing forward with `after`, from its start, and returns
+/// the ids in the order seen and the size of each page. Every page but the last
+/// must say that more follow, which the sizes show: a wrong `has_more` adds an
+/// empty page or ends the walk early.
+async fn walk_after<T, F, Fut>(
+    limit: usize,
+    order: Order,
+    mut load: F,
+    id_of: fn(&T) -> String,
+) -> (Vec<String>, Vec<usize>)
+where
+    F: FnMut(ListQuery) -> Fut,
+    Fut: std::future::Future<Output = Result<Listing<T>, StoreError>>,
+{
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    let mut query = ListQuery::first(limit, order);
+    loop {
+        let page = load(query.clone()).await.unwrap();
+        sizes.push(page.data.len());
+        ids.extend(page.data.iter().map(id_of));
+        if !page.has_more {
+            return (ids, sizes);
+        }
+        let last = page.data.last().map(id_of).expect("a page with more after it holds records");
+        query = ListQuery { after: Some(last), ..query };
+        assert!(sizes.len() < 1000, "paging does not end");
+    }
+}
+
+/// Walks an admin listing backward with `before`, from the record `end` toward
+/// the start, and returns the ids before `end` in listing order and the size of
+/// each page, nearest `end` first.
+async fn walk_before<T, F, Fut>(
+    limit: usize,
+    order: Order,
+    end: &str,
+    mut load: F,
+    id_of: fn(&T) -> String,
+) -> (Vec<String>, Vec<usize>)
+where
+    F: FnMut(ListQuery) -> Fut,
+    Fut: std::future::Future<Output = Result<Listing<T>, StoreError>>,
+{
+    let mut pages = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursor = end.to_owned();
+    loop {
+        let page = load(list_before(&cursor, limit, order)).await.unwrap();
+        let ids: Vec<String> = page.data.iter().map(id_of).collect();
+        sizes.push(ids.len());
+        let first = ids.first().cloned();
+        pages.push(ids);
+        if !page.has_more {
+            pages.reverse();
+            return (pages.concat(), sizes);
+        }
+        cursor = first.expect("a page with more before it holds records");
+        assert!(sizes.len() < 1000, "paging does not end");
+    }
+}
+
+/// Creates `count` threads, owned by Alice and Bob in turn, all with one
+/// timestamp and with ids that sort against creation order, so that neither can
+/// stand in for it. Returns the owners and ids in creation order.
+async fn seed_interleaved_threads(store: &Arc<dyn Store>, count: usize) -> Vec<(UserId, String)> {
+    let stamp = Timestamp::now();
+    let mut created = Vec::new();
+    for n in 0..count {
+        let owner = if n % 2 == 0 { alice() } else { bob() };
+        let mut thread = ThreadMetadata::new(format!("thr_{:03}", 999 - n));
+        thread.created_at = stamp;
+        store.create_thread(&owner, &thread).await.unwrap();
+        created.push((owner, thread.id));
+    }
+    created
+}
+
+fn owned_by(created: &[(UserId, String)], user: &UserId) -> Vec<String> {
+    created.iter().filter(|(owner, _)| owner == user).map(|(_, id)| id.clone()).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -625,6 +782,457 @@ async fn attachments_upsert_load_and_delete(store: Arc<dyn Store>) {
     assert_eq!(store.load_attachment(&bob(), &attachment.id).await.unwrap(), attachment);
 }
 
+async fn sessions_round_trip_and_find_by_secret(store: Arc<dyn Store>) {
+    let session = new_session("alice");
+    store.create_session(&session).await.unwrap();
+    let loaded = store.load_session(&session.id).await.unwrap();
+    assert_eq!(loaded, session);
+    // The settings come back as the very same JSON, not merely an equal-looking one.
+    assert_eq!(serde_json::to_string(&loaded.settings).unwrap(), serde_json::to_string(&session.settings).unwrap());
+    assert_eq!(loaded.settings["big"].as_u64(), Some(9_007_199_254_740_993));
+    assert_eq!(store.find_session(&session.secret_hash).await.unwrap(), session);
+
+    // Sessions stand apart, even for one user, and settings may be any JSON value.
+    let mut other = new_session("alice");
+    other.settings = Value::Null;
+    other.created_at = 0;
+    other.expires_at = i64::MAX;
+    store.create_session(&other).await.unwrap();
+    let mut third = new_session("bob");
+    third.settings = json!("just a string");
+    store.create_session(&third).await.unwrap();
+    for expected in [&session, &other, &third] {
+        assert_eq!(&store.load_session(&expected.id).await.unwrap(), expected);
+        assert_eq!(&store.find_session(&expected.secret_hash).await.unwrap(), expected);
+    }
+}
+
+async fn sessions_reject_duplicate_ids_and_secrets(store: Arc<dyn Store>) {
+    let session = new_session("alice");
+    store.create_session(&session).await.unwrap();
+
+    let mut same_id = new_session("bob");
+    same_id.id = session.id.clone();
+    match store.create_session(&same_id).await {
+        Err(StoreError::Duplicate { entity: Entity::Session, id }) => assert_eq!(id, session.id),
+        other => panic!("expected a duplicate session, got {other:?}"),
+    }
+
+    let mut same_secret = new_session("bob");
+    same_secret.secret_hash = session.secret_hash.clone();
+    match store.create_session(&same_secret).await {
+        Err(err @ StoreError::Duplicate { entity: Entity::Session, .. }) => {
+            assert!(!err.to_string().contains(&session.secret_hash), "the hash leaks: {err}");
+            assert!(!format!("{err:?}").contains(&session.secret_hash), "the hash leaks: {err:?}");
+        }
+        other => panic!("expected a duplicate session, got {other:?}"),
+    }
+
+    // The rejected sessions left nothing behind, and the original is untouched.
+    assert_not_found(store.load_session(&same_secret.id).await, Entity::Session);
+    assert_not_found(store.find_session(&same_id.secret_hash).await, Entity::Session);
+    assert_eq!(store.load_session(&session.id).await.unwrap(), session);
+    assert_eq!(store.find_session(&session.secret_hash).await.unwrap(), session);
+}
+
+async fn missing_sessions_are_not_found(store: Arc<dyn Store>) {
+    let known = new_session("alice");
+    store.create_session(&known).await.unwrap();
+    let missing = new_session("alice");
+
+    match store.load_session(&missing.id).await {
+        Err(StoreError::NotFound { entity: Entity::Session, id }) => assert_eq!(id, missing.id),
+        other => panic!("expected session not found, got {other:?}"),
+    }
+    match store.find_session(&missing.secret_hash).await {
+        Err(err @ StoreError::NotFound { entity: Entity::Session, .. }) => {
+            assert!(!err.to_string().contains(&missing.secret_hash), "the hash leaks: {err}");
+            assert!(!format!("{err:?}").contains(&missing.secret_hash), "the hash leaks: {err:?}");
+            assert!(err.to_string().contains("session"), "{err}");
+        }
+        other => panic!("expected session not found, got {other:?}"),
+    }
+    // A session id is not a secret hash, nor the other way round.
+    assert_not_found(store.find_session(&known.id).await, Entity::Session);
+    assert_not_found(store.load_session(&known.secret_hash).await, Entity::Session);
+    assert_not_found(store.cancel_session(&missing.id).await, Entity::Session);
+    assert_not_found(store.cancel_session(&known.secret_hash).await, Entity::Session);
+    // Cancelling a missing session did not create it.
+    assert_not_found(store.load_session(&missing.id).await, Entity::Session);
+}
+
+async fn cancelling_a_session_is_idempotent_and_persists(store: Arc<dyn Store>) {
+    let session = new_session("alice");
+    let bystander = new_session("alice");
+    store.create_session(&session).await.unwrap();
+    store.create_session(&bystander).await.unwrap();
+
+    let mut cancelled = session.clone();
+    cancelled.cancelled = true;
+    assert_eq!(store.cancel_session(&session.id).await.unwrap(), cancelled);
+    assert_eq!(store.load_session(&session.id).await.unwrap(), cancelled);
+    assert_eq!(store.find_session(&session.secret_hash).await.unwrap(), cancelled);
+
+    // Again: the same answer, and nothing else changes.
+    assert_eq!(store.cancel_session(&session.id).await.unwrap(), cancelled);
+    assert_eq!(store.load_session(&session.id).await.unwrap(), cancelled);
+    assert_eq!(store.load_session(&bystander.id).await.unwrap(), bystander);
+}
+
+async fn admin_threads_page_after_in_both_orders(store: Arc<dyn Store>) {
+    let created = seed_interleaved_threads(&store, 13).await;
+    let all: Vec<String> = created.iter().map(|(_, id)| id.clone()).collect();
+
+    // One page of everything: every thread with its owner and its record.
+    let listing = store.list_threads(None, &ListQuery::first(100, Order::Asc)).await.unwrap();
+    assert!(!listing.has_more);
+    let owners: Vec<(UserId, String)> =
+        listing.data.iter().map(|(owner, thread)| (owner.clone(), thread.id.clone())).collect();
+    assert_eq!(owners, created);
+    for (owner, thread) in &listing.data {
+        assert_eq!(&store.load_thread(owner, &thread.id).await.unwrap(), thread);
+    }
+
+    let id_of = |(_, thread): &(UserId, ThreadMetadata)| thread.id.clone();
+    for user in [None, Some(alice()), Some(bob())] {
+        let expected = match &user {
+            None => all.clone(),
+            Some(user) => owned_by(&created, user),
+        };
+        let load = |query: ListQuery| {
+            let (store, user) = (store.clone(), user.clone());
+            async move { store.list_threads(user.as_ref(), &query).await }
+        };
+        let (asc, sizes) = walk_after(3, Order::Asc, load, id_of).await;
+        assert_eq!(asc, expected, "{user:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), expected.len());
+        assert!(sizes[..sizes.len() - 1].iter().all(|size| *size == 3), "{sizes:?}");
+        let (desc, desc_sizes) = walk_after(3, Order::Desc, load, id_of).await;
+        assert_eq!(desc, reversed(&expected), "{user:?}");
+        assert_eq!(desc_sizes, sizes);
+    }
+    let load = |query: ListQuery| {
+        let store = store.clone();
+        async move { store.list_threads(None, &query).await }
+    };
+    assert_eq!(walk_after(4, Order::Asc, load, id_of).await.1, vec![4, 4, 4, 1]);
+    // A page that ends exactly at the end of the listing says so.
+    assert_eq!(walk_after(13, Order::Desc, load, id_of).await.1, vec![13]);
+    assert_eq!(walk_after(1, Order::Asc, load, id_of).await.1, vec![1; 13]);
+
+    // Every owner comes back with each thread, whichever way the pages go.
+    let mut seen = Vec::new();
+    let mut query = ListQuery::first(5, Order::Desc);
+    loop {
+        let page = store.list_threads(None, &query).await.unwrap();
+        seen.extend(page.data.iter().map(|(owner, thread)| (owner.clone(), thread.id.clone())));
+        if !page.has_more {
+            break;
+        }
+        query.after = page.data.last().map(|(_, thread)| thread.id.clone());
+    }
+    seen.reverse();
+    assert_eq!(seen, created);
+}
+
+async fn admin_threads_page_before_in_both_orders(store: Arc<dyn Store>) {
+    let created = seed_interleaved_threads(&store, 13).await;
+    let all: Vec<String> = created.iter().map(|(_, id)| id.clone()).collect();
+    let id_of = |(_, thread): &(UserId, ThreadMetadata)| thread.id.clone();
+    for user in [None, Some(alice()), Some(bob())] {
+        let expected = match &user {
+            None => all.clone(),
+            Some(user) => owned_by(&created, user),
+        };
+        let load = |query: ListQuery| {
+            let (store, user) = (store.clone(), user.clone());
+            async move { store.list_threads(user.as_ref(), &query).await }
+        };
+        for limit in [1, 2, 5, 100] {
+            // Ascending, the end is the newest thread: the walk sees every other one.
+            let (end, rest) = expected.split_last().unwrap();
+            let (asc, sizes) = walk_before(limit, Order::Asc, end, load, id_of).await;
+            assert_eq!(&asc, rest, "{user:?}, limit {limit}");
+            assert_eq!(sizes.iter().sum::<usize>(), rest.len());
+            assert!(sizes[..sizes.len() - 1].iter().all(|size| *size == limit), "{sizes:?}");
+            // Newest first, the end is the oldest thread.
+            let newest_first = reversed(&expected);
+            let (end, rest) = newest_first.split_last().unwrap();
+            let (desc, desc_sizes) = walk_before(limit, Order::Desc, end, load, id_of).await;
+            assert_eq!(&desc, rest, "{user:?}, limit {limit}");
+            assert_eq!(desc_sizes, sizes);
+        }
+    }
+
+    // A `before` page holds the records nearest its cursor, in listing order.
+    let page = store.list_threads(None, &list_before(&all[6], 2, Order::Asc)).await.unwrap();
+    assert_eq!((listed_threads(&page), page.has_more), (vec![all[4].clone(), all[5].clone()], true));
+    let page = store.list_threads(None, &list_before(&all[6], 2, Order::Desc)).await.unwrap();
+    assert_eq!((listed_threads(&page), page.has_more), (vec![all[8].clone(), all[7].clone()], true));
+    // Exactly the rest: no more before it.
+    let page = store.list_threads(None, &list_before(&all[2], 2, Order::Asc)).await.unwrap();
+    assert_eq!((listed_threads(&page), page.has_more), (vec![all[0].clone(), all[1].clone()], false));
+    // Nothing comes before the first record of the listing.
+    let page = store.list_threads(None, &list_before(&all[0], 5, Order::Asc)).await.unwrap();
+    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    let page = store.list_threads(None, &list_before(&all[12], 5, Order::Desc)).await.unwrap();
+    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    // Nor after the last.
+    let page = store.list_threads(None, &list_after(&all[12], 5, Order::Asc)).await.unwrap();
+    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    let page = store.list_threads(None, &list_after(&all[0], 5, Order::Desc)).await.unwrap();
+    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+}
+
+async fn admin_threads_between_two_cursors(store: Arc<dyn Store>) {
+    let created = seed_interleaved_threads(&store, 10).await;
+    let all: Vec<String> = created.iter().map(|(_, id)| id.clone()).collect();
+    let between = |after: usize, before: usize, limit: usize, order: Order| {
+        let store = store.clone();
+        let query = list_between(&all[after], &all[before], limit, order);
+        async move {
+            let page = store.list_threads(None, &query).await.unwrap();
+            (listed_threads(&page), page.has_more)
+        }
+    };
+    let ids = |range: std::ops::Range<usize>| all[range].to_vec();
+
+    // Strictly between, in listing order; `has_more` looks ahead toward `before`.
+    assert_eq!(between(1, 6, 10, Order::Asc).await, (ids(2..6), false));
+    assert_eq!(between(1, 6, 2, Order::Asc).await, (ids(2..4), true));
+    assert_eq!(between(1, 6, 4, Order::Asc).await, (ids(2..6), false));
+    assert_eq!(between(3, 6, 2, Order::Asc).await, (ids(4..6), false));
+    assert_eq!(between(6, 1, 10, Order::Desc).await, (reversed(&ids(2..6)), false));
+    assert_eq!(between(6, 1, 3, Order::Desc).await, (reversed(&ids(3..6)), true));
+    // Nothing between one record and itself, neighbours, or cursors the wrong way round.
+    for (after, before, order) in [
+        (4, 4, Order::Asc),
+        (4, 4, Order::Desc),
+        (4, 5, Order::Asc),
+        (5, 4, Order::Desc),
+        (7, 2, Order::Asc),
+        (2, 7, Order::Desc),
+    ] {
+        assert_eq!(between(after, before, 3, order).await, (Vec::new(), false), "{after} {before} {order:?}");
+    }
+
+    // With a user, only that user's threads lie between.
+    let alices = owned_by(&created, &alice());
+    let query = list_between(&alices[0], &alices[4], 10, Order::Asc);
+    let page = store.list_threads(Some(&alice()), &query).await.unwrap();
+    assert_eq!((listed_threads(&page), page.has_more), (alices[1..4].to_vec(), false));
+    let query = list_between(&alices[4], &alices[0], 2, Order::Desc);
+    let page = store.list_threads(Some(&alice()), &query).await.unwrap();
+    assert_eq!((listed_threads(&page), page.has_more), (vec![alices[3].clone(), alices[2].clone()], true));
+}
+
+async fn admin_threads_reject_unknown_cursors(store: Arc<dyn Store>) {
+    let created = seed_interleaved_threads(&store, 4).await;
+    let alices = owned_by(&created, &alice());
+    let bobs = owned_by(&created, &bob());
+    let item = user_message(&alices[0], "an item id is no thread cursor");
+    store.add_item(&alice(), &item).await.unwrap();
+    let nobody = UserId("nobody".to_owned());
+
+    for order in [Order::Asc, Order::Desc] {
+        for user in [None, Some(alice()), Some(nobody.clone())] {
+            let user = user.as_ref();
+            for cursor in ["thr_nope", item.id.as_str()] {
+                assert_unknown_cursor(store.list_threads(user, &list_after(cursor, 5, order)).await, cursor);
+                assert_unknown_cursor(store.list_threads(user, &list_before(cursor, 5, order)).await, cursor);
+            }
+        }
+        // Another user's thread is no record of a user's listing, on either side.
+        let alice_only = Some(&alice());
+        assert_unknown_cursor(store.list_threads(alice_only, &list_after(&bobs[0], 5, order)).await, &bobs[0]);
+        assert_unknown_cursor(store.list_threads(alice_only, &list_before(&bobs[1], 5, order)).await, &bobs[1]);
+        assert_unknown_cursor(
+            store.list_threads(alice_only, &list_between(&alices[0], &bobs[1], 5, order)).await,
+            &bobs[1],
+        );
+        assert_unknown_cursor(
+            store.list_threads(alice_only, &list_between(&bobs[0], &alices[1], 5, order)).await,
+            &bobs[0],
+        );
+        // A user with no threads at all rejects even a real thread as a cursor.
+        assert_unknown_cursor(store.list_threads(Some(&nobody), &list_after(&alices[0], 5, order)).await, &alices[0]);
+        // Without a user, every user's thread is a cursor.
+        store.list_threads(None, &list_after(&bobs[0], 5, order)).await.unwrap();
+        store.list_threads(None, &list_between(&bobs[0], &alices[1], 5, order)).await.unwrap();
+    }
+
+    // A deleted thread is no longer a cursor, and no longer listed.
+    store.delete_thread(&bob(), &bobs[0]).await.unwrap();
+    assert_unknown_cursor(store.list_threads(None, &list_after(&bobs[0], 5, Order::Asc)).await, &bobs[0]);
+    assert_unknown_cursor(store.list_threads(None, &list_before(&bobs[0], 5, Order::Desc)).await, &bobs[0]);
+    let listing = store.list_threads(None, &ListQuery::first(10, Order::Asc)).await.unwrap();
+    assert_eq!(listed_threads(&listing), vec![alices[0].clone(), alices[1].clone(), bobs[1].clone()]);
+}
+
+async fn admin_threads_limits_and_empty_listings(store: Arc<dyn Store>) {
+    // An empty store lists nothing, for everyone and for anyone, both ways.
+    for order in [Order::Asc, Order::Desc] {
+        let empty = Listing { data: Vec::new(), has_more: false };
+        assert_eq!(store.list_threads(None, &ListQuery::first(10, order)).await.unwrap(), empty);
+        assert_eq!(store.list_threads(Some(&alice()), &ListQuery::first(10, order)).await.unwrap(), empty);
+        assert_unknown_cursor(store.list_threads(None, &list_before("thr_nope", 10, order)).await, "thr_nope");
+    }
+
+    let created = seed_interleaved_threads(&store, 3).await;
+    let all: Vec<String> = created.iter().map(|(_, id)| id.clone()).collect();
+    for (limit, expected, has_more) in [(50, all.clone(), false), (3, all.clone(), false), (2, all[..2].to_vec(), true)]
+    {
+        let listing = store.list_threads(None, &ListQuery::first(limit, Order::Asc)).await.unwrap();
+        assert_eq!((listed_threads(&listing), listing.has_more), (expected, has_more), "limit {limit}");
+    }
+    let listing = store.list_threads(None, &list_before(&all[2], 50, Order::Asc)).await.unwrap();
+    assert_eq!((listed_threads(&listing), listing.has_more), (all[..2].to_vec(), false));
+    // A zero limit means the default page size, which holds these three.
+    let listing = store.list_threads(None, &ListQuery::first(0, Order::Desc)).await.unwrap();
+    assert_eq!((listed_threads(&listing), listing.has_more), (reversed(&all), false));
+    // A user without threads has an empty listing while others have threads.
+    let listing = store.list_threads(Some(&UserId("nobody".to_owned())), &ListQuery::first(5, Order::Asc)).await;
+    assert_eq!(listing.unwrap(), Listing { data: Vec::new(), has_more: false });
+}
+
+/// A thread of Alice's with items of every visibility, and items of another
+/// thread interleaved in time. Returns the thread id and its items in order.
+async fn seed_items(store: &Arc<dyn Store>, count: usize) -> (String, Vec<ThreadItem>) {
+    let user = alice();
+    let thread = new_thread();
+    let neighbour = new_thread();
+    store.create_thread(&user, &thread).await.unwrap();
+    store.create_thread(&user, &neighbour).await.unwrap();
+    let mut added = Vec::new();
+    for n in 0..count {
+        let item = match n % 4 {
+            0 => user_message(&thread.id, &format!("question {n}")),
+            1 => hidden_context(&thread.id, &format!("context {n}")),
+            2 => assistant_message(&thread.id, &format!("answer {n}")),
+            _ => sdk_hidden_context(&thread.id, &format!("sdk context {n}")),
+        };
+        store.add_item(&user, &item).await.unwrap();
+        store.add_item(&user, &user_message(&neighbour.id, "noise")).await.unwrap();
+        added.push(item);
+    }
+    (thread.id, added)
+}
+
+async fn admin_items_page_both_ways(store: Arc<dyn Store>) {
+    let user = alice();
+    let (thread_id, added) = seed_items(&store, 11).await;
+    let all: Vec<String> = added.iter().map(|item| item.id.clone()).collect();
+
+    // Hidden items are listed with the rest, whole.
+    let listing = store.list_items(&user, &thread_id, &ListQuery::first(100, Order::Asc)).await.unwrap();
+    assert_eq!(listing, Listing { data: added.clone(), has_more: false });
+    assert_eq!(listing.data.iter().filter(|item| item.is_hidden()).count(), 5);
+
+    let load = |query: ListQuery| {
+        let (store, user, thread_id) = (store.clone(), user.clone(), thread_id.clone());
+        async move { store.list_items(&user, &thread_id, &query).await }
+    };
+    let id_of = |item: &ThreadItem| item.id.clone();
+    for limit in [1, 3, 4, 11, 100] {
+        let (asc, sizes) = walk_after(limit, Order::Asc, load, id_of).await;
+        assert_eq!(asc, all, "limit {limit}");
+        assert_eq!(sizes.iter().sum::<usize>(), all.len());
+        assert!(sizes[..sizes.len() - 1].iter().all(|size| *size == limit), "{sizes:?}");
+        let (desc, desc_sizes) = walk_after(limit, Order::Desc, load, id_of).await;
+        assert_eq!(desc, reversed(&all), "limit {limit}");
+        assert_eq!(desc_sizes, sizes);
+
+        let (end, rest) = all.split_last().unwrap();
+        let (asc, sizes) = walk_before(limit, Order::Asc, end, load, id_of).await;
+        assert_eq!(&asc, rest, "limit {limit}");
+        assert!(sizes[..sizes.len() - 1].iter().all(|size| *size == limit), "{sizes:?}");
+        let newest_first = reversed(&all);
+        let (end, rest) = newest_first.split_last().unwrap();
+        let (desc, desc_sizes) = walk_before(limit, Order::Desc, end, load, id_of).await;
+        assert_eq!(&desc, rest, "limit {limit}");
+        assert_eq!(desc_sizes, sizes);
+    }
+    assert_eq!(walk_after(4, Order::Asc, load, id_of).await.1, vec![4, 4, 3]);
+    assert_eq!(walk_before(4, Order::Desc, &all[0], load, id_of).await.1, vec![4, 4, 2]);
+
+    // Between two items, strictly, in either order.
+    let page = store.list_items(&user, &thread_id, &list_between(&all[2], &all[8], 10, Order::Asc)).await.unwrap();
+    assert_eq!((listed_items(&page), page.has_more), (all[3..8].to_vec(), false));
+    let page = store.list_items(&user, &thread_id, &list_between(&all[2], &all[8], 3, Order::Asc)).await.unwrap();
+    assert_eq!((listed_items(&page), page.has_more), (all[3..6].to_vec(), true));
+    let page = store.list_items(&user, &thread_id, &list_between(&all[8], &all[2], 3, Order::Desc)).await.unwrap();
+    assert_eq!((listed_items(&page), page.has_more), (reversed(&all[5..8]), true));
+    let page = store.list_items(&user, &thread_id, &list_between(&all[8], &all[2], 9, Order::Desc)).await.unwrap();
+    assert_eq!((listed_items(&page), page.has_more), (reversed(&all[3..8]), false));
+    let page = store.list_items(&user, &thread_id, &list_between(&all[5], &all[5], 9, Order::Asc)).await.unwrap();
+    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    let page = store.list_items(&user, &thread_id, &list_between(&all[6], &all[5], 9, Order::Asc)).await.unwrap();
+    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+
+    // The `limit` nearest a `before` cursor.
+    let page = store.list_items(&user, &thread_id, &list_before(&all[5], 2, Order::Asc)).await.unwrap();
+    assert_eq!((listed_items(&page), page.has_more), (all[3..5].to_vec(), true));
+    let page = store.list_items(&user, &thread_id, &list_before(&all[5], 2, Order::Desc)).await.unwrap();
+    assert_eq!((listed_items(&page), page.has_more), (reversed(&all[6..8]), true));
+
+    // A saved item keeps its place; an empty thread lists nothing.
+    let mut changed = added[4].clone();
+    changed.body = assistant_message(&thread_id, "edited").body;
+    store.save_item(&user, &changed).await.unwrap();
+    let page = store.list_items(&user, &thread_id, &list_after(&all[3], 1, Order::Asc)).await.unwrap();
+    assert_eq!(page, Listing { data: vec![changed], has_more: true });
+    let empty = new_thread();
+    store.create_thread(&user, &empty).await.unwrap();
+    for order in [Order::Asc, Order::Desc] {
+        let page = store.list_items(&user, &empty.id, &ListQuery::first(5, order)).await.unwrap();
+        assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    }
+}
+
+async fn admin_items_reject_unknown_cursors_and_foreign_threads(store: Arc<dyn Store>) {
+    let user = alice();
+    let (thread_id, added) = seed_items(&store, 3).await;
+    let other = new_thread();
+    store.create_thread(&user, &other).await.unwrap();
+    let elsewhere = user_message(&other.id, "another thread's item");
+    store.add_item(&user, &elsewhere).await.unwrap();
+    let first_item = added[0].id.clone();
+
+    for order in [Order::Asc, Order::Desc] {
+        for cursor in ["msg_nope", elsewhere.id.as_str(), thread_id.as_str()] {
+            let after = list_after(cursor, 5, order);
+            assert_unknown_cursor(store.list_items(&user, &thread_id, &after).await, cursor);
+            let before = list_before(cursor, 5, order);
+            assert_unknown_cursor(store.list_items(&user, &thread_id, &before).await, cursor);
+            let between = list_between(&first_item, cursor, 5, order);
+            assert_unknown_cursor(store.list_items(&user, &thread_id, &between).await, cursor);
+            let between = list_between(cursor, &first_item, 5, order);
+            assert_unknown_cursor(store.list_items(&user, &thread_id, &between).await, cursor);
+        }
+        // Another user's thread, or a missing one, is not found, cursor or not,
+        // even when the cursor names one of its items.
+        for query in [
+            ListQuery::first(5, order),
+            list_after(&first_item, 5, order),
+            list_before(&first_item, 5, order),
+            list_after("msg_nope", 5, order),
+        ] {
+            assert_not_found(store.list_items(&bob(), &thread_id, &query).await, Entity::Thread);
+            assert_not_found(store.list_items(&user, "thr_missing", &query).await, Entity::Thread);
+        }
+    }
+
+    // A deleted item is no longer a cursor.
+    store.delete_item(&user, &thread_id, &first_item).await.unwrap();
+    assert_unknown_cursor(
+        store.list_items(&user, &thread_id, &list_after(&first_item, 5, Order::Asc)).await,
+        &first_item,
+    );
+    // A deleted thread is not found.
+    store.delete_thread(&user, &thread_id).await.unwrap();
+    assert_not_found(store.list_items(&user, &thread_id, &ListQuery::first(5, Order::Asc)).await, Entity::Thread);
+}
+
 async fn concurrent_adds_all_land_in_one_order(store: Arc<dyn Store>) {
     const WRITERS: usize = 200;
     let user = alice();
@@ -759,6 +1367,17 @@ contract!(
     attachments_upsert_load_and_delete,
     concurrent_adds_all_land_in_one_order,
     concurrent_threads_and_attachments,
+    sessions_round_trip_and_find_by_secret,
+    sessions_reject_duplicate_ids_and_secrets,
+    missing_sessions_are_not_found,
+    cancelling_a_session_is_idempotent_and_persists,
+    admin_threads_page_after_in_both_orders,
+    admin_threads_page_before_in_both_orders,
+    admin_threads_between_two_cursors,
+    admin_threads_reject_unknown_cursors,
+    admin_threads_limits_and_empty_listings,
+    admin_items_page_both_ways,
+    admin_items_reject_unknown_cursors_and_foreign_threads,
 );
 
 // ---------------------------------------------------------------------------
@@ -900,6 +1519,36 @@ async fn an_unmigrated_database_is_brought_up_to_date() {
     store.create_thread(&alice(), &new_thread()).await.unwrap();
 }
 
+#[tokio::test]
+async fn a_sqlite_database_of_schema_1_gains_sessions() {
+    // Schema 2 adds the sessions table. A file as schema 1 left it is made by
+    // taking that step back out of a current one, with a thread in it.
+    assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let url = sqlite_url(&path);
+    let thread = new_thread();
+    {
+        let store = SqliteStore::open(&url).await.unwrap();
+        store.create_thread(&alice(), &thread).await.unwrap();
+        store.close().await;
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE sessions; DELETE FROM schema_migrations WHERE version = 2;").unwrap();
+    }
+    assert_eq!(migration_rows(&path).await.len(), 1);
+
+    let store = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.load_thread(&alice(), &thread.id).await.unwrap(), thread);
+    let session = new_session("alice");
+    store.create_session(&session).await.unwrap();
+    assert_eq!(store.find_session(&session.secret_hash).await.unwrap(), session);
+    store.close().await;
+    assert_eq!(migration_rows(&path).await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_on_one_file_see_each_other() {
     // Two processes (here: two stores) may create the same file at once; both
@@ -964,6 +1613,37 @@ async fn reopening_a_postgres_database_keeps_data_and_schema() {
 
     // Re-opening applied nothing again: the same rows with the same timestamps.
     assert_eq!(postgres_migration_rows(&database).await, applied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_of_schema_1_gains_sessions() {
+    // As for SQLite: schema 1 is a current database with step 2 taken back out.
+    assert_eq!(PostgresStore::SCHEMA_VERSION, 2);
+    let database = TestDatabase::create().await;
+    let thread = new_thread();
+    {
+        let store = PostgresStore::open(&database.url).await.unwrap();
+        store.create_thread(&alice(), &thread).await.unwrap();
+        store.close().await;
+    }
+    {
+        let mut conn = admin_connection(&database.url).await;
+        sqlx::raw_sql("DROP TABLE sessions; DELETE FROM schema_migrations WHERE version = 2;")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+    }
+    assert_eq!(postgres_migration_rows(&database).await.len(), 1);
+
+    let store = PostgresStore::open(&database.url).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.load_thread(&alice(), &thread.id).await.unwrap(), thread);
+    let session = new_session("alice");
+    store.create_session(&session).await.unwrap();
+    assert_eq!(store.find_session(&session.secret_hash).await.unwrap(), session);
+    store.close().await;
+    assert_eq!(postgres_migration_rows(&database).await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,7 +163,11 @@ async fn admin_keys_guard_the_admin_api() {
 
 #[tokio::test]
 async fn without_keys_the_admin_api_is_refused_off_loopback() {
-    let (app, _gate) = spawn_gated(|config| config.bind = "0.0.0.0:0".parse().unwrap());
+    let (app, _gate) = spawn_gated(|config| {
+        config.bind = "0.0.0.0:0".parse().unwrap();
+        // Off loopback the default is session auth; this test is about the admin keys.
+        config.auth = Some(chatkit_gateway::config::AuthMode::Header);
+    });
     let (tid, _) = app.create_thread("alice", "hello").await;
     let (code, body) = app.admin(&format!("/v1/chatkit/threads/{tid}/status"), json!({"type": "locked"}), None).await;
     assert_eq!(code, 403, "{body}");

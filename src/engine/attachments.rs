@@ -11,7 +11,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{Engine, EngineError, EngineResult};
+use super::{Caller, Engine, EngineError, EngineResult};
 use crate::ids::{new_id, new_secret, IdKind};
 use crate::protocol::{Attachment, AttachmentKind, CreateAttachmentParams, UploadDescriptor, UploadMethod};
 use crate::store::{Entity, UserId};
@@ -88,6 +88,7 @@ impl Engine {
         &self,
         user: &UserId,
         params: CreateAttachmentParams,
+        caller: &Caller,
     ) -> EngineResult<Attachment> {
         if params.name.trim().is_empty() {
             return Err(EngineError::BadRequest("params.name must not be empty".into()));
@@ -102,6 +103,25 @@ impl Engine {
                 "attachment of {size} bytes exceeds the limit of {} bytes",
                 self.settings.max_upload_bytes
             )));
+        }
+        if let Some(session) = &caller.session {
+            let upload = &session.settings.chatkit_configuration.file_upload;
+            if !upload.enabled {
+                return Err(EngineError::Forbidden("file uploads are disabled for this session".into()));
+            }
+            if let Some(max_mb) = upload.max_file_size {
+                if size > u64::from(max_mb) * 1024 * 1024 {
+                    return Err(EngineError::PayloadTooLarge(format!(
+                        "attachment of {size} bytes exceeds this session's limit of {max_mb} MB"
+                    )));
+                }
+            }
+            if !crate::sessions::admit_upload(self.fanout.as_ref(), session).await {
+                return Err(EngineError::Forbidden(format!(
+                    "this session may upload at most {} files",
+                    upload.max_files.unwrap_or_default()
+                )));
+            }
         }
         let id = new_id(IdKind::Attachment);
         let token = new_secret();

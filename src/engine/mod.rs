@@ -24,11 +24,21 @@ use crate::protocol::{
     TranscriptionResult, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
+use crate::sessions::ActiveSession;
 use crate::store::{Entity, PageQuery, Store, StoreError, UserId};
 
 pub use announce::Announcer;
 pub use attachments::{AttachmentContent, AttachmentFiles};
 pub use turn::{refusal, CancelSignal, PreparedTurn, TurnOutcome};
+
+/// Who is asking, beyond the user: what the responder and the session rules need.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// The first tag of the request's `Accept-Language`.
+    pub locale: Option<String>,
+    /// The client session, when sessions authenticate requests.
+    pub session: Option<Arc<ActiveSession>>,
+}
 
 /// The largest page a listing may ask for.
 pub const MAX_PAGE_SIZE: usize = 100;
@@ -43,6 +53,9 @@ pub enum EngineError {
     /// The request is well-formed but the thread is not in a state that allows it.
     #[error("{0}")]
     Conflict(String),
+    /// The caller's session does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -160,17 +173,29 @@ impl Engine {
         &self.store
     }
 
-    fn turn_context(&self, user: &UserId, thread: SharedThread, locale: Option<String>) -> TurnContext {
-        TurnContext { user: user.clone(), thread, store: self.store.clone(), locale }
+    fn turn_context(&self, user: &UserId, thread: SharedThread, caller: Caller) -> TurnContext {
+        TurnContext {
+            user: user.clone(),
+            thread,
+            store: self.store.clone(),
+            locale: caller.locale,
+            session: caller.session,
+        }
     }
 
     /// Answers an operation that responds with JSON. Streaming operations are
     /// refused here; they go through `prepare` and `run`.
-    pub async fn answer(&self, user: &UserId, request: Request) -> EngineResult<JsonAnswer> {
+    pub async fn answer(&self, user: &UserId, request: Request, caller: &Caller) -> EngineResult<JsonAnswer> {
         match request {
             Request::GetThread(params) => Ok(JsonAnswer::Thread(self.full_thread(user, &params.thread_id).await?)),
             Request::ListThreads(params) => {
-                let page = self.store.load_threads(user, &page_query(&params)?).await?;
+                let query = page_query(&params)?;
+                let history = caller.session.as_ref().map(|s| &s.settings.chatkit_configuration.history);
+                if history.is_some_and(|history| !history.enabled) {
+                    // The session's history is off: the user sees no earlier threads.
+                    return Ok(JsonAnswer::Threads(Page::default()));
+                }
+                let page = self.store.load_threads(user, &query).await?;
                 Ok(JsonAnswer::Threads(page.map(|thread| thread.to_wire(Page::default()))))
             }
             Request::ListItems(params) => {
@@ -185,7 +210,7 @@ impl Engine {
                 Ok(JsonAnswer::Empty)
             }
             Request::CreateAttachment(params) => {
-                Ok(JsonAnswer::Attachment(self.create_attachment(user, params).await?))
+                Ok(JsonAnswer::Attachment(self.create_attachment(user, params, caller).await?))
             }
             Request::DeleteAttachment(params) => {
                 self.delete_attachment(user, &params.attachment_id).await?;
@@ -232,7 +257,7 @@ impl Engine {
                     }
                 }
                 let before = thread.version();
-                let turn = self.turn_context(user, thread.clone(), None);
+                let turn = self.turn_context(user, thread.clone(), caller.clone());
                 let answer = guarded(self.responder.sync_action(turn, params.action, sender)).await?;
                 if thread.version() != before {
                     let snapshot = thread.snapshot();

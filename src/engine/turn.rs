@@ -10,7 +10,7 @@ use futures_util::{stream, FutureExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::pending::PendingItems;
-use super::{panic_message, Engine, EngineError, EngineResult};
+use super::{panic_message, Caller, Engine, EngineError, EngineResult};
 use crate::fanout::SnapshotChange;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::{
@@ -85,8 +85,8 @@ pub fn refusal(thread: &ThreadMetadata) -> Option<String> {
 pub struct PreparedTurn {
     user: UserId,
     thread: SharedThread,
-    /// The caller's preferred language, for the responder.
-    locale: Option<String>,
+    /// Who asked: their language and session, for the responder.
+    caller: Caller,
     /// Events sent before `stream_options`: `thread.created` and the user message.
     prelude: Vec<ThreadStreamEvent>,
     work: Work,
@@ -110,9 +110,9 @@ impl PreparedTurn {
         &self.user
     }
 
-    /// Passes the caller's preferred language (`Accept-Language`) to the responder.
-    pub fn with_locale(mut self, locale: Option<String>) -> Self {
-        self.locale = locale;
+    /// Passes who asked (language, session) to the responder.
+    pub fn with_caller(mut self, caller: Caller) -> Self {
+        self.caller = caller;
         self
     }
 }
@@ -134,7 +134,7 @@ impl Engine {
         let turn = |thread: ThreadMetadata, prelude, work| PreparedTurn {
             user: user.clone(),
             thread: SharedThread::new(thread),
-            locale: None,
+            caller: Caller::default(),
             prelude,
             work,
         };
@@ -338,7 +338,7 @@ impl Engine {
         sink: mpsc::Sender<ThreadStreamEvent>,
         cancel: CancelSignal,
     ) -> TurnOutcome {
-        let PreparedTurn { user, thread, locale, prelude, work } = turn;
+        let PreparedTurn { user, thread, caller, prelude, work } = turn;
         let (thread_id, saved_version) = (thread.id(), thread.version());
         let pending = PendingItems::default();
         let mut run = Run {
@@ -357,7 +357,7 @@ impl Engine {
                 return run.cancelled().await;
             }
         }
-        let context = self.turn_context(&run.user, run.thread.clone(), locale);
+        let context = self.turn_context(&run.user, run.thread.clone(), caller);
         let events: EventStream = match work {
             Work::Nothing => return TurnOutcome::Completed,
             Work::Respond { first, input } => {

@@ -9,8 +9,8 @@ use dashmap::DashMap;
 use tokio::sync::broadcast;
 
 use super::{
-    now_us, sequence_base, CatchUp, Delivery, Fanout, FanoutError, FanoutSettings, Health, Hub, Kind, Lease, Snapshot,
-    SnapshotChange, Stamped, Subscription, Topic,
+    now_us, sequence_base, CatchUp, Delivery, Fanout, FanoutError, FanoutSettings, Health, Hub, Kind, Lease,
+    LocalCounters, Snapshot, SnapshotChange, Stamped, Subscription, Topic,
 };
 
 /// How often topics without viewers and recent messages are forgotten.
@@ -29,6 +29,8 @@ pub struct LocalFanout {
     hub: Arc<Hub>,
     topics: Arc<DashMap<String, Arc<Mutex<TopicState>>>>,
     cancels: broadcast::Sender<String>,
+    counters: LocalCounters,
+    session_ends: broadcast::Sender<String>,
 }
 
 impl LocalFanout {
@@ -39,7 +41,14 @@ impl LocalFanout {
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(sweep(Arc::downgrade(&topics), hub.clone(), settings.history_ttl));
         }
-        LocalFanout { settings, hub, topics, cancels: broadcast::channel(16).0 }
+        LocalFanout {
+            settings,
+            hub,
+            topics,
+            cancels: broadcast::channel(16).0,
+            counters: LocalCounters::default(),
+            session_ends: broadcast::channel(256).0,
+        }
     }
 
     fn topic(&self, channel: &str) -> Arc<Mutex<TopicState>> {
@@ -119,6 +128,18 @@ impl Fanout for LocalFanout {
 
     fn cancel_requests(&self) -> broadcast::Receiver<String> {
         self.cancels.subscribe()
+    }
+
+    async fn incr(&self, key: &str, ttl: Duration) -> u64 {
+        self.counters.incr(key, ttl)
+    }
+
+    async fn end_session(&self, session_id: &str) {
+        let _ = self.session_ends.send(session_id.to_string());
+    }
+
+    fn session_ends(&self) -> broadcast::Receiver<String> {
+        self.session_ends.subscribe()
     }
 
     fn health(&self) -> Health {

@@ -276,6 +276,18 @@ pub trait Fanout: Send + Sync + 'static {
     /// Thread ids whose running turn another replica asked to cancel.
     fn cancel_requests(&self) -> broadcast::Receiver<String>;
 
+    /// Adds one to a counter shared by every replica and returns its new
+    /// value; the counter disappears `ttl` after it was created. With Redis
+    /// unreachable it counts on this replica alone.
+    async fn incr(&self, key: &str, ttl: Duration) -> u64;
+
+    /// Tells every replica that a client session ended (cancelled), so that
+    /// its open viewer streams close.
+    async fn end_session(&self, session_id: &str);
+
+    /// Ids of sessions that ended, from any replica.
+    fn session_ends(&self) -> broadcast::Receiver<String>;
+
     fn health(&self) -> Health;
 }
 
@@ -284,6 +296,29 @@ pub fn open(redis_url: Option<&str>, settings: FanoutSettings) -> Result<Arc<dyn
     match redis_url {
         Some(url) => Ok(Arc::new(RedisFanout::open(url, settings)?)),
         None => Ok(Arc::new(LocalFanout::new(settings))),
+    }
+}
+
+/// Counters kept on this replica: the in-process backend's, and the Redis
+/// backend's while Redis is away.
+#[derive(Default)]
+struct LocalCounters {
+    counters: dashmap::DashMap<String, (u64, std::time::Instant)>,
+}
+
+impl LocalCounters {
+    fn incr(&self, key: &str, ttl: Duration) -> u64 {
+        let now = std::time::Instant::now();
+        if self.counters.len() > 10_000 {
+            // Bounded: expired counters go whenever the map grows large.
+            self.counters.retain(|_, (_, expires)| *expires > now);
+        }
+        let mut entry = self.counters.entry(key.to_string()).or_insert((0, now + ttl));
+        if entry.1 <= now {
+            *entry = (0, now + ttl);
+        }
+        entry.0 += 1;
+        entry.0
     }
 }
 

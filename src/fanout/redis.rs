@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use super::{
     now_us, sequence_base, unsequenced, CatchUp, Delivery, Fanout, FanoutError, FanoutSettings, Health, Hub, Kind,
-    Lease, Snapshot, SnapshotChange, Stamped, Subscription, Topic,
+    Lease, LocalCounters, Snapshot, SnapshotChange, Stamped, Subscription, Topic,
 };
 
 /// The channel replicas send each other control messages on.
@@ -209,6 +209,9 @@ pub struct RedisFanout {
     publications: mpsc::Sender<Publication>,
     commands: mpsc::Sender<Command>,
     cancels: broadcast::Sender<String>,
+    session_ends: broadcast::Sender<String>,
+    /// Counts while Redis is away.
+    fallback_counters: LocalCounters,
     /// Names this replica as a lease holder.
     replica: String,
 }
@@ -230,6 +233,7 @@ impl RedisFanout {
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let cancels = broadcast::channel(256).0;
+        let session_ends = broadcast::channel(256).0;
         tokio::spawn(publisher(link.clone(), state.clone(), publication_rx, settings.clone()));
         let shared = SubscriberShared {
             client,
@@ -237,11 +241,23 @@ impl RedisFanout {
             hub: hub.clone(),
             state: state.clone(),
             cancels: cancels.clone(),
+            session_ends: session_ends.clone(),
             ping_every: settings.ping_every,
         };
         tokio::spawn(subscriber(shared, command_rx, empty_rx));
         let replica = format!("{:016x}", rand::random::<u64>());
-        Ok(RedisFanout { settings, hub, link, state, publications, commands, cancels, replica })
+        Ok(RedisFanout {
+            settings,
+            hub,
+            link,
+            state,
+            publications,
+            commands,
+            cancels,
+            session_ends,
+            fallback_counters: LocalCounters::default(),
+            replica,
+        })
     }
 }
 
@@ -290,6 +306,9 @@ impl DroppedOn {
         *self = DroppedOn::default();
     }
 }
+
+/// The prefix of a control message that says a client session ended.
+const SESSION_ENDED: &str = "session-ended ";
 
 /// The prefix of a control message that tells the viewers of a channel (or of
 /// every channel, for `*`) to resync.
@@ -384,6 +403,7 @@ struct SubscriberShared {
     hub: Arc<Hub>,
     state: Arc<LinkState>,
     cancels: broadcast::Sender<String>,
+    session_ends: broadcast::Sender<String>,
     ping_every: Duration,
 }
 
@@ -392,7 +412,7 @@ async fn subscriber(
     mut commands: mpsc::Receiver<Command>,
     mut emptied: mpsc::Receiver<String>,
 ) {
-    let SubscriberShared { client, link, hub, state, cancels, ping_every } = shared;
+    let SubscriberShared { client, link, hub, state, cancels, session_ends, ping_every } = shared;
     let mut backoff = Duration::from_millis(50);
     let mut connected_before = false;
     loop {
@@ -452,6 +472,8 @@ async fn subscriber(
                     if channel == CONTROL {
                         if let Some(thread_id) = payload.strip_prefix("cancel ") {
                             let _ = cancels.send(thread_id.to_string());
+                        } else if let Some(session_id) = payload.strip_prefix(SESSION_ENDED) {
+                            let _ = session_ends.send(session_id.to_string());
                         } else if let Some(target) = payload.strip_prefix(RESYNC_NOTICE) {
                             // Another replica (or this one) dropped publications on the channel.
                             if target == "*" {
@@ -647,6 +669,52 @@ impl Fanout for RedisFanout {
 
     fn cancel_requests(&self) -> broadcast::Receiver<String> {
         self.cancels.subscribe()
+    }
+
+    async fn incr(&self, key: &str, ttl: Duration) -> u64 {
+        let counted = async {
+            let mut conn = self.link.get().await?;
+            let key = format!("ck:count:{key}");
+            let result: Result<(u64,), RedisError> = redis::pipe()
+                .cmd("INCR")
+                .arg(&key)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl.as_millis() as u64)
+                .arg("NX")
+                .ignore()
+                .query_async(&mut conn)
+                .await;
+            match result {
+                Ok((count,)) => Ok(count),
+                Err(error) => {
+                    self.link.failed(&error).await;
+                    Err(unavailable(&error))
+                }
+            }
+        };
+        match counted.await {
+            Ok(count) => count,
+            Err(error) => {
+                tracing::warn!(%error, "counting on this replica alone while Redis is away");
+                self.fallback_counters.incr(key, ttl)
+            }
+        }
+    }
+
+    async fn end_session(&self, session_id: &str) {
+        // Local streams close at once, whatever Redis does.
+        let _ = self.session_ends.send(session_id.to_string());
+        let Ok(mut conn) = self.link.get().await else { return };
+        let published: Result<(), RedisError> =
+            redis::cmd("PUBLISH").arg(CONTROL).arg(format!("{SESSION_ENDED}{session_id}")).query_async(&mut conn).await;
+        if let Err(error) = published {
+            self.link.failed(&error).await;
+        }
+    }
+
+    fn session_ends(&self) -> broadcast::Receiver<String> {
+        self.session_ends.subscribe()
     }
 
     fn health(&self) -> Health {

@@ -21,7 +21,7 @@ pub enum AdminAccess {
 }
 
 impl AdminAccess {
-    fn check(&self, request: &HttpRequest) -> Result<(), ApiError> {
+    pub(super) fn check(&self, request: &HttpRequest) -> Result<(), ApiError> {
         match self {
             AdminAccess::Open => Ok(()),
             AdminAccess::Disabled => Err(ApiError::new(

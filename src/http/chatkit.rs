@@ -7,29 +7,38 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::stream;
 
-use super::{read_body, user_of, ApiError, State};
-use crate::engine::JsonAnswer;
+use super::{identify, read_body, ApiError, Identity, State};
+use crate::engine::{Caller, JsonAnswer};
 use crate::protocol::{Request, ThreadStreamEvent};
+use crate::sessions::Admission;
 
 pub async fn handle(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = user_of(&request, &state)?;
+    let Identity { user, session } = identify(&request, &state).await?;
+    if let Some(session) = &session {
+        // Counted before anything is read or written, on every replica.
+        if let Admission::Limited { retry_after } = state.sessions.admit(session).await {
+            let limit = session.settings.rate_limits.max_requests_per_1_minute;
+            return Err(ApiError::rate_limited(retry_after, limit));
+        }
+    }
     let body = read_body(&request, payload, state.max_body_bytes).await?;
     let parsed = Request::parse(&body)?;
     tracing::debug!(op = parsed.op(), %user, "request");
+    let caller = Caller { locale: locale_of(&request), session };
     if !parsed.is_streaming() {
         // Changes go through the thread's actor, in the thread's order; reads do not queue.
         let answer = if parsed.changes_thread() {
-            state.threads.change(user, parsed).await?
+            state.threads.change(user, parsed, caller).await?
         } else {
-            state.engine.answer(&user, parsed).await?
+            state.engine.answer(&user, parsed, &caller).await?
         };
         return Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json_body(&answer)?));
     }
-    let events = state.threads.turn(user, parsed, locale_of(&request)).await?;
+    let events = state.threads.turn(user, parsed, caller).await?;
     let frames = stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
         Some((Ok::<_, Infallible>(sse_frame(&event)), events))

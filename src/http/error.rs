@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::engine::EngineError;
 use crate::protocol::RequestError;
+use crate::sessions::{AuthError, SessionError};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{status} {code}: {message}")]
@@ -17,11 +18,22 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub fn rate_limited(retry_after: u64, limit: u32) -> Self {
+        let message =
+            format!("this session's limit of {limit} requests per minute is reached; retry in {retry_after} s");
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message)
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -47,7 +59,8 @@ impl ApiError {
     /// The error family, by status, as in OpenAI-style error bodies.
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
-            401 | 403 => "authentication_error",
+            401 => "authentication_error",
+            403 => "permission_error",
             404 => "not_found_error",
             409 => "conflict_error",
             429 => "rate_limit_error",
@@ -63,8 +76,43 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .json(json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}}))
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}}))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let code = match error {
+            AuthError::Missing => "missing_client_secret",
+            AuthError::Unknown => "invalid_client_secret",
+            AuthError::Expired => "session_expired",
+            AuthError::Cancelled => "session_cancelled",
+            AuthError::Unavailable => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", error.to_string())
+            }
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, error.to_string())
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::BadRequest(message) => ApiError::bad_request(message),
+            SessionError::NotFound(_) => ApiError::not_found(error.to_string()),
+            SessionError::Store(inner) => {
+                tracing::error!(error = %inner, "store failure");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the gateway's store is unavailable",
+                )
+            }
+        }
     }
 }
 
@@ -85,6 +133,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound { .. } => ApiError::not_found(error.to_string()),
             EngineError::BadRequest(message) => ApiError::bad_request(message),
             EngineError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            EngineError::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
             EngineError::PayloadTooLarge(message) => ApiError::payload_too_large(message),
             EngineError::Unsupported(message) => ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message),
             EngineError::Busy(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "thread_busy", message),

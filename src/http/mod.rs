@@ -7,6 +7,7 @@ mod admin;
 mod attachments;
 mod chatkit;
 mod error;
+mod sessions;
 mod viewers;
 
 use std::sync::Arc;
@@ -16,8 +17,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use crate::config::AuthMode;
 use crate::engine::Engine;
 use crate::fanout::Health;
+use crate::sessions::{ActiveSession, AuthError, Sessions};
 use crate::store::UserId;
 use crate::thread::Threads;
 
@@ -39,6 +42,8 @@ pub struct State {
     pub heartbeat: std::time::Duration,
     /// Turns true when the replica stops; viewer streams then close.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    pub auth: AuthMode,
+    pub sessions: Arc<Sessions>,
 }
 
 /// Registers every route on an actix `App`.
@@ -48,6 +53,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/chatkit/attachments/{id}/upload", web::post().to(attachments::upload))
         .route("/chatkit/attachments/{id}/upload", web::put().to(attachments::upload))
         .route("/chatkit/attachments/{id}/content", web::get().to(attachments::content))
+        .route("/v1/chatkit/sessions", web::post().to(sessions::create))
+        .route("/v1/chatkit/sessions/{session_id}/cancel", web::post().to(sessions::cancel))
         .route("/v1/chatkit/threads/{thread_id}/status", web::post().to(admin::set_status))
         .route("/v1/chatkit/threads/{thread_id}/cancel", web::post().to(admin::cancel))
         .route("/chatkit/threads/{thread_id}/events", web::get().to(viewers::thread_events))
@@ -95,6 +102,33 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
 
 async fn unknown_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(format!("no route for {} {}", request.method(), request.path())))
+}
+
+/// Who a request acts for.
+pub(crate) struct Identity {
+    pub user: UserId,
+    /// The session whose client secret authenticated the request (session auth only).
+    pub session: Option<Arc<ActiveSession>>,
+}
+
+/// Authenticates a request the configured way: its client secret, or the
+/// trusted user header.
+async fn identify(request: &HttpRequest, state: &State) -> Result<Identity, ApiError> {
+    match state.auth {
+        AuthMode::Header => Ok(Identity { user: user_of(request, state)?, session: None }),
+        AuthMode::Session => {
+            let secret = request
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|secret| !secret.is_empty())
+                .ok_or(AuthError::Missing)?;
+            let session = state.sessions.authenticate(secret).await?;
+            Ok(Identity { user: session.user.clone(), session: Some(Arc::new(session)) })
+        }
+    }
 }
 
 /// The user a request acts for, from the configured identity header.

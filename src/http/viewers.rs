@@ -9,6 +9,7 @@
 //! in-progress items of a running turn): open it, then fetch the thread.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{CacheControl, CacheDirective};
@@ -16,11 +17,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::value::RawValue;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
-use super::{user_of, ApiError, State};
+use super::{identify, ApiError, Identity, State};
 use crate::fanout::hub::Received;
 use crate::fanout::{CatchUp, Delivery, FanoutError, Kind, Stamped, Subscription, Topic};
+use crate::sessions::ActiveSession;
 
 /// `GET /chatkit/threads/{thread_id}/events`.
 pub async fn thread_events(
@@ -28,18 +30,18 @@ pub async fn thread_events(
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = user_of(&request, &state)?;
+    let Identity { user, session } = identify(&request, &state).await?;
     let thread_id = path.into_inner();
     let last = last_event_id(&request)?;
     state.engine.check_viewer(&user, &thread_id).await?;
-    Ok(open(&state, Topic::Thread(thread_id), last).await)
+    Ok(open(&state, Topic::Thread(thread_id), last, session).await)
 }
 
 /// `GET /chatkit/events`.
 pub async fn history_events(request: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
-    let user = user_of(&request, &state)?;
+    let Identity { user, session } = identify(&request, &state).await?;
     let last = last_event_id(&request)?;
-    Ok(open(&state, Topic::User(user), last).await)
+    Ok(open(&state, Topic::User(user), last, session).await)
 }
 
 fn last_event_id(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
@@ -55,12 +57,19 @@ fn last_event_id(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
 
 /// Subscribes before answering, so that once the response head arrives the
 /// viewer receives everything published after.
-async fn open(state: &State, topic: Topic, last: Option<u64>) -> HttpResponse {
+async fn open(state: &State, topic: Topic, last: Option<u64>, session: Option<Arc<ActiveSession>>) -> HttpResponse {
     let fanout = state.engine.fanout();
+    // Listening for session ends starts before anything else, so none is missed.
+    let session = session.map(|session| SessionWatch {
+        expires: tokio::time::Instant::now() + session.remaining(),
+        id: session.id.clone(),
+        ended: state.sessions.ended(),
+    });
     let subscription = fanout.subscribe(&topic).await;
     let catch_up = fanout.catch_up(&topic, last).await;
     let closes_on_delete = matches!(topic, Topic::Thread(_));
-    let frames = frames(subscription, catch_up, last, state.heartbeat, state.closing.clone(), closes_on_delete);
+    let ends = Ends { closing: state.closing.clone(), session };
+    let frames = frames(subscription, catch_up, last, state.heartbeat, ends, closes_on_delete);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(CacheControl(vec![CacheDirective::NoCache]))
@@ -73,9 +82,10 @@ fn frames(
     catch_up: Result<CatchUp, FanoutError>,
     last: Option<u64>,
     heartbeat: Duration,
-    mut closing: watch::Receiver<bool>,
+    ends: Ends,
     closes_on_delete: bool,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let Ends { mut closing, mut session } = ends;
     async_stream::stream! {
         // The highest sequence number this viewer has; later copies are skipped.
         let mut delivered = last.unwrap_or(0);
@@ -146,12 +156,51 @@ fn frames(
                     }
                 },
                 _ = ticker.tick() => yield Ok(Bytes::from_static(b": heartbeat\n\n")),
+                reason = session_ended(&mut session) => {
+                    // The session's secret no longer works: neither does its stream.
+                    yield Ok(Bytes::from(format!("event: session.ended\ndata: {{\"reason\":\"{reason}\"}}\n\n")));
+                    break;
+                }
                 _ = closing.wait_for(|closing| *closing) => {
                     // The replica is stopping: reconnect (through the load
                     // balancer, to another replica) after a second.
                     yield Ok(Bytes::from_static(b"retry: 1000\n: closing\n\n"));
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// What ends a viewer stream besides its client: the replica stopping, and
+/// (with session auth) its session expiring or being cancelled.
+struct Ends {
+    closing: watch::Receiver<bool>,
+    session: Option<SessionWatch>,
+}
+
+struct SessionWatch {
+    id: String,
+    expires: tokio::time::Instant,
+    ended: broadcast::Receiver<String>,
+}
+
+/// Resolves with `expired` or `cancelled` when the stream's session ends;
+/// never without a session.
+async fn session_ended(session: &mut Option<SessionWatch>) -> &'static str {
+    {
+        let Some(watch) = session.as_mut() else { return std::future::pending().await };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(watch.expires) => return "expired",
+                ended = watch.ended.recv() => match ended {
+                    Ok(id) if id == watch.id => return "cancelled",
+                    Ok(_) => {}
+                    // Missed notices may have been this session's: close, and
+                    // let the client reconnect with its secret if it still works.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return "unknown",
+                    Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+                },
             }
         }
     }

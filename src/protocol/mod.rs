@@ -5,6 +5,7 @@
 //! omitted and fields with defaults are always written.
 
 mod events;
+pub mod hosted;
 mod items;
 mod requests;
 mod thread;

@@ -60,7 +60,12 @@ impl Responder for EchoResponder {
                     }
                     // The title is set after the last item, so `thread.updated` follows it.
                     let title: String = text.trim().chars().take(TITLE_CHARS).collect();
-                    if turn.thread.title().is_none() && !title.is_empty() {
+                    // A session may turn automatic titling off.
+                    let titling = turn
+                        .session
+                        .as_ref()
+                        .is_none_or(|s| s.settings.chatkit_configuration.automatic_thread_titling.enabled);
+                    if titling && turn.thread.title().is_none() && !title.is_empty() {
                         turn.thread.set_title(title);
                     }
                 }

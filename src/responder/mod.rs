@@ -19,6 +19,7 @@ use crate::protocol::{
     Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, ThreadMetadata, ThreadStatus, ThreadStreamEvent,
     TranscriptionResult,
 };
+use crate::sessions::ActiveSession;
 use crate::store::{Store, UserId};
 
 pub use echo::EchoResponder;
@@ -147,6 +148,9 @@ pub struct TurnContext {
     /// The user's preferred language, from the request's `Accept-Language`
     /// (its first tag, e.g. `fr-FR`), when it named one.
     pub locale: Option<String>,
+    /// The client session the request came with, when sessions authenticate:
+    /// its settings (titling, workflow state variables) apply to the turn.
+    pub session: Option<Arc<ActiveSession>>,
 }
 
 /// Recorded speech to transcribe.

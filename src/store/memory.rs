@@ -10,7 +10,10 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::{Entity, PageQuery, Store, StoreError, StoreResult, UserId};
+use super::record::{finish_listing, Window};
+use super::{
+    Entity, ListQuery, Listing, PageQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
+};
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 
 /// A store that lives and dies with the process.
@@ -27,8 +30,14 @@ struct Inner {
     threads: HashMap<String, ThreadRecord>,
     /// Each user's thread ids by creation sequence, for listing in order.
     threads_by_user: HashMap<UserId, BTreeMap<u64, String>>,
+    /// Every thread id by creation sequence, for the admin listing of all users' threads.
+    threads_by_seq: BTreeMap<u64, String>,
     /// Every attachment by id, with its owner.
     attachments: HashMap<String, (UserId, Attachment)>,
+    /// Every session by id.
+    sessions: HashMap<String, SessionRecord>,
+    /// Session ids by the hash of their client secret.
+    sessions_by_secret: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -110,6 +119,31 @@ fn take_page<V>(map: &BTreeMap<u64, V>, after_seq: Option<u64>, order: Order, li
     (values, has_more)
 }
 
+/// Takes an admin listing's page from `map` (see `Window`), one value beyond it
+/// telling whether more follow.
+fn take_window<V>(map: &BTreeMap<u64, V>, window: Window<u64>, limit: usize) -> Listing<&V> {
+    if window.is_empty() {
+        // `BTreeMap::range` panics on bounds that cross, and nothing lies between them anyway.
+        return Listing { data: Vec::new(), has_more: false };
+    }
+    let bound = |seq: Option<u64>| seq.map_or(Bound::Unbounded, Bound::Excluded);
+    let range = map.range((bound(window.low), bound(window.high))).map(|(_, value)| value);
+    let wanted = limit.saturating_add(1);
+    let mut values: Vec<&V> =
+        if window.ascending { range.take(wanted).collect() } else { range.rev().take(wanted).collect() };
+    let has_more = values.len() > limit;
+    values.truncate(limit);
+    finish_listing(values, has_more, window.reverse)
+}
+
+/// The sequence number of the record a cursor names, or `UnknownCursor` when `seq_of` finds none.
+fn cursor_seq(cursor: Option<&String>, seq_of: impl Fn(&str) -> Option<u64>) -> StoreResult<Option<u64>> {
+    match cursor {
+        Some(id) => seq_of(id).map(Some).ok_or_else(|| StoreError::UnknownCursor(id.clone())),
+        None => Ok(None),
+    }
+}
+
 /// Wraps a page's records, naming the last one as the cursor only when more follow.
 fn finish_page<T>(data: Vec<T>, has_more: bool, id_of: impl Fn(&T) -> &str) -> Page<T> {
     let after = if has_more { data.last().map(|last| id_of(last).to_owned()) } else { None };
@@ -129,6 +163,7 @@ impl Store for MemoryStore {
         }
         let seq = inner.take_seq();
         inner.threads_by_user.entry(user.clone()).or_default().insert(seq, thread.id.clone());
+        inner.threads_by_seq.insert(seq, thread.id.clone());
         inner.threads.insert(
             thread.id.clone(),
             ThreadRecord { owner: user.clone(), seq, thread: thread.clone(), items: Items::default() },
@@ -156,6 +191,7 @@ impl Store for MemoryStore {
         let mut inner = self.write();
         let seq = inner.thread(user, thread_id)?.seq;
         inner.threads.remove(thread_id);
+        inner.threads_by_seq.remove(&seq);
         if let Some(listing) = inner.threads_by_user.get_mut(user) {
             listing.remove(&seq);
             if listing.is_empty() {
@@ -280,6 +316,83 @@ impl Store for MemoryStore {
             }
             _ => Err(StoreError::not_found(Entity::Attachment, attachment_id)),
         }
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        let mut inner = self.write();
+        if inner.sessions.contains_key(&session.id) || inner.sessions_by_secret.contains_key(&session.secret_hash) {
+            return Err(StoreError::Duplicate { entity: Entity::Session, id: session.id.clone() });
+        }
+        inner.sessions_by_secret.insert(session.secret_hash.clone(), session.id.clone());
+        inner.sessions.insert(session.id.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn load_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        self.read().sessions.get(session_id).cloned().ok_or_else(|| StoreError::not_found(Entity::Session, session_id))
+    }
+
+    async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord> {
+        let inner = self.read();
+        inner
+            .sessions_by_secret
+            .get(secret_hash)
+            .and_then(|id| inner.sessions.get(id))
+            .cloned()
+            .ok_or_else(|| StoreError::not_found(Entity::Session, SESSION_BY_SECRET))
+    }
+
+    async fn cancel_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        let mut inner = self.write();
+        let session =
+            inner.sessions.get_mut(session_id).ok_or_else(|| StoreError::not_found(Entity::Session, session_id))?;
+        session.cancelled = true;
+        Ok(session.clone())
+    }
+
+    async fn list_threads(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+    ) -> StoreResult<Listing<(UserId, ThreadMetadata)>> {
+        let inner = self.read();
+        // A cursor must name a thread of this listing: with a user, one of theirs.
+        let seq_of = |id: &str| match inner.threads.get(id) {
+            Some(record) if user.is_none_or(|user| record.owner == *user) => Some(record.seq),
+            _ => None,
+        };
+        let after = cursor_seq(query.after.as_ref(), seq_of)?;
+        let before = cursor_seq(query.before.as_ref(), seq_of)?;
+        let empty = BTreeMap::new();
+        let ids = match user {
+            Some(user) => inner.threads_by_user.get(user).unwrap_or(&empty),
+            None => &inner.threads_by_seq,
+        };
+        let page = take_window(ids, Window::new(query.order, after, before), effective_limit(query.limit));
+        let data = page
+            .data
+            .into_iter()
+            .map(|id| {
+                // The listings and the thread map change together under the write lock,
+                // so a listed id always has its record; a miss would be a bug here.
+                inner
+                    .threads
+                    .get(id)
+                    .map(|record| (record.owner.clone(), record.thread.clone()))
+                    .ok_or_else(|| StoreError::Backend(format!("thread `{id}` is listed but has no record")))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Listing { data, has_more: page.has_more })
+    }
+
+    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Listing<ThreadItem>> {
+        let inner = self.read();
+        let items = &inner.thread(user, thread_id)?.items;
+        let seq_of = |id: &str| items.seq_by_id.get(id).copied();
+        let after = cursor_seq(query.after.as_ref(), seq_of)?;
+        let before = cursor_seq(query.before.as_ref(), seq_of)?;
+        let page = take_window(&items.by_seq, Window::new(query.order, after, before), effective_limit(query.limit));
+        Ok(Listing { data: page.data.into_iter().cloned().collect(), has_more: page.has_more })
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -1,9 +1,12 @@
-//! Persistence of threads, items and attachments behind one trait.
+//! Persistence of threads, items, attachments and ChatKit sessions behind one trait.
 //!
-//! Every call is scoped to a user: another user's thread, item or attachment is
-//! indistinguishable from a missing one. Backends are same-shaped files
-//! (`memory`, `sqlite`, `postgres`) and one contract suite
-//! (`tests/store_contract.rs`) runs against each.
+//! Every call of the ChatKit side is scoped to a user: another user's thread,
+//! item or attachment is indistinguishable from a missing one. The admin and
+//! session calls (`find_thread`, `list_threads` without a user, the session
+//! calls) act on records by id alone, for callers that have already decided who
+//! may see them. Backends are same-shaped files (`memory`, `sqlite`,
+//! `postgres`) and one contract suite (`tests/store_contract.rs`) runs against
+//! each.
 
 mod memory;
 mod postgres;
@@ -42,6 +45,7 @@ pub enum Entity {
     Thread,
     Item,
     Attachment,
+    Session,
 }
 
 impl std::fmt::Display for Entity {
@@ -50,6 +54,7 @@ impl std::fmt::Display for Entity {
             Entity::Thread => "thread",
             Entity::Item => "item",
             Entity::Attachment => "attachment",
+            Entity::Session => "session",
         })
     }
 }
@@ -90,6 +95,59 @@ impl PageQuery {
     }
 }
 
+/// A listing request of the admin REST API: up to `limit` records after `after`
+/// and/or before `before` (ids of records of the same listing), in `order`.
+///
+/// The listing runs in creation order (`asc`) or newest first (`desc`), and the
+/// cursors are read in that order, as OpenAI's list endpoints read them: `after`
+/// keeps the records that follow its record, `before` those that precede its
+/// record (the `limit` closest to it, still in listing order), and both keep
+/// those strictly between. A cursor that names no record of the listing is
+/// `UnknownCursor`; a zero limit means the protocol's default page size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListQuery {
+    pub after: Option<String>,
+    pub before: Option<String>,
+    pub limit: usize,
+    pub order: Order,
+}
+
+impl ListQuery {
+    pub fn first(limit: usize, order: Order) -> Self {
+        ListQuery { after: None, before: None, limit, order }
+    }
+}
+
+/// One page of an admin listing. `has_more` tells whether records remain beyond
+/// the page in the direction of travel (past the last record for `after` or no
+/// cursor; before the first record for `before` alone).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listing<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+/// A ChatKit session as stored. The client secret is never stored, only its hash.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    /// `cksess_…`.
+    pub id: String,
+    /// Hex SHA-256 of the client secret (computed by the caller).
+    pub secret_hash: String,
+    pub user: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub cancelled: bool,
+    /// The session's other fields as the API answers them (workflow, configuration, rate limits); opaque here.
+    pub settings: serde_json::Value,
+}
+
+/// The id a `NotFound` names when a session was looked up by its secret's hash,
+/// which must not end up in errors or logs.
+pub const SESSION_BY_SECRET: &str = "(by secret)";
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The storage contract. Order of threads and of items within a thread is the
@@ -123,6 +181,24 @@ pub trait Store: Send + Sync + 'static {
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()>;
     async fn load_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<Attachment>;
     async fn delete_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<()>;
+
+    /// Stores a new session; `Duplicate` when its id or secret hash exists.
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    async fn load_session(&self, session_id: &str) -> StoreResult<SessionRecord>;
+    /// The session whose secret hashes to `secret_hash`. Its `NotFound` names
+    /// the entity but never the hash (id `"(by secret)"`).
+    async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord>;
+    /// Marks a session cancelled (idempotent) and returns it.
+    async fn cancel_session(&self, session_id: &str) -> StoreResult<SessionRecord>;
+
+    /// Threads of every user, or of `user`, with their owners, in creation order (`asc`) or its reverse.
+    async fn list_threads(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+    ) -> StoreResult<Listing<(UserId, ThreadMetadata)>>;
+    /// A thread's items (including hidden ones) in creation order or its reverse; the caller knows the owner.
+    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Listing<ThreadItem>>;
 
     /// Checks that the backend answers, for readiness.
     async fn ping(&self) -> StoreResult<()>;

@@ -20,8 +20,10 @@ use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
-use super::record::{effective_limit, fetch_limit, found, from_json, to_json};
-use super::{Entity, PageQuery, Store, StoreError, StoreResult, UserId};
+use super::record::{effective_limit, fetch_limit, finish_listing, found, from_json, to_json, Window};
+use super::{
+    Entity, ListQuery, Listing, PageQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
+};
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata};
 
 /// One step of the schema. A later version appends a step; steps never change
@@ -32,9 +34,10 @@ struct Migration {
 }
 
 /// The schema, in the order it is applied. Versions must increase.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: r#"
 CREATE TABLE threads (
     seq BIGSERIAL PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -59,7 +62,24 @@ CREATE TABLE attachments (
     data TEXT NOT NULL
 );
 "#,
-}];
+    },
+    // ChatKit sessions. The secret's hash is unique so that a secret finds one
+    // session; the settings are JSON text like the records above.
+    Migration {
+        version: 2,
+        sql: r#"
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    cancelled BOOLEAN NOT NULL DEFAULT FALSE,
+    settings TEXT NOT NULL
+);
+"#,
+    },
+];
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
      (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())";
@@ -145,6 +165,41 @@ fn into_page<T: DeserializeOwned>(rows: &[PgRow], limit: usize) -> StoreResult<P
         _ => None,
     };
     Ok(Page { data, has_more, after })
+}
+
+/// Turns an admin listing's rows, fetched in scan order up to one beyond the
+/// page (see `fetch_limit`), into the listing.
+fn into_listing<T>(
+    rows: &[PgRow],
+    limit: usize,
+    window: Window<i64>,
+    parse: impl Fn(&PgRow) -> StoreResult<T>,
+) -> StoreResult<Listing<T>> {
+    let has_more = rows.len() > limit;
+    // The row beyond the page is not parsed: it only tells that more follow.
+    let data = rows[..rows.len().min(limit)].iter().map(parse).collect::<StoreResult<Vec<T>>>()?;
+    Ok(finish_listing(data, has_more, window.reverse))
+}
+
+/// Fails with `UnknownCursor` when a cursor was given but named no record of the listing.
+fn known_cursor(cursor: Option<&String>, seq: Option<i64>) -> StoreResult<()> {
+    match (cursor, seq) {
+        (Some(cursor), None) => Err(StoreError::UnknownCursor(cursor.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// A session from a row of the columns every session statement selects.
+fn session_from_row(row: &PgRow) -> StoreResult<SessionRecord> {
+    Ok(SessionRecord {
+        id: text(row, 0)?.to_owned(),
+        secret_hash: text(row, 1)?.to_owned(),
+        user: text(row, 2)?.to_owned(),
+        created_at: row.try_get(3).map_err(backend_error)?,
+        expires_at: row.try_get(4).map_err(backend_error)?,
+        cancelled: row.try_get(5).map_err(backend_error)?,
+        settings: from_json(text(row, 6)?)?,
+    })
 }
 
 /// Brings the schema up to date, one migration per transaction.
@@ -269,6 +324,31 @@ const ITEMS_DESC_AFTER: &str = "SELECT id, data FROM items WHERE thread_id = $1 
 const THREAD_AND_CURSOR_EXIST: &str = "SELECT EXISTS (SELECT 1 FROM threads WHERE id = $1 AND user_id = $2), \
      EXISTS (SELECT 1 FROM items WHERE thread_id = $1 AND id = $3 AND user_id = $2)";
 
+/// The positions of an admin thread listing's cursors (`$1` after, `$2` before):
+/// null for a missing cursor, and for one that names no thread of the listing,
+/// which with a user (`$3`) holds only that user's threads.
+const THREAD_CURSORS: &str = "SELECT (SELECT seq FROM threads WHERE id = $1 AND ($3::TEXT IS NULL OR user_id = $3)), \
+     (SELECT seq FROM threads WHERE id = $2 AND ($3::TEXT IS NULL OR user_id = $3))";
+/// A window of every user's threads, scanned along the primary key.
+const ALL_THREADS_UP: &str = "SELECT user_id, data FROM threads WHERE seq > $1 AND seq < $2 ORDER BY seq ASC LIMIT $3";
+const ALL_THREADS_DOWN: &str =
+    "SELECT user_id, data FROM threads WHERE seq > $1 AND seq < $2 ORDER BY seq DESC LIMIT $3";
+/// A window of one user's threads, scanned along `threads_by_user`.
+const USER_THREADS_UP: &str =
+    "SELECT user_id, data FROM threads WHERE user_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq ASC LIMIT $4";
+const USER_THREADS_DOWN: &str =
+    "SELECT user_id, data FROM threads WHERE user_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq DESC LIMIT $4";
+/// Whether the user owns the thread, and the positions of an admin item
+/// listing's cursors (`$3` after, `$4` before) among its items.
+const ITEM_CURSORS: &str = "SELECT EXISTS (SELECT 1 FROM threads WHERE id = $1 AND user_id = $2), \
+     (SELECT seq FROM items WHERE thread_id = $1 AND id = $3 AND user_id = $2), \
+     (SELECT seq FROM items WHERE thread_id = $1 AND id = $4 AND user_id = $2)";
+/// A window of a thread's items, scanned along `items_by_thread`.
+const ITEMS_UP: &str = "SELECT data FROM items WHERE thread_id = $1 AND user_id = $2 \
+     AND seq > $3 AND seq < $4 ORDER BY seq ASC LIMIT $5";
+const ITEMS_DOWN: &str = "SELECT data FROM items WHERE thread_id = $1 AND user_id = $2 \
+     AND seq > $3 AND seq < $4 ORDER BY seq DESC LIMIT $5";
+
 const LOAD_ITEM: &str = "SELECT data FROM items WHERE thread_id = $1 AND id = $2 AND user_id = $3";
 /// Appends an item, but only to a thread the user owns: no row is inserted otherwise.
 const INSERT_ITEM: &str = "INSERT INTO items (id, thread_id, user_id, data) SELECT $1, $2, $3, $4 \
@@ -284,6 +364,16 @@ const UPSERT_ATTACHMENT: &str = "INSERT INTO attachments (id, user_id, data) VAL
      ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data WHERE attachments.user_id = EXCLUDED.user_id";
 const LOAD_ATTACHMENT: &str = "SELECT data FROM attachments WHERE id = $1 AND user_id = $2";
 const DELETE_ATTACHMENT: &str = "DELETE FROM attachments WHERE id = $1 AND user_id = $2";
+
+const INSERT_SESSION: &str = "INSERT INTO sessions \
+     (id, secret_hash, user_id, created_at, expires_at, cancelled, settings) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+// Every statement that reads a session selects the columns in the order `session_from_row` reads them.
+const LOAD_SESSION: &str = "SELECT id, secret_hash, user_id, created_at, expires_at, cancelled, settings \
+     FROM sessions WHERE id = $1";
+const FIND_SESSION: &str = "SELECT id, secret_hash, user_id, created_at, expires_at, cancelled, settings \
+     FROM sessions WHERE secret_hash = $1";
+const CANCEL_SESSION: &str = "UPDATE sessions SET cancelled = TRUE WHERE id = $1 \
+     RETURNING id, secret_hash, user_id, created_at, expires_at, cancelled, settings";
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -439,6 +529,119 @@ impl Store for PostgresStore {
     async fn delete_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<()> {
         let query = sqlx::query(DELETE_ATTACHMENT).bind(attachment_id).bind(user.as_str());
         found(self.execute(query).await.map_err(backend_error)? > 0, Entity::Attachment, attachment_id)
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        let query = sqlx::query(INSERT_SESSION)
+            .bind(&session.id)
+            .bind(&session.secret_hash)
+            .bind(&session.user)
+            .bind(session.created_at)
+            .bind(session.expires_at)
+            .bind(session.cancelled)
+            .bind(to_json(&session.settings)?);
+        // A taken secret hash is reported under the new session's id, never as the hash.
+        self.execute(query).await.map_err(|err| insert_error(err, Entity::Session, &session.id, &session.id))?;
+        Ok(())
+    }
+
+    async fn load_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        let row = sqlx::query(LOAD_SESSION).bind(session_id).fetch_optional(&self.pool).await.map_err(backend_error)?;
+        row.as_ref().map(session_from_row).unwrap_or_else(|| Err(StoreError::not_found(Entity::Session, session_id)))
+    }
+
+    async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord> {
+        let row =
+            sqlx::query(FIND_SESSION).bind(secret_hash).fetch_optional(&self.pool).await.map_err(backend_error)?;
+        row.as_ref()
+            .map(session_from_row)
+            .unwrap_or_else(|| Err(StoreError::not_found(Entity::Session, SESSION_BY_SECRET)))
+    }
+
+    async fn cancel_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        let row =
+            sqlx::query(CANCEL_SESSION).bind(session_id).fetch_optional(&self.pool).await.map_err(backend_error)?;
+        row.as_ref().map(session_from_row).unwrap_or_else(|| Err(StoreError::not_found(Entity::Session, session_id)))
+    }
+
+    async fn list_threads(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+    ) -> StoreResult<Listing<(UserId, ThreadMetadata)>> {
+        let limit = effective_limit(query.limit);
+        let user = user.map(UserId::as_str);
+        let (mut after_seq, mut before_seq) = (None, None);
+        if query.after.is_some() || query.before.is_some() {
+            (after_seq, before_seq) = sqlx::query_as(THREAD_CURSORS)
+                .bind(query.after.as_deref())
+                .bind(query.before.as_deref())
+                .bind(user)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend_error)?;
+            known_cursor(query.after.as_ref(), after_seq)?;
+            known_cursor(query.before.as_ref(), before_seq)?;
+        }
+        let window = Window::new(query.order, after_seq, before_seq);
+        let (low, high) = window.sql_bounds();
+        let select = match (user, window.ascending) {
+            (None, true) => sqlx::query(ALL_THREADS_UP),
+            (None, false) => sqlx::query(ALL_THREADS_DOWN),
+            (Some(user), true) => sqlx::query(USER_THREADS_UP).bind(user),
+            (Some(user), false) => sqlx::query(USER_THREADS_DOWN).bind(user),
+        };
+        let rows =
+            select.bind(low).bind(high).bind(fetch_limit(limit)).fetch_all(&self.pool).await.map_err(backend_error)?;
+        into_listing(&rows, limit, window, |row| Ok((UserId(text(row, 0)?.to_owned()), from_json(text(row, 1)?)?)))
+    }
+
+    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Listing<ThreadItem>> {
+        let limit = effective_limit(query.limit);
+        let (mut after_seq, mut before_seq) = (None, None);
+        let cursors = query.after.is_some() || query.before.is_some();
+        if cursors {
+            let thread_known: bool;
+            (thread_known, after_seq, before_seq) = sqlx::query_as(ITEM_CURSORS)
+                .bind(thread_id)
+                .bind(user.as_str())
+                .bind(query.after.as_deref())
+                .bind(query.before.as_deref())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend_error)?;
+            if !thread_known {
+                return Err(StoreError::not_found(Entity::Thread, thread_id));
+            }
+            known_cursor(query.after.as_ref(), after_seq)?;
+            known_cursor(query.before.as_ref(), before_seq)?;
+        }
+        let window = Window::new(query.order, after_seq, before_seq);
+        let (low, high) = window.sql_bounds();
+        let rows = sqlx::query(if window.ascending { ITEMS_UP } else { ITEMS_DOWN })
+            .bind(thread_id)
+            .bind(user.as_str())
+            .bind(low)
+            .bind(high)
+            .bind(fetch_limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        let listing = into_listing(&rows, limit, window, |row| from_json(text(row, 0)?))?;
+        if listing.data.is_empty() && !cursors {
+            // Without cursors no rows may also mean a missing or foreign thread,
+            // which only then is worth a second statement.
+            let known: bool = sqlx::query_scalar(THREAD_EXISTS)
+                .bind(thread_id)
+                .bind(user.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend_error)?;
+            if !known {
+                return Err(StoreError::not_found(Entity::Thread, thread_id));
+            }
+        }
+        Ok(listing)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -31,8 +31,10 @@ use rusqlite::{ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension,
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{effective_limit, fetch_limit, found, from_json, to_json};
-use super::{Entity, PageQuery, Store, StoreError, StoreResult, UserId};
+use super::record::{effective_limit, fetch_limit, finish_listing, found, from_json, to_json, Window};
+use super::{
+    Entity, ListQuery, Listing, PageQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
+};
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 
 /// One step of the schema. A later version appends a step; steps never change
@@ -43,9 +45,10 @@ struct Migration {
 }
 
 /// The schema, in the order it is applied. Versions must increase.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: r#"
 CREATE TABLE threads (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -70,7 +73,24 @@ CREATE TABLE attachments (
     data TEXT NOT NULL
 );
 "#,
-}];
+    },
+    // ChatKit sessions. The secret's hash is unique so that a secret finds one
+    // session; the settings are JSON text like the records above.
+    Migration {
+        version: 2,
+        sql: r#"
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    settings TEXT NOT NULL
+);
+"#,
+    },
+];
 
 const CREATE_MIGRATIONS_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)";
@@ -331,6 +351,63 @@ fn query_page<T: DeserializeOwned>(
         }
     }
     Ok(Page { data, has_more: false, after: None })
+}
+
+/// Runs a cached statement that selects an admin listing's rows in scan order,
+/// up to one beyond the page (see `fetch_limit`), parsing each with `parse`.
+fn query_listing<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    limit: usize,
+    window: Window<i64>,
+    parse: impl Fn(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Listing<T>> {
+    let mut statement = conn.prepare_cached(sql).map_err(backend_error)?;
+    let mut rows = statement.query(params).map_err(backend_error)?;
+    let mut data = Vec::with_capacity(limit.min(DEFAULT_PAGE_SIZE));
+    while let Some(row) = rows.next().map_err(backend_error)? {
+        if data.len() == limit {
+            // The row beyond the page is not parsed: it only tells that more follow.
+            return Ok(finish_listing(data, true, window.reverse));
+        }
+        data.push(parse(row)?);
+    }
+    Ok(finish_listing(data, false, window.reverse))
+}
+
+/// A session from a row of the columns every session statement selects, in their order.
+fn session_from_row(row: &Row<'_>) -> StoreResult<SessionRecord> {
+    Ok(SessionRecord {
+        id: text(row, 0)?.to_owned(),
+        secret_hash: text(row, 1)?.to_owned(),
+        user: text(row, 2)?.to_owned(),
+        created_at: row.get(3).map_err(backend_error)?,
+        expires_at: row.get(4).map_err(backend_error)?,
+        cancelled: row.get(5).map_err(backend_error)?,
+        settings: from_json(text(row, 6)?)?,
+    })
+}
+
+/// Runs a cached statement that selects (or returns) at most one session.
+fn query_session(conn: &Connection, sql: &str, params: impl Params) -> StoreResult<Option<SessionRecord>> {
+    let mut statement = conn.prepare_cached(sql).map_err(backend_error)?;
+    let mut rows = statement.query(params).map_err(backend_error)?;
+    let session = match rows.next().map_err(backend_error)? {
+        Some(row) => Some(session_from_row(row)?),
+        None => None,
+    };
+    // Stepping to the end lets an `UPDATE … RETURNING` finish before its statement is reset.
+    while rows.next().map_err(backend_error)?.is_some() {}
+    Ok(session)
+}
+
+/// Fails with `UnknownCursor` when a cursor was given but named no record of the listing.
+fn known_cursor(cursor: Option<String>, seq: Option<i64>) -> StoreResult<()> {
+    match (cursor, seq) {
+        (Some(cursor), None) => Err(StoreError::UnknownCursor(cursor)),
+        _ => Ok(()),
+    }
 }
 
 /// Settings every connection gets.
@@ -777,6 +854,31 @@ const ITEMS_DESC_AFTER: &str = "SELECT id, data FROM items WHERE thread_id = ?1 
 const THREAD_AND_CURSOR_EXIST: &str = "SELECT EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2), \
      EXISTS (SELECT 1 FROM items WHERE thread_id = ?1 AND id = ?3 AND user_id = ?2)";
 
+/// The positions of an admin thread listing's cursors (`?1` after, `?2` before):
+/// null for a missing cursor, and for one that names no thread of the listing,
+/// which with a user (`?3`) holds only that user's threads.
+const THREAD_CURSORS: &str = "SELECT (SELECT seq FROM threads WHERE id = ?1 AND (?3 IS NULL OR user_id = ?3)), \
+     (SELECT seq FROM threads WHERE id = ?2 AND (?3 IS NULL OR user_id = ?3))";
+/// A window of every user's threads, scanned along the primary key.
+const ALL_THREADS_UP: &str = "SELECT user_id, data FROM threads WHERE seq > ?1 AND seq < ?2 ORDER BY seq ASC LIMIT ?3";
+const ALL_THREADS_DOWN: &str =
+    "SELECT user_id, data FROM threads WHERE seq > ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
+/// A window of one user's threads, scanned along `threads_by_user`.
+const USER_THREADS_UP: &str =
+    "SELECT user_id, data FROM threads WHERE user_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4";
+const USER_THREADS_DOWN: &str =
+    "SELECT user_id, data FROM threads WHERE user_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4";
+/// Whether the user owns the thread, and the positions of an admin item
+/// listing's cursors (`?3` after, `?4` before) among its items.
+const ITEM_CURSORS: &str = "SELECT EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2), \
+     (SELECT seq FROM items WHERE thread_id = ?1 AND id = ?3 AND user_id = ?2), \
+     (SELECT seq FROM items WHERE thread_id = ?1 AND id = ?4 AND user_id = ?2)";
+/// A window of a thread's items, scanned along `items_by_thread`.
+const ITEMS_UP: &str = "SELECT data FROM items WHERE thread_id = ?1 AND user_id = ?2 \
+     AND seq > ?3 AND seq < ?4 ORDER BY seq ASC LIMIT ?5";
+const ITEMS_DOWN: &str = "SELECT data FROM items WHERE thread_id = ?1 AND user_id = ?2 \
+     AND seq > ?3 AND seq < ?4 ORDER BY seq DESC LIMIT ?5";
+
 const LOAD_ITEM: &str = "SELECT data FROM items WHERE thread_id = ?1 AND id = ?2 AND user_id = ?3";
 /// Appends an item, but only to a thread the user owns: no row is inserted otherwise.
 const INSERT_ITEM: &str = "INSERT INTO items (id, thread_id, user_id, data) SELECT ?1, ?2, ?3, ?4 \
@@ -792,6 +894,16 @@ const UPSERT_ATTACHMENT: &str = "INSERT INTO attachments (id, user_id, data) VAL
      ON CONFLICT (id) DO UPDATE SET data = excluded.data WHERE attachments.user_id = excluded.user_id";
 const LOAD_ATTACHMENT: &str = "SELECT data FROM attachments WHERE id = ?1 AND user_id = ?2";
 const DELETE_ATTACHMENT: &str = "DELETE FROM attachments WHERE id = ?1 AND user_id = ?2";
+
+const INSERT_SESSION: &str = "INSERT INTO sessions \
+     (id, secret_hash, user_id, created_at, expires_at, cancelled, settings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+// Every statement that reads a session selects the columns in the order `session_from_row` reads them.
+const LOAD_SESSION: &str = "SELECT id, secret_hash, user_id, created_at, expires_at, cancelled, settings \
+     FROM sessions WHERE id = ?1";
+const FIND_SESSION: &str = "SELECT id, secret_hash, user_id, created_at, expires_at, cancelled, settings \
+     FROM sessions WHERE secret_hash = ?1";
+const CANCEL_SESSION: &str = "UPDATE sessions SET cancelled = 1 WHERE id = ?1 \
+     RETURNING id, secret_hash, user_id, created_at, expires_at, cancelled, settings";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -991,6 +1103,136 @@ impl Store for SqliteStore {
                 Entity::Attachment,
                 id,
             )
+        })
+        .await
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        let settings = to_json(&session.settings)?;
+        let session = session.clone();
+        self.write(move |conn| {
+            let row = params![
+                session.id,
+                session.secret_hash,
+                session.user,
+                session.created_at,
+                session.expires_at,
+                session.cancelled,
+                settings
+            ];
+            // A taken secret hash is reported under the new session's id, never as the hash.
+            execute(conn, INSERT_SESSION, row).map_err(|err| insert_error(err, Entity::Session, &session.id))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        let id = session_id.to_owned();
+        self.read(move |conn| {
+            query_session(conn, LOAD_SESSION, params![id])?.ok_or_else(|| StoreError::not_found(Entity::Session, id))
+        })
+        .await
+    }
+
+    async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord> {
+        let hash = secret_hash.to_owned();
+        self.read(move |conn| {
+            query_session(conn, FIND_SESSION, params![hash])?
+                .ok_or_else(|| StoreError::not_found(Entity::Session, SESSION_BY_SECRET))
+        })
+        .await
+    }
+
+    async fn cancel_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        let id = session_id.to_owned();
+        self.write(move |conn| {
+            query_session(conn, CANCEL_SESSION, params![id])?.ok_or_else(|| StoreError::not_found(Entity::Session, id))
+        })
+        .await
+    }
+
+    async fn list_threads(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+    ) -> StoreResult<Listing<(UserId, ThreadMetadata)>> {
+        let limit = effective_limit(query.limit);
+        let (user, after, before, order) =
+            (user.map(|user| user.0.clone()), query.after.clone(), query.before.clone(), query.order);
+        self.read(move |conn| {
+            let (mut after_seq, mut before_seq) = (None, None);
+            if after.is_some() || before.is_some() {
+                (after_seq, before_seq) = conn
+                    .prepare_cached(THREAD_CURSORS)
+                    .and_then(|mut statement| {
+                        statement.query_row(params![after, before, user], |row| Ok((row.get(0)?, row.get(1)?)))
+                    })
+                    .map_err(backend_error)?;
+                known_cursor(after, after_seq)?;
+                known_cursor(before, before_seq)?;
+            }
+            let window = Window::new(order, after_seq, before_seq);
+            let (low, high) = window.sql_bounds();
+            let parse = |row: &Row<'_>| Ok((UserId(text(row, 0)?.to_owned()), from_json(text(row, 1)?)?));
+            let fetch = fetch_limit(limit);
+            match &user {
+                None => {
+                    let sql = if window.ascending { ALL_THREADS_UP } else { ALL_THREADS_DOWN };
+                    query_listing(conn, sql, params![low, high, fetch], limit, window, parse)
+                }
+                Some(user) => {
+                    let sql = if window.ascending { USER_THREADS_UP } else { USER_THREADS_DOWN };
+                    query_listing(conn, sql, params![user, low, high, fetch], limit, window, parse)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Listing<ThreadItem>> {
+        let limit = effective_limit(query.limit);
+        let (thread_id, user, after, before, order) =
+            (thread_id.to_owned(), user.0.clone(), query.after.clone(), query.before.clone(), query.order);
+        self.read(move |conn| {
+            let (mut after_seq, mut before_seq) = (None, None);
+            let cursors = after.is_some() || before.is_some();
+            if cursors {
+                let thread_known: bool;
+                (thread_known, after_seq, before_seq) = conn
+                    .prepare_cached(ITEM_CURSORS)
+                    .and_then(|mut statement| {
+                        statement.query_row(params![thread_id, user, after, before], |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                        })
+                    })
+                    .map_err(backend_error)?;
+                if !thread_known {
+                    return Err(StoreError::not_found(Entity::Thread, thread_id));
+                }
+                known_cursor(after, after_seq)?;
+                known_cursor(before, before_seq)?;
+            }
+            let window = Window::new(order, after_seq, before_seq);
+            let (low, high) = window.sql_bounds();
+            let sql = if window.ascending { ITEMS_UP } else { ITEMS_DOWN };
+            let listing = query_listing(
+                conn,
+                sql,
+                params![thread_id, user, low, high, fetch_limit(limit)],
+                limit,
+                window,
+                |row| from_json(text(row, 0)?),
+            )?;
+            // Without cursors no rows may also mean a missing or foreign thread,
+            // which only then is worth a second statement.
+            if listing.data.is_empty()
+                && !cursors
+                && !query_value::<bool>(conn, THREAD_EXISTS, params![thread_id, user])?
+            {
+                return Err(StoreError::not_found(Entity::Thread, thread_id));
+            }
+            Ok(listing)
         })
         .await
     }

@@ -11,7 +11,7 @@ use actix::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::registry::Inner;
-use crate::engine::{CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn};
+use crate::engine::{Caller, CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn};
 use crate::fanout::Lease;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
 use crate::store::UserId;
@@ -23,7 +23,7 @@ pub(super) enum Job {
     Turn {
         user: UserId,
         request: Request,
-        locale: Option<String>,
+        caller: Caller,
         sink: mpsc::Sender<ThreadStreamEvent>,
         started: oneshot::Sender<EngineResult<()>>,
     },
@@ -32,7 +32,7 @@ pub(super) enum Job {
     /// An operator's status change.
     Status { thread_id: String, status: ThreadStatus, answer: oneshot::Sender<EngineResult<(UserId, Thread)>> },
     /// A non-streaming request that changes the thread.
-    Json { user: UserId, request: Request, answer: oneshot::Sender<EngineResult<JsonAnswer>> },
+    Json { user: UserId, request: Request, caller: Caller, answer: oneshot::Sender<EngineResult<JsonAnswer>> },
 }
 
 #[derive(Message)]
@@ -151,12 +151,12 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, thread_id: String, jo
         }
     };
     match job {
-        Job::Turn { user, request, locale, sink, started } => match engine.prepare(&user, request).await {
+        Job::Turn { user, request, caller, sink, started } => match engine.prepare(&user, request).await {
             Err(error) => {
                 let _ = started.send(Err(error));
             }
             Ok(turn) => {
-                let turn = turn.with_locale(locale);
+                let turn = turn.with_caller(caller);
                 // Run even if the caller is gone: its input is already stored,
                 // and the closed sink makes the run keep it as a cancelled turn.
                 let _ = started.send(Ok(()));
@@ -167,8 +167,8 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, thread_id: String, jo
         Job::Status { thread_id, status, answer } => {
             let _ = answer.send(engine.set_status(&thread_id, status).await);
         }
-        Job::Json { user, request, answer } => {
-            let _ = answer.send(engine.answer(&user, request).await);
+        Job::Json { user, request, caller, answer } => {
+            let _ = answer.send(engine.answer(&user, request, &caller).await);
         }
     }
 }

@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::actor::{Envelope, Job, Shared, ThreadActor};
-use crate::engine::{Engine, EngineError, EngineResult, JsonAnswer};
+use crate::engine::{Caller, Engine, EngineError, EngineResult, JsonAnswer};
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
 use crate::store::UserId;
 
@@ -125,18 +125,18 @@ impl Threads {
 
     /// Starts a streaming operation in its thread's order. An error means the
     /// request was refused before its first event.
-    /// `locale` is the caller's preferred language, passed to the responder.
+    /// `caller` (language, session) is passed to the responder.
     pub async fn turn(
         &self,
         user: UserId,
         request: Request,
-        locale: Option<String>,
+        caller: Caller,
     ) -> EngineResult<mpsc::Receiver<ThreadStreamEvent>> {
         let (sink, events) = mpsc::channel(STREAM_BUFFER);
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
             // A new thread: nothing can be queued on it yet, so it is prepared
             // here and only its run goes through the new thread's actor.
-            let turn = self.inner.engine.prepare(&user, request).await?.with_locale(locale);
+            let turn = self.inner.engine.prepare(&user, request).await?.with_caller(caller);
             let thread_id = turn.thread_id();
             if let Submit::Busy = self.submit(&thread_id, Job::Run { turn, sink: sink.clone() }) {
                 let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
@@ -144,7 +144,7 @@ impl Threads {
             return Ok(events);
         };
         let (started, accepted) = oneshot::channel();
-        match self.submit(&thread_id, Job::Turn { user, request, locale, sink: sink.clone(), started }) {
+        match self.submit(&thread_id, Job::Turn { user, request, caller, sink: sink.clone(), started }) {
             Submit::Busy => {
                 let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
                 Ok(events)
@@ -157,11 +157,11 @@ impl Threads {
     }
 
     /// Runs a non-streaming operation that changes a thread in its order.
-    pub async fn change(&self, user: UserId, request: Request) -> EngineResult<JsonAnswer> {
+    pub async fn change(&self, user: UserId, request: Request, caller: Caller) -> EngineResult<JsonAnswer> {
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
-            return self.inner.engine.answer(&user, request).await;
+            return self.inner.engine.answer(&user, request, &caller).await;
         };
-        self.ask(&thread_id, |answer| Job::Json { user, request, answer }).await
+        self.ask(&thread_id, |answer| Job::Json { user, request, caller, answer }).await
     }
 
     /// Changes a thread's status in the thread's order: by default after the

@@ -74,3 +74,19 @@ impl Responder for ScriptedResponder {
         })
     }
 }
+
+/// The events of one finished assistant message saying `text`: added, one delta, done.
+pub fn message_events(thread_id: &str, text: &str) -> Vec<ThreadStreamEvent> {
+    let id = new_id(IdKind::Message);
+    let empty = ThreadItem::new(id.clone(), thread_id.to_string(), ItemBody::AssistantMessage { content: vec![] });
+    let mut done = empty.clone();
+    done.body = ItemBody::AssistantMessage { content: vec![AssistantMessageContent::text(text)] };
+    vec![
+        ThreadStreamEvent::ItemAdded { item: empty },
+        ThreadStreamEvent::ItemUpdated {
+            item_id: id,
+            update: ItemUpdate::TextDelta { content_index: 0, delta: text.to_string() },
+        },
+        ThreadStreamEvent::ItemDone { item: done },
+    ]
+}

@@ -44,10 +44,23 @@ pub async fn open(url: &str, user: &str, last_id: Option<u64>) -> Viewer {
 
 /// Opens a viewer stream; the status, and the stream when it is 200.
 pub async fn try_open(url: &str, user: &str, last_id: Option<u64>) -> (u16, Option<Viewer>) {
+    try_open_with(url, &[("x-user-id", user.to_string())], last_id).await
+}
+
+/// Opens a viewer stream with a client secret (session authentication).
+pub async fn try_open_with_secret(url: &str, secret: &str) -> (u16, Option<Viewer>) {
+    try_open_with(url, &[("authorization", format!("Bearer {secret}"))], None).await
+}
+
+/// Opens a viewer stream with the given headers.
+pub async fn try_open_with(url: &str, headers: &[(&str, String)], last_id: Option<u64>) -> (u16, Option<Viewer>) {
     // No overall timeout: the stream lives as long as the test reads it. Each
     // read is bounded instead.
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().expect("client");
-    let mut request = client.get(url).header("x-user-id", user);
+    let mut request = client.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
     if let Some(id) = last_id {
         request = request.header("last-event-id", id.to_string());
     }

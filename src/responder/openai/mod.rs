@@ -286,7 +286,13 @@ impl Responder for OpenAiResponder {
                     })?
                 }
             };
-            let mut messages = vec![json!({"role": "system", "content": inner.system_prompt(turn.locale.as_deref())})];
+            let mut system = inner.system_prompt(turn.locale.as_deref());
+            let variables = turn.session.as_ref().and_then(|s| s.settings.workflow.state_variables.as_ref());
+            if let Some(variables) = variables.filter(|v| !v.is_empty()) {
+                // The session's workflow state reaches the model as context.
+                system.push_str(&format!("\n\nSession state variables: {}", Value::Object(variables.clone())));
+            }
+            let mut messages = vec![json!({"role": "system", "content": system})];
             messages.extend(input::to_messages(&items));
             let request = inner.request(&model, messages, tool_choice.as_deref());
             let (mut upstream, first) = inner.open(&request).await.map_err(|f| f.into_error(&model))?;
@@ -316,7 +322,11 @@ impl Responder for OpenAiResponder {
             for event in finished.events {
                 yield event;
             }
-            if settings.titles && turn.thread.title().is_none() {
+            let session_titles = turn
+                .session
+                .as_ref()
+                .is_none_or(|session| session.settings.chatkit_configuration.automatic_thread_titling.enabled);
+            if settings.titles && session_titles && turn.thread.title().is_none() {
                 let first_message = items.iter().find_map(|item| match &item.body {
                     ItemBody::UserMessage(message) => Some(message.plain_text()),
                     _ => None,

@@ -1,0 +1,224 @@
+//! Client sessions: short-lived secrets that let a browser act as one user,
+//! with the settings and request rate the backend gave that user, as the
+//! hosted ChatKit service's sessions do.
+//!
+//! Secrets are random and stored only as SHA-256 hashes. Sessions live in the
+//! store, so every replica knows them; rate-limit counters and "session ended"
+//! notices go through the fan-out, so they hold across replicas too. This
+//! module knows nothing of HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use rand::RngCore;
+
+use crate::fanout::Fanout;
+use crate::ids::{new_id, IdKind};
+use crate::protocol::hosted::{ChatSession, SessionCreateParams, SessionSettings, SessionStatus};
+use crate::store::{SessionRecord, Store, StoreError, UserId};
+
+/// The prefix of every client secret, so that one is recognizable in a leak scan.
+pub const SECRET_PREFIX: &str = "ck_secret_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("session `{0}` not found")]
+    NotFound(String),
+    #[error("store failed: {0}")]
+    Store(StoreError),
+}
+
+/// Why a client secret was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing `Authorization: Bearer <client_secret>`")]
+    Missing,
+    #[error("unknown client secret")]
+    Unknown,
+    #[error("the session of this client secret has expired")]
+    Expired,
+    #[error("the session of this client secret was cancelled")]
+    Cancelled,
+    #[error("sessions cannot be checked right now")]
+    Unavailable,
+}
+
+/// A session that authenticated a request.
+#[derive(Clone, Debug)]
+pub struct ActiveSession {
+    pub id: String,
+    pub user: UserId,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub settings: SessionSettings,
+}
+
+impl ActiveSession {
+    /// Seconds until it expires, at least zero.
+    pub fn remaining(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.expires_at - unix_now()).unwrap_or(0))
+    }
+}
+
+/// Whether a request may go ahead under its session's rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// Over the limit; the seconds until the current minute ends.
+    Limited {
+        retry_after: u64,
+    },
+}
+
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    fanout: Arc<dyn Fanout>,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn Store>, fanout: Arc<dyn Fanout>) -> Self {
+        Sessions { store, fanout }
+    }
+
+    pub async fn create(&self, params: SessionCreateParams) -> Result<ChatSession, SessionError> {
+        let (user, settings, seconds) = params.resolve().map_err(SessionError::BadRequest)?;
+        let secret = new_secret();
+        let created_at = unix_now();
+        let record = SessionRecord {
+            id: new_id(IdKind::Session),
+            secret_hash: hash_secret(&secret),
+            user,
+            created_at,
+            expires_at: created_at + seconds,
+            cancelled: false,
+            settings: serde_json::to_value(&settings).map_err(|e| SessionError::BadRequest(e.to_string()))?,
+        };
+        self.store.create_session(&record).await.map_err(SessionError::Store)?;
+        tracing::info!(session = %record.id, user = %record.user, expires_at = record.expires_at, "session created");
+        Ok(answer(&record, settings, secret))
+    }
+
+    /// Cancels a session; its secret stops working at once, on every replica.
+    pub async fn cancel(&self, session_id: &str) -> Result<ChatSession, SessionError> {
+        let record = self.store.cancel_session(session_id).await.map_err(|error| match error {
+            StoreError::NotFound { .. } => SessionError::NotFound(session_id.to_string()),
+            other => SessionError::Store(other),
+        })?;
+        self.fanout.end_session(session_id).await;
+        tracing::info!(session = %record.id, "session cancelled");
+        let settings = settings_of(&record).map_err(SessionError::BadRequest)?;
+        // The secret is not kept, so it cannot be answered again.
+        Ok(answer(&record, settings, String::new()))
+    }
+
+    /// The session a client secret belongs to, if it is still good.
+    pub async fn authenticate(&self, secret: &str) -> Result<ActiveSession, AuthError> {
+        if !secret.starts_with(SECRET_PREFIX) {
+            return Err(AuthError::Unknown);
+        }
+        let record = match self.store.find_session(&hash_secret(secret)).await {
+            Ok(record) => record,
+            Err(StoreError::NotFound { .. }) => return Err(AuthError::Unknown),
+            Err(error) => {
+                tracing::error!(%error, "cannot look up a session");
+                return Err(AuthError::Unavailable);
+            }
+        };
+        if record.cancelled {
+            return Err(AuthError::Cancelled);
+        }
+        if record.expires_at <= unix_now() {
+            return Err(AuthError::Expired);
+        }
+        let settings = settings_of(&record).map_err(|error| {
+            tracing::error!(%error, session = %record.id, "a stored session has unreadable settings");
+            AuthError::Unavailable
+        })?;
+        Ok(ActiveSession { id: record.id, user: UserId(record.user), expires_at: record.expires_at, settings })
+    }
+
+    /// Counts a request against the session's per-minute limit, across replicas.
+    pub async fn admit(&self, session: &ActiveSession) -> Admission {
+        let now = unix_now();
+        let minute = now / 60;
+        let key = format!("rate:{}:{minute}", session.id);
+        let count = self.fanout.incr(&key, Duration::from_secs(120)).await;
+        if count > u64::from(session.settings.rate_limits.max_requests_per_1_minute) {
+            Admission::Limited { retry_after: u64::try_from(60 - now % 60).unwrap_or(60).max(1) }
+        } else {
+            Admission::Allowed
+        }
+    }
+
+    /// Ids of sessions cancelled on any replica, for closing their streams.
+    pub fn ended(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.fanout.session_ends()
+    }
+}
+
+/// Counts one upload against the session's `max_files`, across replicas; false past it.
+pub async fn admit_upload(fanout: &dyn Fanout, session: &ActiveSession) -> bool {
+    let Some(max_files) = session.settings.chatkit_configuration.file_upload.max_files else { return true };
+    let ttl = session.remaining() + Duration::from_secs(60);
+    fanout.incr(&format!("files:{}", session.id), ttl).await <= u64::from(max_files)
+}
+
+fn settings_of(record: &SessionRecord) -> Result<SessionSettings, String> {
+    serde_json::from_value(record.settings.clone()).map_err(|e| format!("stored session settings: {e}"))
+}
+
+fn answer(record: &SessionRecord, settings: SessionSettings, client_secret: String) -> ChatSession {
+    let status = if record.cancelled {
+        SessionStatus::Cancelled
+    } else if record.expires_at <= unix_now() {
+        SessionStatus::Expired
+    } else {
+        SessionStatus::Active
+    };
+    ChatSession {
+        id: record.id.clone(),
+        object: "chatkit.session",
+        client_secret,
+        expires_at: record.expires_at,
+        max_requests_per_1_minute: settings.rate_limits.max_requests_per_1_minute,
+        rate_limits: settings.rate_limits,
+        status,
+        user: record.user.clone(),
+        workflow: settings.workflow,
+        chatkit_configuration: settings.chatkit_configuration,
+    }
+}
+
+/// 32 random bytes, URL-safe: 256 bits that cannot be guessed.
+fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{SECRET_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Hex SHA-256: what the store keeps instead of the secret.
+pub fn hash_secret(secret: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_hashed() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_ne!(a, b);
+        assert!(a.starts_with(SECRET_PREFIX) && a.len() == SECRET_PREFIX.len() + 43, "{a}");
+        assert_eq!(hash_secret("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_ne!(hash_secret(&a), hash_secret(&b));
+    }
+}

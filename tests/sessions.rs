@@ -1,0 +1,384 @@
+//! Client sessions: secrets that authenticate `/chatkit` and the viewer
+//! streams, their expiry and cancellation, their settings and rate limits.
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use chatkit_gateway::config::{AuthMode, Config, Secret};
+use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
+use chatkit_gateway::store::{MemoryStore, Store};
+use common::redis::RedisServer;
+use common::viewer::{self, Viewer};
+use common::*;
+use serde_json::{json, Value};
+
+/// Everything the gateway logs in this test binary, to check that no secret leaks.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(|| Capture)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .try_init();
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
+fn session_auth(config: &mut Config) {
+    config.auth = Some(AuthMode::Session);
+}
+
+fn spawn_sessions() -> TestApp {
+    capture_logs();
+    spawn(Spawn { configure: Box::new(session_auth), ..Default::default() })
+}
+
+/// `POST /v1/chatkit/sessions`; the status and the answer.
+async fn try_create(app: &TestApp, body: Value) -> (u16, Value) {
+    let response = app.client.post(app.url("/v1/chatkit/sessions")).json(&body).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON"))
+}
+
+async fn create(app: &TestApp, body: Value) -> Value {
+    let (status, session) = try_create(app, body).await;
+    assert_eq!(status, 200, "{session}");
+    session
+}
+
+async fn session_for(app: &TestApp, user: &str) -> (String, String) {
+    let session = create(app, json!({"user": user, "workflow": {"id": "wf_test"}})).await;
+    (session["id"].as_str().unwrap().to_string(), session["client_secret"].as_str().unwrap().to_string())
+}
+
+/// `POST /chatkit` with a client secret: status, `Retry-After`, body text.
+async fn call_with(app: &TestApp, secret: &str, op: &str, params: Value) -> (u16, Option<String>, String) {
+    let response = app
+        .client
+        .post(app.url("/chatkit"))
+        .bearer_auth(secret)
+        .header("content-type", "application/json")
+        .body(request(op, params).to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    (status, retry_after, response.text().await.expect("body"))
+}
+
+async fn list_threads(app: &TestApp, secret: &str) -> Vec<String> {
+    let (status, _, body) = call_with(app, secret, "threads.list", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    page["data"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect()
+}
+
+async fn new_thread(app: &TestApp, secret: &str, text: &str) -> String {
+    let (status, _, body) = call_with(app, secret, "threads.create", json!({"input": text_input(text)})).await;
+    assert_eq!(status, 200, "{body}");
+    parse_sse(&body)[0]["thread"]["id"].as_str().unwrap().to_string()
+}
+
+/// Rate limits count per clock minute: a test that needs its requests in one
+/// minute starts early in one.
+async fn avoid_minute_boundary() {
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+}
+
+fn error_code(body: &str) -> String {
+    let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    check_error_body(&value);
+    value["error"]["code"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_session_answers_as_the_hosted_service_and_its_secret_acts_as_its_user() {
+    let app = spawn_sessions();
+    let session =
+        create(&app, json!({"user": "alice", "workflow": {"id": "wf_1", "state_variables": {"plan": "pro"}}})).await;
+    assert_eq!(session["object"], "chatkit.session");
+    assert_eq!(session["status"], "active");
+    assert_eq!(session["user"], "alice");
+    assert_eq!(session["max_requests_per_1_minute"], 10);
+    assert_eq!(session["rate_limits"], json!({"max_requests_per_1_minute": 10}));
+    assert_eq!(session["workflow"]["state_variables"], json!({"plan": "pro"}));
+    assert_eq!(session["chatkit_configuration"]["file_upload"]["enabled"], false);
+    let now = chrono::Utc::now().timestamp();
+    let expires_at = session["expires_at"].as_i64().unwrap();
+    assert!((now + 590..=now + 601).contains(&expires_at), "ten minutes: {expires_at} vs {now}");
+    let secret = session["client_secret"].as_str().unwrap();
+    assert!(secret.starts_with("ck_secret_") && secret.len() > 40);
+
+    let thread = new_thread(&app, secret, "hello").await;
+    assert_eq!(list_threads(&app, secret).await, std::slice::from_ref(&thread));
+    let owner = app.store.find_thread(&thread).await.unwrap().0;
+    assert_eq!(owner.as_str(), "alice", "the session's user owns what its secret creates");
+    let (_, bob) = session_for(&app, "bob").await;
+    assert!(list_threads(&app, &bob).await.is_empty(), "another user's session sees none of it");
+
+    // Without a secret, or with the user header alone, nothing is served.
+    let (status, _, body) = call_with(&app, "", "threads.list", json!({})).await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "missing_client_secret"));
+    let header_only = app.post_raw(Some("alice"), request("threads.list", json!({})).to_string()).await;
+    assert_eq!(header_only.status().as_u16(), 401);
+    let (status, _, body) = call_with(&app, "ck_secret_guess", "threads.list", json!({})).await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "invalid_client_secret"));
+}
+
+#[tokio::test]
+async fn bad_session_requests_are_named_and_the_admin_key_guards_them() {
+    let app = spawn_sessions();
+    for (body, needle) in [
+        (json!({"workflow": {"id": "w"}}), "user"),
+        (json!({"user": "u", "workflow": {"id": "w"}, "expires_after": -5}), "expires_after"),
+        (json!({"user": "u", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 0}}), "rate_limits"),
+        (json!({"user": "u", "workflow": {}}), "id"),
+    ] {
+        let (status, answer) = try_create(&app, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        check_error_body(&answer);
+        assert!(answer["error"]["message"].as_str().unwrap().contains(needle), "{body}: {answer}");
+    }
+    let unknown = app.client.post(app.url("/v1/chatkit/sessions/cksess_nope/cancel")).send().await.unwrap();
+    error_of(unknown, 404).await;
+
+    let keyed = spawn(Spawn {
+        configure: Box::new(|c| {
+            session_auth(c);
+            c.admin_keys = vec![Secret::new("admin-key")];
+        }),
+        ..Default::default()
+    });
+    let body = json!({"user": "u", "workflow": {"id": "w"}});
+    let refused = keyed.client.post(keyed.url("/v1/chatkit/sessions")).json(&body).send().await.unwrap();
+    error_of(refused, 401).await;
+    let allowed = keyed.client.post(keyed.url("/v1/chatkit/sessions")).bearer_auth("admin-key").json(&body);
+    assert_eq!(allowed.send().await.unwrap().status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn an_expired_secret_gets_401_saying_so() {
+    let app = spawn_sessions();
+    let session = create(&app, json!({"user": "alice", "workflow": {"id": "w"}, "expires_after": 1})).await;
+    let secret = session["client_secret"].as_str().unwrap();
+    assert!(list_threads(&app, secret).await.is_empty());
+    let mut viewer = open_history(&app, secret).await;
+    let ended = viewer.until(|f| f.event.as_deref() == Some("session.ended")).await;
+    assert_eq!(ended.last().unwrap().data["reason"], "expired", "the stream closes when its session expires");
+    assert!(viewer.rest().await.is_empty());
+    let (status, _, body) = call_with(&app, secret, "threads.list", json!({})).await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "session_expired"));
+    assert!(body.contains("expired"), "{body}");
+}
+
+async fn open_history(app: &TestApp, secret: &str) -> Viewer {
+    let (status, viewer) = viewer::try_open_with_secret(&app.url("/chatkit/events"), secret).await;
+    assert_eq!(status, 200);
+    viewer.unwrap()
+}
+
+#[tokio::test]
+async fn cancelling_a_session_refuses_its_secret_and_closes_its_streams() {
+    let app = spawn_sessions();
+    let (id, secret) = session_for(&app, "alice").await;
+    let thread = new_thread(&app, &secret, "hello").await;
+    let (status, thread_viewer) =
+        viewer::try_open_with_secret(&app.url(&format!("/chatkit/threads/{thread}/events")), &secret).await;
+    assert_eq!(status, 200);
+    let mut thread_viewer = thread_viewer.unwrap();
+    let mut history = open_history(&app, &secret).await;
+    let (_, other) = session_for(&app, "alice").await;
+    let mut unrelated = open_history(&app, &other).await;
+
+    let cancelled = app.client.post(app.url(&format!("/v1/chatkit/sessions/{id}/cancel"))).send().await.unwrap();
+    assert_eq!(cancelled.status().as_u16(), 200);
+    let cancelled: Value = cancelled.json().await.unwrap();
+    assert_eq!((cancelled["id"].as_str(), cancelled["status"].as_str()), (Some(id.as_str()), Some("cancelled")));
+    assert!(!cancelled.to_string().contains(&secret));
+
+    for viewer in [&mut thread_viewer, &mut history] {
+        let last = viewer.until(|f| f.event.as_deref() == Some("session.ended")).await;
+        assert_eq!(last.last().unwrap().data["reason"], "cancelled");
+        assert!(viewer.rest().await.is_empty(), "then the stream ends");
+    }
+    assert!(unrelated.next_within(Duration::from_millis(300)).await.is_none() && !unrelated.ended, "others stay");
+    let (status, _, body) = call_with(&app, &secret, "threads.list", json!({})).await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "session_cancelled"));
+    let (status, _) = viewer::try_open_with_secret(&app.url("/chatkit/events"), &secret).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn past_the_rate_limit_requests_get_429_and_write_nothing() {
+    let app = spawn_sessions();
+    let session = create(
+        &app,
+        json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 3}}),
+    )
+    .await;
+    assert_eq!(session["max_requests_per_1_minute"], 3);
+    let secret = session["client_secret"].as_str().unwrap();
+    avoid_minute_boundary().await;
+    let first = new_thread(&app, secret, "one").await;
+    let second = new_thread(&app, secret, "two").await;
+    let third = new_thread(&app, secret, "three").await;
+    let (status, retry_after, body) =
+        call_with(&app, secret, "threads.create", json!({"input": text_input("four")})).await;
+    assert_eq!((status, error_code(&body).as_str()), (429, "rate_limit_exceeded"), "{body}");
+    let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry_after));
+    let alice = chatkit_gateway::store::UserId("alice".into());
+    let query = chatkit_gateway::store::PageQuery::first(100, chatkit_gateway::protocol::Order::Asc);
+    let stored: Vec<String> =
+        app.store.load_threads(&alice, &query).await.unwrap().data.into_iter().map(|t| t.id).collect();
+    assert_eq!(stored, [first, second, third], "the refused request wrote nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_replicas() {
+    capture_logs();
+    let redis = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let replica = || {
+        let url = redis.url();
+        spawn(Spawn {
+            store: Some(store.clone()),
+            configure: Box::new(move |c| {
+                session_auth(c);
+                c.redis_url = Some(Secret::new(url));
+            }),
+            ..Default::default()
+        })
+    };
+    let (a, b) = (replica(), replica());
+    let session =
+        create(&a, json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 4}}))
+            .await;
+    let secret = session["client_secret"].as_str().unwrap();
+    avoid_minute_boundary().await;
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let app = if n % 2 == 0 { &a } else { &b };
+        statuses.push(call_with(app, secret, "threads.list", json!({})).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "four in all, wherever they land");
+}
+
+/// Answers with what the turn's session carried: its workflow state variables.
+struct Reflect;
+
+#[async_trait::async_trait]
+impl Responder for Reflect {
+    fn name(&self) -> &'static str {
+        "reflect"
+    }
+
+    fn respond(&self, turn: TurnContext, _input: RespondInput) -> EventStream {
+        let variables = turn.session.as_ref().and_then(|s| s.settings.workflow.state_variables.clone());
+        let text = serde_json::to_string(&variables).unwrap();
+        let thread_id = turn.thread.id();
+        Box::pin(futures_util::stream::iter(common::scripted::message_events(&thread_id, &text).into_iter().map(Ok)))
+    }
+}
+
+#[tokio::test]
+async fn session_settings_shape_what_the_user_gets() {
+    capture_logs();
+    let app = spawn(Spawn { responder: Arc::new(Reflect), configure: Box::new(session_auth), ..Default::default() });
+    let session = create(
+        &app,
+        json!({
+            "user": "alice",
+            "workflow": {"id": "w", "state_variables": {"tier": "gold", "beta": true}},
+            "chatkit_configuration": {"history": {"enabled": false}, "file_upload": {"enabled": true, "max_file_size": 1, "max_files": 1}},
+        }),
+    )
+    .await;
+    let secret = session["client_secret"].as_str().unwrap();
+    let (_, _, body) = call_with(&app, secret, "threads.create", json!({"input": text_input("hi")})).await;
+    assert_eq!(
+        assistant_text(&parse_sse(&body)),
+        r#"{"beta":true,"tier":"gold"}"#,
+        "state variables reach the responder"
+    );
+    assert!(list_threads(&app, secret).await.is_empty(), "history off: an empty page");
+
+    let attach = |size: u64| json!({"name": "a.txt", "size": size, "mime_type": "text/plain"});
+    let (status, _, body) = call_with(&app, secret, "attachments.create", attach(2 * 1024 * 1024)).await;
+    assert_eq!(status, 413, "over the session's 1 MB: {body}");
+    let (status, _, body) = call_with(&app, secret, "attachments.create", attach(10)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = call_with(&app, secret, "attachments.create", attach(10)).await;
+    assert_eq!((status, error_code(&body).as_str()), (403, "forbidden"), "one file at most: {body}");
+
+    let (_, plain) = session_for(&app, "bob").await;
+    let (status, _, body) = call_with(&app, &plain, "attachments.create", attach(10)).await;
+    assert_eq!(status, 403, "uploads are off unless the session enables them: {body}");
+    assert!(body.contains("disabled"), "{body}");
+}
+
+#[tokio::test]
+async fn titling_can_be_turned_off_per_session() {
+    let app = spawn_sessions();
+    let off = create(&app, json!({"user": "a", "workflow": {"id": "w"}, "chatkit_configuration": {"automatic_thread_titling": {"enabled": false}}})).await;
+    let on = create(&app, json!({"user": "b", "workflow": {"id": "w"}})).await;
+    for (session, titled) in [(off, false), (on, true)] {
+        let secret = session["client_secret"].as_str().unwrap();
+        let thread = new_thread(&app, secret, "a title please").await;
+        let (_, _, body) = call_with(&app, secret, "threads.get_by_id", json!({"thread_id": thread})).await;
+        let thread: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(thread.get("title").is_some_and(|t| !t.is_null()), titled, "{thread}");
+    }
+}
+
+#[tokio::test]
+async fn no_response_or_log_line_carries_a_secret() {
+    let app = spawn_sessions();
+    let (id, secret) = session_for(&app, "alice").await;
+    let thread = new_thread(&app, &secret, "hello").await;
+    let (_, _, listed) = call_with(&app, &secret, "threads.list", json!({})).await;
+    let (_, _, fetched) = call_with(&app, &secret, "threads.get_by_id", json!({"thread_id": thread})).await;
+    let cancelled = app.client.post(app.url(&format!("/v1/chatkit/sessions/{id}/cancel"))).send().await.unwrap();
+    let cancelled = cancelled.text().await.unwrap();
+    let (_, _, refused) = call_with(&app, &secret, "threads.list", json!({})).await;
+    for body in [&listed, &fetched, &cancelled, &refused] {
+        assert!(!body.contains(&secret), "a response carries the secret: {body}");
+    }
+    let logs = logs();
+    assert!(logs.contains(&id), "the session is logged by id: the capture works");
+    assert!(!logs.contains(&secret), "a log line carries the secret");
+    assert!(!logs.contains("ck_secret_"), "no secret of any session is logged");
+}
+
+#[tokio::test]
+async fn off_loopback_sessions_are_the_default() {
+    let app = spawn(Spawn { configure: Box::new(|c| c.bind = "0.0.0.0:0".parse().unwrap()), ..Default::default() });
+    let header_only = app.post_raw(Some("alice"), request("threads.list", json!({})).to_string()).await;
+    let error = error_of(header_only, 401).await;
+    assert_eq!(error["code"], "missing_client_secret", "the user header is not trusted off loopback");
+}
