@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpServer};
@@ -15,8 +16,33 @@ use crate::fanout::{self, FanoutError};
 use crate::http::{self, AdminAccess, ApiError};
 use crate::responder::{EchoResponder, OpenAiResponder, Responder};
 use crate::sessions::Sessions;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Instrumented, Store, StoreError};
 use crate::thread::Threads;
+
+/// Seconds connections get to finish once the turns are drained.
+const CONNECTION_DRAIN_SECS: u64 = 5;
+/// How long cancelled turns get to save their partial output at shutdown.
+const CANCEL_SAVE: Duration = Duration::from_secs(5);
+
+/// Lets running turns finish within `grace`, then cancels the rest with the
+/// cancellation semantics (partial output kept) and waits for them to save it.
+async fn drain_turns(threads: &Threads, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    let poll = Duration::from_millis(50);
+    while threads.running_turns() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(poll).await;
+    }
+    let left = threads.running_turns();
+    if left == 0 {
+        return;
+    }
+    tracing::warn!(turns = left, "grace period over: cancelling running turns, keeping their partial output");
+    threads.cancel_all();
+    let saved_by = tokio::time::Instant::now() + CANCEL_SAVE;
+    while threads.running_turns() > 0 && tokio::time::Instant::now() < saved_by {
+        tokio::time::sleep(poll).await;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -35,6 +61,8 @@ pub struct App {
     /// Tells viewer streams the replica is stopping, so they close with a
     /// reconnect hint instead of holding the shutdown for the grace period.
     closing: tokio::sync::watch::Sender<bool>,
+    /// How long running turns get to finish at shutdown before they are cancelled.
+    grace: std::time::Duration,
     addr: SocketAddr,
     engine: Arc<Engine>,
     threads: Threads,
@@ -69,6 +97,7 @@ impl App {
         let addr = listener.local_addr()?;
         let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
         let store_backend = store.backend();
+        let store = Instrumented::wrap(store);
         let responder_name = responder.name();
         let fanout = fanout::open(config.redis_url.as_ref().map(|url| url.expose()), config.fanout_settings())?;
         let fanout_name = fanout.name();
@@ -127,13 +156,15 @@ impl App {
             // server takes that EOF for a half-close and keeps a silent stream
             // open forever, so the turn never learns the client has gone.
             .h1_allow_half_closed(false)
-            .shutdown_timeout(config.shutdown_grace_secs);
+            // Turns are drained before the server stops (see `run_until`); what
+            // is left then is short-lived requests.
+            .shutdown_timeout(CONNECTION_DRAIN_SECS);
         if let Some(workers) = config.workers {
             server = server.workers(workers.max(1));
         }
         let server = server.listen(listener)?.run();
         tracing::info!(%addr, store = store_backend, responder = responder_name, fanout = fanout_name, "listening");
-        Ok(App { server, closing, addr, engine, threads })
+        Ok(App { server, closing, grace: config.shutdown_grace(), addr, engine, threads })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -157,12 +188,18 @@ impl App {
         tokio::select! {
             result = &mut server => result,
             _ = shutdown => {
-                tracing::info!("stopping: no new connections; letting running requests finish");
-                // Viewer streams never finish on their own: close them now.
+                tracing::info!(grace = ?self.grace, "stopping: no new connections; letting running turns finish");
+                // Not ready from now on, and viewer streams (which never end on
+                // their own) close with a hint to reconnect elsewhere.
                 self.closing.send_replace(true);
-                // The server future itself carries out the stop, so it must be
-                // polled while the stop is awaited.
-                let ((), result) = tokio::join!(handle.stop(true), &mut server);
+                let drain = async {
+                    handle.pause().await;
+                    drain_turns(&self.threads, self.grace).await;
+                    handle.stop(true).await;
+                };
+                // The server future itself carries out pause and stop, so it
+                // must be polled while they are awaited.
+                let ((), result) = tokio::join!(drain, &mut server);
                 result
             }
         }

@@ -65,7 +65,8 @@ pub struct Config {
     #[arg(long, env = "CHATKIT_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Seconds to let running requests finish after SIGTERM before stopping.
+    /// Seconds running turns get to finish after SIGTERM or Ctrl-C; turns still
+    /// running then are cancelled, keeping their partial output.
     #[arg(long, env = "CHATKIT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 

@@ -26,6 +26,7 @@ use crate::protocol::{
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
 use crate::sessions::ActiveSession;
 use crate::store::{Entity, PageQuery, Store, StoreError, UserId};
+use crate::telemetry::metrics::METRICS;
 
 pub use announce::Announcer;
 pub use attachments::{AttachmentContent, AttachmentFiles};
@@ -88,6 +89,9 @@ impl From<ResponderError> for EngineError {
     fn from(error: ResponderError) -> Self {
         match error {
             ResponderError::BadRequest(message) => EngineError::BadRequest(message),
+            // A retryable failure (a model service down, rate limited) is the
+            // gateway's trouble, not a bad request.
+            ResponderError::Custom { message, allow_retry: true } => EngineError::Unavailable(message),
             ResponderError::Custom { message, .. } => EngineError::BadRequest(message),
             ResponderError::Unsupported(op) => {
                 EngineError::Unsupported(format!("{op} is not supported by this gateway's responder"))
@@ -130,12 +134,13 @@ pub struct EngineStats {
 
 impl EngineStats {
     fn refused(&self, status: &ThreadStatus) {
-        let counter = match status {
-            ThreadStatus::Locked { .. } => &self.refused_locked,
-            ThreadStatus::Closed { .. } => &self.refused_closed,
+        let (counter, reason) = match status {
+            ThreadStatus::Locked { .. } => (&self.refused_locked, "locked"),
+            ThreadStatus::Closed { .. } => (&self.refused_closed, "closed"),
             ThreadStatus::Active => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        METRICS.rejected.with_label_values(&[reason]).inc();
     }
 }
 

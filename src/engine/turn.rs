@@ -20,6 +20,7 @@ use crate::protocol::{
 };
 use crate::responder::{EventStream, RespondInput, ResponderError, SharedThread};
 use crate::store::{Entity, PageQuery, StoreError, StoreResult, UserId};
+use crate::telemetry::metrics::METRICS;
 
 /// What the reference stores when a user cancels, so the next response does
 /// not continue the cancelled one.
@@ -338,6 +339,24 @@ impl Engine {
         sink: mpsc::Sender<ThreadStreamEvent>,
         cancel: CancelSignal,
     ) -> TurnOutcome {
+        let started = Instant::now();
+        let outcome = self.run_inner(turn, sink, cancel, started).await;
+        let label = match outcome {
+            TurnOutcome::Completed => "completed",
+            TurnOutcome::Failed => "failed",
+            TurnOutcome::Cancelled => "cancelled",
+        };
+        METRICS.turn_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn run_inner(
+        &self,
+        turn: PreparedTurn,
+        sink: mpsc::Sender<ThreadStreamEvent>,
+        cancel: CancelSignal,
+        started: Instant,
+    ) -> TurnOutcome {
         let PreparedTurn { user, thread, caller, prelude, work } = turn;
         let (thread_id, saved_version) = (thread.id(), thread.version());
         let pending = PendingItems::default();
@@ -351,6 +370,8 @@ impl Engine {
             pending,
             saved_version,
             snapshot: SnapshotState { updates: 0, bytes: 0, at: Instant::now(), live: false },
+            started,
+            first_event: false,
         };
         for event in prelude {
             if !run.send(event).await {
@@ -389,6 +410,9 @@ struct Run<'a> {
     /// The thread version last persisted; a newer one means the responder changed it.
     saved_version: u64,
     snapshot: SnapshotState,
+    /// When the turn started, for the time to its first responder event.
+    started: Instant,
+    first_event: bool,
 }
 
 /// When the in-progress snapshot was last published, and whether one is up.
@@ -493,7 +517,14 @@ impl Run<'_> {
                 },
             };
             let mut event = match step {
-                Step::Event(event) => event,
+                Step::Event(event) => {
+                    if !std::mem::replace(&mut self.first_event, true) {
+                        let name = self.engine.responder.name();
+                        let waited = self.started.elapsed().as_secs_f64();
+                        METRICS.turn_first_event.with_label_values(&[name]).observe(waited);
+                    }
+                    event
+                }
                 Step::End => break None,
                 Step::Fail(error) => break Some(error),
                 Step::ClientGone => {

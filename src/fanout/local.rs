@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+use crate::telemetry::metrics::METRICS;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
@@ -76,6 +78,7 @@ impl Fanout for LocalFanout {
     }
 
     async fn publish(&self, topic: &Topic, kind: Kind, body: String, snapshot: SnapshotChange) {
+        METRICS.fanout_published.with_label_values(&[topic.kind()]).inc();
         let channel = topic.channel();
         let state = self.topic(&channel);
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());

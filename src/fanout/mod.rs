@@ -33,6 +33,14 @@ pub enum Topic {
 }
 
 impl Topic {
+    /// `thread` or `user`, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topic::Thread(_) => "thread",
+            Topic::User(_) => "user",
+        }
+    }
+
     /// The channel name, also the prefix of the topic's Redis keys. The braces
     /// are a Redis Cluster hash tag, so a topic's keys share one slot.
     pub fn channel(&self) -> String {

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+use crate::telemetry::metrics::METRICS;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
@@ -129,6 +131,7 @@ struct LinkState {
 
 impl LinkState {
     fn down(&self, why: impl std::fmt::Display) {
+        METRICS.redis_connected.set(0);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why.to_string();
         self.subscribed.store(false, Ordering::SeqCst);
     }
@@ -450,8 +453,10 @@ async fn subscriber(
         }
         backoff = Duration::from_millis(50);
         state.subscribed.store(true, Ordering::SeqCst);
+        METRICS.redis_connected.set(1);
         if connected_before {
             state.reconnects.fetch_add(1, Ordering::Relaxed);
+            METRICS.redis_reconnects.inc();
             tracing::info!("Redis fan-out reconnected");
             link.retry_now();
             // Whatever was published while the connection was down is lost to
@@ -553,6 +558,7 @@ impl Fanout for RedisFanout {
     }
 
     async fn publish(&self, topic: &Topic, kind: Kind, body: String, snapshot: SnapshotChange) {
+        METRICS.fanout_published.with_label_values(&[topic.kind()]).inc();
         let channel = topic.channel();
         let message = unsequenced(now_us(), kind, &body);
         // Waiting here when the queue is full slows the turn rather than lose order.
@@ -606,8 +612,11 @@ impl Fanout for RedisFanout {
     async fn lease(&self, thread_id: &str) -> Result<Lease, FanoutError> {
         let [lease_key, fence_key] = lease_keys(thread_id);
         let ttl_ms = self.settings.lease_ttl.as_millis() as u64;
-        let deadline = Instant::now() + self.settings.lease_wait;
+        let started = Instant::now();
+        let deadline = started + self.settings.lease_wait;
         let mut pause = Duration::from_millis(2);
+        let mut contended = false;
+        let waited = || METRICS.lease_wait.with_label_values(&["redis"]).observe(started.elapsed().as_secs_f64());
         loop {
             let mut conn = match self.link.get().await {
                 Ok(conn) => conn,
@@ -628,12 +637,20 @@ impl Fanout for RedisFanout {
                 .query_async(&mut conn)
                 .await;
             match granted {
-                Ok(0) if Instant::now() >= deadline => return Err(FanoutError::LeaseBusy),
+                Ok(0) if Instant::now() >= deadline => {
+                    waited();
+                    return Err(FanoutError::LeaseBusy);
+                }
                 Ok(0) => {
+                    if !contended {
+                        contended = true;
+                        METRICS.lease_contended.inc();
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(25));
                 }
                 Ok(token) => {
+                    waited();
                     let value = format!("{}:{token}", self.replica);
                     return Ok(self.held(lease_key, fence_key, value, token));
                 }

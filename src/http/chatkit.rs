@@ -1,6 +1,7 @@
 //! `POST /chatkit`: one endpoint for every protocol operation.
 
 use std::convert::Infallible;
+use std::time::Instant;
 
 use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -11,24 +12,45 @@ use super::{identify, read_body, ApiError, Identity, State};
 use crate::engine::{Caller, JsonAnswer};
 use crate::protocol::{Request, ThreadStreamEvent};
 use crate::sessions::Admission;
+use crate::telemetry::metrics::{OpenStream, METRICS};
 
 pub async fn handle(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let Identity { user, session } = identify(&request, &state).await?;
+    let started = Instant::now();
+    let mut op = "unknown";
+    let result = answer(&request, payload, &state, &mut op).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => error.code,
+    };
+    METRICS.requests.with_label_values(&[op, outcome]).inc();
+    METRICS.request_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn answer(
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &State,
+    op: &mut &'static str,
+) -> Result<HttpResponse, ApiError> {
+    let Identity { user, session } = identify(request, state).await?;
     if let Some(session) = &session {
         // Counted before anything is read or written, on every replica.
         if let Admission::Limited { retry_after } = state.sessions.admit(session).await {
             let limit = session.settings.rate_limits.max_requests_per_1_minute;
+            METRICS.rejected.with_label_values(&["rate_limited"]).inc();
             return Err(ApiError::rate_limited(retry_after, limit));
         }
     }
-    let body = read_body(&request, payload, state.max_body_bytes).await?;
+    let body = read_body(request, payload, state.max_body_bytes).await?;
     let parsed = Request::parse(&body)?;
+    *op = parsed.op();
     tracing::debug!(op = parsed.op(), %user, "request");
-    let caller = Caller { locale: locale_of(&request), session };
+    let caller = Caller { locale: locale_of(request), session };
     if !parsed.is_streaming() {
         // Changes go through the thread's actor, in the thread's order; reads do not queue.
         let answer = if parsed.changes_thread() {
@@ -39,9 +61,10 @@ pub async fn handle(
         return Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json_body(&answer)?));
     }
     let events = state.threads.turn(user, parsed, caller).await?;
-    let frames = stream::unfold(events, |mut events| async move {
+    let open = OpenStream::new("turn");
+    let frames = stream::unfold((events, open), |(mut events, open)| async move {
         let event = events.recv().await?;
-        Some((Ok::<_, Infallible>(sse_frame(&event)), events))
+        Some((Ok::<_, Infallible>(sse_frame(&event)), (events, open)))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

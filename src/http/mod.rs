@@ -7,6 +7,7 @@ mod admin;
 mod attachments;
 mod chatkit;
 mod error;
+mod rest;
 mod sessions;
 mod viewers;
 
@@ -22,6 +23,7 @@ use crate::engine::Engine;
 use crate::fanout::Health;
 use crate::sessions::{ActiveSession, AuthError, Sessions};
 use crate::store::UserId;
+use crate::telemetry::metrics::METRICS;
 use crate::thread::Threads;
 
 pub use admin::AdminAccess;
@@ -55,12 +57,18 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/chatkit/attachments/{id}/content", web::get().to(attachments::content))
         .route("/v1/chatkit/sessions", web::post().to(sessions::create))
         .route("/v1/chatkit/sessions/{session_id}/cancel", web::post().to(sessions::cancel))
+        .route("/v1/openapi.json", web::get().to(rest::openapi))
+        .route("/v1/chatkit/threads", web::get().to(rest::list_threads))
+        .route("/v1/chatkit/threads/{thread_id}", web::get().to(rest::get_thread))
+        .route("/v1/chatkit/threads/{thread_id}", web::delete().to(rest::delete_thread))
+        .route("/v1/chatkit/threads/{thread_id}/items", web::get().to(rest::list_items))
         .route("/v1/chatkit/threads/{thread_id}/status", web::post().to(admin::set_status))
         .route("/v1/chatkit/threads/{thread_id}/cancel", web::post().to(admin::cancel))
         .route("/chatkit/threads/{thread_id}/events", web::get().to(viewers::thread_events))
         .route("/chatkit/events", web::get().to(viewers::history_events))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
         .default_service(web::to(unknown_route));
 }
 
@@ -68,9 +76,23 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
+/// `GET /metrics`: the Prometheus text exposition, with the gauges of current
+/// state refreshed first.
+async fn metrics(state: web::Data<State>) -> HttpResponse {
+    METRICS.thread_actors.set(i64::try_from(state.threads.live_actors()).unwrap_or(i64::MAX));
+    METRICS.mailbox_depth.set(i64::try_from(state.threads.queued()).unwrap_or(i64::MAX));
+    let connected = matches!(state.engine.fanout().health(), Health::Connected | Health::Local);
+    METRICS.redis_connected.set(i64::from(connected && state.engine.fanout().name() == "redis"));
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(METRICS.render())
+}
+
 /// Ready when the store answers and, with Redis, fan-out is connected; the
 /// body names what is degraded.
 async fn readyz(state: web::Data<State>) -> HttpResponse {
+    if *state.closing.borrow() {
+        // Stopping: the load balancer should send new work elsewhere.
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "stopping"}));
+    }
     let store = match state.engine.store().ping().await {
         Ok(()) => serde_json::json!({"backend": state.engine.store().backend(), "state": "ok"}),
         Err(error) => {

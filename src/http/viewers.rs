@@ -21,8 +21,10 @@ use tokio::sync::{broadcast, watch};
 
 use super::{identify, ApiError, Identity, State};
 use crate::fanout::hub::Received;
+use crate::fanout::now_us;
 use crate::fanout::{CatchUp, Delivery, FanoutError, Kind, Stamped, Subscription, Topic};
 use crate::sessions::ActiveSession;
+use crate::telemetry::metrics::{OpenStream, METRICS};
 
 /// `GET /chatkit/threads/{thread_id}/events`.
 pub async fn thread_events(
@@ -68,7 +70,8 @@ async fn open(state: &State, topic: Topic, last: Option<u64>, session: Option<Ar
     let subscription = fanout.subscribe(&topic).await;
     let catch_up = fanout.catch_up(&topic, last).await;
     let closes_on_delete = matches!(topic, Topic::Thread(_));
-    let ends = Ends { closing: state.closing.clone(), session };
+    let kind = if closes_on_delete { "thread_viewer" } else { "history_viewer" };
+    let ends = Ends { closing: state.closing.clone(), session, open: OpenStream::new(kind) };
     let frames = frames(subscription, catch_up, last, state.heartbeat, ends, closes_on_delete);
     HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -85,7 +88,8 @@ fn frames(
     ends: Ends,
     closes_on_delete: bool,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
-    let Ends { mut closing, mut session } = ends;
+    let Ends { mut closing, mut session, open } = ends;
+    let topic = if closes_on_delete { "thread" } else { "user" };
     async_stream::stream! {
         // The highest sequence number this viewer has; later copies are skipped.
         let mut delivered = last.unwrap_or(0);
@@ -132,6 +136,7 @@ fn frames(
                 }
             }
         }
+        let _open = open;
         let mut ticker = tokio::time::interval(heartbeat);
         ticker.tick().await;
         loop {
@@ -142,6 +147,9 @@ fn frames(
                             continue;
                         }
                         delivered = message.seq;
+                        METRICS.fanout_delivered.with_label_values(&[topic]).inc();
+                        let latency = now_us().saturating_sub(message.sent_at_us) as f64 / 1e6;
+                        METRICS.fanout_latency.with_label_values(&[topic]).observe(latency);
                         yield Ok(frame(&message));
                         if closes_on_delete && message.kind == Kind::Deleted {
                             break;
@@ -177,6 +185,8 @@ fn frames(
 struct Ends {
     closing: watch::Receiver<bool>,
     session: Option<SessionWatch>,
+    /// Counts the stream in `chatkit_open_streams` while it lives.
+    open: OpenStream,
 }
 
 struct SessionWatch {

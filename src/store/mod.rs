@@ -8,6 +8,7 @@
 //! `postgres`) and one contract suite (`tests/store_contract.rs`) runs against
 //! each.
 
+mod instrumented;
 mod memory;
 mod postgres;
 mod record;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata};
 
+pub use instrumented::Instrumented;
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

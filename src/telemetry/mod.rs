@@ -1,4 +1,6 @@
-//! Logging setup. Metrics come with the operations work.
+//! Logs and metrics.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

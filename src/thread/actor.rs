@@ -60,6 +60,10 @@ impl Shared {
         }
     }
 
+    pub fn is_running(&self) -> bool {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     fn set_running(&self, signal: Option<CancelSignal>) {
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = signal;
     }

@@ -12,6 +12,7 @@ use super::actor::{Envelope, Job, Shared, ThreadActor};
 use crate::engine::{Caller, Engine, EngineError, EngineResult, JsonAnswer};
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
 use crate::store::UserId;
+use crate::telemetry::metrics::METRICS;
 
 /// Events buffered between a turn and its client before the turn waits.
 pub const STREAM_BUFFER: usize = 64;
@@ -118,6 +119,17 @@ impl Threads {
         self.inner.actors.len()
     }
 
+    /// Turns running now on this replica.
+    pub fn running_turns(&self) -> usize {
+        self.inner.actors.iter().filter(|entry| entry.shared.is_running()).count()
+    }
+
+    /// Cancels every turn running on this replica (shutdown past its grace
+    /// period); each keeps its partial output. Returns how many were cancelled.
+    pub fn cancel_all(&self) -> usize {
+        self.inner.actors.iter().filter(|entry| entry.shared.cancel_running()).count()
+    }
+
     /// Jobs waiting in all queues now.
     pub fn queued(&self) -> usize {
         self.inner.actors.iter().map(|entry| entry.shared.queued.load(Ordering::Relaxed)).sum()
@@ -218,6 +230,7 @@ impl Threads {
             if waiting >= self.inner.settings.queue_bound {
                 entry.shared.queued.fetch_sub(1, Ordering::SeqCst);
                 self.inner.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                METRICS.rejected.with_label_values(&["busy"]).inc();
                 return Submit::Busy;
             }
             match entry.addr.try_send(Envelope(job)) {
@@ -230,6 +243,7 @@ impl Threads {
             }
         }
         self.inner.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+        METRICS.rejected.with_label_values(&["busy"]).inc();
         Submit::Busy
     }
 

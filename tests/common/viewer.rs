@@ -31,6 +31,8 @@ pub struct Viewer {
     response: reqwest::Response,
     buffer: String,
     pub heartbeats: usize,
+    /// The last `retry:` hint the server sent, in milliseconds.
+    pub retry: Option<u64>,
     pub ended: bool,
 }
 
@@ -74,7 +76,7 @@ pub async fn try_open_with(url: &str, headers: &[(&str, String)], last_id: Optio
     }
     let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     assert_eq!(content_type, "text/event-stream", "viewer stream content type");
-    (status, Some(Viewer { response, buffer: String::new(), heartbeats: 0, ended: false }))
+    (status, Some(Viewer { response, buffer: String::new(), heartbeats: 0, retry: None, ended: false }))
 }
 
 impl Viewer {
@@ -135,7 +137,10 @@ impl Viewer {
         let (mut id, mut event, mut data) = (None, None, None::<String>);
         let mut comment = false;
         for line in raw.lines() {
-            if line.starts_with(':') || line.starts_with("retry: ") {
+            if let Some(value) = line.strip_prefix("retry: ") {
+                self.retry = Some(value.parse().unwrap_or_else(|_| panic!("bad retry line: {line}")));
+                comment = true;
+            } else if line.starts_with(':') {
                 comment = true;
             } else if let Some(value) = line.strip_prefix("id: ") {
                 id = Some(value.parse().unwrap_or_else(|_| panic!("bad id line: {line}")));

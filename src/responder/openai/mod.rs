@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
 use async_openai::types::audio::{AudioInput as UpstreamAudio, CreateTranscriptionRequestArgs};
 use async_openai::Client;
 use async_trait::async_trait;
@@ -25,8 +26,13 @@ use crate::store::{PageQuery, UserId};
 pub use settings::{ClientTool, ModelSettings};
 use stream::{Chunk, Translator};
 
+use crate::telemetry::metrics::METRICS;
+
 /// The media types ChatKit.js records dictation in.
 pub const DICTATION_TYPES: [&str; 3] = ["audio/webm", "audio/ogg", "audio/mp4"];
+
+/// The longest wait for a title.
+const TITLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the title call asks for.
 const TITLE_PROMPT: &str = "Write a title of 3 to 6 words for the conversation below. \
@@ -52,7 +58,9 @@ impl OpenAiResponder {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| format!("cannot build the HTTP client for the model service: {e}"))?;
-        let client = Client::with_config(config).with_http_client(http);
+        // The plain transport: async-openai's default stack retries 429 and
+        // 5xx answers by itself, behind `CHATKIT_MODEL_RETRIES` and the timeout.
+        let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
         Ok(OpenAiResponder { inner: Arc::new(Inner { client, settings }) })
     }
 }
@@ -75,6 +83,10 @@ enum Failure {
     },
     /// The answer broke off or was malformed after it began.
     Broken(String),
+    /// An error status whose body is not an OpenAI error object (a proxy's page, or a compatible
+    /// server's own shape such as LM Studio's `{"error": "..."}`): `async-openai` keeps the body, not
+    /// the status.
+    Unreadable(String),
 }
 
 impl Failure {
@@ -92,9 +104,39 @@ impl Failure {
         }
     }
 
+    /// A failure to open the stream. Only the body of an error status is parsed then, so a body that
+    /// does not parse is an error the service answered, not a malformed stream.
+    fn from_opening(error: OpenAIError) -> Failure {
+        match error {
+            OpenAIError::JSONDeserialize(_, body) => {
+                // vLLM's own shape keeps the status: `{"object": "error", "message", "type", "code": 404}`.
+                let value: Value = serde_json::from_str(&body).unwrap_or_default();
+                match (value["code"].as_u64().and_then(|code| u16::try_from(code).ok()), value["message"].as_str()) {
+                    (Some(status @ 400..=599), Some(message)) => {
+                        Failure::Status { status, message: message.to_string() }
+                    }
+                    _ => Failure::Unreadable(body),
+                }
+            }
+            other => Failure::from_openai(other),
+        }
+    }
+
     /// The error event the user sees: retryable for rate limits, server
     /// errors and timeouts, not for requests the service refuses.
     fn into_error(self, model: &str) -> ResponderError {
+        let kind = match &self {
+            Failure::Connect(_) => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Status { status: 429, .. } => "rate_limited",
+            Failure::Status { status, .. } if *status >= 500 => "server",
+            Failure::Status { status: 401 | 403, .. } => "auth",
+            Failure::Status { status: 404, .. } => "not_found",
+            Failure::Status { .. } => "rejected",
+            Failure::Broken(_) => "broken",
+            Failure::Unreadable(_) => "unreadable",
+        };
+        METRICS.model_errors.with_label_values(&[kind]).inc();
         let (message, allow_retry) = match self {
             Failure::Connect(detail) => {
                 tracing::warn!(%detail, "cannot reach the model service");
@@ -124,6 +166,12 @@ impl Failure {
                 tracing::warn!(%detail, "the model's answer broke off");
                 ("The model's answer was cut off. Try again.".to_string(), true)
             }
+            Failure::Unreadable(body) => {
+                // The body may quote part of the key, as a 401's does: keep it in the log only.
+                let body: String = body.chars().take(500).collect();
+                tracing::warn!(%body, "the model service answered an error the gateway cannot read");
+                ("The model service refused the request.".to_string(), false)
+            }
         };
         ResponderError::Custom { message, allow_retry }
     }
@@ -138,12 +186,14 @@ impl Inner {
     ) -> Result<(async_openai::types::stream::StreamResponse<Chunk>, Option<Chunk>), Failure> {
         let mut attempt = 0;
         loop {
+            let model = request["model"].as_str().unwrap_or_default();
+            METRICS.model_calls.with_label_values(&[model]).inc();
             let result = async {
                 let chat = self.client.chat();
                 let opened = tokio::time::timeout(self.settings.timeout, chat.create_stream_byot(request))
                     .await
                     .map_err(|_| Failure::Timeout)?;
-                let mut stream = opened.map_err(Failure::from_openai)?;
+                let mut stream = opened.map_err(Failure::from_opening)?;
                 let first = match tokio::time::timeout(self.settings.timeout, stream.next()).await {
                     Err(_) => return Err(Failure::Timeout),
                     Ok(None) => None,
@@ -190,7 +240,13 @@ impl Inner {
 
     /// The request for a turn: model, messages and tools.
     fn request(&self, model: &str, messages: Vec<Value>, tool_choice: Option<&str>) -> Value {
-        let mut request = json!({"model": model, "messages": messages, "stream": true});
+        // Usage comes in a last chunk, for the token metrics.
+        let mut request = json!({
+            "model": model,
+            "messages": messages,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
         if !self.settings.client_tools.is_empty() {
             request["tools"] = Value::Array(settings::tools_json(&self.settings.client_tools));
             if let Some(name) = tool_choice {
@@ -211,7 +267,10 @@ impl Inner {
             ],
         });
         let chat = self.client.chat();
-        let response = match tokio::time::timeout(self.settings.timeout, chat.create_byot::<_, Value>(request)).await {
+        // The first turn's stream stays open until the title is there: keep the wait short.
+        let limit = self.settings.timeout.min(TITLE_TIMEOUT);
+        METRICS.model_calls.with_label_values(&[&self.settings.title_model]).inc();
+        let response = match tokio::time::timeout(limit, chat.create_byot::<_, Value>(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "title generation failed");
@@ -271,7 +330,13 @@ impl Responder for OpenAiResponder {
                     allow_retry: false,
                 })?,
             };
-            let tool_choice = match options.tool_choice.as_ref().map(|choice| choice.id.as_str()) {
+            // A chosen tool is forced for the message that chose it only: forced again once its output came back,
+            // the model would call it again, and again (the Agents SDK resets the choice for this reason).
+            let chosen = match &input {
+                RespondInput::UserMessage(_) | RespondInput::Retry(_) => options.tool_choice.as_ref(),
+                RespondInput::ClientToolOutput(_) | RespondInput::StructuredInput(_) => None,
+            };
+            let tool_choice = match chosen.map(|choice| choice.id.as_str()) {
                 None => None,
                 Some(name) if settings.tool(name).is_some() => Some(name.to_string()),
                 Some(name) => {
@@ -299,6 +364,10 @@ impl Responder for OpenAiResponder {
             let mut translator = Translator::new(turn.thread.id(), settings.clone());
             let mut next = first;
             while let Some(chunk) = next.take() {
+                if let Some(usage) = chunk.usage() {
+                    METRICS.model_tokens.with_label_values(&[&model, "prompt"]).inc_by(usage.0);
+                    METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(usage.1);
+                }
                 for event in translator.chunk(chunk)? {
                     yield event;
                 }
@@ -362,6 +431,7 @@ impl Responder for OpenAiResponder {
         let audio_api = self.inner.client.audio();
         let transcriptions = audio_api.transcription();
         let model = &self.inner.settings.transcribe_model;
+        METRICS.model_calls.with_label_values(&[model]).inc();
         // Read loosely: some compatible servers answer only `{"text"}`.
         let call = transcriptions.create_byot::<_, Value>(request);
         match tokio::time::timeout(self.inner.settings.timeout, call).await {

@@ -24,6 +24,24 @@ pub struct Chunk {
     /// Some servers report a failure inside the stream.
     #[serde(default)]
     error: Option<Value>,
+    /// Token counts, in the last chunk when `include_usage` was asked for.
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+impl Chunk {
+    /// (prompt, completion) tokens, when the chunk reports them.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        self.usage.as_ref().map(|usage| (usage.prompt_tokens, usage.completion_tokens))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,7 +238,16 @@ impl Translator {
             events
                 .push(ThreadStreamEvent::ItemDone { item: ThreadItem::new(message.id, self.thread_id.clone(), body) });
         }
-        for call in self.calls.into_values() {
+        // A turn ends with one pending call, as in the reference: the client answers the newest pending
+        // call, so a second call of the same turn would take the first one's output and the first would
+        // be dropped unanswered. The model sees the one call and its output, and may call again.
+        let mut calls = self.calls.into_values();
+        let first = calls.next();
+        let extra: Vec<String> = calls.map(|call| call.name).collect();
+        if !extra.is_empty() {
+            tracing::warn!(?extra, "the model called several client tools at once; only the first goes to the client");
+        }
+        if let Some(call) = first {
             if self.settings.tool(&call.name).is_none() {
                 return Err(ResponderError::Custom {
                     message: format!("The model called a tool this gateway does not offer: `{}`.", call.name),

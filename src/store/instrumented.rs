@@ -1,0 +1,127 @@
+//! A store wrapper that times every operation into
+//! `chatkit_store_operation_seconds{backend, operation}`, whatever the backend.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{ListQuery, Listing, PageQuery, SessionRecord, Store, StoreResult, UserId};
+use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
+use crate::telemetry::metrics::METRICS;
+
+pub struct Instrumented {
+    inner: Arc<dyn Store>,
+}
+
+impl Instrumented {
+    pub fn wrap(inner: Arc<dyn Store>) -> Arc<dyn Store> {
+        Arc::new(Instrumented { inner })
+    }
+
+    async fn timed<T>(&self, operation: &'static str, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let started = Instant::now();
+        let result = call.await;
+        METRICS
+            .store_duration
+            .with_label_values(&[self.inner.backend(), operation])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+#[async_trait]
+impl Store for Instrumented {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn create_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
+        self.timed("create_thread", self.inner.create_thread(user, thread)).await
+    }
+
+    async fn load_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<ThreadMetadata> {
+        self.timed("load_thread", self.inner.load_thread(user, thread_id)).await
+    }
+
+    async fn save_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
+        self.timed("save_thread", self.inner.save_thread(user, thread)).await
+    }
+
+    async fn delete_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<()> {
+        self.timed("delete_thread", self.inner.delete_thread(user, thread_id)).await
+    }
+
+    async fn load_threads(&self, user: &UserId, query: &PageQuery) -> StoreResult<Page<ThreadMetadata>> {
+        self.timed("load_threads", self.inner.load_threads(user, query)).await
+    }
+
+    async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {
+        self.timed("find_thread", self.inner.find_thread(thread_id)).await
+    }
+
+    async fn load_items(&self, user: &UserId, thread_id: &str, query: &PageQuery) -> StoreResult<Page<ThreadItem>> {
+        self.timed("load_items", self.inner.load_items(user, thread_id, query)).await
+    }
+
+    async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {
+        self.timed("load_item", self.inner.load_item(user, thread_id, item_id)).await
+    }
+
+    async fn add_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
+        self.timed("add_item", self.inner.add_item(user, item)).await
+    }
+
+    async fn save_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
+        self.timed("save_item", self.inner.save_item(user, item)).await
+    }
+
+    async fn delete_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<()> {
+        self.timed("delete_item", self.inner.delete_item(user, thread_id, item_id)).await
+    }
+
+    async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()> {
+        self.timed("save_attachment", self.inner.save_attachment(user, attachment)).await
+    }
+
+    async fn load_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<Attachment> {
+        self.timed("load_attachment", self.inner.load_attachment(user, attachment_id)).await
+    }
+
+    async fn delete_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<()> {
+        self.timed("delete_attachment", self.inner.delete_attachment(user, attachment_id)).await
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        self.timed("create_session", self.inner.create_session(session)).await
+    }
+
+    async fn load_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        self.timed("load_session", self.inner.load_session(session_id)).await
+    }
+
+    async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord> {
+        self.timed("find_session", self.inner.find_session(secret_hash)).await
+    }
+
+    async fn cancel_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        self.timed("cancel_session", self.inner.cancel_session(session_id)).await
+    }
+
+    async fn list_threads(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+    ) -> StoreResult<Listing<(UserId, ThreadMetadata)>> {
+        self.timed("list_threads", self.inner.list_threads(user, query)).await
+    }
+
+    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Listing<ThreadItem>> {
+        self.timed("list_items", self.inner.list_items(user, thread_id, query)).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.timed("ping", self.inner.ping()).await
+    }
+}

@@ -1,0 +1,167 @@
+//! Graceful shutdown of the real binary: SIGTERM lets a streaming turn finish
+//! (or cancels it past the grace period, keeping its partial answer), closes
+//! viewer streams with a reconnect hint, and loses nothing that was accepted.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chatkit_gateway::protocol::Order;
+use chatkit_gateway::store::{PageQuery, SqliteStore, Store, UserId};
+use common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
+use common::viewer;
+use common::*;
+use serde_json::{json, Value};
+
+struct Gateway {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the release-less test build of the binary on a free port, answering through `fake`.
+fn start(fake: &FakeOpenAi, grace_secs: u64) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chatkit.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatkit-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CHATKIT_BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("CHATKIT_DATA_DIR", dir.path().join("data"))
+        .env("OPENAI_BASE_URL", fake.base_url())
+        .env("OPENAI_API_KEY", "sk-shutdown")
+        .env("CHATKIT_MODEL", MODEL)
+        .env("CHATKIT_TITLES", "false")
+        .env("CHATKIT_SHUTDOWN_GRACE_SECS", grace_secs.to_string())
+        .env("CHATKIT_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the gateway binary starts");
+    // The start-up log names the address it bound.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("addr=") {
+                let addr: String = line[at + 5..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the gateway logs its address");
+    Gateway { child, base: format!("http://{}", addr.trim_matches('"')), _dir: dir, db }
+}
+
+impl Gateway {
+    fn terminate(&self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit; its exit status.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the gateway did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    async fn stored_assistant_text(&self, thread_id: &str) -> Vec<String> {
+        let store = SqliteStore::open(&format!("sqlite://{}", self.db.display())).await.unwrap();
+        let items = store.load_items(&UserId("alice".into()), thread_id, &PageQuery::first(100, Order::Asc)).await;
+        items
+            .unwrap()
+            .data
+            .into_iter()
+            .filter_map(|item| {
+                let value = serde_json::to_value(&item).unwrap();
+                (value["type"] == "assistant_message")
+                    .then(|| value["content"][0]["text"].as_str().unwrap().to_string())
+            })
+            .collect()
+    }
+}
+
+/// Starts a turn and reads its stream until the first text delta; the rest is still to come.
+async fn begin_turn(gateway: &Gateway) -> (reqwest::Response, String) {
+    let body = request("threads.create", json!({"input": text_input("tell me")}));
+    let client = reqwest::Client::new();
+    let mut response = client
+        .post(format!("{}/chatkit", gateway.base))
+        .header("x-user-id", "alice")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("text_delta") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk()).await.unwrap().unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let created: Value = serde_json::from_str(seen.lines().next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    (response, created["thread"]["id"].as_str().unwrap().to_string())
+}
+
+async fn rest(mut response: reqwest::Response) -> String {
+    let mut text = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(20), response.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_streaming_turn_finish_and_closes_viewers_with_a_retry_hint() {
+    let fake = FakeOpenAi::start();
+    let parts = ["one ", "two ", "three ", "four"];
+    fake.push(Reply::stream(fake_openai::text_chunks(MODEL, &parts)).delay(Duration::from_millis(250)));
+    let mut gateway = start(&fake, 20);
+    let mut history = viewer::open(&format!("{}/chatkit/events", gateway.base), "alice", None).await;
+    let (turn, thread_id) = begin_turn(&gateway).await;
+    gateway.terminate();
+    let rest = rest(turn).await;
+    assert!(rest.contains("thread.item.done") && rest.contains("one two three four"), "the turn finished: {rest}");
+    let frames = history.rest().await;
+    assert!(frames.iter().all(|f| f.event.is_none()), "no error or resync on shutdown: {frames:?}");
+    assert_eq!(history.retry, Some(1000), "viewers are told to reconnect (elsewhere) after a second");
+    let status = gateway.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(gateway.stored_assistant_text(&thread_id).await, ["one two three four"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_longer_than_the_grace_period_is_cancelled_and_keeps_its_partial_answer() {
+    let fake = FakeOpenAi::start();
+    let parts: Vec<String> = (0..40).map(|n| format!("w{n} ")).collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    fake.push(Reply::stream(fake_openai::text_chunks(MODEL, &parts)).delay(Duration::from_millis(200)));
+    let mut gateway = start(&fake, 1);
+    let (turn, thread_id) = begin_turn(&gateway).await;
+    gateway.terminate();
+    let started = std::time::Instant::now();
+    let rest = rest(turn).await;
+    assert!(!rest.contains("w39"), "the turn did not run to its end: {rest}");
+    let status = gateway.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "grace 1 s, then cancel and save");
+    let stored = gateway.stored_assistant_text(&thread_id).await;
+    assert_eq!(stored.len(), 1, "the partial answer is kept: {stored:?}");
+    assert!(stored[0].starts_with("w0 w1 "), "{stored:?}");
+}
