@@ -140,6 +140,14 @@ async fn a_session_answers_as_the_hosted_service_and_its_secret_acts_as_its_user
     assert_eq!(owner.as_str(), "alice", "the session's user owns what its secret creates");
     let (_, bob) = session_for(&app, "bob").await;
     assert!(list_threads(&app, &bob).await.is_empty(), "another user's session sees none of it");
+    // The backend sees it in the REST list for that user, and not for another.
+    for (user, expected) in [("alice", vec![thread.clone()]), ("bob", vec![])] {
+        let listed = app.client.get(app.url(&format!("/v1/chatkit/threads?user={user}"))).send().await.unwrap();
+        let listed: Value = listed.json().await.unwrap();
+        let ids: Vec<String> =
+            listed["data"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+        assert_eq!(ids, expected, "REST list for {user}");
+    }
 
     // Without a secret, or with the user header alone, nothing is served.
     let (status, _, body) = call_with(&app, "", "threads.list", json!({})).await;
