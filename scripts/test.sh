@@ -4,8 +4,9 @@
 #   bash scripts/test.sh [extra cargo test args...]
 #
 # Works on a fresh Debian 12 machine with the Rust toolchain, python3 and root:
-# it installs what is missing (redis-server, PostgreSQL, a Python venv with the
-# reference SDK openai-chatkit) and leaves alone whatever is already working.
+# it installs what is missing (redis-server, PostgreSQL, nginx, promtool, a Python
+# venv with the reference SDK openai-chatkit, PyYAML and kubernetes-validate) and
+# leaves alone whatever is already working.
 # Safe to run again; a second run only runs the checks and tests.
 #
 # Environment:
@@ -195,6 +196,60 @@ fi
 export CHATKIT_CONFORMANCE_PYTHON="$PY"
 info "CHATKIT_CONFORMANCE_PYTHON=$CHATKIT_CONFORMANCE_PYTHON"
 "$PY" tests/conformance/validate.py --self-test
+
+# --------------------------------------------------------------------------- #
+step "3b/4 tools for the deploy checks (PyYAML, kubernetes-validate, nginx, promtool)"
+# --------------------------------------------------------------------------- #
+# tests/deploy.rs parses every YAML file under deploy/ with PyYAML and checks the
+# Kubernetes manifests against the API schemas with kubernetes-validate (both in
+# the venv above), runs nginx with deploy/nginx/nginx.conf (`nginx -t`, and in
+# front of test replicas) and `promtool check` and `promtool test rules` on
+# deploy/prometheus/. The Debian packages are installed without their recommends
+# (prometheus would bring node-exporter); no service of theirs is started or
+# needed: the tests run the nginx and promtool binaries themselves.
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+yaml_ok() { "$PY" -c 'import yaml' >/dev/null 2>&1; }
+if yaml_ok; then
+    info "PyYAML present in $VENV"
+else
+    info "pip install PyYAML"
+    "$PY" -m pip install --quiet --disable-pip-version-check PyYAML
+    yaml_ok || die "PyYAML is not importable from $PY"
+fi
+kubernetes_validate_ok() {
+    "$PY" - "$KUBERNETES_VALIDATE_VERSION" <<'PYEOF' >/dev/null 2>&1
+import importlib.metadata
+import sys
+
+import kubernetes_validate  # noqa: F401
+
+sys.exit(0 if importlib.metadata.version("kubernetes-validate") == sys.argv[1] else 1)
+PYEOF
+}
+if kubernetes_validate_ok; then
+    info "kubernetes-validate $KUBERNETES_VALIDATE_VERSION present in $VENV"
+else
+    info "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    "$PY" -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    kubernetes_validate_ok || die "kubernetes-validate $KUBERNETES_VALIDATE_VERSION is not importable from $PY"
+fi
+
+nginx_bin() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; }; }
+if [ -z "$(nginx_bin)" ]; then
+    is_root || die "missing nginx; install it as root with: apt-get install -y --no-install-recommends nginx"
+    apt_install --no-install-recommends nginx
+fi
+[ -n "$(nginx_bin)" ] || die "nginx is not installed after apt-get install nginx"
+export CHATKIT_NGINX="${CHATKIT_NGINX:-$(nginx_bin)}"
+info "CHATKIT_NGINX=$CHATKIT_NGINX ($("$CHATKIT_NGINX" -v 2>&1))"
+
+if ! command -v promtool >/dev/null 2>&1; then
+    is_root || die "missing promtool; install it as root with: apt-get install -y --no-install-recommends prometheus"
+    apt_install --no-install-recommends prometheus
+fi
+command -v promtool >/dev/null 2>&1 || die "promtool is not installed after apt-get install prometheus"
+export CHATKIT_PROMTOOL="${CHATKIT_PROMTOOL:-$(command -v promtool)}"
+info "CHATKIT_PROMTOOL=$CHATKIT_PROMTOOL ($("$CHATKIT_PROMTOOL" --version 2>&1 | sed -n 1p))"
 
 # --------------------------------------------------------------------------- #
 step "4/4 cargo fmt, clippy, test"

@@ -16,6 +16,8 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
+    /// Every registered family, including labelled ones without series yet.
+    names: Vec<String>,
     /// `POST /chatkit` requests by op and outcome.
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -52,23 +54,29 @@ fn latency_buckets() -> Vec<f64> {
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
+        let names = std::cell::RefCell::new(Vec::new());
+        let registered = |name: &str| names.borrow_mut().push(name.to_string());
         let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(name);
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
             registry.register(Box::new(metric.clone())).expect("unique metric");
             metric
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
+            registered(name);
             let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
             let metric = HistogramVec::new(opts, labels).expect("valid histogram");
             registry.register(Box::new(metric.clone())).expect("unique metric");
             metric
         };
         let gauge = |name: &str, help: &str| {
+            registered(name);
             let metric = IntGauge::new(name, help).expect("valid gauge");
             registry.register(Box::new(metric.clone())).expect("unique metric");
             metric
         };
         let single = |name: &str, help: &str| {
+            registered(name);
             let metric = IntCounter::new(name, help).expect("valid counter");
             registry.register(Box::new(metric.clone())).expect("unique metric");
             metric
@@ -76,6 +84,7 @@ impl Metrics {
         let open_streams = IntGaugeVec::new(Opts::new("chatkit_open_streams", "Streams open now, by kind."), &["kind"])
             .expect("gauge");
         registry.register(Box::new(open_streams.clone())).expect("unique metric");
+        registered("chatkit_open_streams");
         let metrics = Metrics {
             requests: counter(
                 "chatkit_requests_total",
@@ -131,8 +140,10 @@ impl Metrics {
                 "Store operations, by backend and operation.",
                 &["backend", "operation"],
             ),
+            names: Vec::new(),
             registry,
         };
+        let metrics = Metrics { names: names.take(), ..metrics };
         // Label sets known up front are exported at zero, so that dashboards
         // and alerts see the series before the first event.
         for kind in ["turn", "thread_viewer", "history_viewer"] {
@@ -164,7 +175,7 @@ impl Metrics {
 
     /// The names of every metric family, for checks that dashboards use only these.
     pub fn names(&self) -> Vec<String> {
-        self.registry.gather().iter().map(|family| family.name().to_string()).collect()
+        self.names.clone()
     }
 }
 
@@ -181,5 +192,24 @@ impl OpenStream {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         METRICS.open_streams.with_label_values(&[self.0]).dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_named_once_with_the_prefix() {
+        let names = METRICS.names();
+        assert_eq!(names.len(), 19, "{names:?}");
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        for name in &names {
+            assert!(name.starts_with("chatkit_"), "{name}");
+            let counter = name.ends_with("_total");
+            let rendered = METRICS.render();
+            assert!(!counter || rendered.contains(&format!("# TYPE {name} counter")) || !rendered.contains(name));
+        }
     }
 }
