@@ -4,9 +4,9 @@
 #   bash scripts/test.sh [extra cargo test args...]
 #
 # Works on a fresh Debian 12 machine with the Rust toolchain, python3 and root:
-# it installs what is missing (redis-server, PostgreSQL, nginx, promtool, a Python
-# venv with the reference SDK openai-chatkit, PyYAML and kubernetes-validate) and
-# leaves alone whatever is already working.
+# it installs what is missing (redis-server, PostgreSQL, nginx, promtool, Chromium,
+# Node.js with playwright-core, a Python venv with the reference SDK openai-chatkit,
+# PyYAML and kubernetes-validate) and leaves alone whatever is already working.
 # Safe to run again; a second run only runs the checks and tests.
 #
 # Environment:
@@ -250,6 +250,42 @@ fi
 command -v promtool >/dev/null 2>&1 || die "promtool is not installed after apt-get install prometheus"
 export CHATKIT_PROMTOOL="${CHATKIT_PROMTOOL:-$(command -v promtool)}"
 info "CHATKIT_PROMTOOL=$CHATKIT_PROMTOOL ($("$CHATKIT_PROMTOOL" --version 2>&1 | sed -n 1p))"
+
+# --------------------------------------------------------------------------- #
+step "3c/4 browser tests (Node.js, Chromium, playwright-core)"
+# --------------------------------------------------------------------------- #
+# tests/browser.rs drives the chat page in headless Chromium through
+# tests/browser/e2e.mjs: Debian's chromium (no browser is ever downloaded) and
+# playwright-core, pinned in tests/browser/package.json and package-lock.json,
+# which needs Node.js 20 or later.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+NODE_MAJOR="$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/')"
+[ "${NODE_MAJOR:-0}" -ge 20 ] 2>/dev/null ||
+    die "the browser tests need Node.js 20 or later (playwright-core), found $(node --version 2>/dev/null || echo none)"
+info "node $(node --version), npm $(npm --version)"
+
+CHROMIUM="${CHATKIT_CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$CHROMIUM" ]; then
+    [ -z "${CHATKIT_CHROMIUM:-}" ] || die "CHATKIT_CHROMIUM=$CHATKIT_CHROMIUM is not an executable"
+    apt_install chromium
+fi
+[ -x "$CHROMIUM" ] || die "chromium is not at $CHROMIUM after apt-get install chromium"
+export CHATKIT_CHROMIUM="$CHROMIUM"
+info "CHATKIT_CHROMIUM=$CHATKIT_CHROMIUM ($("$CHATKIT_CHROMIUM" --version 2>/dev/null))"
+
+PLAYWRIGHT_VERSION="$(node -p 'require("./tests/browser/package.json").dependencies["playwright-core"]')"
+playwright_ok() {
+    [ "$(node -p 'require("./tests/browser/node_modules/playwright-core/package.json").version' 2>/dev/null)" = "$PLAYWRIGHT_VERSION" ]
+}
+if playwright_ok; then
+    info "playwright-core $PLAYWRIGHT_VERSION present in tests/browser/node_modules"
+else
+    info "npm ci in tests/browser (playwright-core $PLAYWRIGHT_VERSION)"
+    (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    playwright_ok || die "playwright-core $PLAYWRIGHT_VERSION is not in tests/browser/node_modules after npm ci"
+fi
 
 # --------------------------------------------------------------------------- #
 step "4/4 cargo fmt, clippy, test"

@@ -7,6 +7,7 @@ mod admin;
 mod attachments;
 mod chatkit;
 mod error;
+mod page;
 mod rest;
 mod sessions;
 mod viewers;
@@ -69,6 +70,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
+        .route("/", web::get().to(page::index))
+        .route("/page/chat.js", web::get().to(page::script))
+        .route("/page/chat.css", web::get().to(page::style))
+        .route("/chatkit-live.js", web::get().to(page::live))
         .default_service(web::to(unknown_route));
 }
 

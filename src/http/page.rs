@@ -1,0 +1,67 @@
+//! The chat page at `GET /` and its assets, embedded in the binary.
+//!
+//! The page speaks only the public protocol (`POST /chatkit` and the viewer
+//! streams), so it doubles as a worked example for integrators. Its script
+//! and style sheet are served under `/page/`; `/chatkit-live.js` is the small
+//! script that gives a ChatKit.js page live multi-tab sync, and the page uses
+//! it for its own streams too.
+
+use actix_web::body::MessageBody;
+use actix_web::http::header::{CacheControl, CacheDirective};
+use actix_web::{web, HttpResponse};
+
+use super::State;
+use crate::config::AuthMode;
+
+const INDEX: &str = include_str!("page/index.html");
+const SCRIPT: &str = include_str!("page/chat.js");
+const STYLE: &str = include_str!("page/chat.css");
+const LIVE: &str = include_str!("page/chatkit-live.js");
+
+const HTML: &str = "text/html; charset=utf-8";
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// Where the page may load from and connect to: this origin only, no inline code.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                           img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// `GET /`: the page, told how this gateway authenticates (the user header
+/// in dev mode, client secrets otherwise).
+pub async fn index(state: web::Data<State>) -> HttpResponse {
+    let auth = match state.auth {
+        AuthMode::Header => "header",
+        AuthMode::Session => "session",
+    };
+    // Header names are HTTP tokens, which need no escaping in an HTML attribute.
+    let html = INDEX.replace("{{auth}}", auth).replace("{{user_header}}", state.user_header.as_str());
+    asset(HTML, Some(PAGE_POLICY), html)
+}
+
+/// `GET /page/chat.js`.
+pub async fn script() -> HttpResponse {
+    asset(JAVASCRIPT, None, SCRIPT)
+}
+
+/// `GET /page/chat.css`.
+pub async fn style() -> HttpResponse {
+    asset(CSS, None, STYLE)
+}
+
+/// `GET /chatkit-live.js`.
+pub async fn live() -> HttpResponse {
+    asset(JAVASCRIPT, None, LIVE)
+}
+
+/// An asset, revalidated on every load so that a new binary's page is seen at once.
+fn asset(content_type: &'static str, policy: Option<&'static str>, body: impl MessageBody + 'static) -> HttpResponse {
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type(content_type)
+        .insert_header(CacheControl(vec![CacheDirective::NoCache]))
+        .insert_header(("x-content-type-options", "nosniff"));
+    if let Some(policy) = policy {
+        response.insert_header(("content-security-policy", policy));
+    }
+    response.body(body)
+}

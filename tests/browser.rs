@@ -1,0 +1,214 @@
+//! End-to-end tests of the chat page (`GET /`) in headless Chromium: two tabs
+//! on one thread, a turn streaming from one into the other, a lock and a close
+//! through the status API, a rename in one tab seen in the other's history
+//! list, the same across two replicas sharing Redis, and chatkit-live.js
+//! driving a ChatKit.js element.
+//!
+//! Each test starts the gateway and runs one scenario of
+//! `tests/browser/e2e.mjs` (playwright-core with Debian's Chromium) under a
+//! time limit. Screenshots go to `target/browser-artifacts/<scenario>/`, with
+//! the scenario's log. `bash scripts/test.sh` installs what these tests need.
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatkit_gateway::config::Secret;
+use chatkit_gateway::protocol::{ItemUpdate, ThreadStreamEvent};
+use chatkit_gateway::responder::{EchoResponder, EventStream, RespondInput, Responder, TurnContext};
+use chatkit_gateway::store::{MemoryStore, Store};
+use common::redis::RedisServer;
+use common::*;
+use futures_util::StreamExt;
+
+/// How long one scenario may run, browser start included.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+/// Between two text deltas of an answer, so that a tab visibly streams it.
+const DELTA_PACE: Duration = Duration::from_millis(250);
+
+/// What to install when the browser tests cannot run.
+const INSTALL: &str = "run `bash scripts/test.sh`, which installs them, or by hand (as root): \
+                       `apt-get install -y chromium` and `(cd tests/browser && npm ci)` with Node.js 20 or later";
+
+/// The echo responder, with a pause before each text delta.
+struct PacedEcho(EchoResponder);
+
+#[async_trait::async_trait]
+impl Responder for PacedEcho {
+    fn name(&self) -> &'static str {
+        "paced-echo"
+    }
+
+    fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream {
+        Box::pin(self.0.respond(turn, input).then(|event| async move {
+            if let Ok(ThreadStreamEvent::ItemUpdated { update: ItemUpdate::TextDelta { .. }, .. }) = &event {
+                tokio::time::sleep(DELTA_PACE).await;
+            }
+            event
+        }))
+    }
+}
+
+fn paced() -> Spawn {
+    Spawn { responder: Arc::new(PacedEcho(EchoResponder::new())), ..Default::default() }
+}
+
+/// Node, Chromium and playwright-core, found or the test fails saying how to install them.
+struct Browser {
+    dir: PathBuf,
+    chromium: PathBuf,
+}
+
+fn browser() -> Browser {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium =
+        std::env::var_os("CHATKIT_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let mut missing = Vec::new();
+    match Command::new("node").arg("--version").output() {
+        Ok(output) if output.status.success() => {
+            let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            let major: u32 =
+                version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            if major < 20 {
+                missing.push(format!("Node.js 20 or later (found {version})"));
+            }
+        }
+        _ => missing.push("Node.js (`node` is not on PATH)".to_string()),
+    }
+    if !chromium.exists() {
+        missing.push(format!("Chromium at {} (set CHATKIT_CHROMIUM to use another)", chromium.display()));
+    }
+    if !dir.join("node_modules/playwright-core/package.json").exists() {
+        missing.push(format!("playwright-core in {}/node_modules", dir.display()));
+    }
+    assert!(missing.is_empty(), "the browser tests need {}: {INSTALL}", missing.join(", "));
+    Browser { dir, chromium }
+}
+
+/// `$CARGO_TARGET_DIR/browser-artifacts/<scenario>` (default `target/`), emptied.
+fn artifacts(scenario: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir));
+    let dir = target.join("browser-artifacts").join(scenario);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("artifact directory");
+    dir
+}
+
+/// Runs one scenario of `e2e.mjs` against the given gateways; fails with its log.
+fn run(scenario: &str, apps: &[&TestApp]) {
+    let browser = browser();
+    let dir = artifacts(scenario);
+    let log_path = dir.join("e2e.log");
+    let log = File::create(&log_path).expect("log file");
+    let mut command = Command::new("node");
+    command.arg(browser.dir.join("e2e.mjs")).arg(scenario);
+    for app in apps {
+        command.arg("--base").arg(&app.base);
+    }
+    command
+        .arg("--artifacts")
+        .arg(&dir)
+        .env("CHATKIT_CHROMIUM", &browser.chromium)
+        .current_dir(&browser.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log);
+    let started = Instant::now();
+    let mut child = command.spawn().expect("node starts");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("node runs") {
+            break Some(status);
+        }
+        if started.elapsed() > SCENARIO_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    println!("{output}");
+    match status {
+        Some(status) if status.success() => {}
+        Some(status) => panic!("scenario `{scenario}` failed ({status}); artifacts in {}:\n{output}", dir.display()),
+        None => panic!(
+            "scenario `{scenario}` did not finish within {SCENARIO_LIMIT:?}; artifacts in {}:\n{output}",
+            dir.display()
+        ),
+    }
+}
+
+#[test]
+fn a_turn_sent_in_one_tab_streams_into_the_other() {
+    let app = spawn(paced());
+    run("turn", &[&app]);
+}
+
+#[test]
+fn a_lock_through_the_status_api_disables_both_composers_with_the_reason() {
+    let app = spawn(paced());
+    run("lock", &[&app]);
+}
+
+#[test]
+fn closing_the_thread_replaces_both_composers_with_a_banner() {
+    let app = spawn(paced());
+    run("close", &[&app]);
+}
+
+#[test]
+fn a_rename_in_one_tab_shows_in_the_other_tabs_history_list() {
+    let app = spawn(paced());
+    run("rename", &[&app]);
+}
+
+#[test]
+fn two_tabs_on_two_replicas_sharing_redis_stay_in_sync() {
+    let redis = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let replica = || {
+        let url = redis.url();
+        spawn(Spawn {
+            store: Some(store.clone()),
+            configure: Box::new(move |config| config.redis_url = Some(Secret::new(url))),
+            ..paced()
+        })
+    };
+    let (one, two) = (replica(), replica());
+    run("replicas", &[&one, &two]);
+}
+
+#[test]
+fn chatkit_live_js_calls_fetch_updates_after_each_change() {
+    let app = spawn(paced());
+    run("chatkit-live", &[&app]);
+}
+
+/// The page and its scripts come from the binary, with the identity settings filled in.
+#[tokio::test]
+async fn the_page_and_its_scripts_are_served_from_the_binary() {
+    let app = spawn_app();
+    let page = app.client.get(app.url("/")).send().await.expect("page");
+    assert_eq!(page.status(), 200);
+    let header = |name: &str| page.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+    assert!(header("content-security-policy").is_some_and(|csp| csp.contains("script-src 'self'")));
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<meta name="chatkit-auth" content="header">"#), "{html}");
+    assert!(html.contains(r#"<meta name="chatkit-user-header" content="x-user-id">"#), "{html}");
+    for (path, kind, needle) in [
+        ("/page/chat.js", "text/javascript; charset=utf-8", "/chatkit/events"),
+        ("/page/chat.css", "text/css; charset=utf-8", "#closed-banner"),
+        ("/chatkit-live.js", "text/javascript; charset=utf-8", "fetchUpdates"),
+    ] {
+        let response = app.client.get(app.url(path)).send().await.expect(path);
+        assert_eq!(response.status(), 200, "{path}");
+        let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(content_type.as_deref(), Some(kind), "{path}");
+        assert!(response.text().await.unwrap().contains(needle), "{path}");
+    }
+}
