@@ -3,6 +3,8 @@
 #
 #   bash scripts/test.sh [extra cargo test args...]
 #
+# With no arguments it also runs the load test in CI mode (loadtest/scenarios.sh --ci).
+#
 # Works on a fresh Debian 12 machine with the Rust toolchain, python3 and root:
 # it installs what is missing (redis-server, PostgreSQL, nginx, promtool, Chromium,
 # Node.js with playwright-core, a Python venv with the reference SDK openai-chatkit,
@@ -298,6 +300,14 @@ info "cargo test --workspace $*"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 cargo test --workspace "$@" 2>&1 | tee "$LOG"
+
+if [ "$#" -eq 0 ]; then
+    # The load test in CI mode: both standard scenarios (one replica on SQLite;
+    # three on PostgreSQL and Redis) for 10 s each with small numbers, on the
+    # debug build just made; it fails unless nothing is lost and nothing errs.
+    step "load test, CI mode (loadtest/scenarios.sh --ci)"
+    PG_URL="${TEST_DATABASE_URL%/*}" bash loadtest/scenarios.sh --ci
+fi
 
 step "all tests passed"
 # One closing line with the totals of every test binary, so that the last line

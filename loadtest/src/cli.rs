@@ -8,12 +8,13 @@ use clap::{Parser, ValueEnum};
 use hyper::header::HeaderName;
 use hyper::Uri;
 
-/// Drives `POST /chatkit` of a local chatkit-gateway and reports throughput and latency.
+/// Drives `POST /chatkit` and the viewer streams of local chatkit-gateway replicas and reports throughput, latency
+/// and fan-out.
 #[derive(Debug, Parser)]
 #[command(name = "chatkit-loadtest", version)]
 pub struct Args {
     /// Base URL of the gateway; `/chatkit` is appended when the URL has no path. The fanout
-    /// scenario takes one per replica (repeat the flag or separate the URLs with commas).
+    /// and mixed scenarios take one per replica (repeat the flag or separate the URLs with commas).
     #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
     pub url: Vec<String>,
 
@@ -21,7 +22,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Scenario::Turn)]
     pub scenario: Scenario,
 
-    /// Number of virtual clients, each with its own user and connection (not used by fanout).
+    /// Number of virtual clients, each with its own user and connection (not used by fanout and mixed).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
 
@@ -29,12 +30,12 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
-    /// Time spent loading before measuring; its results are discarded (not used by fanout).
+    /// Time spent loading before measuring; its results are discarded (not used by fanout and mixed).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
 
-    /// Limit on one request, from sending it to the end of its body; for fanout also the limit
-    /// on opening one viewer stream, from connecting to its response head.
+    /// Limit on one request, from sending it to the end of its body; for fanout and mixed also
+    /// the limit on opening one viewer stream, from connecting to its response head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
 
@@ -50,37 +51,47 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
-    /// Fanout: threads the viewers watch and the updates go to [default: 1000].
+    /// Fanout and mixed: threads the viewers watch and the updates or turns go to [default: 1000
+    /// for fanout, 100 for mixed].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub threads: Option<u32>,
 
-    /// Fanout: viewer streams, spread evenly over the threads and in turn over the replicas
-    /// [default: 10000].
+    /// Fanout and mixed: viewer streams, spread evenly over the threads and in turn over the
+    /// replicas [default: 10000 for fanout, 1000 for mixed].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_VIEWERS as i64))]
     pub viewers: Option<u32>,
+
+    /// Mixed: writers, each sending turns back to back for `--duration`, to the threads and the
+    /// replicas in turn [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_WRITERS as i64))]
+    pub writers: Option<u32>,
 
     /// Fanout: thread updates sent per second, for `--duration` [default: 200].
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
 
-    /// Fanout: how long viewers keep listening after the last update has been answered [default: 2s].
+    /// Fanout and mixed: how long viewers keep listening after the last update or turn has been
+    /// answered [default: 2s].
     #[arg(long, value_parser = parse_duration)]
     pub drain: Option<Duration>,
 
-    /// Fanout: viewer streams being opened at once [default: 256].
+    /// Fanout and mixed: viewer streams being opened at once [default: 256].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub open_concurrency: Option<u32>,
 
-    /// Fanout: limit on the whole setup, creating the threads and opening every viewer [default: 120s].
+    /// Fanout and mixed: limit on the whole setup, creating the threads and opening every viewer
+    /// [default: 120s].
     #[arg(long, value_parser = parse_duration)]
     pub setup_timeout: Option<Duration>,
 }
 
 /// The most viewer streams one run opens; each takes a socket in this process and one in a gateway.
 pub const MAX_VIEWERS: u32 = 50_000;
-/// The longest update phase a fanout run may ask for.
+/// The most writers one mixed run starts; each holds up to one connection per replica.
+pub const MAX_WRITERS: u32 = 1_000;
+/// The longest send phase a fanout or mixed run may ask for.
 pub const MAX_FANOUT_DURATION: Duration = Duration::from_secs(600);
-/// The longest drain a fanout run may ask for.
+/// The longest drain a fanout or mixed run may ask for.
 pub const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 /// What a fanout run does, with every default filled in and every bound checked.
@@ -96,23 +107,43 @@ pub struct FanoutShape {
     pub setup_timeout: Duration,
 }
 
+/// What a mixed run does, with every default filled in and every bound checked.
+#[derive(Clone, Debug)]
+pub struct MixedShape {
+    pub replicas: Vec<Endpoint>,
+    pub threads: u32,
+    pub viewers: u32,
+    pub writers: u32,
+    pub duration: Duration,
+    pub drain: Duration,
+    pub open_concurrency: u32,
+    pub setup_timeout: Duration,
+}
+
 impl Args {
-    /// Whether any option that only the fanout scenario reads was given.
-    fn has_fanout_options(&self) -> bool {
-        self.threads.is_some()
-            || self.viewers.is_some()
-            || self.rate.is_some()
-            || self.drain.is_some()
-            || self.open_concurrency.is_some()
-            || self.setup_timeout.is_some()
+    /// The options given that only the fanout and mixed scenarios read, by their flags.
+    fn multi_replica_options(&self) -> Vec<&'static str> {
+        [
+            ("--threads", self.threads.is_some()),
+            ("--viewers", self.viewers.is_some()),
+            ("--writers", self.writers.is_some()),
+            ("--rate", self.rate.is_some()),
+            ("--drain", self.drain.is_some()),
+            ("--open-concurrency", self.open_concurrency.is_some()),
+            ("--setup-timeout", self.setup_timeout.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
     }
 
-    /// The one endpoint of the request scenarios, refusing fanout options and extra URLs.
+    /// The one endpoint of the request scenarios, refusing fanout and mixed options and extra URLs.
     pub fn single_endpoint(&self) -> Result<Endpoint, String> {
-        if self.has_fanout_options() {
+        let misplaced = self.multi_replica_options();
+        if !misplaced.is_empty() {
             return Err(format!(
-                "--threads, --viewers, --rate, --drain, --open-concurrency and --setup-timeout belong to \
-                 --scenario fanout, not {}",
+                "{} belong to --scenario fanout or mixed, not {}",
+                misplaced.join(", "),
                 self.scenario.name()
             ));
         }
@@ -122,14 +153,15 @@ impl Args {
         }
     }
 
-    /// The fanout run the options describe.
-    pub fn fanout_shape(&self) -> Result<FanoutShape, String> {
+    /// The replicas of a fanout or mixed run, with the send phase and drain checked.
+    fn replicas(&self) -> Result<Vec<Endpoint>, String> {
+        let name = self.scenario.name();
         let mut replicas = Vec::with_capacity(self.url.len());
         for url in &self.url {
             let endpoint = endpoint(url)?;
             if endpoint.path != "/chatkit" {
                 return Err(format!(
-                    "--url `{url}`: the fanout scenario needs the gateway's own paths, so give the URL without a path"
+                    "--url `{url}`: the {name} scenario needs the gateway's own paths, so give the URL without a path"
                 ));
             }
             if replicas.contains(&endpoint) {
@@ -138,19 +170,43 @@ impl Args {
             replicas.push(endpoint);
         }
         if self.duration > MAX_FANOUT_DURATION {
-            return Err(format!("--duration is at most {MAX_FANOUT_DURATION:?} for fanout"));
+            return Err(format!("--duration is at most {MAX_FANOUT_DURATION:?} for {name}"));
         }
-        let drain = self.drain.unwrap_or(Duration::from_secs(2));
-        if drain > MAX_DRAIN {
+        if self.drain.is_some_and(|drain| drain > MAX_DRAIN) {
             return Err(format!("--drain is at most {MAX_DRAIN:?}"));
         }
+        Ok(replicas)
+    }
+
+    /// The fanout run the options describe.
+    pub fn fanout_shape(&self) -> Result<FanoutShape, String> {
+        if self.writers.is_some() {
+            return Err("--writers belongs to --scenario mixed; fanout sends updates at --rate".into());
+        }
         Ok(FanoutShape {
-            replicas,
+            replicas: self.replicas()?,
             threads: self.threads.unwrap_or(1000),
             viewers: self.viewers.unwrap_or(10_000),
             rate: self.rate.unwrap_or(200.0),
             duration: self.duration,
-            drain,
+            drain: self.drain.unwrap_or(Duration::from_secs(2)),
+            open_concurrency: self.open_concurrency.unwrap_or(256),
+            setup_timeout: self.setup_timeout.unwrap_or(Duration::from_secs(120)),
+        })
+    }
+
+    /// The mixed run the options describe.
+    pub fn mixed_shape(&self) -> Result<MixedShape, String> {
+        if self.rate.is_some() {
+            return Err("--rate belongs to --scenario fanout; mixed writers send turns back to back".into());
+        }
+        Ok(MixedShape {
+            replicas: self.replicas()?,
+            threads: self.threads.unwrap_or(100),
+            viewers: self.viewers.unwrap_or(1000),
+            writers: self.writers.unwrap_or(8),
+            duration: self.duration,
+            drain: self.drain.unwrap_or(Duration::from_secs(2)),
             open_concurrency: self.open_concurrency.unwrap_or(256),
             setup_timeout: self.setup_timeout.unwrap_or(Duration::from_secs(120)),
         })
@@ -169,6 +225,9 @@ pub enum Scenario {
     /// Viewer streams on threads across replicas, a steady rate of title and status
     /// updates, and the time each update takes to reach every viewer.
     Fanout,
+    /// Viewer streams on threads across replicas, writers sending turns back to back, and
+    /// the time each user message takes to reach every viewer of its thread.
+    Mixed,
 }
 
 impl Scenario {
@@ -178,6 +237,7 @@ impl Scenario {
             Scenario::List => "list",
             Scenario::Create => "create",
             Scenario::Fanout => "fanout",
+            Scenario::Mixed => "mixed",
         }
     }
 
@@ -350,10 +410,38 @@ mod tests {
             "http://127.0.0.1:1,http://127.0.0.1:1",
         ]);
         assert!(twice.fanout_shape().is_err());
-        let misplaced = Args::parse_from(["chatkit-loadtest", "--scenario", "turn", "--viewers", "5"]);
-        assert!(misplaced.single_endpoint().is_err());
+        let misplaced =
+            Args::parse_from(["chatkit-loadtest", "--scenario", "turn", "--viewers", "5", "--writers", "2"]);
+        let refused = misplaced.single_endpoint().unwrap_err();
+        assert!(refused.starts_with("--viewers, --writers belong to"), "{refused}");
+        let writers = Args::parse_from(["chatkit-loadtest", "--scenario", "fanout", "--writers", "2"]);
+        assert!(writers.fanout_shape().is_err(), "fanout has no writers");
         assert!(Args::try_parse_from(["chatkit-loadtest", "--rate", "0"]).is_err());
         assert!(Args::try_parse_from(["chatkit-loadtest", "--viewers", "50001"]).is_err());
+    }
+
+    #[test]
+    fn mixed_takes_several_replicas_writers_and_no_rate() {
+        let args = Args::parse_from([
+            "chatkit-loadtest",
+            "--scenario",
+            "mixed",
+            "--url",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--writers",
+            "3",
+            "--drain",
+            "1s",
+        ]);
+        let shape = args.mixed_shape().unwrap();
+        assert_eq!(shape.replicas.len(), 2);
+        assert_eq!((shape.threads, shape.viewers, shape.writers), (100, 1000, 3));
+        assert_eq!(shape.drain, Duration::from_secs(1));
+        let with_rate = Args::parse_from(["chatkit-loadtest", "--scenario", "mixed", "--rate", "5"]);
+        assert!(with_rate.mixed_shape().is_err());
+        let long_drain = Args::parse_from(["chatkit-loadtest", "--scenario", "mixed", "--drain", "2m"]);
+        assert!(long_drain.mixed_shape().is_err());
+        assert!(Args::try_parse_from(["chatkit-loadtest", "--writers", "0"]).is_err());
     }
 
     #[test]

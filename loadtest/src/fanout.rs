@@ -20,56 +20,26 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, HOST};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
-use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Semaphore};
+use serde_json::json;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cli::{Endpoint, FanoutShape};
-use crate::report::{
-    ErrorKind, FanoutDetail, FanoutReport, FanoutShapeSummary, FanoutStats, FanoutTally, LostUpdate, Second,
+use crate::cli::FanoutShape;
+use crate::replicas::{
+    check_fd_limit, in_parallel, lock, now_us, say, Pool, CREATE_CONCURRENCY, LOST_SAMPLES, MAX_SHARDS, PROGRESS_EVERY,
+    SLOW_DELIVERY,
 };
-use crate::scenario::{describe, open_connection, read_refusal, send_and_read, user_input, Expect, Outcome};
-use crate::sse::SseParser;
+use crate::report::{FanoutReport, FanoutShapeSummary, FanoutStats, FanoutTally, LossDetail, Lost, Second};
+use crate::scenario::{Expect, Outcome};
+use crate::viewers::{open_all, stop_all, Listener, ViewerProgress};
 
-/// Upper bound on the result shards viewers and updates record into, as in the request scenarios.
-const MAX_SHARDS: usize = 64;
-/// Threads being created at once during setup.
-const CREATE_CONCURRENCY: usize = 32;
 /// Updates under way at once; the schedule waits for a free slot, and the wait shows as schedule lag.
 const MAX_UPDATES_IN_FLIGHT: usize = 128;
-/// How long stopped viewers get to wrap up before they are abandoned.
-const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How often the progress line is printed.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// File descriptors this process needs beside one per viewer: update and setup connections, the runtime, stdio.
-const SPARE_FDS: u64 = 512;
-/// A delivery at least this late counts as slow in the timeline.
-const SLOW_DELIVERY: Duration = Duration::from_millis(100);
-/// Lost updates the report lists one by one.
-const LOST_SAMPLES: usize = 20;
-
-/// Prints a line on stderr, first clearing the progress line when stderr is a terminal.
-fn say(message: &str) {
-    if std::io::stderr().is_terminal() {
-        eprintln!("\r\x1b[2K{message}");
-    } else {
-        eprintln!("{message}");
-    }
-}
-
-/// Microseconds since the Unix epoch, the clock the markers carry.
-fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64)
-}
 
 /// The text of update `n` sent at `sent_us`, used as a title or as a lock reason.
 fn marker(n: u64, sent_us: u64) -> String {
@@ -176,25 +146,12 @@ impl Thread {
     }
 }
 
-/// One gateway replica: where to connect, and its idle keep-alive connections for setup and updates.
-struct Replica {
-    endpoint: Endpoint,
-    host: HeaderValue,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
-}
-
-/// A lock whose poisoning only means another task panicked; the counts under it are still sound.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
 /// Where the run stands, for the progress line.
 #[derive(Default)]
 struct Progress {
     phase: AtomicU8,
     threads_created: AtomicU64,
-    opened: AtomicU64,
-    open_failed: AtomicU64,
+    viewers: ViewerProgress,
     sent: AtomicU64,
     answered_ok: AtomicU64,
     answered_failed: AtomicU64,
@@ -203,7 +160,6 @@ struct Progress {
     /// Deliveries matched so far, of any update.
     delivered: AtomicU64,
     resyncs: AtomicU64,
-    streams_ended: AtomicU64,
 }
 
 const PHASE_CREATE: u8 = 0;
@@ -213,13 +169,7 @@ const PHASE_DRAIN: u8 = 3;
 
 /// What every task of the run shares.
 struct Net {
-    replicas: Vec<Replica>,
-    user_header: HeaderName,
-    timeout: Duration,
-    json: HeaderValue,
-    event_stream: HeaderValue,
-    /// Connections opened by the whole run.
-    connections: AtomicU64,
+    pool: Pool,
     /// When the update phase began, in unix microseconds.
     updates_from_us: AtomicU64,
     progress: Progress,
@@ -230,84 +180,19 @@ impl Net {
     fn shard(&self, index: usize) -> MutexGuard<'_, FanoutStats> {
         lock(&self.shards[index % self.shards.len()])
     }
-
-    /// Posts a JSON body on a kept connection to `replica` and reads the whole answer, within the request timeout.
-    async fn post(&self, replica: usize, path: &str, user: &HeaderValue, body: &Value, expect: Expect) -> Outcome {
-        let limit = self.timeout;
-        match tokio::time::timeout(limit, self.post_unbounded(replica, path, user, body, expect)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Failed(ErrorKind::Timeout, format!("no complete answer within {limit:?}")),
-        }
-    }
-
-    async fn post_unbounded(
-        &self,
-        replica: usize,
-        path: &str,
-        user: &HeaderValue,
-        body: &Value,
-        expect: Expect,
-    ) -> Outcome {
-        let start = Instant::now();
-        let replica = &self.replicas[replica];
-        let mut connection = match self.kept_connection(replica).await {
-            Ok(connection) => connection,
-            Err(detail) => return Outcome::Failed(ErrorKind::Transport, detail),
-        };
-        let body = serde_json::to_vec(body).expect("a JSON value serializes");
-        let request = match Request::post(path)
-            .header(HOST, &replica.host)
-            .header(CONTENT_TYPE, &self.json)
-            .header(&self.user_header, user)
-            .body(Full::new(Bytes::from(body)))
-        {
-            Ok(request) => request,
-            Err(e) => return Outcome::Failed(ErrorKind::Transport, format!("cannot build a request for {path}: {e}")),
-        };
-        let (outcome, read_to_end) = send_and_read(&mut connection, request, expect, start).await;
-        if read_to_end {
-            lock(&replica.idle).push(connection);
-        }
-        outcome
-    }
-
-    /// An idle connection to `replica` that can take a request, or a new one.
-    async fn kept_connection(&self, replica: &Replica) -> Result<SendRequest<Full<Bytes>>, String> {
-        loop {
-            let Some(mut connection) = lock(&replica.idle).pop() else { break };
-            // `ready` fails only when the server closed the connection while it was idle.
-            if connection.ready().await.is_ok() {
-                return Ok(connection);
-            }
-        }
-        open_connection(replica.endpoint.addr, &self.connections).await
-    }
 }
 
 /// Runs the whole scenario and reports it; an error means setup failed and nothing was measured.
 pub async fn run(shape: FanoutShape, user_header: HeaderName, timeout: Duration) -> Result<FanoutReport, String> {
     check_fd_limit(shape.viewers)?;
-    let replicas = shape
-        .replicas
-        .iter()
-        .map(|endpoint| {
-            let host = HeaderValue::from_str(&endpoint.authority).map_err(|e| e.to_string())?;
-            Ok(Replica { endpoint: endpoint.clone(), host, idle: Mutex::new(Vec::new()) })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
     let shard_count = (shape.viewers as usize).clamp(1, MAX_SHARDS);
     let net = Arc::new(Net {
-        replicas,
-        user_header,
-        timeout,
-        json: HeaderValue::from_static("application/json"),
-        event_stream: HeaderValue::from_static("text/event-stream"),
-        connections: AtomicU64::new(0),
+        pool: Pool::new(&shape.replicas, user_header, timeout)?,
         updates_from_us: AtomicU64::new(0),
         progress: Progress::default(),
         shards: (0..shard_count).map(|_| Mutex::new(FanoutStats::default())).collect(),
     });
-    let targets: Vec<String> = shape.replicas.iter().map(|endpoint| endpoint.authority.clone()).collect();
+    let targets = net.pool.authorities();
     say(&format!(
         "chatkit-loadtest: fanout with {} viewers on {} threads over {} replicas ({}); {} updates/s for {:?}",
         shape.viewers,
@@ -327,18 +212,18 @@ pub async fn run(shape: FanoutShape, user_header: HeaderName, timeout: Duration)
     }
     let (threads, summary) = result?;
 
-    let (tally, detail) = count(&threads, net.replicas.len(), net.updates_from_us.load(Ordering::Relaxed));
+    let (tally, detail) = count(&threads, net.pool.count(), net.updates_from_us.load(Ordering::Relaxed));
     let mut stats = FanoutStats::default();
     for shard in &net.shards {
         stats.merge(&lock(shard));
     }
-    let summary = FanoutShapeSummary { connections: net.connections.load(Ordering::Relaxed), ..summary };
+    let summary = FanoutShapeSummary { connections: net.pool.connections(), ..summary };
     Ok(FanoutReport::new(summary, tally, stats, detail))
 }
 
 /// Counts what the books say once every update has been answered and every viewer has stopped: deliveries expected
 /// and received, where and when they were lost, and the slowest delivery of each second.
-fn count(threads: &[Thread], replica_count: usize, updates_from_us: u64) -> (FanoutTally, FanoutDetail) {
+fn count(threads: &[Thread], replica_count: usize, updates_from_us: u64) -> (FanoutTally, LossDetail) {
     let mut tally = FanoutTally::default();
     let mut lost_by_replica = vec![0u64; replica_count];
     let mut lost_updates = Vec::new();
@@ -356,7 +241,7 @@ fn count(threads: &[Thread], replica_count: usize, updates_from_us: u64) -> (Fan
             }
             let slot = &mut timeline[second];
             tally.updates_sent += 1;
-            slot.second_updates += 1;
+            slot.second_sent += 1;
             slot.second_deliveries += delivered;
             slot.second_slow += u64::from(sent.slow);
             if sent.max_latency_us > 0 {
@@ -375,7 +260,7 @@ fn count(threads: &[Thread], replica_count: usize, updates_from_us: u64) -> (Fan
                         for (sum, missed) in lost_by_replica.iter_mut().zip(&missing) {
                             *sum += u64::from(*missed);
                         }
-                        lost_updates.push(LostUpdate {
+                        lost_updates.push(Lost {
                             lost_n: sent.n,
                             lost_kind: sent.kind.name(),
                             lost_sent_us: sent.sent_us,
@@ -395,26 +280,7 @@ fn count(threads: &[Thread], replica_count: usize, updates_from_us: u64) -> (Fan
     }
     lost_updates.sort_by_key(|lost| lost.lost_n);
     lost_updates.truncate(LOST_SAMPLES);
-    (tally, FanoutDetail { updates_from_us, lost_by_replica, lost_updates, timeline })
-}
-
-/// Refuses a run this process cannot hold open, naming the fix, rather than failing midway with EMFILE.
-fn check_fd_limit(viewers: u32) -> Result<(), String> {
-    // Only Linux says it this way; elsewhere the run goes ahead unchecked.
-    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else { return Ok(()) };
-    let soft = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .and_then(|line| line.split_whitespace().nth(3))
-        .and_then(|value| value.parse::<u64>().ok());
-    let needed = u64::from(viewers) + SPARE_FDS;
-    match soft {
-        Some(soft) if soft < needed => Err(format!(
-            "{viewers} viewers need about {needed} open files, but this process may open {soft}; \
-             raise the limit first (for example `ulimit -n {needed}`)"
-        )),
-        _ => Ok(()),
-    }
+    (tally, LossDetail { from_us: updates_from_us, lost_by_replica, lost: lost_updates, timeline })
 }
 
 /// Setup, updates and drain; answers the threads with their books, and the shape of the phases.
@@ -431,9 +297,8 @@ async fn run_phases(
     net.progress.phase.store(PHASE_OPEN, Ordering::Relaxed);
     let (stop_tx, stop_rx) = watch::channel(false);
     let open_started = Instant::now();
-    let (viewers, open_result) = open_viewers(net, &threads, shape, stop_rx, setup_deadline).await;
+    let (mut viewers, open_result) = open_viewers(net, &threads, shape, stop_rx, setup_deadline).await;
     let open_time = open_started.elapsed();
-    let mut viewers = viewers;
     if let Err(message) = open_result {
         stop_tx.send_replace(true);
         viewers.abort_all();
@@ -441,8 +306,8 @@ async fn run_phases(
     }
     say(&format!(
         "chatkit-loadtest: {} viewers open ({} failed) after {:.2} s; sending updates",
-        net.progress.opened.load(Ordering::Relaxed),
-        net.progress.open_failed.load(Ordering::Relaxed),
+        net.progress.viewers.opened.load(Ordering::Relaxed),
+        net.progress.viewers.open_failed.load(Ordering::Relaxed),
         open_time.as_secs_f64()
     ));
 
@@ -451,12 +316,7 @@ async fn run_phases(
 
     net.progress.phase.store(PHASE_DRAIN, Ordering::Relaxed);
     tokio::time::sleep(shape.drain).await;
-    stop_tx.send_replace(true);
-    let stopped = tokio::time::timeout(STOP_GRACE, async { while viewers.join_next().await.is_some() {} }).await;
-    if stopped.is_err() {
-        say(&format!("chatkit-loadtest: some viewers did not stop within {STOP_GRACE:?}; abandoning them"));
-        viewers.abort_all();
-    }
+    stop_all(viewers, &stop_tx).await;
     let summary = FanoutShapeSummary {
         replicas: shape.replicas.len(),
         threads: shape.threads,
@@ -475,57 +335,35 @@ async fn run_phases(
 /// Creates the threads, each owned by user `fanout-<n>` on replica `n mod replicas`, and renames each to a known title
 /// so that the first lock of a thread leads to a state the updater can name.
 async fn create_threads(net: &Arc<Net>, count: u32) -> Result<Vec<Thread>, String> {
-    let next = Arc::new(AtomicU32::new(0));
-    let mut workers: JoinSet<Result<Vec<(u32, Thread)>, String>> = JoinSet::new();
-    for _ in 0..CREATE_CONCURRENCY.min(count as usize) {
-        let (net, next) = (Arc::clone(net), Arc::clone(&next));
-        workers.spawn(async move {
-            let mut made = Vec::new();
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= count {
-                    return Ok(made);
-                }
-                made.push((index, create_thread(&net, index).await?));
-                net.progress.threads_created.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    let mut threads: Vec<Option<Thread>> = (0..count).map(|_| None).collect();
-    while let Some(joined) = workers.join_next().await {
-        let made = joined.map_err(|e| format!("a setup task failed: {e}"))??;
-        for (index, thread) in made {
-            threads[index as usize] = Some(thread);
+    let net = Arc::clone(net);
+    in_parallel(count, CREATE_CONCURRENCY, move |index| {
+        let net = Arc::clone(&net);
+        async move {
+            let thread = create_thread(&net, index).await?;
+            net.progress.threads_created.fetch_add(1, Ordering::Relaxed);
+            Ok(thread)
         }
-    }
-    threads.into_iter().enumerate().map(|(i, t)| t.ok_or_else(|| format!("thread {i} was not created"))).collect()
+    })
+    .await
 }
 
 async fn create_thread(net: &Net, index: u32) -> Result<Thread, String> {
-    let replica_count = net.replicas.len();
-    let replica = index as usize % net.replicas.len();
+    let replica = index as usize % net.pool.count();
     let user = HeaderValue::from_str(&format!("fanout-{index}")).map_err(|e| e.to_string())?;
-    let create = json!({"type": "threads.create", "params": {"input": user_input(&format!("fan-out thread {index}"))}});
-    let id = match net.post(replica, "/chatkit", &user, &create, Expect::Create).await {
-        Outcome::Ok { thread_id: Some(id), .. } => id,
-        Outcome::Ok { thread_id: None, .. } => return Err(format!("threads.create for thread {index} returned no id")),
-        Outcome::Failed(kind, detail) => {
-            return Err(format!("threads.create for thread {index} failed ({}): {detail}", kind.key()))
-        }
-        Outcome::Cut => return Err(format!("threads.create for thread {index} was cut off")),
-    };
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(format!("thread id `{id}` does not fit in a URL path as it is"));
-    }
+    let id = net
+        .pool
+        .create_thread(replica, &user, &format!("fan-out thread {index}"))
+        .await
+        .map_err(|e| format!("thread {index}: {e}"))?;
     let title = format!("fanout thread {index}");
     let rename = json!({"type": "threads.update", "params": {"thread_id": id, "title": title}});
-    if let Outcome::Failed(kind, detail) = net.post(replica, "/chatkit", &user, &rename, Expect::Object).await {
+    if let Outcome::Failed(kind, detail) = net.pool.post(replica, "/chatkit", &user, &rename, Expect::Object).await {
         return Err(format!("threads.update for thread {index} failed ({}): {detail}", kind.key()));
     }
     Ok(Thread {
         id,
         user,
-        viewers_open: (0..replica_count).map(|_| AtomicU32::new(0)).collect(),
+        viewers_open: (0..net.pool.count()).map(|_| AtomicU32::new(0)).collect(),
         in_order: tokio::sync::Mutex::new(()),
         book: Mutex::new(Book { title, locked: None, by_state: HashMap::new(), updates: Vec::new() }),
     })
@@ -542,50 +380,26 @@ async fn open_viewers(
     stop: watch::Receiver<bool>,
     deadline: Instant,
 ) -> (JoinSet<()>, Result<(), String>) {
-    let permits = Arc::new(Semaphore::new(shape.open_concurrency as usize));
-    let (opened_tx, mut opened_rx) = mpsc::channel::<bool>(shape.viewers as usize);
-    let mut viewers = JoinSet::new();
     let thread_count = threads.len() as u32;
-    for v in 0..shape.viewers {
-        let thread = (v % thread_count) as usize;
-        let replica = (thread + (v / thread_count) as usize) % net.replicas.len();
-        let viewer = Viewer {
-            net: Arc::clone(net),
-            threads: Arc::clone(threads),
-            index: v as usize,
-            thread,
-            replica,
-            seen: Vec::new(),
-        };
-        let (permits, opened_tx, stop) = (Arc::clone(&permits), opened_tx.clone(), stop.clone());
-        viewers.spawn(viewer.run(permits, opened_tx, stop));
-    }
-    drop(opened_tx);
-    let mut reported = 0;
-    while reported < shape.viewers {
-        match tokio::time::timeout_at(deadline, opened_rx.recv()).await {
-            Ok(Some(_)) => reported += 1,
-            Ok(None) => return (viewers, Err("a viewer stopped before reporting whether it opened".into())),
-            Err(_) => {
-                let opened = net.progress.opened.load(Ordering::Relaxed);
-                return (
-                    viewers,
-                    Err(format!(
-                        "setup timed out: {opened} of {} viewers open and {} failed after {:?} of setup",
-                        shape.viewers,
-                        net.progress.open_failed.load(Ordering::Relaxed),
-                        shape.setup_timeout
-                    )),
-                );
+    let listeners = (0..shape.viewers)
+        .map(|v| {
+            let thread = (v % thread_count) as usize;
+            Viewer {
+                net: Arc::clone(net),
+                threads: Arc::clone(threads),
+                index: v as usize,
+                thread,
+                replica: (thread + (v / thread_count) as usize) % net.pool.count(),
+                seen: Vec::new(),
             }
-        }
-    }
-    let opened = net.progress.opened.load(Ordering::Relaxed);
-    if opened == 0 {
+        })
+        .collect();
+    let (viewers, opened) = open_all(listeners, &net.progress.viewers, shape.open_concurrency, stop, deadline).await;
+    if opened.is_ok() && net.progress.viewers.opened.load(Ordering::Relaxed) == 0 {
         let first = net.shards.iter().find_map(|shard| lock(shard).first_error.values().next().cloned());
         return (viewers, Err(format!("no viewer stream opened; first error: {}", first.unwrap_or_default())));
     }
-    (viewers, Ok(()))
+    (viewers, opened)
 }
 
 /// The event fields a viewer reads; serde skips everything else.
@@ -643,82 +457,26 @@ struct Viewer {
     seen: Vec<usize>,
 }
 
-impl Viewer {
-    async fn run(mut self, permits: Arc<Semaphore>, opened: mpsc::Sender<bool>, mut stop: watch::Receiver<bool>) {
-        let net = Arc::clone(&self.net);
-        let Ok(permit) = permits.acquire_owned().await else { return };
-        let open = tokio::time::timeout(net.timeout, self.open())
-            .await
-            .unwrap_or_else(|_| Err((ErrorKind::Timeout, format!("no response head within {:?}", net.timeout))));
-        drop(permit);
-        let (connection, response) = match open {
-            Ok(open) => open,
-            Err((kind, detail)) => {
-                net.shard(self.index).record_error("open", kind, &detail);
-                net.progress.open_failed.fetch_add(1, Ordering::Relaxed);
-                let _ = opened.send(false).await;
-                return;
-            }
-        };
-        // Counted before it is reported, so the count is complete once every viewer has reported.
-        self.threads[self.thread].viewers_open[self.replica].fetch_add(1, Ordering::Relaxed);
-        net.progress.opened.fetch_add(1, Ordering::Relaxed);
-        let _ = opened.send(true).await;
-        drop(opened);
-
-        let mut body = response.into_body();
-        let mut parser = SseParser::new();
-        let ended = loop {
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(|stop| *stop) => break None,
-                frame = body.frame() => match frame {
-                    None => break Some(("stream_closed", "the gateway ended the stream".to_string())),
-                    Some(Err(e)) => break Some(("stream_broken", format!("stream broke off: {}", describe(&e)))),
-                    Some(Ok(frame)) => {
-                        let Ok(chunk) = frame.into_data() else { continue };
-                        let received_us = now_us();
-                        parser.feed_named(&chunk, |name, data| self.observe(name, data, received_us));
-                    }
-                },
-            }
-        };
-        if let Some((key, detail)) = ended {
-            net.progress.streams_ended.fetch_add(1, Ordering::Relaxed);
-            net.shard(self.index).record_named_error(key.to_string(), &detail);
-        }
-        // The connection lives as long as the stream was read, then closes with it.
-        drop(connection);
+impl Listener for Viewer {
+    fn pool(&self) -> &Pool {
+        &self.net.pool
     }
 
-    /// Connects to its replica and asks for the thread's event stream, up to a 200 with the event-stream type.
-    async fn open(&self) -> Result<(SendRequest<Full<Bytes>>, Response<Incoming>), (ErrorKind, String)> {
-        let net = &self.net;
-        let replica = &net.replicas[self.replica];
+    fn progress(&self) -> &ViewerProgress {
+        &self.net.progress.viewers
+    }
+
+    fn target(&self) -> (usize, String, HeaderValue) {
         let thread = &self.threads[self.thread];
-        let mut connection =
-            open_connection(replica.endpoint.addr, &net.connections).await.map_err(|e| (ErrorKind::Transport, e))?;
-        let request = Request::get(format!("/chatkit/threads/{}/events", thread.id))
-            .header(HOST, &replica.host)
-            .header(ACCEPT, &net.event_stream)
-            .header(&net.user_header, &thread.user)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| (ErrorKind::Transport, format!("cannot build the request: {e}")))?;
-        let response = connection
-            .send_request(request)
-            .await
-            .map_err(|e| (ErrorKind::Transport, format!("request failed: {}", describe(&e))))?;
-        if response.status() != StatusCode::OK {
-            return match read_refusal(response).await.0 {
-                Outcome::Failed(kind, detail) => Err((kind, detail)),
-                _ => Err((ErrorKind::BadStream, "refused without a reason".into())),
-            };
-        }
-        let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !content_type.starts_with("text/event-stream") {
-            return Err((ErrorKind::BadStream, format!("content type is `{content_type}`, not text/event-stream")));
-        }
-        Ok((connection, response))
+        (self.replica, format!("/chatkit/threads/{}/events", thread.id), thread.user.clone())
+    }
+
+    fn record_opened(&self) {
+        self.threads[self.thread].viewers_open[self.replica].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_error(&self, key: String, detail: &str) {
+        self.net.shard(self.index).record_named_error(key, detail);
     }
 
     /// Records one event of the stream.
@@ -825,7 +583,7 @@ async fn update(net: &Net, threads: &[Thread], n: u64) {
     let index = (n % count) as usize;
     let round = n / count;
     let thread = &threads[index];
-    let replica = (n % net.replicas.len() as u64) as usize;
+    let replica = (n % net.pool.count() as u64) as usize;
     let _in_order = thread.in_order.lock().await;
     let (update, kind, text) = {
         let mut book = lock(&thread.book);
@@ -839,7 +597,7 @@ async fn update(net: &Net, threads: &[Thread], n: u64) {
             (UpdateKind::Lock, StateKey { title: Some(book.title.clone()), status: Status::Locked(Some(text.clone())) })
         };
         let update = book.updates.len();
-        let delivered = vec![0; net.replicas.len()];
+        let delivered = vec![0; net.pool.count()];
         book.updates.push(Sent {
             n,
             kind,
@@ -868,7 +626,7 @@ async fn update(net: &Net, threads: &[Thread], n: u64) {
     };
     net.progress.sent.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let outcome = net.post(replica, &path, &thread.user, &body, Expect::Object).await;
+    let outcome = net.pool.post(replica, &path, &thread.user, &body, Expect::Object).await;
     let latency = started.elapsed();
     let ok = matches!(outcome, Outcome::Ok { .. });
     {
@@ -923,9 +681,9 @@ async fn show_progress(net: Arc<Net>, shape: FanoutShape) {
                 let _ = write!(
                     line,
                     "opening viewers: {}/{} open, {} failed",
-                    load(&p.opened),
+                    load(&p.viewers.opened),
                     shape.viewers,
-                    load(&p.open_failed)
+                    load(&p.viewers.open_failed)
                 );
             }
             phase => {
@@ -939,7 +697,7 @@ async fn show_progress(net: Arc<Net>, shape: FanoutShape) {
                     load(&p.delivered),
                     load(&p.expected),
                     load(&p.resyncs),
-                    load(&p.streams_ended)
+                    load(&p.viewers.streams_ended)
                 );
             }
         }

@@ -1,10 +1,14 @@
-//! `chatkit-loadtest`: drives a local chatkit-gateway with many virtual clients and reports throughput and latency.
+//! `chatkit-loadtest`: drives local chatkit-gateway replicas with many virtual clients and viewers and reports
+//! throughput, latency and fan-out.
 
 mod cli;
 mod fanout;
+mod mixed;
+mod replicas;
 mod report;
 mod scenario;
 mod sse;
+mod viewers;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,21 +31,15 @@ const MAX_SHARDS: usize = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // The fanout scenario checks its own options; the others take one endpoint.
-    let endpoint = match args.scenario {
-        Scenario::Fanout => None,
-        _ => match args.single_endpoint() {
-            Ok(endpoint) => Some(endpoint),
-            Err(message) => {
-                eprintln!("chatkit-loadtest: {message}");
-                return ExitCode::from(2);
-            }
-        },
+    // Each scenario checks its own options before anything starts.
+    let plan = match args.scenario {
+        Scenario::Fanout => args.fanout_shape().map(Plan::Fanout),
+        Scenario::Mixed => args.mixed_shape().map(Plan::Mixed),
+        _ => args.single_endpoint().map(Plan::Requests),
     };
-    let fanout_shape = match (&endpoint, args.fanout_shape()) {
-        (Some(_), _) => None,
-        (None, Ok(shape)) => Some(shape),
-        (None, Err(message)) => {
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(message) => {
             eprintln!("chatkit-loadtest: {message}");
             return ExitCode::from(2);
         }
@@ -58,56 +56,53 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(shape) = fanout_shape {
-        return match runtime.block_on(fanout::run(shape, args.user_header.clone(), args.timeout)) {
-            Ok(report) => {
-                if args.json {
-                    eprint!("{}", report.table());
-                    println!("{}", report.json_line());
-                } else {
-                    print!("{}", report.table());
-                }
-                // A run in which no viewer opened or no update went through measured nothing.
-                if !report.measured() {
-                    eprintln!("chatkit-loadtest: nothing was measured (no viewer open or no update answered)");
-                    return ExitCode::FAILURE;
-                }
-                ExitCode::SUCCESS
-            }
-            Err(message) => {
-                eprintln!("chatkit-loadtest: {message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let Some(endpoint) = endpoint else { return ExitCode::FAILURE };
-    let target = Target {
-        endpoint,
-        user_header: args.user_header.clone(),
-        timeout: args.timeout,
-        scenario: args.scenario,
-        connections: AtomicU64::new(0),
-    };
-    match runtime.block_on(run(&args, target)) {
-        Ok(report) => {
-            if args.json {
-                eprint!("{}", report.table());
-                println!("{}", report.json_line());
-            } else {
-                print!("{}", report.table());
-            }
-            // A run without a single success measured nothing, and a script should notice.
-            if report.ok == 0 {
-                eprintln!("chatkit-loadtest: no request succeeded");
-                return ExitCode::FAILURE;
-            }
-            ExitCode::SUCCESS
+    let header = args.user_header.clone();
+    let result = match plan {
+        Plan::Fanout(shape) => runtime.block_on(fanout::run(shape, header, args.timeout)).map(|report| {
+            let measured = report.measured();
+            (report.table(), report.json_line(), measured)
+        }),
+        Plan::Mixed(shape) => runtime.block_on(mixed::run(shape, header, args.timeout)).map(|report| {
+            let measured = report.measured();
+            (report.table(), report.json_line(), measured)
+        }),
+        Plan::Requests(endpoint) => {
+            let target = Target {
+                endpoint,
+                user_header: header,
+                timeout: args.timeout,
+                scenario: args.scenario,
+                connections: AtomicU64::new(0),
+            };
+            runtime.block_on(run(&args, target)).map(|report| (report.table(), report.json_line(), report.ok > 0))
         }
+    };
+    let (table, json_line, measured) = match result {
+        Ok(result) => result,
         Err(message) => {
             eprintln!("chatkit-loadtest: {message}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    if args.json {
+        eprint!("{table}");
+        println!("{json_line}");
+    } else {
+        print!("{table}");
     }
+    // A run that measured nothing (no request succeeded; no viewer opened or nothing was answered) should fail a script.
+    if !measured {
+        eprintln!("chatkit-loadtest: nothing was measured (no success, or no viewer open)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// What the options ask for, checked.
+enum Plan {
+    Requests(cli::Endpoint),
+    Fanout(cli::FanoutShape),
+    Mixed(cli::MixedShape),
 }
 
 /// Sets every client up, starts them together, and collects their results.

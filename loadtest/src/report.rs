@@ -197,14 +197,7 @@ impl Report {
         let _ = writeln!(out, "concurrency   {} ({} connections opened)", self.concurrency, self.connections);
         let _ = writeln!(out, "duration      {:.2} s measured after {:.2} s warm-up", self.duration_s, self.warmup_s);
         let _ = writeln!(out, "requests      {} ({} ok, {} errors)", self.requests, self.ok, self.errors_total);
-        if self.errors.is_empty() {
-            let _ = writeln!(out, "errors        none");
-        } else {
-            for (key, count) in &self.errors {
-                let first = self.first_error.get(key).map(String::as_str).unwrap_or("");
-                let _ = writeln!(out, "errors        {key}: {count} (first: {first})");
-            }
-        }
+        write_errors(&mut out, &self.errors, &self.first_error);
         let _ = writeln!(out, "throughput    {:.1} req/s", self.rps);
         let _ = writeln!(
             out,
@@ -221,13 +214,16 @@ impl Report {
     }
 }
 
-/// What the viewers and the updater of a fanout run record, one shard of it.
+/// What the viewers and the updater of a fanout run, or the viewers and writers of a mixed run, record; one shard of it.
 #[derive(Debug)]
 pub struct FanoutStats {
-    /// Receipt time minus send time of every matched `thread.updated`, in microseconds.
+    /// Receipt time minus send time of every matched delivery (a `thread.updated`, or a turn's user message), in
+    /// microseconds.
     pub fanout: Histogram<u64>,
-    /// From sending an update to the end of its answer, for updates answered 200.
+    /// From sending an update or a turn to the end of its answer, for those answered 200.
     pub update: Histogram<u64>,
+    /// Mixed only: from sending a turn to the first complete event of its stream, for turns answered 200.
+    pub first_event: Histogram<u64>,
     /// Failures by kind: `open_*` for viewer streams that did not open, `update_*` for
     /// updates that failed, `stream_*` for open streams that ended before the run did.
     pub errors: BTreeMap<String, u64>,
@@ -247,6 +243,7 @@ impl Default for FanoutStats {
         FanoutStats {
             fanout: new_histogram(),
             update: new_histogram(),
+            first_event: new_histogram(),
             errors: BTreeMap::new(),
             first_error: BTreeMap::new(),
             resyncs: BTreeMap::new(),
@@ -264,6 +261,14 @@ impl FanoutStats {
 
     pub fn record_update(&mut self, latency: Duration) {
         self.update.saturating_record(micros(latency));
+    }
+
+    /// Records a turn answered 200: its length, and the time to its first event when the stream had one.
+    pub fn record_turn(&mut self, latency: Duration, first_event: Option<Duration>) {
+        self.update.saturating_record(micros(latency));
+        if let Some(first_event) = first_event {
+            self.first_event.saturating_record(micros(first_event));
+        }
     }
 
     /// Counts an error under `<phase>_<kind>`, such as `open_timeout` or `update_http_500`.
@@ -289,6 +294,7 @@ impl FanoutStats {
         self.other_events += other.other_events;
         self.fanout.add(&other.fanout).expect("histograms with equal bounds add");
         self.update.add(&other.update).expect("histograms with equal bounds add");
+        self.first_event.add(&other.first_event).expect("histograms with equal bounds add");
     }
 }
 
@@ -326,14 +332,14 @@ pub struct FanoutShapeSummary {
     pub connections: u64,
 }
 
-/// An update answered 200 that some viewers never received.
+/// An update or turn answered 200 that some viewers never received.
 ///
 /// Its keys, like those of `Second`, carry a prefix so that none of them repeats a top-level key of the JSON line,
 /// which a script picks out with `sed`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct LostUpdate {
+pub struct Lost {
     pub lost_n: u64,
-    /// `title`, `lock` or `unlock`.
+    /// What was missed: `title`, `lock` or `unlock` for an update; `user_message` or `answer` for a turn.
     pub lost_kind: &'static str,
     pub lost_sent_us: u64,
     /// The replica it was sent through, counting from 1 in the order of `--url`.
@@ -344,11 +350,12 @@ pub struct LostUpdate {
     pub lost_viewers: Vec<u32>,
 }
 
-/// One second of the update phase, by the send time of its updates.
+/// One second of the send phase, by the send time of its updates or turns.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Second {
     pub second: u64,
-    pub second_updates: u64,
+    /// Updates or turns sent in this second.
+    pub second_sent: u64,
     pub second_deliveries: u64,
     pub second_lost: u64,
     /// Deliveries that took 100 ms or longer.
@@ -356,15 +363,15 @@ pub struct Second {
     pub second_max_ms: Option<f64>,
 }
 
-/// Where and when a fanout run lost or delayed deliveries.
+/// Where and when a fanout or mixed run lost or delayed deliveries.
 #[derive(Clone, Debug, Default)]
-pub struct FanoutDetail {
-    /// When the update phase began, in unix microseconds.
-    pub updates_from_us: u64,
+pub struct LossDetail {
+    /// When the send phase began, in unix microseconds.
+    pub from_us: u64,
     /// Deliveries lost, by the replica the viewer watched through.
     pub lost_by_replica: Vec<u64>,
-    /// The first lost updates, in the order they were sent.
-    pub lost_updates: Vec<LostUpdate>,
+    /// The first lost updates or turns, in the order they were sent.
+    pub lost: Vec<Lost>,
     pub timeline: Vec<Second>,
 }
 
@@ -417,7 +424,7 @@ pub struct FanoutReport {
     pub fanout_max_ms: Option<f64>,
     pub updates_from_us: u64,
     pub lost_by_replica: Vec<u64>,
-    pub lost_updates: Vec<LostUpdate>,
+    pub lost_updates: Vec<Lost>,
     pub timeline: Vec<Second>,
     #[serde(skip)]
     pub first_error: BTreeMap<String, String>,
@@ -428,13 +435,9 @@ fn max_ms(histogram: &Histogram<u64>) -> Option<f64> {
 }
 
 impl FanoutReport {
-    pub fn new(shape: FanoutShapeSummary, tally: FanoutTally, stats: FanoutStats, detail: FanoutDetail) -> Self {
+    pub fn new(shape: FanoutShapeSummary, tally: FanoutTally, stats: FanoutStats, detail: LossDetail) -> Self {
         let lost = tally.expected.saturating_sub(tally.received);
         let send_seconds = shape.send_time.as_secs_f64();
-        let round = |value: f64, places: i32| {
-            let scale = 10f64.powi(places);
-            (value * scale).round() / scale
-        };
         FanoutReport {
             scenario: "fanout",
             replicas: shape.replicas,
@@ -470,9 +473,9 @@ impl FanoutReport {
             fanout_p90_ms: quantile_ms(&stats.fanout, 0.90),
             fanout_p99_ms: quantile_ms(&stats.fanout, 0.99),
             fanout_max_ms: max_ms(&stats.fanout),
-            updates_from_us: detail.updates_from_us,
+            updates_from_us: detail.from_us,
             lost_by_replica: detail.lost_by_replica,
-            lost_updates: detail.lost_updates,
+            lost_updates: detail.lost,
             timeline: detail.timeline,
             first_error: stats.first_error,
         }
@@ -525,28 +528,7 @@ impl FanoutReport {
             self.expected, self.received, self.lost, self.lost_pct, self.drain_s
         );
         if self.lost > 0 {
-            let by_replica: Vec<String> =
-                self.lost_by_replica.iter().enumerate().map(|(i, n)| format!("replica {}: {n}", i + 1)).collect();
-            let _ = writeln!(out, "lost where    {} (by the viewer's replica)", by_replica.join(", "));
-            for lost in self.lost_updates.iter().take(5) {
-                let missed: Vec<String> = lost
-                    .lost_missing
-                    .iter()
-                    .zip(&lost.lost_viewers)
-                    .enumerate()
-                    .filter(|(_, (missing, _))| **missing > 0)
-                    .map(|(i, (missing, viewers))| format!("{missing} of {viewers} on replica {}", i + 1))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "lost update   n={} ({}) sent {} UTC via replica {}: missed by {}",
-                    lost.lost_n,
-                    lost.lost_kind,
-                    utc_time_of_day(lost.lost_sent_us),
-                    lost.lost_via_replica,
-                    missed.join(", ")
-                );
-            }
+            write_losses(&mut out, "lost update", &self.lost_by_replica, &self.lost_updates);
         }
         let _ = writeln!(
             out,
@@ -556,40 +538,324 @@ impl FanoutReport {
             show(self.fanout_p99_ms),
             show(self.fanout_max_ms)
         );
-        if !self.timeline.is_empty() {
-            let worst: Vec<String> = self
-                .timeline
-                .iter()
-                .map(|second| second.second_max_ms.map_or_else(|| "-".to_string(), |max| format!("{max:.0}")))
-                .collect();
-            let _ = writeln!(
-                out,
-                "by second     max fan-out ms of the updates sent in each second from {} UTC: {}",
-                utc_time_of_day(self.updates_from_us),
-                worst.join(" ")
-            );
-        }
-        if self.resyncs == 0 {
-            let _ = writeln!(out, "resyncs       none");
-        } else {
-            let reasons: Vec<String> = self.resync_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
-            let _ = writeln!(out, "resyncs       {} ({})", self.resyncs, reasons.join(", "));
-        }
+        write_timeline(&mut out, "updates", self.updates_from_us, &self.timeline);
+        write_resyncs(&mut out, self.resyncs, &self.resync_reasons);
         let _ = writeln!(
             out,
             "anomalies     {} duplicates, {} unmatched, {} deliveries of failed updates, {} other events",
             self.duplicates, self.unmatched, self.received_for_failed_updates, self.other_events
         );
-        if self.errors.is_empty() {
-            let _ = writeln!(out, "errors        none");
-        } else {
-            for (key, count) in &self.errors {
-                let first = self.first_error.get(key).map(String::as_str).unwrap_or("");
-                let _ = writeln!(out, "errors        {key}: {count} (first: {first})");
-            }
+        write_errors(&mut out, &self.errors, &self.first_error);
+        out
+    }
+}
+
+/// Writes where deliveries were lost: by the viewer's replica, then the first few lost sends one by one.
+fn write_losses(out: &mut String, label: &str, lost_by_replica: &[u64], lost: &[Lost]) {
+    let by_replica: Vec<String> =
+        lost_by_replica.iter().enumerate().map(|(i, n)| format!("replica {}: {n}", i + 1)).collect();
+    let _ = writeln!(out, "lost where    {} (by the viewer's replica)", by_replica.join(", "));
+    for lost in lost.iter().take(5) {
+        let missed: Vec<String> = lost
+            .lost_missing
+            .iter()
+            .zip(&lost.lost_viewers)
+            .enumerate()
+            .filter(|(_, (missing, _))| **missing > 0)
+            .map(|(i, (missing, viewers))| format!("{missing} of {viewers} on replica {}", i + 1))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{label:<13} n={} ({}) sent {} UTC via replica {}: missed by {}",
+            lost.lost_n,
+            lost.lost_kind,
+            utc_time_of_day(lost.lost_sent_us),
+            lost.lost_via_replica,
+            missed.join(", ")
+        );
+    }
+}
+
+/// Writes the worst fan-out latency of what was sent in each second of the send phase.
+fn write_timeline(out: &mut String, what: &str, from_us: u64, timeline: &[Second]) {
+    if timeline.is_empty() {
+        return;
+    }
+    let worst: Vec<String> = timeline
+        .iter()
+        .map(|second| second.second_max_ms.map_or_else(|| "-".to_string(), |max| format!("{max:.0}")))
+        .collect();
+    let _ = writeln!(
+        out,
+        "by second     max fan-out ms of the {what} sent in each second from {} UTC: {}",
+        utc_time_of_day(from_us),
+        worst.join(" ")
+    );
+}
+
+fn write_resyncs(out: &mut String, resyncs: u64, reasons: &BTreeMap<String, u64>) {
+    if resyncs == 0 {
+        let _ = writeln!(out, "resyncs       none");
+    } else {
+        let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        let _ = writeln!(out, "resyncs       {resyncs} ({})", reasons.join(", "));
+    }
+}
+
+/// Writes every error kind with its count and the first explanation seen for it, or `none`.
+fn write_errors(out: &mut String, errors: &BTreeMap<String, u64>, first_error: &BTreeMap<String, String>) {
+    if errors.is_empty() {
+        let _ = writeln!(out, "errors        none");
+    }
+    for (key, count) in errors {
+        let first = first_error.get(key).map(String::as_str).unwrap_or("");
+        let _ = writeln!(out, "errors        {key}: {count} (first: {first})");
+    }
+}
+
+/// The counts a mixed run ends with, taken from the writers' books of the turns they sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MixedTally {
+    pub viewers_open: u64,
+    /// Turns the writers sent, whatever their answer.
+    pub turns_sent: u64,
+    /// Turns whose stream ended with an assistant answer and no error.
+    pub turns_ok: u64,
+    pub turns_failed: u64,
+    /// For each turn answered 200, the number of its thread's viewers that opened.
+    pub expected: u64,
+    /// Distinct (viewer, turn) deliveries of the user message of turns answered 200.
+    pub received: u64,
+    /// Distinct (viewer, turn) deliveries of the finished assistant answer of turns answered 200.
+    pub answers_received: u64,
+    /// Deliveries of user messages whose turn failed, which may or may not have run.
+    pub received_for_failed: u64,
+}
+
+/// What a mixed run was asked to do and how its phases went, beside what it counted.
+#[derive(Clone, Copy, Debug)]
+pub struct MixedShapeSummary {
+    pub replicas: usize,
+    pub threads: u32,
+    pub viewers: u32,
+    pub writers: u32,
+    pub duration: Duration,
+    pub drain: Duration,
+    /// From the first viewer connect to the last viewer open (or failure).
+    pub open_time: Duration,
+    /// From the writers' start to the end of the last turn.
+    pub write_time: Duration,
+    pub connections: u64,
+    /// CPU time the load tester used over the whole run, setup included, and the run's wall time, to tell how much
+    /// of the machine it took from the gateway.
+    pub loadtest_cpu: Option<f64>,
+    pub wall_time: Duration,
+}
+
+/// The result of a mixed run, in the shape of its JSON line; keys are flat and unique as in `Report`.
+#[derive(Debug, Serialize)]
+pub struct MixedReport {
+    pub scenario: &'static str,
+    pub replicas: usize,
+    pub threads: u32,
+    pub viewers: u32,
+    pub writers: u32,
+    pub viewers_open: u64,
+    pub open_s: f64,
+    /// Connections opened over the whole run: setup, viewers and writers.
+    pub connections: u64,
+    pub duration_s: f64,
+    pub drain_s: f64,
+    /// From the writers' start to the end of the last turn.
+    pub write_s: f64,
+    /// The run's wall time, setup included, and the CPU time the load tester used in it.
+    pub wall_s: f64,
+    pub loadtest_cpu_s: Option<f64>,
+    pub turns_sent: u64,
+    pub turns_ok: u64,
+    pub turns_failed: u64,
+    /// Turns answered 200 per second of `write_s`.
+    pub turn_rate: f64,
+    pub turn_p50_ms: Option<f64>,
+    pub turn_p90_ms: Option<f64>,
+    pub turn_p99_ms: Option<f64>,
+    pub turn_max_ms: Option<f64>,
+    pub first_event_p50_ms: Option<f64>,
+    pub first_event_p99_ms: Option<f64>,
+    /// User-message deliveries due: each turn answered 200 times the viewers of its thread.
+    pub expected: u64,
+    pub received: u64,
+    /// `expected - received`: user messages that never reached a viewer, whatever the reason (a resync included).
+    pub lost: u64,
+    pub lost_pct: f64,
+    /// Finished assistant answers due, as many as user messages.
+    pub answers_expected: u64,
+    pub answers_received: u64,
+    pub answers_lost: u64,
+    pub resyncs: u64,
+    pub resync_reasons: BTreeMap<String, u64>,
+    pub duplicates: u64,
+    pub unmatched: u64,
+    pub received_for_failed_turns: u64,
+    pub other_events: u64,
+    pub errors_total: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub fanout_p50_ms: Option<f64>,
+    pub fanout_p90_ms: Option<f64>,
+    pub fanout_p99_ms: Option<f64>,
+    pub fanout_max_ms: Option<f64>,
+    pub writes_from_us: u64,
+    pub lost_by_replica: Vec<u64>,
+    pub lost_turns: Vec<Lost>,
+    pub timeline: Vec<Second>,
+    #[serde(skip)]
+    pub first_error: BTreeMap<String, String>,
+}
+
+impl MixedReport {
+    pub fn new(shape: MixedShapeSummary, tally: MixedTally, stats: FanoutStats, detail: LossDetail) -> Self {
+        let lost = tally.expected.saturating_sub(tally.received);
+        let write_seconds = shape.write_time.as_secs_f64();
+        MixedReport {
+            scenario: "mixed",
+            replicas: shape.replicas,
+            threads: shape.threads,
+            viewers: shape.viewers,
+            writers: shape.writers,
+            viewers_open: tally.viewers_open,
+            open_s: round(shape.open_time.as_secs_f64(), 3),
+            connections: shape.connections,
+            duration_s: shape.duration.as_secs_f64(),
+            drain_s: shape.drain.as_secs_f64(),
+            write_s: round(write_seconds, 3),
+            wall_s: round(shape.wall_time.as_secs_f64(), 3),
+            loadtest_cpu_s: shape.loadtest_cpu.map(|cpu| round(cpu, 2)),
+            turns_sent: tally.turns_sent,
+            turns_ok: tally.turns_ok,
+            turns_failed: tally.turns_failed,
+            turn_rate: if write_seconds > 0.0 { round(tally.turns_ok as f64 / write_seconds, 1) } else { 0.0 },
+            turn_p50_ms: quantile_ms(&stats.update, 0.50),
+            turn_p90_ms: quantile_ms(&stats.update, 0.90),
+            turn_p99_ms: quantile_ms(&stats.update, 0.99),
+            turn_max_ms: max_ms(&stats.update),
+            first_event_p50_ms: quantile_ms(&stats.first_event, 0.50),
+            first_event_p99_ms: quantile_ms(&stats.first_event, 0.99),
+            expected: tally.expected,
+            received: tally.received,
+            lost,
+            lost_pct: if tally.expected > 0 { round(lost as f64 * 100.0 / tally.expected as f64, 4) } else { 0.0 },
+            answers_expected: tally.expected,
+            answers_received: tally.answers_received,
+            answers_lost: tally.expected.saturating_sub(tally.answers_received),
+            resyncs: stats.resyncs.values().sum(),
+            resync_reasons: stats.resyncs,
+            duplicates: stats.duplicates,
+            unmatched: stats.unmatched,
+            received_for_failed_turns: tally.received_for_failed,
+            other_events: stats.other_events,
+            errors_total: stats.errors.values().sum(),
+            errors: stats.errors,
+            fanout_p50_ms: quantile_ms(&stats.fanout, 0.50),
+            fanout_p90_ms: quantile_ms(&stats.fanout, 0.90),
+            fanout_p99_ms: quantile_ms(&stats.fanout, 0.99),
+            fanout_max_ms: max_ms(&stats.fanout),
+            writes_from_us: detail.from_us,
+            lost_by_replica: detail.lost_by_replica,
+            lost_turns: detail.lost,
+            timeline: detail.timeline,
+            first_error: stats.first_error,
+        }
+    }
+
+    /// Whether the run measured anything: some viewer opened and some turn went through.
+    pub fn measured(&self) -> bool {
+        self.viewers_open > 0 && self.turns_ok > 0
+    }
+
+    pub fn json_line(&self) -> String {
+        serde_json::to_string(self).expect("a report of numbers and strings serializes")
+    }
+
+    pub fn table(&self) -> String {
+        let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario      mixed: {} viewers on {} threads over {} replicas, {} writers",
+            self.viewers, self.threads, self.replicas, self.writers
+        );
+        let _ = writeln!(
+            out,
+            "viewers       {} of {} open after {:.2} s ({} connections opened in all)",
+            self.viewers_open, self.viewers, self.open_s, self.connections
+        );
+        let _ = writeln!(
+            out,
+            "turns         {} sent in {:.2} s ({:.2} s asked): {} ok, {} failed; {:.1} turns/s",
+            self.turns_sent, self.write_s, self.duration_s, self.turns_ok, self.turns_failed, self.turn_rate
+        );
+        let _ = writeln!(
+            out,
+            "turn ms       p50 {}  p90 {}  p99 {}  max {}  (request to end of stream)",
+            show(self.turn_p50_ms),
+            show(self.turn_p90_ms),
+            show(self.turn_p99_ms),
+            show(self.turn_max_ms)
+        );
+        let _ = writeln!(
+            out,
+            "first event   p50 {}  p99 {} ms  (request to first event)",
+            show(self.first_event_p50_ms),
+            show(self.first_event_p99_ms)
+        );
+        let _ = writeln!(
+            out,
+            "deliveries    {} expected, {} received, {} lost ({:.4}%) user messages; {} of {} answers, {} lost; \
+             counted {:.2} s after the last turn",
+            self.expected,
+            self.received,
+            self.lost,
+            self.lost_pct,
+            self.answers_received,
+            self.answers_expected,
+            self.answers_lost,
+            self.drain_s
+        );
+        if self.lost > 0 || self.answers_lost > 0 {
+            write_losses(&mut out, "lost turn", &self.lost_by_replica, &self.lost_turns);
+        }
+        let _ = writeln!(
+            out,
+            "fan-out ms    p50 {}  p90 {}  p99 {}  max {}  (user message sent to viewer receipt)",
+            show(self.fanout_p50_ms),
+            show(self.fanout_p90_ms),
+            show(self.fanout_p99_ms),
+            show(self.fanout_max_ms)
+        );
+        write_timeline(&mut out, "turns", self.writes_from_us, &self.timeline);
+        write_resyncs(&mut out, self.resyncs, &self.resync_reasons);
+        let _ = writeln!(
+            out,
+            "anomalies     {} duplicates, {} unmatched, {} deliveries of failed turns, {} other events",
+            self.duplicates, self.unmatched, self.received_for_failed_turns, self.other_events
+        );
+        write_errors(&mut out, &self.errors, &self.first_error);
+        if let Some(cpu) = self.loadtest_cpu_s {
+            let _ = writeln!(
+                out,
+                "load tester   {cpu:.2} s of CPU in {:.2} s of run (setup included): {:.2} CPUs on average",
+                self.wall_s,
+                if self.wall_s > 0.0 { cpu / self.wall_s } else { 0.0 }
+            );
         }
         out
     }
+}
+
+/// `value` rounded to `places` decimal places.
+fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
 }
 
 #[cfg(test)]
@@ -688,7 +954,7 @@ mod tests {
             send_lag_max: Duration::from_micros(1500),
             connections: 13,
         };
-        let lost = LostUpdate {
+        let lost = Lost {
             lost_n: 7,
             lost_kind: "lock",
             lost_sent_us: 1_764_000_000_123_456,
@@ -696,13 +962,13 @@ mod tests {
             lost_missing: vec![0, 0, 3],
             lost_viewers: vec![3, 3, 4],
         };
-        let detail = FanoutDetail {
-            updates_from_us: 1_764_000_000_000_000,
+        let detail = LossDetail {
+            from_us: 1_764_000_000_000_000,
             lost_by_replica: vec![0, 0, 10],
-            lost_updates: vec![lost],
+            lost: vec![lost],
             timeline: vec![
-                Second { second: 0, second_updates: 6, second_max_ms: Some(90.0), ..Second::default() },
-                Second { second: 1, second_updates: 5, second_lost: 10, ..Second::default() },
+                Second { second: 0, second_sent: 6, second_max_ms: Some(90.0), ..Second::default() },
+                Second { second: 1, second_sent: 5, second_lost: 10, ..Second::default() },
             ],
         };
         let report = FanoutReport::new(shape, tally, a, detail);
@@ -726,6 +992,76 @@ mod tests {
         // Top-level keys appear once, nested lists and all, so that a script can pick one out with sed.
         let line = report.json_line();
         for key in ["lost", "received", "errors_total", "fanout_p99_ms", "updates_sent"] {
+            assert_eq!(line.matches(&format!("\"{key}\":")).count(), 1, "{key} in {line}");
+        }
+    }
+
+    #[test]
+    fn mixed_report_counts_user_messages_and_answers_apart() {
+        let mut stats = FanoutStats::default();
+        for i in 1..=10u64 {
+            stats.record_delivery(i * 1000);
+            stats.record_turn(Duration::from_millis(i), Some(Duration::from_micros(i * 500)));
+        }
+        stats.record_error("turn", ErrorKind::Http(429), "429 Too Many Requests: thread_busy");
+        let tally = MixedTally {
+            viewers_open: 4,
+            turns_sent: 11,
+            turns_ok: 10,
+            turns_failed: 1,
+            expected: 40,
+            received: 38,
+            answers_received: 39,
+            received_for_failed: 2,
+        };
+        let shape = MixedShapeSummary {
+            replicas: 2,
+            threads: 2,
+            viewers: 4,
+            writers: 2,
+            duration: Duration::from_secs(5),
+            drain: Duration::from_secs(2),
+            open_time: Duration::from_millis(30),
+            write_time: Duration::from_secs(5),
+            connections: 12,
+            loadtest_cpu: Some(1.5),
+            wall_time: Duration::from_secs(8),
+        };
+        let lost = Lost {
+            lost_n: 3,
+            lost_kind: "user_message",
+            lost_sent_us: 1_764_000_000_500_000,
+            lost_via_replica: 1,
+            lost_missing: vec![0, 2],
+            lost_viewers: vec![1, 2],
+        };
+        let detail = LossDetail {
+            from_us: 1_764_000_000_000_000,
+            lost_by_replica: vec![0, 3],
+            lost: vec![lost],
+            timeline: vec![Second { second: 0, second_sent: 11, second_lost: 3, ..Second::default() }],
+        };
+        let report = MixedReport::new(shape, tally, stats, detail);
+        assert_eq!((report.lost, report.answers_lost, report.answers_expected), (2, 1, 40));
+        assert_eq!((report.turn_rate, report.lost_pct, report.errors_total), (2.0, 5.0, 1));
+        assert!(report.measured());
+        let near = |got: Option<f64>, want: f64| (got.unwrap() - want).abs() <= want / 100.0;
+        assert!(near(report.turn_p50_ms, 5.0), "{:?}", report.turn_p50_ms);
+        assert!(near(report.first_event_p99_ms, 5.0), "{:?}", report.first_event_p99_ms);
+        assert!(near(report.fanout_max_ms, 10.0), "{:?}", report.fanout_max_ms);
+        let table = report.table();
+        assert!(table.contains("38 received, 2 lost (5.0000%) user messages; 39 of 40 answers, 1 lost"), "{table}");
+        assert!(
+            table.contains("lost turn     n=3 (user_message) sent 16:00:00.500 UTC via replica 1: missed by 2 of 2"),
+            "{table}"
+        );
+        assert!(
+            table.contains("errors        turn_http_429: 1 (first: 429 Too Many Requests: thread_busy)"),
+            "{table}"
+        );
+        assert!(table.contains("1.50 s of CPU in 8.00 s"), "{table}");
+        let line = report.json_line();
+        for key in ["lost", "received", "answers_lost", "errors_total", "fanout_p99_ms", "turn_rate", "turns_ok"] {
             assert_eq!(line.matches(&format!("\"{key}\":")).count(), 1, "{key} in {line}");
         }
     }

@@ -49,7 +49,10 @@ pub struct Phases {
 pub(crate) enum Outcome {
     Ok {
         latency: Duration,
+        /// To the first bytes of the body, for event streams.
         ttfb: Option<Duration>,
+        /// To the end of the first complete event, for event streams.
+        first_event: Option<Duration>,
         thread_id: Option<String>,
     },
     Failed(ErrorKind, String),
@@ -106,8 +109,8 @@ impl VirtualClient {
                     self.create_thread().await?;
                 }
             }
-            // The fan-out scenario runs its own setup in `fanout`, not through a virtual client.
-            Scenario::Create | Scenario::Fanout => {}
+            // The fan-out and mixed scenarios run their own setup in `fanout` and `mixed`, not through a virtual client.
+            Scenario::Create | Scenario::Fanout | Scenario::Mixed => {}
         }
         Ok(())
     }
@@ -133,8 +136,8 @@ impl VirtualClient {
                 Scenario::Turn => (self.turn_body(), Expect::Turn),
                 Scenario::Create => (self.create_body(), Expect::Create),
                 Scenario::List => (json!({"type": "threads.list", "params": {"limit": LIST_LIMIT}}), Expect::FullPage),
-                // The fan-out scenario has no request loop of its kind; `fanout` drives it.
-                Scenario::Fanout => break,
+                // The fan-out and mixed scenarios have no request loop of this kind; `fanout` and `mixed` drive them.
+                Scenario::Fanout | Scenario::Mixed => break,
             };
             let outcome = self.exchange(&body, expect, Some(phases.end)).await;
             if started < phases.measure_from {
@@ -283,6 +286,7 @@ async fn read_stream(response: Response<Incoming>, expect: Expect, start: Instan
     let mut parser = SseParser::new();
     let mut check = StreamCheck::default();
     let mut ttfb = None;
+    let mut first_event = None;
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -296,6 +300,9 @@ async fn read_stream(response: Response<Incoming>, expect: Expect, start: Instan
             ttfb = Some(start.elapsed());
         }
         parser.feed(&chunk, |data| check.observe(data));
+        if first_event.is_none() && check.events > 0 {
+            first_event = Some(start.elapsed());
+        }
     }
     let latency = start.elapsed();
     if parser.has_partial_event() {
@@ -307,7 +314,7 @@ async fn read_stream(response: Response<Incoming>, expect: Expect, start: Instan
     };
     let outcome = match problem {
         Some(problem) => Outcome::Failed(ErrorKind::BadStream, format!("{problem} ({} events)", check.events)),
-        None => Outcome::Ok { latency, ttfb, thread_id: check.thread_id },
+        None => Outcome::Ok { latency, ttfb, first_event, thread_id: check.thread_id },
     };
     (outcome, true)
 }
@@ -320,7 +327,7 @@ async fn read_json(response: Response<Incoming>, expect: Expect, start: Instant)
         Err(e) => return (Outcome::Failed(ErrorKind::BadBody, format!("body broke off: {}", describe(&e))), false),
     };
     let latency = start.elapsed();
-    let ok = Outcome::Ok { latency, ttfb: None, thread_id: None };
+    let ok = Outcome::Ok { latency, ttfb: None, first_event: None, thread_id: None };
     let outcome = if let Expect::Object = expect {
         match serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes) {
             Ok(_) => ok,

@@ -1,0 +1,300 @@
+# shellcheck shell=bash
+# Shared pieces of the load-test scripts (run.sh, fanout.sh, scenarios.sh): building the binaries, free loopback
+# ports, a private Redis, a throwaway PostgreSQL database, gateway replicas and their readiness, the open-files limit,
+# and the cleanup that stops everything started here and drops every database made here, on exit, failure and Ctrl-C
+# alike. Everything listens on 127.0.0.1 only.
+#
+# Source it after `set -euo pipefail` with LT_NAME set to the script's name (for messages), then call lt_init.
+# It reads these settings from the environment:
+#   PG_URL         PostgreSQL server to create databases on (postgres://postgres@127.0.0.1:5432)
+#   REDIS_SERVER   redis-server binary (/usr/bin/redis-server, else the one on PATH)
+#   READY_TIMEOUT  seconds to wait for Redis and for each replica (30)
+#   USER_HEADER    header that names the user, given to the gateway (x-user-id)
+#   WORKERS        HTTP worker threads per replica (the gateway's default: one per CPU)
+#   CARGO_TARGET_DIR is respected when set.
+
+export LC_ALL=C
+LT_NAME=${LT_NAME:-loadtest}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+READY_TIMEOUT=${READY_TIMEOUT:-30}
+USER_HEADER=${USER_HEADER:-x-user-id}
+WORKERS=${WORKERS:-}
+if [[ -z ${REDIS_SERVER:-} ]]; then
+    if [[ -x /usr/bin/redis-server ]]; then REDIS_SERVER=/usr/bin/redis-server; else REDIS_SERVER=redis-server; fi
+fi
+
+lt_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+lt_target_dir=${CARGO_TARGET_DIR:-$lt_root/target}
+
+# What this script started or made, undone by lt_teardown.
+lt_tmp=
+lt_loadtest_pid=
+lt_gateway_pids=()
+lt_redis_pid=
+lt_redis_port=
+lt_databases=()
+lt_ports=()
+# Ports handed out so far, so that two replicas started back to back never get the same one.
+lt_taken_ports=" "
+
+lt_say() { echo "$LT_NAME: $*" >&2; }
+lt_die() {
+    lt_say "$@"
+    exit 1
+}
+
+# lt_init: makes the run's temporary directory and sets the traps that clean up after it.
+lt_init() {
+    lt_tmp=$(mktemp -d "${TMPDIR:-/tmp}/chatkit-$LT_NAME.XXXXXX")
+    trap lt_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# lt_machine: one line naming the machine the figures come from.
+lt_machine() {
+    # sed stops at the first match itself: a `| head` would end it with SIGPIPE, which pipefail reports.
+    local cpu_model
+    cpu_model=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p;T;q' /proc/cpuinfo 2>/dev/null || true)
+    echo "Machine: $(nproc) CPUs, ${cpu_model:-unknown CPU model} ($(uname -sm)); open files $(ulimit -n)"
+}
+
+# lt_build PROFILE: builds the gateway and the load tester (`release`, or `dev` for the debug build) and sets
+# lt_gateway and lt_loadtest to their paths.
+lt_build() {
+    local dir
+    case $1 in
+        release)
+            cargo build --release -p chatkit-gateway -p chatkit-loadtest >&2
+            dir=release
+            ;;
+        dev)
+            cargo build -p chatkit-gateway -p chatkit-loadtest >&2
+            dir=debug
+            ;;
+        *) lt_die "unknown build profile \`$1\`; use release or dev" ;;
+    esac
+    lt_gateway=$lt_target_dir/$dir/chatkit-gateway
+    lt_loadtest=$lt_target_dir/$dir/chatkit-loadtest
+}
+
+# lt_raise_fd_limit NEEDED: raises this shell's open-files limit to NEEDED, so that every process started from it
+# inherits it, or fails saying why.
+lt_raise_fd_limit() {
+    local needed=$1
+    (($(ulimit -Sn) < needed)) || return 0
+    ulimit -Sn "$needed" 2>/dev/null && return 0
+    # Raising the hard limit needs CAP_SYS_RESOURCE, which containers often lack.
+    { ulimit -Hn "$needed" && ulimit -Sn "$needed"; } 2>/dev/null && return 0
+    lt_die "the load needs about $needed open files per process, but the limit is $(ulimit -n)" \
+        "(hard $(ulimit -Hn)) and cannot be raised from here"
+}
+
+# lt_free_port VAR: sets VAR to a free loopback port. A port is taken when something accepts a connection on it; a
+# random one that refuses, and that this script has not handed out yet, is free (a race with another program
+# remains possible but unlikely). The ports stay below 32000, out of the kernel's usual ephemeral range
+# (32768-60999), so that the load tester's many outgoing connections cannot take one first.
+lt_free_port() {
+    local candidate
+    for _ in $(seq 1 200); do
+        candidate=$((20000 + RANDOM % 12000))
+        if [[ $lt_taken_ports != *" $candidate "* ]] && ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+            lt_taken_ports+="$candidate "
+            printf -v "$1" '%s' "$candidate"
+            return 0
+        fi
+    done
+    lt_die "found no free loopback port"
+}
+
+# lt_stop PID: stops one process with SIGTERM, then SIGKILL when it is still there after ten seconds.
+lt_stop() {
+    local pid=$1
+    [[ -n $pid ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# lt_teardown: stops the load tester, the replicas (together, so that their grace periods overlap) and Redis, and
+# drops the databases; what it undid is forgotten, so the script can start again.
+lt_teardown() {
+    local pid database
+    lt_stop "$lt_loadtest_pid"
+    lt_loadtest_pid=
+    for pid in "${lt_gateway_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${lt_gateway_pids[@]}"; do lt_stop "$pid"; done
+    lt_gateway_pids=()
+    lt_stop "$lt_redis_pid"
+    lt_redis_pid=
+    for database in "${lt_databases[@]}"; do
+        psql "$PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 ||
+            lt_say "could not drop the database $database; drop it by hand"
+    done
+    lt_databases=()
+}
+
+lt_cleanup() {
+    # Traps stay quiet from here: a second Ctrl-C must not leave a database or a process behind.
+    trap '' INT TERM
+    lt_teardown
+    if [[ -n $lt_tmp ]]; then rm -rf "$lt_tmp"; fi
+}
+
+# lt_start_redis: starts a private Redis without persistence on a free port (lt_redis_port) and waits until it answers.
+lt_start_redis() {
+    command -v "$REDIS_SERVER" >/dev/null || lt_die "$REDIS_SERVER is needed and not found"
+    lt_free_port lt_redis_port
+    "$REDIS_SERVER" --bind 127.0.0.1 --port "$lt_redis_port" --save '' --appendonly no --dir "$lt_tmp" \
+        --maxclients 1000 >"$lt_tmp/redis.log" 2>&1 &
+    lt_redis_pid=$!
+    local deadline=$((SECONDS + READY_TIMEOUT + 1))
+    until lt_redis_answers 2>/dev/null; do
+        if ! kill -0 "$lt_redis_pid" 2>/dev/null || ((SECONDS >= deadline)); then
+            lt_say "Redis did not start on 127.0.0.1:$lt_redis_port; its log:"
+            cat "$lt_tmp/redis.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    lt_say "Redis (pid $lt_redis_pid) on 127.0.0.1:$lt_redis_port"
+}
+
+lt_redis_answers() (
+    exec 3<>"/dev/tcp/127.0.0.1/$lt_redis_port" || exit 1
+    printf 'PING\r\n' >&3
+    IFS= read -r -t 2 reply <&3 || exit 1
+    [[ $reply == +PONG* ]]
+)
+
+# lt_create_database VAR: creates a fresh PostgreSQL database, dropped on exit, and sets VAR to its URL.
+lt_create_database() {
+    command -v psql >/dev/null || lt_die "psql is needed and not found"
+    local database
+    database=chatkit_${LT_NAME//[^a-z0-9]/_}_$(date +%s)_$$_${#lt_databases[@]}
+    psql "$PG_URL/postgres" -qAtc "CREATE DATABASE \"$database\"" >&2 || lt_die "could not create a database on $PG_URL"
+    lt_databases+=("$database")
+    lt_say "database $database created"
+    printf -v "$1" '%s' "$PG_URL/$database"
+}
+
+# lt_start_replicas COUNT DATABASE_URL [REDIS_URL]: starts COUNT gateways with the echo responder on free ports
+# (lt_ports), each with its own data directory and log ($lt_tmp/replica-N.log), and waits until every one answers
+# GET /readyz with 200: the store answers and, with Redis, the replica's subscriber is connected.
+lt_start_replicas() {
+    local count=$1 database_url=$2 redis_url=${3:-} i port
+    lt_ports=()
+    local first=$((${#lt_gateway_pids[@]} + 1))
+    for i in $(seq "$first" $((first + count - 1))); do
+        lt_free_port port
+        lt_ports+=("$port")
+        mkdir -p "$lt_tmp/data-$i"
+        # Settings the caller's environment might hold that would change what is measured are cleared.
+        env -u REDIS_URL -u OPENAI_API_KEY -u CHATKIT_ADMIN_KEYS -u RUST_LOG \
+            ${redis_url:+REDIS_URL="$redis_url"} DATABASE_URL="$database_url" CHATKIT_BIND="127.0.0.1:$port" \
+            CHATKIT_DATA_DIR="$lt_tmp/data-$i" CHATKIT_LOG=warn CHATKIT_MODEL=echo CHATKIT_AUTH=header \
+            CHATKIT_USER_HEADER="$USER_HEADER" CHATKIT_SHUTDOWN_GRACE_SECS=5 ${WORKERS:+CHATKIT_WORKERS="$WORKERS"} \
+            "$lt_gateway" >"$lt_tmp/replica-$i.log" 2>&1 &
+        lt_gateway_pids+=($!)
+    done
+    local deadline=$((SECONDS + READY_TIMEOUT + 1)) pid
+    for i in $(seq "$first" $((first + count - 1))); do
+        port=${lt_ports[i - first]}
+        pid=${lt_gateway_pids[i - 1]}
+        until lt_ready "$port" 2>/dev/null; do
+            if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+                lt_say "replica $i did not become ready on 127.0.0.1:$port within ${READY_TIMEOUT}s; its log:"
+                cat "$lt_tmp/replica-$i.log" >&2
+                exit 1
+            fi
+            sleep 0.1
+        done
+        lt_say "replica $i (pid $pid) ready on 127.0.0.1:$port"
+    done
+}
+
+lt_ready() (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$1" >&3
+    IFS= read -r -t 2 status_line <&3 || exit 1
+    [[ $status_line == "HTTP/1.1 200"* ]]
+)
+
+# lt_urls: the replicas' base URLs from lt_ports, comma-separated, as --url takes them.
+lt_urls() {
+    local urls
+    urls=$(printf 'http://127.0.0.1:%s,' "${lt_ports[@]}")
+    echo "${urls%,}"
+}
+
+# lt_cpu_seconds PID: the CPU time, user and system, that process PID has used so far, in seconds.
+lt_cpu_seconds() {
+    local stat fields
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || {
+        echo unknown
+        return
+    }
+    # The command name in parentheses may hold spaces; user and system time are the 12th and 13th fields after it.
+    read -r -a fields <<<"${stat##*) }"
+    awk -v ticks="$(getconf CLK_TCK)" -v user="${fields[11]}" -v sys="${fields[12]}" \
+        'BEGIN { printf "%.2f", (user + sys) / ticks }'
+}
+
+# lt_replica_report: says for each replica whether it is still up, its peak resident memory and the end of its log.
+# Fails when a replica exited.
+lt_replica_report() {
+    local i pid peak status=0
+    for i in $(seq 1 "${#lt_gateway_pids[@]}"); do
+        pid=${lt_gateway_pids[i - 1]}
+        if ! kill -0 "$pid" 2>/dev/null; then
+            lt_say "replica $i exited during the run"
+            status=1
+        else
+            peak=$(sed -n 's/^VmHWM:[[:space:]]*//p' "/proc/$pid/status" 2>/dev/null || true)
+            lt_say "replica $i peak resident memory ${peak:-unknown}, $(lt_cpu_seconds "$pid") s of CPU since it started"
+        fi
+        if [[ -s $lt_tmp/replica-$i.log ]]; then
+            lt_say "replica $i logged $(wc -l <"$lt_tmp/replica-$i.log") lines; the last ones:"
+            tail -n 5 "$lt_tmp/replica-$i.log" >&2
+        fi
+    done
+    return "$status"
+}
+
+# lt_save_metrics PREFIX: keeps each replica's GET /metrics (Prometheus text) in PREFIX-<replica>.txt, for a look at
+# where the time went (lease waits, store operations, fan-out inside the gateway). A replica that does not answer
+# leaves an empty file.
+lt_save_metrics() {
+    local prefix=$1 i
+    for i in $(seq 1 "${#lt_ports[@]}"); do
+        lt_metrics "${lt_ports[i - 1]}" >"$prefix-$i.txt" 2>/dev/null || true
+    done
+}
+
+lt_metrics() (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$1" >&3
+    # The body follows the first empty line; the gateway answers with a length, not in chunks.
+    timeout 5 sed '1,/^\r\{0,1\}$/d' <&3
+)
+
+# lt_run_loadtest OUT ARGS...: runs the load tester with ARGS, its JSON line into OUT, and answers its exit status.
+# It runs in the background so that a signal to the script is handled at once (bash runs traps only between
+# commands, but `wait` is interrupted); its progress and its table go straight to stderr.
+lt_run_loadtest() {
+    local out=$1 status=0
+    shift
+    "$lt_loadtest" "$@" >"$out" &
+    lt_loadtest_pid=$!
+    wait "$lt_loadtest_pid" || status=$?
+    lt_loadtest_pid=
+    return "$status"
+}
+
+# lt_field KEY LINE: picks a value out of a JSON report line, whose top-level keys are flat and unique.
+lt_field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" <<<"$2"; }
