@@ -148,6 +148,15 @@ struct Link {
 }
 
 impl Link {
+    fn new(client: &redis::Client) -> Arc<Link> {
+        Arc::new(Link {
+            client: client.clone(),
+            conn: tokio::sync::Mutex::new(None),
+            next_try: Mutex::new(Instant::now()),
+            backoff: Mutex::new(MIN_BACKOFF),
+        })
+    }
+
     async fn get(&self) -> Result<MultiplexedConnection, FanoutError> {
         let mut conn = self.conn.lock().await;
         if let Some(conn) = conn.as_ref() {
@@ -226,21 +235,19 @@ impl RedisFanout {
         let client = redis::Client::open(url).map_err(|e| FanoutError::Config(format!("REDIS_URL: {e}")))?;
         let (empty_tx, empty_rx) = mpsc::channel(COMMAND_QUEUE);
         let hub = Hub::new(settings.viewer_buffer, Some(empty_tx));
-        let link = Arc::new(Link {
-            client: client.clone(),
-            conn: tokio::sync::Mutex::new(None),
-            next_try: Mutex::new(Instant::now()),
-            backoff: Mutex::new(MIN_BACKOFF),
-        });
+        // Publications get a connection of their own: leases, catch-ups and
+        // counters must not queue behind pipelines of up to 256 scripts.
+        let link = Link::new(&client);
+        let publish_link = Link::new(&client);
         let state = Arc::new(LinkState::default());
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let cancels = broadcast::channel(256).0;
         let session_ends = broadcast::channel(256).0;
-        tokio::spawn(publisher(link.clone(), state.clone(), publication_rx, settings.clone()));
+        tokio::spawn(publisher(publish_link.clone(), state.clone(), publication_rx, settings.clone()));
         let shared = SubscriberShared {
             client,
-            link: link.clone(),
+            links: [link.clone(), publish_link],
             hub: hub.clone(),
             state: state.clone(),
             cancels: cancels.clone(),
@@ -396,13 +403,11 @@ async fn publisher(
     }
 }
 
-/// Holds the subscriber connection: follows local viewers' channels, hands
-/// messages to the hub, and reconnects with backoff.
 /// What the subscriber task shares with the rest of the backend.
 struct SubscriberShared {
     client: redis::Client,
-    /// The command connection, told to reconnect at once when this one does.
-    link: Arc<Link>,
+    /// The command and publication connections, told to reconnect at once when this one does.
+    links: [Arc<Link>; 2],
     hub: Arc<Hub>,
     state: Arc<LinkState>,
     cancels: broadcast::Sender<String>,
@@ -410,12 +415,14 @@ struct SubscriberShared {
     ping_every: Duration,
 }
 
+/// Holds the subscriber connection: follows local viewers' channels, hands
+/// messages to the hub, and reconnects with backoff.
 async fn subscriber(
     shared: SubscriberShared,
     mut commands: mpsc::Receiver<Command>,
     mut emptied: mpsc::Receiver<String>,
 ) {
-    let SubscriberShared { client, link, hub, state, cancels, session_ends, ping_every } = shared;
+    let SubscriberShared { client, links, hub, state, cancels, session_ends, ping_every } = shared;
     let mut backoff = Duration::from_millis(50);
     let mut connected_before = false;
     loop {
@@ -458,7 +465,9 @@ async fn subscriber(
             state.reconnects.fetch_add(1, Ordering::Relaxed);
             METRICS.redis_reconnects.inc();
             tracing::info!("Redis fan-out reconnected");
-            link.retry_now();
+            for link in &links {
+                link.retry_now();
+            }
             // Whatever was published while the connection was down is lost to
             // these viewers: they must refetch.
             hub.resync_all();
