@@ -76,7 +76,13 @@ pub fn spawn(options: Spawn) -> TestApp {
         })
     });
     let (addr, engine, threads) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("app started");
-    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
+    // Idle connections are dropped before the server's 5 s keep-alive ends
+    // them: reusing one the server is closing fails with `IncompleteMessage`.
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
     TestApp {
         // Connect over loopback even when the app binds every interface.
         base: format!("http://127.0.0.1:{}", addr.port()),
