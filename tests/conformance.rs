@@ -9,20 +9,6 @@ use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
 
-/// The venv's python that has openai-chatkit installed; `scripts/test.sh` makes it.
-fn reference_python() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHATKIT_CONFORMANCE_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-conformance/bin/python");
-    assert!(
-        default.exists(),
-        "no Python with openai-chatkit 1.6.5: run `bash scripts/test.sh` (it creates {}) or set CHATKIT_CONFORMANCE_PYTHON",
-        default.display()
-    );
-    default
-}
-
 fn find_item<'a>(events: &'a [Value], kind: &str) -> &'a Value {
     events
         .iter()
@@ -124,7 +110,7 @@ async fn viewer_frames(app: &TestApp, history: &mut common::viewer::Viewer) -> V
 
 #[tokio::test]
 async fn every_response_and_event_validates_with_the_reference_types() {
-    let python = reference_python();
+    let python = venv_python();
     let app = spawn(Spawn { record: true, ..Default::default() });
     let mut history = app.view_history("conformance").await;
     drive_every_op(&app).await;

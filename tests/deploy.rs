@@ -109,20 +109,6 @@ fn promtool() -> PathBuf {
     tool("CHATKIT_PROMTOOL", "promtool", &[], "apt-get install -y --no-install-recommends prometheus")
 }
 
-/// The conformance venv's python, which `scripts/test.sh` gives PyYAML.
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHATKIT_CONFORMANCE_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let default = Path::new(ROOT).join(".venv-conformance/bin/python");
-    assert!(
-        is_executable(&default),
-        "no Python with PyYAML: run `bash scripts/test.sh` (it creates {} with PyYAML) or set CHATKIT_CONFORMANCE_PYTHON",
-        default.display()
-    );
-    default
-}
-
 /// Runs a command; its combined output, and whether it succeeded.
 fn run(command: &mut Command) -> (bool, String) {
     let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
@@ -187,7 +173,7 @@ json.dump(files, sys.stdout, default=str)
 fn yaml_files() -> &'static BTreeMap<String, Vec<Value>> {
     static FILES: OnceLock<BTreeMap<String, Vec<Value>>> = OnceLock::new();
     FILES.get_or_init(|| {
-        let python = python();
+        let python = venv_python();
         let output = Command::new(&python)
             .arg("-c")
             .arg(LOAD_YAML)
@@ -1179,7 +1165,7 @@ const CUSTOM_KINDS: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
 
 #[test]
 fn k8s_manifests_match_the_kubernetes_api_schemas() {
-    let python = python();
+    let python = venv_python();
     // The oldest Kubernetes the manifests aim at, and the newest the schemas know.
     let output = Command::new(&python)
         .arg("-c")

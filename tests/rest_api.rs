@@ -639,20 +639,6 @@ async fn the_openapi_document_covers_the_v1_api() {
     }
 }
 
-/// The venv's python that has openai-chatkit (and so `openai`); `scripts/test.sh` makes it.
-fn reference_python() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHATKIT_CONFORMANCE_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-conformance/bin/python");
-    assert!(
-        default.exists(),
-        "no Python with openai-chatkit 1.6.5: run `bash scripts/test.sh` (it creates {}) or set CHATKIT_CONFORMANCE_PYTHON",
-        default.display()
-    );
-    default
-}
-
 async fn record(app: &TestApp, recorded: &mut Recorded, kind: &'static str, path: &str) -> Value {
     let body = get_ok(app, path).await;
     recorded.push((kind, format!("GET {path}"), body.clone()));
@@ -661,7 +647,7 @@ async fn record(app: &TestApp, recorded: &mut Recorded, kind: &'static str, path
 
 #[tokio::test]
 async fn rest_answers_validate_with_the_hosted_reference_types() {
-    let python = reference_python();
+    let python = venv_python();
     let app = spawn_app();
     let mut recorded = Recorded::new();
     let tid = rich_thread(&app).await;

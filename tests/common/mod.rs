@@ -263,6 +263,21 @@ pub fn refused_with(events: &[Value], reason: &str) -> bool {
     events.len() == 1 && events[0]["type"] == "error" && events[0]["message"] == reason
 }
 
+/// The test venv's python (openai-chatkit, the `openai` SDK, PyYAML, kubernetes-validate);
+/// `scripts/test.sh` makes it, or `CHATKIT_CONFORMANCE_PYTHON` names another.
+pub fn venv_python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("CHATKIT_CONFORMANCE_PYTHON") {
+        return std::path::PathBuf::from(path);
+    }
+    let default = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-conformance/bin/python");
+    assert!(
+        default.exists(),
+        "no test venv Python: run `bash scripts/test.sh` (it creates {}) or set CHATKIT_CONFORMANCE_PYTHON",
+        default.display()
+    );
+    default
+}
+
 /// Waits (bounded) until `check` holds, polling.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
