@@ -1,5 +1,5 @@
 //! What the thread-actor path adds to a turn: the same echo turn run directly
-//! on the engine and through `Threads`, alternating, on an in-memory store.
+//! on the engine and through `ThreadRegistry`, alternating, on an in-memory store.
 //!
 //! Run with `cargo bench --bench actor_overhead`; it prints p50 and p99 of both
 //! paths and of their difference.
@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use chatkit_gateway::engine::{AttachmentFiles, CancelSignal, Engine, EngineSettings};
 use chatkit_gateway::fanout::{FanoutSettings, LocalFanout};
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::{Request, ThreadStreamEvent};
 use chatkit_gateway::responder::EchoResponder;
-use chatkit_gateway::store::{MemoryStore, UserId};
-use chatkit_gateway::thread::{ThreadSettings, Threads};
+use chatkit_gateway::store::MemoryStore;
+use chatkit_gateway::thread::{ThreadRegistry, ThreadSettings};
 use tokio::sync::mpsc;
 
 const TURNS: usize = 20_000;
@@ -51,7 +52,7 @@ fn main() {
             files,
             settings,
         ));
-        let threads = Threads::new(engine.clone(), ThreadSettings::default());
+        let threads = ThreadRegistry::new(engine.clone(), ThreadSettings::default());
         let user = UserId("bench".into());
         let create = request(
             r#"{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"hi"}]}}}"#.into(),

@@ -10,14 +10,15 @@ use std::time::Duration;
 use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpServer};
 
-use crate::config::{AuthMode, Config};
+use crate::config::Config;
 use crate::engine::{AttachmentFiles, Engine, EngineSettings};
 use crate::fanout::{self, FanoutError};
+use crate::http::AuthMode;
 use crate::http::{self, AdminAccess, ApiError};
 use crate::responder::{EchoResponder, OpenAiResponder, Responder};
 use crate::sessions::Sessions;
 use crate::store::{self, Instrumented, Store, StoreError};
-use crate::thread::Threads;
+use crate::thread::ThreadRegistry;
 
 /// Seconds connections get to finish once the turns are drained.
 const CONNECTION_DRAIN_SECS: u64 = 5;
@@ -26,7 +27,7 @@ const CANCEL_SAVE: Duration = Duration::from_secs(5);
 
 /// Lets running turns finish within `grace`, then cancels the rest with the
 /// cancellation semantics (partial output kept) and waits for them to save it.
-async fn drain_turns(threads: &Threads, grace: Duration) {
+async fn drain_turns(threads: &ThreadRegistry, grace: Duration) {
     let deadline = tokio::time::Instant::now() + grace;
     let poll = Duration::from_millis(50);
     while threads.running_turns() > 0 && tokio::time::Instant::now() < deadline {
@@ -65,7 +66,7 @@ pub struct App {
     grace: std::time::Duration,
     addr: SocketAddr,
     engine: Arc<Engine>,
-    threads: Threads,
+    threads: ThreadRegistry,
 }
 
 impl App {
@@ -108,7 +109,7 @@ impl App {
             AttachmentFiles::new(&config.data_dir),
             EngineSettings { public_url, max_upload_bytes: config.max_upload_bytes },
         ));
-        let threads = Threads::new(engine.clone(), config.thread_settings());
+        let threads = ThreadRegistry::new(engine.clone(), config.thread_settings());
         let admin = if !config.admin_keys.is_empty() {
             AdminAccess::Keys(config.admin_keys.clone())
         } else if addr.ip().is_loopback() {
@@ -175,7 +176,7 @@ impl App {
         &self.engine
     }
 
-    pub fn threads(&self) -> &Threads {
+    pub fn threads(&self) -> &ThreadRegistry {
         &self.threads
     }
 

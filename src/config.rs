@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::fanout::FanoutSettings;
+use crate::http::AuthMode;
 use crate::responder::ModelSettings;
+use crate::secret::Secret;
 
 /// The model used when an API key is set and `CHATKIT_MODEL` is not.
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
@@ -282,60 +284,6 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
-    }
-}
-
-/// How requests are authenticated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AuthMode {
-    /// Trust the user header (behind an authenticating proxy).
-    Header,
-    /// Client secrets of sessions.
-    Session,
-}
-
-/// A secret value: compared, never printed. `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that must use it (e.g. to connect).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Compares without an early exit, so timing does not reveal a prefix.
-    pub fn matches(&self, candidate: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let value = value.trim();
-        if value.is_empty() {
-            return Err("a key must not be empty".into());
-        }
-        Ok(Secret(value.to_string()))
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
     }
 }
 

@@ -1,6 +1,22 @@
-//! Identifiers for threads, items and attachments.
+//! Identifiers: ids for threads, items and attachments, and the user a request acts for.
 
 use rand::Rng;
+
+/// Who a request acts for. Stores scope every read and write by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(pub String);
+
+impl UserId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// What an id is for; decides its prefix, as the reference's `StoreItemType` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

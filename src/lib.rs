@@ -10,6 +10,7 @@ pub mod http;
 pub mod ids;
 pub mod protocol;
 pub mod responder;
+pub mod secret;
 pub mod sessions;
 pub mod shutdown;
 pub mod store;

@@ -16,9 +16,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatkit_gateway::config::Secret;
 use chatkit_gateway::protocol::{ItemUpdate, ThreadStreamEvent};
 use chatkit_gateway::responder::{EchoResponder, EventStream, RespondInput, Responder, TurnContext};
+use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::{MemoryStore, Store};
 use common::redis::RedisServer;
 use common::*;

@@ -3,8 +3,9 @@ mod common;
 
 use std::sync::Arc;
 
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::{ItemBody, Order, ThreadItem};
-use chatkit_gateway::store::{MemoryStore, PageQuery, Store, UserId};
+use chatkit_gateway::store::{MemoryStore, PageQuery, Store};
 use common::scripted::{ScriptedResponder, Step};
 use common::*;
 use serde_json::{json, Value};

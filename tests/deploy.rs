@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use chatkit_gateway::config::Secret;
+use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::{MemoryStore, Store};
 use chatkit_gateway::telemetry::metrics::METRICS;
 use common::redis::RedisServer;

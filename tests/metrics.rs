@@ -6,8 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chatkit_gateway::config::{Config, Secret};
+use chatkit_gateway::config::Config;
 use chatkit_gateway::responder::OpenAiResponder;
+use chatkit_gateway::secret::Secret;
 use common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
 use common::redis::RedisServer;
 use common::*;

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use chatkit_gateway::config::{Config, Secret};
+use chatkit_gateway::config::Config;
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::ids::{new_id, IdKind};
 use chatkit_gateway::protocol::{ItemBody, Order, ThreadItem};
 use chatkit_gateway::responder::{ModelSettings, OpenAiResponder};
-use chatkit_gateway::store::{PageQuery, UserId};
+use chatkit_gateway::secret::Secret;
+use chatkit_gateway::store::PageQuery;
 use common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
 use common::viewer::{rebuilt_text, Frame};
 use common::*;

@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatkit_gateway::config::{Config, Secret};
+use chatkit_gateway::config::Config;
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::ids::{new_id, IdKind};
 use chatkit_gateway::protocol::{AssistantMessageContent, ItemBody, ItemUpdate, Order, ThreadItem, ThreadStreamEvent};
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
-use chatkit_gateway::store::{PageQuery, PostgresStore, UserId};
+use chatkit_gateway::secret::Secret;
+use chatkit_gateway::store::{PageQuery, PostgresStore};
 use common::gated::{rest_of, start_slow};
 use common::postgres::TestDatabase;
 use common::redis::RedisServer;

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use chatkit_gateway::config::Secret;
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::ThreadItem;
-use chatkit_gateway::store::{SqliteStore, Store, UserId};
+use chatkit_gateway::secret::Secret;
+use chatkit_gateway::store::{SqliteStore, Store};
 use common::gated::*;
 use common::*;
 use serde_json::{json, Value};

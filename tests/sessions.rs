@@ -6,8 +6,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use chatkit_gateway::config::{AuthMode, Config, Secret};
+use chatkit_gateway::config::Config;
+use chatkit_gateway::http::AuthMode;
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
+use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::{MemoryStore, Store};
 use common::redis::RedisServer;
 use common::viewer::{self, Viewer};
@@ -260,7 +262,7 @@ async fn past_the_rate_limit_requests_get_429_and_write_nothing() {
     assert_eq!((status, error_code(&body).as_str()), (429, "rate_limit_exceeded"), "{body}");
     let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry_after));
-    let alice = chatkit_gateway::store::UserId("alice".into());
+    let alice = chatkit_gateway::ids::UserId("alice".into());
     let query = chatkit_gateway::store::PageQuery::first(100, chatkit_gateway::protocol::Order::Asc);
     let stored: Vec<String> =
         app.store.load_threads(&alice, &query).await.unwrap().data.into_iter().map(|t| t.id).collect();

@@ -7,8 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::Order;
-use chatkit_gateway::store::{PageQuery, SqliteStore, Store, UserId};
+use chatkit_gateway::store::{PageQuery, SqliteStore, Store};
 use common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
 use common::viewer;
 use common::*;

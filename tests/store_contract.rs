@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::ids::{new_id, new_secret, IdKind};
 use chatkit_gateway::protocol::{
     AssistantMessageContent, Attachment, AttachmentKind, ItemBody, Order, Page, ThreadItem, ThreadMetadata,
@@ -22,7 +23,7 @@ use chatkit_gateway::protocol::{
 };
 use chatkit_gateway::store::{
     self, Entity, ListQuery, Listing, MemoryStore, PageQuery, PostgresStore, SessionRecord, SqliteStore, Store,
-    StoreError, UserId,
+    StoreError,
 };
 use common::postgres::{admin_connection, TestDatabase};
 use sqlx::Connection;

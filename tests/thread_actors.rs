@@ -5,9 +5,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::ItemBody;
 use chatkit_gateway::responder::{EchoResponder, EventStream, RespondInput, Responder, TurnContext};
-use chatkit_gateway::store::{MemoryStore, Store, UserId};
+use chatkit_gateway::store::{MemoryStore, Store};
 use common::*;
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};

@@ -127,7 +127,7 @@ async fn cancel_stops_a_turn_from_outside_its_stream() {
     let hidden = app
         .store
         .load_items(
-            &chatkit_gateway::store::UserId("alice".into()),
+            &chatkit_gateway::ids::UserId("alice".into()),
             &tid,
             &chatkit_gateway::store::PageQuery::first(100, chatkit_gateway::protocol::Order::Asc),
         )
@@ -166,7 +166,7 @@ async fn without_keys_the_admin_api_is_refused_off_loopback() {
     let (app, _gate) = spawn_gated(|config| {
         config.bind = "0.0.0.0:0".parse().unwrap();
         // Off loopback the default is session auth; this test is about the admin keys.
-        config.auth = Some(chatkit_gateway::config::AuthMode::Header);
+        config.auth = Some(chatkit_gateway::http::AuthMode::Header);
     });
     let (tid, _) = app.create_thread("alice", "hello").await;
     let (code, body) = app.admin(&format!("/v1/chatkit/threads/{tid}/status"), json!({"type": "locked"}), None).await;

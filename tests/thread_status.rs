@@ -1,8 +1,8 @@
 //! Locked and closed threads refuse input with one error event and persist nothing.
 mod common;
 
+use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::ThreadStatus;
-use chatkit_gateway::store::UserId;
 use common::*;
 use serde_json::{json, Value};
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::fanout::{Fanout, Kind, SnapshotChange, Topic};
+use crate::ids::UserId;
 use crate::protocol::{Thread, ThreadStreamEvent};
-use crate::store::UserId;
 
 #[derive(Clone)]
 pub struct Announcer {

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::{Caller, Engine, EngineError, EngineResult};
+use crate::ids::UserId;
 use crate::ids::{new_id, new_secret, IdKind};
 use crate::protocol::{Attachment, AttachmentKind, CreateAttachmentParams, UploadDescriptor, UploadMethod};
-use crate::store::{Entity, UserId};
+use crate::store::Entity;
 
 /// Keys of the attachment's integration metadata, which clients never see.
 const TOKEN_KEY: &str = "access_token";

@@ -19,13 +19,14 @@ use base64::Engine as _;
 use futures_util::FutureExt;
 
 use crate::fanout::Fanout;
+use crate::ids::UserId;
 use crate::protocol::{
     Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem, ThreadStatus,
     TranscriptionResult, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
 use crate::sessions::ActiveSession;
-use crate::store::{Entity, PageQuery, Store, StoreError, UserId};
+use crate::store::{Entity, PageQuery, Store, StoreError};
 use crate::telemetry::metrics::METRICS;
 
 pub use announce::Announcer;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Notify};
 use super::pending::PendingItems;
 use super::{panic_message, Caller, Engine, EngineError, EngineResult};
 use crate::fanout::SnapshotChange;
+use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::{
     Action, Attachment, ItemBody, Order, Page, Request, StreamOptions, StructuredInput, StructuredInputAnswer,
@@ -19,7 +20,7 @@ use crate::protocol::{
     ThreadMetadata, ThreadStatus, ThreadStreamEvent, ToolCallStatus, UserMessage, UserMessageInput, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{EventStream, RespondInput, ResponderError, SharedThread};
-use crate::store::{Entity, PageQuery, StoreError, StoreResult, UserId};
+use crate::store::{Entity, PageQuery, StoreError, StoreResult};
 use crate::telemetry::metrics::METRICS;
 
 /// What the reference stores when a user cancels, so the next response does

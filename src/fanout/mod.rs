@@ -23,7 +23,7 @@ pub use hub::{Delivery, Hub, Subscription};
 pub use local::LocalFanout;
 pub use redis::RedisFanout;
 
-use crate::store::UserId;
+use crate::ids::UserId;
 
 /// What a viewer subscribes to: one thread, or one user's thread history.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{read_body, ApiError, State};
-use crate::config::Secret;
 use crate::protocol::ThreadStatus;
+use crate::secret::Secret;
 
 /// Who may call the admin API.
 #[derive(Clone, Debug)]

@@ -19,13 +19,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::config::AuthMode;
 use crate::engine::Engine;
 use crate::fanout::Health;
+use crate::ids::UserId;
 use crate::sessions::{ActiveSession, AuthError, Sessions};
-use crate::store::UserId;
 use crate::telemetry::metrics::METRICS;
-use crate::thread::Threads;
+use crate::thread::ThreadRegistry;
 
 pub use admin::AdminAccess;
 pub use error::ApiError;
@@ -36,7 +35,7 @@ const MAX_USER_ID_BYTES: usize = 256;
 /// What handlers share.
 pub struct State {
     pub engine: Arc<Engine>,
-    pub threads: Threads,
+    pub threads: ThreadRegistry,
     pub admin: AdminAccess,
     pub user_header: HeaderName,
     pub max_body_bytes: usize,
@@ -195,4 +194,13 @@ async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usiz
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// How requests are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Trust the user header (behind an authenticating proxy).
+    Header,
+    /// Client secrets of sessions.
+    Session,
 }

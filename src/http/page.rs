@@ -10,8 +10,8 @@ use actix_web::body::MessageBody;
 use actix_web::http::header::{CacheControl, CacheDirective};
 use actix_web::{web, HttpResponse};
 
+use super::AuthMode;
 use super::State;
-use crate::config::AuthMode;
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/chat.js");

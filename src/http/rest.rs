@@ -15,12 +15,13 @@ use utoipa::{Modify, OpenApi};
 
 use super::{ApiError, State};
 use crate::engine::{Caller, EngineError};
+use crate::ids::UserId;
 use crate::protocol::hosted::{
     ChatKitThread, ChatKitThreadItem, ChatKitThreadItemList, ChatKitThreadList, ErrorResponse, ItemListParams,
     SortOrder, ThreadDeleteResponse, ThreadListParams, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
 };
 use crate::protocol::{Order, Request, ThreadIdParams};
-use crate::store::{ListQuery, Store, StoreError, UserId};
+use crate::store::{ListQuery, Store, StoreError};
 
 /// `GET /v1/chatkit/threads`: a page of threads, of every user or of `user`.
 #[utoipa::path(

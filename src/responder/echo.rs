@@ -5,13 +5,13 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, TurnContext};
+use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::{
     Action, AssistantMessageContent, ClientToolCall, ItemBody, ItemUpdate, StructuredInput, StructuredInputOption,
     StructuredInputRequest, StructuredInputStatus, SyncCustomActionResponse, ThreadItem, ThreadStreamEvent,
     ToolCallStatus, TranscriptionResult,
 };
-use crate::store::UserId;
 
 /// How many characters of the first message become the thread's title.
 const TITLE_CHARS: usize = 40;

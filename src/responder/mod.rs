@@ -15,12 +15,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 
+use crate::ids::UserId;
 use crate::protocol::{
     Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, ThreadMetadata, ThreadStatus, ThreadStreamEvent,
     TranscriptionResult,
 };
 use crate::sessions::ActiveSession;
-use crate::store::{Store, UserId};
+use crate::store::Store;
 
 pub use echo::EchoResponder;
 pub use openai::{ClientTool, ModelSettings, OpenAiResponder, DICTATION_TYPES};

@@ -14,9 +14,10 @@ use base64::Engine as _;
 use rand::RngCore;
 
 use crate::fanout::Fanout;
+use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::hosted::{ChatSession, SessionCreateParams, SessionSettings, SessionStatus};
-use crate::store::{SessionRecord, Store, StoreError, UserId};
+use crate::store::{SessionRecord, Store, StoreError};
 
 /// The prefix of every client secret, so that one is recognizable in a leak scan.
 pub const SECRET_PREFIX: &str = "ck_secret_";

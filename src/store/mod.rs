@@ -18,28 +18,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::ids::UserId;
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata};
 
 pub use instrumented::Instrumented;
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-
-/// Who a request acts for. Stores scope every read and write by it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(pub String);
-
-impl UserId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for UserId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Which record a `NotFound` is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

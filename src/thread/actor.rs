@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::registry::Inner;
 use crate::engine::{Caller, CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn};
 use crate::fanout::Lease;
+use crate::ids::UserId;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
-use crate::store::UserId;
 
 /// What a thread's actor is asked to do.
 pub(super) enum Job {

@@ -10,8 +10,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::actor::{Envelope, Job, Shared, ThreadActor};
 use crate::engine::{Caller, Engine, EngineError, EngineResult, JsonAnswer};
+use crate::ids::UserId;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
-use crate::store::UserId;
 use crate::telemetry::metrics::METRICS;
 
 /// Events buffered between a turn and its client before the turn waits.
@@ -81,7 +81,7 @@ fn actor_gone() -> EngineError {
 
 /// The facade over thread actors.
 #[derive(Clone)]
-pub struct Threads {
+pub struct ThreadRegistry {
     inner: Arc<Inner>,
 }
 
@@ -90,7 +90,7 @@ enum Submit {
     Busy,
 }
 
-impl Threads {
+impl ThreadRegistry {
     pub fn new(engine: Arc<Engine>, settings: ThreadSettings) -> Self {
         let inner = Inner {
             engine,
@@ -103,7 +103,7 @@ impl Threads {
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(follow_cancel_requests(Arc::downgrade(&inner), inner.engine.fanout().cancel_requests()));
         }
-        Threads { inner }
+        ThreadRegistry { inner }
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

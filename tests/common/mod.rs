@@ -11,7 +11,7 @@ use chatkit_gateway::config::Config;
 use chatkit_gateway::engine::Engine;
 use chatkit_gateway::responder::{EchoResponder, Responder};
 use chatkit_gateway::store::{MemoryStore, Store};
-use chatkit_gateway::thread::Threads;
+use chatkit_gateway::thread::ThreadRegistry;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -25,7 +25,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub engine: Arc<Engine>,
-    pub threads: Threads,
+    pub threads: ThreadRegistry,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<std::thread::JoinHandle<()>>,

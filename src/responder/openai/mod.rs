@@ -20,8 +20,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, TurnContext};
+use crate::ids::UserId;
 use crate::protocol::{ItemBody, Order, ThreadItem, TranscriptionResult, UserMessage};
-use crate::store::{PageQuery, UserId};
+use crate::store::PageQuery;
 
 pub use settings::{ClientTool, ModelSettings};
 use stream::{Chunk, Translator};

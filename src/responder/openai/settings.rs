@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A tool the browser carries out: declared in configuration, offered to the
 /// model, and answered through `threads.add_client_tool_output`.
