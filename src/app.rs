@@ -73,11 +73,11 @@ impl App {
     /// Opens the store, binds the listener and prepares the server. Must run
     /// inside an actix system (`#[actix_web::main]` or `System::new()`).
     pub async fn build(config: Config) -> Result<App, AppError> {
-        let user_header = HeaderName::try_from(config.user_header.as_str())
-            .map_err(|_| AppError::Config(format!("`{}` is not a valid header name", config.user_header)))?;
-        std::fs::create_dir_all(&config.data_dir)?;
-        let store: Arc<dyn Store> = store::open_with_pool(&config.database_url, config.pg_pool).await?;
-        let responder: Arc<dyn Responder> = match config.model_settings().map_err(AppError::Config)? {
+        let user_header = HeaderName::try_from(config.access.user_header.as_str())
+            .map_err(|_| AppError::Config(format!("`{}` is not a valid header name", config.access.user_header)))?;
+        std::fs::create_dir_all(&config.storage.data_dir)?;
+        let store: Arc<dyn Store> = store::open_with_pool(&config.storage.database_url, config.storage.pg_pool).await?;
+        let responder: Arc<dyn Responder> = match config.model.settings().map_err(AppError::Config)? {
             None => Arc::new(EchoResponder::new()),
             Some(settings) => {
                 tracing::info!(model = %settings.default_model, base_url = %settings.base_url, "model responder");
@@ -94,24 +94,24 @@ impl App {
         store: Arc<dyn Store>,
         responder: Arc<dyn Responder>,
     ) -> Result<App, AppError> {
-        let listener = TcpListener::bind(config.bind)?;
+        let listener = TcpListener::bind(config.server.bind)?;
         let addr = listener.local_addr()?;
-        let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
         let store_backend = store.backend();
         let store = Instrumented::wrap(store);
         let responder_name = responder.name();
-        let fanout = fanout::open(config.redis_url.as_ref().map(|url| url.expose()), config.fanout_settings())?;
+        let fanout = fanout::open(config.fanout.redis_url.as_ref().map(|url| url.expose()), config.fanout.settings())?;
         let fanout_name = fanout.name();
         let engine = Arc::new(Engine::new(
             store,
             responder,
             fanout,
-            AttachmentFiles::new(&config.data_dir),
-            EngineSettings { public_url, max_upload_bytes: config.max_upload_bytes },
+            AttachmentFiles::new(&config.storage.data_dir),
+            EngineSettings { public_url, max_upload_bytes: config.storage.max_upload_bytes },
         ));
-        let threads = ThreadRegistry::new(engine.clone(), config.thread_settings());
-        let admin = if !config.admin_keys.is_empty() {
-            AdminAccess::Keys(config.admin_keys.clone())
+        let threads = ThreadRegistry::new(engine.clone(), config.threads.settings());
+        let admin = if !config.access.admin_keys.is_empty() {
+            AdminAccess::Keys(config.access.admin_keys.clone())
         } else if addr.ip().is_loopback() {
             tracing::warn!("admin API under /v1/ is open: no CHATKIT_ADMIN_KEYS and a loopback bind");
             AdminAccess::Open
@@ -120,7 +120,8 @@ impl App {
             AdminAccess::Disabled
         };
         let closing = tokio::sync::watch::channel(false).0;
-        let auth = config.auth.unwrap_or(if addr.ip().is_loopback() { AuthMode::Header } else { AuthMode::Session });
+        let auth =
+            config.access.auth.unwrap_or(if addr.ip().is_loopback() { AuthMode::Header } else { AuthMode::Session });
         if auth == AuthMode::Header && !addr.ip().is_loopback() {
             tracing::warn!(
                 "CHATKIT_AUTH=header on a non-loopback bind: deploy only behind a proxy that sets the user header"
@@ -132,9 +133,9 @@ impl App {
             threads: threads.clone(),
             admin,
             user_header,
-            max_body_bytes: config.max_body_bytes,
-            max_upload_bytes: usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX),
-            heartbeat: config.heartbeat(),
+            max_body_bytes: config.server.max_body_bytes,
+            max_upload_bytes: usize::try_from(config.storage.max_upload_bytes).unwrap_or(usize::MAX),
+            heartbeat: config.fanout.heartbeat(),
             closing: closing.subscribe(),
             auth,
             sessions,
@@ -159,13 +160,16 @@ impl App {
             .h1_allow_half_closed(false)
             // Turns are drained before the server stops (see `run_until`); what
             // is left then is short-lived requests.
-            .shutdown_timeout(CONNECTION_DRAIN_SECS);
-        if let Some(workers) = config.workers {
+            .shutdown_timeout(CONNECTION_DRAIN_SECS)
+            // Idle keep-alive connections outlive the load balancer's own idle
+            // timeout, so the balancer never reuses one the gateway is closing.
+            .keep_alive(config.server.keep_alive());
+        if let Some(workers) = config.server.workers {
             server = server.workers(workers.max(1));
         }
         let server = server.listen(listener)?.run();
         tracing::info!(%addr, store = store_backend, responder = responder_name, fanout = fanout_name, "listening");
-        Ok(App { server, closing, grace: config.shutdown_grace(), addr, engine, threads })
+        Ok(App { server, closing, grace: config.server.shutdown_grace(), addr, engine, threads })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

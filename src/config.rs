@@ -1,19 +1,22 @@
-//! Configuration: one typed struct, read from flags and the environment.
+//! Configuration: one typed struct in sections, read from flags and the environment.
+//!
+//! Each setting's default is written once, on its flag; `Config::defaults()`
+//! reads them without the environment, and the tests start from it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
 use crate::responder::ModelSettings;
 use crate::secret::Secret;
+use crate::thread::ThreadSettings;
 
 /// The model used when an API key is set and `CHATKIT_MODEL` is not.
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
-use crate::thread::ThreadSettings;
 
 /// chatkit-gateway: a realtime server for the OpenAI ChatKit protocol.
 ///
@@ -23,40 +26,27 @@ use crate::thread::ThreadSettings;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "chatkit-gateway", version, about, long_about = None)]
 pub struct Config {
+    #[command(flatten)]
+    pub server: ServerConfig,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    #[command(flatten)]
+    pub access: AccessConfig,
+    #[command(flatten)]
+    pub threads: ThreadConfig,
+    #[command(flatten)]
+    pub fanout: FanoutConfig,
+    #[command(flatten)]
+    pub model: ModelConfig,
+}
+
+/// The HTTP server: where it listens, how it treats connections, how it stops.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Server")]
+pub struct ServerConfig {
     /// Address to listen on. Port 0 picks a free port.
     #[arg(long, env = "CHATKIT_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
-
-    /// Where threads, items and attachments are stored: `sqlite://<path>` (created
-    /// with its schema on start), `postgres://user@host/db` (schema migrated on
-    /// start; for several replicas) or `memory://` (lost on exit; for tests).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/chatkit.db")]
-    pub database_url: String,
-
-    /// Directory for attachment bytes and other local files.
-    #[arg(long, env = "CHATKIT_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
-
-    /// How `/chatkit` and the viewer streams learn the user: `session`
-    /// (`Authorization: Bearer <client_secret>` of a session made through
-    /// `POST /v1/chatkit/sessions`) or `header` (trust `CHATKIT_USER_HEADER`,
-    /// set by an authenticating proxy). Default: `header` on a loopback bind,
-    /// else `session`.
-    #[arg(long, env = "CHATKIT_AUTH", value_enum)]
-    pub auth: Option<AuthMode>,
-
-    /// Request header that names the user. Until client-secret sessions exist,
-    /// deploy behind a proxy that sets it; requests without it get 401.
-    #[arg(long, env = "CHATKIT_USER_HEADER", default_value = "x-user-id")]
-    pub user_header: String,
-
-    /// Largest request body accepted on `POST /chatkit`, in bytes; larger gets 413.
-    #[arg(long, env = "CHATKIT_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
-    pub max_body_bytes: usize,
-
-    /// Largest attachment accepted by `attachments.create` and its upload, in bytes.
-    #[arg(long, env = "CHATKIT_MAX_UPLOAD_BYTES", default_value_t = 20 * 1024 * 1024)]
-    pub max_upload_bytes: u64,
 
     /// Base URL clients reach the gateway at, used in attachment upload and
     /// preview links. Defaults to `http://<bind>`.
@@ -67,11 +57,77 @@ pub struct Config {
     #[arg(long, env = "CHATKIT_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Largest request body accepted on `POST /chatkit`, in bytes; larger gets 413.
+    #[arg(long, env = "CHATKIT_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds an idle keep-alive connection stays open. Keep it above the idle
+    /// timeout of the load balancer in front (60 s on most), so that the gateway
+    /// never closes a connection the balancer is about to reuse.
+    #[arg(long, env = "CHATKIT_KEEP_ALIVE_SECS", default_value_t = 75)]
+    pub keep_alive_secs: u64,
+
     /// Seconds running turns get to finish after SIGTERM or Ctrl-C; turns still
     /// running then are cancelled, keeping their partial output.
     #[arg(long, env = "CHATKIT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Log filter, in `tracing` syntax (e.g. `info`, `chatkit_gateway=debug`).
+    #[arg(long, env = "CHATKIT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Where threads, items, sessions and attachments are kept.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Storage")]
+pub struct StorageConfig {
+    /// Where threads, items and attachments are stored: `sqlite://<path>` (created
+    /// with its schema on start), `postgres://user@host/db` (schema migrated on
+    /// start; for several replicas) or `memory://` (lost on exit; for tests).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/chatkit.db")]
+    pub database_url: String,
+
+    /// Directory for attachment bytes and other local files.
+    #[arg(long, env = "CHATKIT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Connections in the PostgreSQL pool (with a `postgres://` store).
+    #[arg(long, env = "CHATKIT_PG_POOL", default_value_t = 16)]
+    pub pg_pool: u32,
+
+    /// Largest attachment accepted by `attachments.create` and its upload, in bytes.
+    #[arg(long, env = "CHATKIT_MAX_UPLOAD_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+}
+
+/// Who may call: how users are identified, and the keys of the `/v1` API.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Access")]
+pub struct AccessConfig {
+    /// How `/chatkit` and the viewer streams learn the user: `session`
+    /// (`Authorization: Bearer <client_secret>` of a session made through
+    /// `POST /v1/chatkit/sessions`) or `header` (trust `CHATKIT_USER_HEADER`,
+    /// set by an authenticating proxy). Default: `header` on a loopback bind,
+    /// else `session`.
+    #[arg(long, env = "CHATKIT_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// Request header that names the user with `CHATKIT_AUTH=header`; requests
+    /// without it get 401. Deploy behind a proxy that sets it.
+    #[arg(long, env = "CHATKIT_USER_HEADER", default_value = "x-user-id")]
+    pub user_header: String,
+
+    /// Keys that open the `/v1` API (`Authorization: Bearer <key>`),
+    /// comma-separated. Without keys the `/v1` API is open on a loopback bind
+    /// and refused (403) on any other.
+    #[arg(long, env = "CHATKIT_ADMIN_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub admin_keys: Vec<Secret>,
+}
+
+/// The thread actors.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Thread actors")]
+pub struct ThreadConfig {
     /// Messages that may wait behind a thread's running turn; more get a busy error.
     #[arg(long, env = "CHATKIT_THREAD_QUEUE_BOUND", default_value_t = 16)]
     pub thread_queue_bound: usize,
@@ -79,13 +135,12 @@ pub struct Config {
     /// Seconds a thread's actor lives without work before it stops.
     #[arg(long, env = "CHATKIT_THREAD_IDLE_SECS", default_value_t = 300)]
     pub thread_idle_secs: u64,
+}
 
-    /// Keys that open the admin API under `/v1/` (`Authorization: Bearer <key>`),
-    /// comma-separated. Without keys the admin API is open on a loopback bind
-    /// and refused (403) on any other.
-    #[arg(long, env = "CHATKIT_ADMIN_KEYS", value_delimiter = ',', hide_env_values = true)]
-    pub admin_keys: Vec<Secret>,
-
+/// Fan-out to viewers and coordination between replicas.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Fan-out and replicas")]
+pub struct FanoutConfig {
     /// Redis for fan-out and coordination between replicas
     /// (`redis://[:password@]host:port[/db]`). Without it, fan-out is
     /// in-process only: right for one replica.
@@ -115,16 +170,17 @@ pub struct Config {
     /// Milliseconds between pings that check the Redis subscriber connection.
     #[arg(long, env = "CHATKIT_REDIS_PING_MS", default_value_t = 5000)]
     pub redis_ping_ms: u64,
+}
 
-    /// Connections in the PostgreSQL pool (with a `postgres://` store).
-    #[arg(long, env = "CHATKIT_PG_POOL", default_value_t = 16)]
-    pub pg_pool: u32,
-
+/// The model responder (or the built-in echo responder).
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Model")]
+pub struct ModelConfig {
     /// The model that answers: `echo` (built in, no network) or a model of the
     /// OpenAI-compatible server at `OPENAI_BASE_URL`. Default: `gpt-4.1-mini`
     /// when `OPENAI_API_KEY` is set, else `echo`.
-    #[arg(long, env = "CHATKIT_MODEL")]
-    pub model: Option<String>,
+    #[arg(long = "model", env = "CHATKIT_MODEL")]
+    pub name: Option<String>,
 
     /// Models a user message may pick with `inference_options.model`, comma-separated
     /// (the default model is always allowed).
@@ -171,62 +227,53 @@ pub struct Config {
     /// The model that transcribes dictation (`input.transcribe`).
     #[arg(long, env = "CHATKIT_TRANSCRIBE_MODEL", default_value = "gpt-4o-mini-transcribe")]
     pub transcribe_model: String,
-
-    /// Log filter, in `tracing` syntax (e.g. `info`, `chatkit_gateway=debug`).
-    #[arg(long, env = "CHATKIT_LOG", default_value = "info")]
-    pub log: String,
 }
 
 impl Config {
-    /// The settings a test or an embedding program starts from: loopback on a
-    /// free port, in-memory store, no environment read.
-    pub fn for_tests(data_dir: PathBuf) -> Self {
-        Config {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: "memory://".into(),
-            auth: None,
-            data_dir,
-            user_header: "x-user-id".into(),
-            max_body_bytes: 8 * 1024 * 1024,
-            max_upload_bytes: 20 * 1024 * 1024,
-            public_url: None,
-            workers: Some(2),
-            shutdown_grace_secs: 5,
-            thread_queue_bound: 16,
-            thread_idle_secs: 300,
-            admin_keys: Vec::new(),
-            redis_url: None,
-            heartbeat_secs: 15,
-            fanout_history: 256,
-            viewer_buffer: 256,
-            lease_ttl_secs: 10,
-            lease_wait_secs: 30,
-            redis_ping_ms: 5000,
-            pg_pool: 4,
-            model: None,
-            models: Vec::new(),
-            openai_api_key: None,
-            openai_base_url: "https://api.openai.com/v1".into(),
-            system_prompt: "You are a helpful assistant.".into(),
-            history_items: 40,
-            titles: true,
-            title_model: None,
-            client_tools: None,
-            model_timeout_secs: 60,
-            model_retries: 2,
-            transcribe_model: "gpt-4o-mini-transcribe".into(),
-            log: "warn".into(),
-        }
+    /// Every setting at its default, without reading the environment: what an
+    /// embedding program starts from.
+    pub fn defaults() -> Self {
+        let command = Config::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command.try_get_matches_from(["chatkit-gateway"]).expect("every default parses");
+        Config::from_arg_matches(&matches).expect("the defaults parse")
     }
 
-    pub fn thread_settings(&self) -> ThreadSettings {
+    /// The settings a test starts from: the defaults, on loopback port 0 with an
+    /// in-memory store, two workers, a short shutdown grace and quiet logs.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let mut config = Config::defaults();
+        config.server.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.workers = Some(2);
+        config.server.shutdown_grace_secs = 5;
+        config.server.log = "warn".into();
+        config.storage.database_url = "memory://".into();
+        config.storage.data_dir = data_dir;
+        config.storage.pg_pool = 4;
+        config
+    }
+}
+
+impl ServerConfig {
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+impl ThreadConfig {
+    pub fn settings(&self) -> ThreadSettings {
         ThreadSettings {
             queue_bound: self.thread_queue_bound.max(1),
             idle_timeout: Duration::from_secs(self.thread_idle_secs.max(1)),
         }
     }
+}
 
-    pub fn fanout_settings(&self) -> FanoutSettings {
+impl FanoutConfig {
+    pub fn settings(&self) -> FanoutSettings {
         FanoutSettings {
             history: self.fanout_history.max(1),
             viewer_buffer: self.viewer_buffer.max(1),
@@ -237,9 +284,15 @@ impl Config {
         }
     }
 
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+}
+
+impl ModelConfig {
     /// The model responder's settings, or `None` for the built-in echo responder.
-    pub fn model_settings(&self) -> Result<Option<ModelSettings>, String> {
-        let model = match (self.model.as_deref().map(str::trim), &self.openai_api_key) {
+    pub fn settings(&self) -> Result<Option<ModelSettings>, String> {
+        let model = match (self.name.as_deref().map(str::trim), &self.openai_api_key) {
             (Some("echo"), _) | (None, None) => return Ok(None),
             (Some(""), _) => return Err("CHATKIT_MODEL is empty".into()),
             (Some(model), _) => model.to_string(),
@@ -277,14 +330,6 @@ impl Config {
             transcribe_model: self.transcribe_model.clone(),
         }))
     }
-
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.heartbeat_secs.max(1))
-    }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
-    }
 }
 
 #[cfg(test)]
@@ -294,16 +339,16 @@ mod tests {
     #[test]
     fn defaults_need_nothing() {
         let config = Config::try_parse_from(["chatkit-gateway"]).unwrap();
-        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.database_url, "sqlite://data/chatkit.db");
-        assert_eq!(config.user_header, "x-user-id");
+        assert_eq!(config.server.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.storage.database_url, "sqlite://data/chatkit.db");
+        assert_eq!(config.access.user_header, "x-user-id");
     }
 
     #[test]
     fn admin_keys_never_print() {
         let config = Config::try_parse_from(["chatkit-gateway", "--admin-keys", "k1,k2"]).unwrap();
-        assert_eq!(config.admin_keys.len(), 2);
-        assert!(config.admin_keys[1].matches("k2") && !config.admin_keys[1].matches("k1"));
+        assert_eq!(config.access.admin_keys.len(), 2);
+        assert!(config.access.admin_keys[1].matches("k2") && !config.access.admin_keys[1].matches("k1"));
         let printed = format!("{config:?}");
         assert!(!printed.contains("k1") && printed.contains("***"), "{printed}");
     }
@@ -313,7 +358,7 @@ mod tests {
         let parse = |args: &[&str]| {
             let mut all = vec!["chatkit-gateway"];
             all.extend_from_slice(args);
-            Config::try_parse_from(all).unwrap().model_settings()
+            Config::try_parse_from(all).unwrap().model.settings()
         };
         assert!(parse(&[]).unwrap().is_none(), "no key, no model: echo");
         assert!(parse(&["--model", "echo", "--openai-api-key", "k"]).unwrap().is_none());
@@ -335,8 +380,20 @@ mod tests {
     fn flags_are_parsed() {
         let config =
             Config::try_parse_from(["chatkit-gateway", "--bind", "0.0.0.0:9000", "--max-body-bytes", "10"]).unwrap();
-        assert_eq!(config.bind.port(), 9000);
-        assert_eq!(config.max_body_bytes, 10);
+        assert_eq!(config.server.bind.port(), 9000);
+        assert_eq!(config.server.max_body_bytes, 10);
         assert!(Config::try_parse_from(["chatkit-gateway", "--bind", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_flags_defaults() {
+        let defaults = Config::defaults();
+        assert_eq!(defaults.server.keep_alive_secs, 75);
+        assert_eq!(defaults.threads.thread_queue_bound, 16);
+        assert_eq!(defaults.fanout.redis_ping_ms, 5000);
+        assert_eq!(defaults.model.transcribe_model, "gpt-4o-mini-transcribe");
+        let for_tests = Config::for_tests("d".into());
+        assert_eq!((for_tests.server.bind.port(), for_tests.storage.database_url.as_str()), (0, "memory://"));
+        assert_eq!(for_tests.fanout.viewer_buffer, defaults.fanout.viewer_buffer);
     }
 }

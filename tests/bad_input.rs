@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 const BODY_LIMIT: usize = 1024;
 
 fn small_body_app() -> TestApp {
-    spawn(Spawn { configure: Box::new(|config| config.max_body_bytes = BODY_LIMIT), ..Spawn::default() })
+    spawn(Spawn { configure: Box::new(|config| config.server.max_body_bytes = BODY_LIMIT), ..Spawn::default() })
 }
 
 /// Posts a raw body as alice and checks the error; returns the `error` object.

@@ -174,7 +174,7 @@ fn two_tabs_on_two_replicas_sharing_redis_stay_in_sync() {
         let url = redis.url();
         spawn(Spawn {
             store: Some(store.clone()),
-            configure: Box::new(move |config| config.redis_url = Some(Secret::new(url))),
+            configure: Box::new(move |config| config.fanout.redis_url = Some(Secret::new(url))),
             ..paced()
         })
     };

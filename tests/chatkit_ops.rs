@@ -521,7 +521,7 @@ async fn a_message_with_an_unknown_attachment_creates_nothing() {
 
 #[tokio::test]
 async fn attachments_over_the_size_limit_are_refused() {
-    let app = spawn(Spawn { configure: Box::new(|config| config.max_upload_bytes = 64), ..Spawn::default() });
+    let app = spawn(Spawn { configure: Box::new(|config| config.storage.max_upload_bytes = 64), ..Spawn::default() });
     let create = |size: i64| json!({"name": "big.bin", "size": size, "mime_type": "application/octet-stream"});
     app.expect_error("alice", "attachments.create", create(65), 413).await;
     app.expect_error("alice", "attachments.create", create(-1), 400).await;

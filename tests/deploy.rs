@@ -835,8 +835,8 @@ async fn sse_streams_pass_through_nginx_to_three_replicas() {
             spawn(Spawn {
                 store: Some(store.clone()),
                 configure: Box::new(move |c| {
-                    c.redis_url = Some(Secret::new(url));
-                    c.heartbeat_secs = 1;
+                    c.fanout.redis_url = Some(Secret::new(url));
+                    c.fanout.heartbeat_secs = 1;
                 }),
                 ..Default::default()
             })

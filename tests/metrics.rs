@@ -63,14 +63,14 @@ async fn metrics_cover_every_family_and_move_with_the_work() {
         fake.push(Reply::stream(fake_openai::with_usage(fake_openai::text_chunks(MODEL, &["Hel", "lo"]), 11, 2)));
     }
     let mut config = Config::for_tests("unused".into());
-    config.model = Some(MODEL.into());
-    config.openai_api_key = Some(Secret::new("sk-metrics"));
-    config.openai_base_url = fake.base_url();
-    let responder = OpenAiResponder::new(config.model_settings().unwrap().unwrap()).unwrap();
+    config.model.name = Some(MODEL.into());
+    config.model.openai_api_key = Some(Secret::new("sk-metrics"));
+    config.model.openai_base_url = fake.base_url();
+    let responder = OpenAiResponder::new(config.model.settings().unwrap().unwrap()).unwrap();
     let url = redis.url();
     let app = spawn(Spawn {
         responder: Arc::new(responder),
-        configure: Box::new(move |c| c.redis_url = Some(Secret::new(url))),
+        configure: Box::new(move |c| c.fanout.redis_url = Some(Secret::new(url))),
         ..Default::default()
     });
     eventually("Redis is connected", || async { Scrape::of(&app).await.sum("chatkit_redis_connected", &[]) == 1.0 })

@@ -52,24 +52,24 @@ fn start(tweak: impl FnOnce(&mut Config)) -> Model {
 fn start_tuned(tweak: impl FnOnce(&mut Config), tune: impl FnOnce(&mut ModelSettings)) -> Model {
     let fake = FakeOpenAi::start();
     let mut config = Config::for_tests("unused".into());
-    config.model = Some(MODEL.into());
-    config.openai_api_key = Some(Secret::new(KEY));
-    config.openai_base_url = fake.base_url();
-    config.system_prompt = SYSTEM_PROMPT.into();
-    config.history_items = HISTORY;
-    config.client_tools = Some(TOOLS.into());
-    config.titles = false;
-    config.model_timeout_secs = 10;
-    config.transcribe_model = "transcribe-test".into();
+    config.model.name = Some(MODEL.into());
+    config.model.openai_api_key = Some(Secret::new(KEY));
+    config.model.openai_base_url = fake.base_url();
+    config.model.system_prompt = SYSTEM_PROMPT.into();
+    config.model.history_items = HISTORY;
+    config.model.client_tools = Some(TOOLS.into());
+    config.model.titles = false;
+    config.model.model_timeout_secs = 10;
+    config.model.transcribe_model = "transcribe-test".into();
     tweak(&mut config);
-    let mut settings = config.model_settings().expect("valid model settings").expect("a model responder");
+    let mut settings = config.model.settings().expect("valid model settings").expect("a model responder");
     settings.retry_backoff = Duration::from_millis(10);
     tune(&mut settings);
     let responder = OpenAiResponder::new(settings).expect("responder builds");
     let configure = move |app_config: &mut Config| {
-        let data_dir = app_config.data_dir.clone();
+        let data_dir = app_config.storage.data_dir.clone();
         *app_config = config;
-        app_config.data_dir = data_dir;
+        app_config.storage.data_dir = data_dir;
     };
     let app = spawn(Spawn { responder: Arc::new(responder), configure: Box::new(configure), ..Spawn::default() });
     Model { fake, app }
@@ -389,7 +389,7 @@ fn turn_ends_with_pending_call(events: &[Value]) -> Value {
 
 #[tokio::test]
 async fn only_the_newest_history_items_reach_the_model() {
-    let m = start(|config| config.history_items = 3);
+    let m = start(|config| config.model.history_items = 3);
     m.fake.push(Reply::text(MODEL, &["A1"])).push(Reply::text(MODEL, &["A2"])).push(Reply::text(MODEL, &["A3"]));
     let (thread_id, _) = m.app.create_thread("alice", "one").await;
     m.app.say("alice", &thread_id, "two").await;
@@ -407,8 +407,8 @@ async fn only_the_newest_history_items_reach_the_model() {
 #[tokio::test]
 async fn the_first_turn_names_the_thread_and_later_turns_do_not() {
     let m = start(|config| {
-        config.titles = true;
-        config.title_model = Some("title-model".into());
+        config.model.titles = true;
+        config.model.title_model = Some("title-model".into());
     });
     m.answer_titles("\"Planning a Paris Trip.\"");
     m.fake.push(Reply::text(MODEL, &["Sure, ", "let us plan it."]));
@@ -444,7 +444,7 @@ async fn the_first_turn_names_the_thread_and_later_turns_do_not() {
 
 #[tokio::test]
 async fn a_message_picks_an_allowed_model_and_an_unknown_one_is_refused_before_any_call() {
-    let m = start(|config| config.models = vec!["big-model".into(), "small-model".into()]);
+    let m = start(|config| config.model.models = vec!["big-model".into(), "small-model".into()]);
     m.fake.push(Reply::text("big-model", &["Big answer."])).push(Reply::text(MODEL, &["Default answer."]));
     let input = input_with("hello", json!({"model": "big-model"}));
     let events = m.app.stream("alice", "threads.create", json!({"input": input})).await;
@@ -789,7 +789,7 @@ async fn a_stream_that_stalls_midway_times_out_and_keeps_the_partial_answer() {
 
 #[tokio::test]
 async fn connection_failures_before_the_first_token_are_retried() {
-    let m = start(|config| config.model_retries = 2);
+    let m = start(|config| config.model.model_retries = 2);
     m.fake.push(Reply::reset()).push(Reply::reset()).push(Reply::text(MODEL, &["Third time lucky."]));
     let (_, events) = m.app.create_thread("alice", "hello").await;
     assert_eq!(assistant_text(&events), "Third time lucky.");
@@ -799,7 +799,7 @@ async fn connection_failures_before_the_first_token_are_retried() {
     assert!(requests.iter().all(|request| *request == requests[0]), "the same request each time");
 
     // One reset more than the retries allow fails, retryably.
-    let m = start(|config| config.model_retries = 1);
+    let m = start(|config| config.model.model_retries = 1);
     m.fake.push(Reply::reset()).push(Reply::reset()).push(Reply::text(MODEL, &["Too late."]));
     let (_, events) = m.app.create_thread("alice", "hello").await;
     let error = turn_error(&events);
@@ -810,7 +810,7 @@ async fn connection_failures_before_the_first_token_are_retried() {
 
 #[tokio::test]
 async fn a_stream_cut_after_content_is_not_retried() {
-    let m = start(|config| config.model_retries = 2);
+    let m = start(|config| config.model.model_retries = 2);
     m.fake.push(Reply::text(MODEL, &["Partial"]).cut_after(2)).push(Reply::text(MODEL, &["A retry."]));
     let (_, events) = m.app.create_thread("alice", "hello").await;
     assert_eq!(deltas(&events), "Partial");
@@ -908,7 +908,7 @@ async fn accept_language_becomes_a_language_instruction() {
 
 #[tokio::test]
 async fn another_tab_sees_the_models_answer_and_the_title() {
-    let m = start(|config| config.titles = true);
+    let m = start(|config| config.model.titles = true);
     m.answer_titles("Greetings From Paris");
     m.fake.push(Reply::text(MODEL, &["Bonjour ", "Paris", "!"]).delay(Duration::from_millis(150)));
     let mut history = m.app.view_history("alice").await;

@@ -131,7 +131,7 @@ async fn cluster(tweak: fn(&mut Config)) -> Cluster {
             store: Some(Arc::new(store)),
             responder: Arc::new(Paced { gate: gate.clone(), overlap: overlap.clone() }),
             configure: Box::new(move |config| {
-                config.redis_url = Some(Secret::new(url));
+                config.fanout.redis_url = Some(Secret::new(url));
                 tweak(config);
             }),
             record: false,
@@ -361,7 +361,7 @@ async fn losing_redis_mid_turn_degrades_fanout_but_not_the_turn_and_it_recovers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_resuming_on_another_replica_gets_what_it_missed_or_a_resync() {
     const HISTORY: usize = 12;
-    let cluster = cluster(|config| config.fanout_history = HISTORY).await;
+    let cluster = cluster(|config| config.fanout.fanout_history = HISTORY).await;
     let [a, b, c] = &cluster.replicas;
     let (tid, _) = a.create_thread("alice", "hello").await;
     let mut steady = a.view_thread("alice", &tid).await;
@@ -493,7 +493,7 @@ async fn changes_made_as_redis_returns_reach_viewers_elsewhere_or_make_them_resy
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_that_outlives_a_redis_restart_keeps_its_lease_and_completes() {
     // Renewed every third of a second, the lease is renewed soon after Redis returns.
-    let mut cluster = cluster(|config| config.lease_ttl_secs = 1).await;
+    let mut cluster = cluster(|config| config.fanout.lease_ttl_secs = 1).await;
     let Cluster { replicas: [a, _, c], gate, redis, .. } = &mut cluster;
     let (a, c) = (&*a, &*c);
     let (tid, _) = a.create_thread("alice", "hello").await;
@@ -518,7 +518,7 @@ async fn a_turn_that_outlives_a_redis_restart_keeps_its_lease_and_completes() {
 async fn health_pings_keep_a_quiet_subscriber_connection_up() {
     // Ten pings a second: a ping the subscriber mistook for a failure would
     // drop the connection and send every viewer `resync`.
-    let cluster = cluster(|config| config.redis_ping_ms = 100).await;
+    let cluster = cluster(|config| config.fanout.redis_ping_ms = 100).await;
     let [a, b, _] = &cluster.replicas;
     let (tid, _) = a.create_thread("alice", "hello").await;
     let mut viewer = b.view_thread("alice", &tid).await;

@@ -503,8 +503,10 @@ async fn bad_parameters_are_400s_that_name_them() {
 
 #[tokio::test]
 async fn admin_keys_guard_the_threads_api_but_not_its_document() {
-    let app =
-        spawn(Spawn { configure: Box::new(|c| c.admin_keys = vec![Secret::new("k-rest")]), ..Default::default() });
+    let app = spawn(Spawn {
+        configure: Box::new(|c| c.access.admin_keys = vec![Secret::new("k-rest")]),
+        ..Default::default()
+    });
     let (tid, _) = app.create_thread("alice", "hello").await;
     let paths = [
         (reqwest::Method::GET, "/v1/chatkit/threads".to_string()),

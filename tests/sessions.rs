@@ -48,7 +48,7 @@ fn logs() -> String {
 }
 
 fn session_auth(config: &mut Config) {
-    config.auth = Some(AuthMode::Session);
+    config.access.auth = Some(AuthMode::Session);
 }
 
 fn spawn_sessions() -> TestApp {
@@ -180,7 +180,7 @@ async fn bad_session_requests_are_named_and_the_admin_key_guards_them() {
     let keyed = spawn(Spawn {
         configure: Box::new(|c| {
             session_auth(c);
-            c.admin_keys = vec![Secret::new("admin-key")];
+            c.access.admin_keys = vec![Secret::new("admin-key")];
         }),
         ..Default::default()
     });
@@ -280,7 +280,7 @@ async fn the_rate_limit_holds_across_replicas() {
             store: Some(store.clone()),
             configure: Box::new(move |c| {
                 session_auth(c);
-                c.redis_url = Some(Secret::new(url));
+                c.fanout.redis_url = Some(Secret::new(url));
             }),
             ..Default::default()
         })
@@ -387,7 +387,8 @@ async fn no_response_or_log_line_carries_a_secret() {
 
 #[tokio::test]
 async fn off_loopback_sessions_are_the_default() {
-    let app = spawn(Spawn { configure: Box::new(|c| c.bind = "0.0.0.0:0".parse().unwrap()), ..Default::default() });
+    let app =
+        spawn(Spawn { configure: Box::new(|c| c.server.bind = "0.0.0.0:0".parse().unwrap()), ..Default::default() });
     let header_only = app.post_raw(Some("alice"), request("threads.list", json!({})).to_string()).await;
     let error = error_of(header_only, 401).await;
     assert_eq!(error["code"], "missing_client_secret", "the user header is not trusted off loopback");

@@ -39,7 +39,7 @@ impl Responder for SlowEcho {
 fn spawn_slow(pause: Duration, queue_bound: usize) -> TestApp {
     spawn(Spawn {
         responder: Arc::new(SlowEcho(pause)),
-        configure: Box::new(move |config| config.thread_queue_bound = queue_bound),
+        configure: Box::new(move |config| config.threads.thread_queue_bound = queue_bound),
         ..Default::default()
     })
 }
@@ -115,7 +115,7 @@ async fn concurrent_first_requests_start_one_actor() {
     // Room for every rename, so that none is refused as busy.
     let app = spawn(Spawn {
         store: Some(store.clone()),
-        configure: Box::new(|config| config.thread_queue_bound = 64),
+        configure: Box::new(|config| config.threads.thread_queue_bound = 64),
         ..Default::default()
     });
     let thread = chatkit_gateway::protocol::ThreadMetadata::new("thr_contended".into());
@@ -136,7 +136,7 @@ async fn idle_actors_stop_and_leave_the_registry() {
     let store = Arc::new(MemoryStore::new());
     let app = spawn(Spawn {
         store: Some(store.clone()),
-        configure: Box::new(|config| config.thread_idle_secs = 1),
+        configure: Box::new(|config| config.threads.thread_idle_secs = 1),
         ..Default::default()
     });
     let user = UserId("alice".into());

@@ -41,7 +41,7 @@ async fn a_lock_waits_for_the_running_turn_then_refuses_what_queued_behind_it() 
 
 #[tokio::test]
 async fn a_full_queue_answers_changes_with_429_while_reads_go_through() {
-    let (app, gate) = spawn_gated(|config| config.thread_queue_bound = 1);
+    let (app, gate) = spawn_gated(|config| config.threads.thread_queue_bound = 1);
     let (tid, _) = app.create_thread("alice", "hello").await;
     let running = start_slow(&app, &tid).await;
     let queued = async { app.say("alice", &tid, "waiting").await };
@@ -153,7 +153,7 @@ async fn status_changes_need_a_valid_body_and_a_known_thread() {
 
 #[tokio::test]
 async fn admin_keys_guard_the_admin_api() {
-    let (app, _gate) = spawn_gated(|config| config.admin_keys = vec!["k-123".parse().unwrap()]);
+    let (app, _gate) = spawn_gated(|config| config.access.admin_keys = vec!["k-123".parse().unwrap()]);
     let (tid, _) = app.create_thread("alice", "hello").await;
     let path = format!("/v1/chatkit/threads/{tid}/status");
     assert_eq!(app.admin(&path, json!({"type": "locked"}), None).await.0, 401);
@@ -164,9 +164,9 @@ async fn admin_keys_guard_the_admin_api() {
 #[tokio::test]
 async fn without_keys_the_admin_api_is_refused_off_loopback() {
     let (app, _gate) = spawn_gated(|config| {
-        config.bind = "0.0.0.0:0".parse().unwrap();
+        config.server.bind = "0.0.0.0:0".parse().unwrap();
         // Off loopback the default is session auth; this test is about the admin keys.
-        config.auth = Some(chatkit_gateway::http::AuthMode::Header);
+        config.access.auth = Some(chatkit_gateway::http::AuthMode::Header);
     });
     let (tid, _) = app.create_thread("alice", "hello").await;
     let (code, body) = app.admin(&format!("/v1/chatkit/threads/{tid}/status"), json!({"type": "locked"}), None).await;

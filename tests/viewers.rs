@@ -78,7 +78,7 @@ async fn a_tab_opened_mid_turn_starts_from_the_answer_so_far() {
 
 #[tokio::test]
 async fn a_reconnecting_viewer_gets_what_it_missed_or_a_resync() {
-    let app = spawn(Spawn { configure: Box::new(|c| c.fanout_history = 4), ..Default::default() });
+    let app = spawn(Spawn { configure: Box::new(|c| c.fanout.fanout_history = 4), ..Default::default() });
     let (tid, _) = app.create_thread("alice", "hello").await;
     let url = thread_events(&app, &tid);
     let mut first = viewer::open(&url, "alice", None).await;
@@ -129,7 +129,7 @@ async fn deleting_a_thread_ends_its_stream_and_tells_the_history() {
 
 #[tokio::test]
 async fn idle_streams_get_heartbeat_comments() {
-    let app = spawn(Spawn { configure: Box::new(|c| c.heartbeat_secs = 1), ..Default::default() });
+    let app = spawn(Spawn { configure: Box::new(|c| c.fanout.heartbeat_secs = 1), ..Default::default() });
     let mut history = app.view_history("alice").await;
     assert!(history.next_within(Duration::from_millis(2500)).await.is_none());
     assert!(history.heartbeats >= 2, "{} heartbeats in 2.5 s at one per second", history.heartbeats);
@@ -159,7 +159,7 @@ async fn viewers_see_only_their_own_threads_and_bad_ids_are_named() {
 
 #[tokio::test]
 async fn a_viewer_that_falls_behind_gets_resync_and_is_closed() {
-    let app = spawn(Spawn { configure: Box::new(|c| c.viewer_buffer = 4), ..Default::default() });
+    let app = spawn(Spawn { configure: Box::new(|c| c.fanout.viewer_buffer = 4), ..Default::default() });
     let (tid, _) = app.create_thread("alice", "hello").await;
     let mut slow = app.view_thread("alice", &tid).await;
     let mut fast = app.view_thread("alice", &tid).await;

@@ -64,8 +64,8 @@ pub fn spawn(options: Spawn) -> TestApp {
     // The app runs in its own thread with its own actix system, as `main` runs it.
     let server = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            let header = HeaderName::try_from(config.user_header.as_str()).expect("header name");
-            std::fs::create_dir_all(&config.data_dir).expect("data dir");
+            let header = HeaderName::try_from(config.access.user_header.as_str()).expect("header name");
+            std::fs::create_dir_all(&config.storage.data_dir).expect("data dir");
             let app = App::build_with(config, header, app_store, responder).expect("app builds");
             addr_tx.send((app.local_addr(), app.engine().clone(), app.threads().clone())).expect("report address");
             app.run_until(async {
@@ -76,13 +76,7 @@ pub fn spawn(options: Spawn) -> TestApp {
         })
     });
     let (addr, engine, threads) = addr_rx.recv_timeout(Duration::from_secs(20)).expect("app started");
-    // Idle connections are dropped before the server's 5 s keep-alive ends
-    // them: reusing one the server is closing fails with `IncompleteMessage`.
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .pool_idle_timeout(Duration::from_secs(2))
-        .build()
-        .expect("client");
+    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
     TestApp {
         // Connect over loopback even when the app binds every interface.
         base: format!("http://127.0.0.1:{}", addr.port()),
