@@ -8,7 +8,6 @@
 //! `tests/browser/e2e.mjs` (playwright-core with Debian's Chromium) under a
 //! time limit. Screenshots go to `target/browser-artifacts/<scenario>/`, with
 //! the scenario's log. `bash scripts/test.sh` installs what these tests need.
-mod common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -16,12 +15,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::redis::RedisServer;
+use crate::common::*;
 use chatkit_gateway::protocol::{ItemUpdate, ThreadStreamEvent};
 use chatkit_gateway::responder::{EchoResponder, EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::{MemoryStore, Store};
-use common::redis::RedisServer;
-use common::*;
 use futures_util::StreamExt;
 
 /// How long one scenario may run, browser start included.

@@ -303,7 +303,6 @@ pub struct Request {
     pub method: String,
     /// The path without the query string, e.g. `/v1/chat/completions`.
     pub path: String,
-    pub query: Option<String>,
     /// Header names are lowercased; values are kept as sent (lossily decoded).
     pub headers: Vec<(String, String)>,
     /// The body as received (chunked transfer encoding undone).
@@ -312,7 +311,6 @@ pub struct Request {
     pub json: Option<Value>,
     /// The parts of a `multipart/form-data` body, in order.
     pub parts: Vec<Part>,
-    pub received_at: Instant,
 }
 
 /// One part of a `multipart/form-data` body.
@@ -369,7 +367,6 @@ pub struct StreamRecord {
     pub request_index: usize,
     /// Whether the reply was [`Reply::hang`] rather than a stream.
     pub hang: bool,
-    pub opened_at: Instant,
     /// Frames fully written so far, `[DONE]` included.
     pub frames_sent: usize,
     /// How and when it ended; `None` while it is open.
@@ -507,11 +504,6 @@ impl FakeOpenAi {
         self.wait_until(timeout, |inner| (inner.requests.len() >= count).then_some(())).await.is_some()
     }
 
-    /// Every streamed or hanging reply so far, in the order they started.
-    pub fn streams(&self) -> Vec<StreamRecord> {
-        self.state.lock().streams.clone()
-    }
-
     /// The streamed or hanging reply to request `request_index` (an index into [`FakeOpenAi::requests`]).
     pub fn stream(&self, request_index: usize) -> Option<StreamRecord> {
         self.state.lock().streams.iter().find(|stream| stream.request_index == request_index).cloned()
@@ -545,13 +537,6 @@ impl FakeOpenAi {
     /// Streamed or hanging replies whose connection is open now.
     pub fn open_streams(&self) -> usize {
         self.state.lock().streams.iter().filter(|stream| stream.end.is_none()).count()
-    }
-
-    /// Waits (bounded) until no streamed or hanging reply is open; whether that happened.
-    pub async fn wait_no_open_streams(&self, timeout: Duration) -> bool {
-        self.wait_until(timeout, |inner| inner.streams.iter().all(|stream| stream.end.is_some()).then_some(()))
-            .await
-            .is_some()
     }
 
     async fn wait_until<T>(&self, timeout: Duration, mut check: impl FnMut(&Inner) -> Option<T>) -> Option<T> {
@@ -618,8 +603,7 @@ impl State {
         inner.requests.push(request);
         if let Kind::Stream(_) | Kind::Hang = reply.kind {
             let hang = matches!(reply.kind, Kind::Hang);
-            let record =
-                StreamRecord { request_index: index, hang, opened_at: Instant::now(), frames_sent: 0, end: None };
+            let record = StreamRecord { request_index: index, hang, frames_sent: 0, end: None };
             inner.streams.push(record);
         }
         drop(inner);
@@ -871,7 +855,6 @@ async fn read_request(
     };
     let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
     buffer.drain(..head_end + 4);
-    let received_at = Instant::now();
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut words = request_line.split_whitespace();
@@ -897,10 +880,8 @@ async fn read_request(
         };
         take(socket, buffer, length).await?
     };
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_string(), Some(query.to_string())),
-        None => (target.to_string(), None),
-    };
+    // The query string is not needed by any route.
+    let path = target.split_once('?').map_or(target, |(path, _)| path).to_string();
     let content_type = header(&headers, "content-type").unwrap_or_default().to_string();
     let parts = if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
         parse_multipart(&content_type, &body)
@@ -908,18 +889,7 @@ async fn read_request(
         Vec::new()
     };
     let json = if parts.is_empty() { serde_json::from_slice(&body).ok() } else { None };
-    Ok(Some(Request {
-        index: 0,
-        peer,
-        method: method.to_string(),
-        path,
-        query,
-        headers,
-        body,
-        json,
-        parts,
-        received_at,
-    }))
+    Ok(Some(Request { index: 0, peer, method: method.to_string(), path, headers, body, json, parts }))
 }
 
 /// Reads more bytes into `buffer`; false at end of stream.

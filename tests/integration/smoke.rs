@@ -1,7 +1,6 @@
 //! A first turn through the real server.
-mod common;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn a_turn_streams() {

@@ -1,10 +1,12 @@
 //! The model responder end to end: the whole gateway on loopback, its `OpenAiResponder` pointed at the fake
-//! OpenAI-compatible server of `common::fake_openai`, driven through `POST /chatkit` as ChatKit.js drives it.
-mod common;
+//! OpenAI-compatible server of `crate::common::fake_openai`, driven through `POST /chatkit` as ChatKit.js drives it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
+use crate::common::viewer::{rebuilt_text, Frame};
+use crate::common::*;
 use base64::Engine as _;
 use chatkit_gateway::config::Config;
 use chatkit_gateway::ids::UserId;
@@ -13,9 +15,6 @@ use chatkit_gateway::protocol::{ItemBody, Order, ThreadItem};
 use chatkit_gateway::responder::{ModelSettings, OpenAiResponder};
 use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::PageQuery;
-use common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
-use common::viewer::{rebuilt_text, Frame};
-use common::*;
 use serde_json::{json, Value};
 
 /// The key the gateway sends upstream; no part of it may ever reach a client.

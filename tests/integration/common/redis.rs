@@ -6,15 +6,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to accept connections after it is launched.
 const STARTUP: Duration = Duration::from_secs(10);
-/// Ports are drawn below Linux's ephemeral range (32768 and up), so an outgoing
-/// connection never holds the port a server is about to bind.
-const PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A running `redis-server`, killed when dropped.
 pub struct RedisServer {
@@ -28,7 +25,7 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         let mut failures = Vec::new();
         for _ in 0..10 {
-            let port = free_port();
+            let port = crate::common::free_port();
             let dir = tempfile::tempdir().expect("temp dir for redis-server");
             let mut server = RedisServer { port, dir, child: None };
             match server.launch() {
@@ -43,10 +40,6 @@ impl RedisServer {
     /// The server's URL, `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// Sends one command and returns the first line of its reply (`:1`, `+OK`,
@@ -133,17 +126,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A port in `PORTS` that nothing listens on now (never 6379).
-fn free_port() -> u16 {
-    for _ in 0..1000 {
-        let port = PORTS.start + (rand::random::<u16>() % (PORTS.end - PORTS.start));
-        if TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {PORTS:?}");
 }
 
 /// The process id of the Redis server answering on `port`, if one answers.

@@ -2,19 +2,18 @@
 //! one thread, deletion through the thread's actor, items in the hosted API's
 //! shapes, parameter errors, admin keys, the OpenAPI document, and validation
 //! of every answer by the `openai` SDK's own types (`tests/conformance/validate_hosted.py`).
-mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::common::gated::*;
+use crate::common::*;
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::ThreadItem;
 use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::{SqliteStore, Store};
-use common::gated::*;
-use common::*;
 use serde_json::{json, Value};
 
 /// Answers of the REST API, recorded for the reference types: (kind, label, body).

@@ -1,8 +1,7 @@
 //! The admin API: thread status changes and cancellation through the thread's actor.
-mod common;
 
-use common::gated::*;
-use common::*;
+use crate::common::gated::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 #[tokio::test]

@@ -1,8 +1,7 @@
 //! Malformed, unauthenticated, oversized and misdirected requests: each gets a JSON 4xx error, never a 5xx.
-mod common;
 
+use crate::common::*;
 use chatkit_gateway::protocol::Request;
-use common::*;
 use serde_json::{json, Value};
 
 /// A small body limit, so oversized bodies stay small in tests.

@@ -1,11 +1,10 @@
 //! Viewer streams on one replica (in-process fan-out): what a second tab sees.
-mod common;
 
 use std::time::Duration;
 
-use common::gated::*;
-use common::viewer::{self, rebuilt_text, Frame};
-use common::*;
+use crate::common::gated::*;
+use crate::common::viewer::{self, rebuilt_text, Frame};
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn thread_events(app: &TestApp, thread_id: &str) -> String {

@@ -1,19 +1,18 @@
 //! Client sessions: secrets that authenticate `/chatkit` and the viewer
 //! streams, their expiry and cancellation, their settings and rate limits.
-mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
+use crate::common::redis::RedisServer;
+use crate::common::viewer::{self, Viewer};
+use crate::common::*;
 use chatkit_gateway::config::Config;
 use chatkit_gateway::http::AuthMode;
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::{MemoryStore, Store};
-use common::redis::RedisServer;
-use common::viewer::{self, Viewer};
-use common::*;
 use serde_json::{json, Value};
 
 /// Everything the gateway logs in this test binary, to check that no secret leaks.
@@ -312,7 +311,9 @@ impl Responder for Reflect {
         let variables = turn.session.as_ref().and_then(|s| s.settings.workflow.state_variables.clone());
         let text = serde_json::to_string(&variables).unwrap();
         let thread_id = turn.thread.id();
-        Box::pin(futures_util::stream::iter(common::scripted::message_events(&thread_id, &text).into_iter().map(Ok)))
+        Box::pin(futures_util::stream::iter(
+            crate::common::scripted::message_events(&thread_id, &text).into_iter().map(Ok),
+        ))
     }
 }
 

@@ -1,18 +1,17 @@
 //! Graceful shutdown of the real binary: SIGTERM lets a streaming turn finish
 //! (or cancels it past the grace period, keeping its partial answer), closes
 //! viewer streams with a reconnect hint, and loses nothing that was accepted.
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
+use crate::common::viewer;
+use crate::common::*;
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::Order;
 use chatkit_gateway::store::{PageQuery, SqliteStore, Store};
-use common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
-use common::viewer;
-use common::*;
 use serde_json::{json, Value};
 
 struct Gateway {

@@ -6,12 +6,16 @@
 //! opens its first connections on the test's runtime, and the replicas' own
 //! threads use them; a current-thread runtime would stop driving them whenever
 //! the test thread blocks (restarting Redis, stopping a replica).
-mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::gated::{rest_of, start_slow};
+use crate::common::postgres::TestDatabase;
+use crate::common::redis::RedisServer;
+use crate::common::viewer::{rebuilt_text, Frame, Viewer};
+use crate::common::*;
 use chatkit_gateway::config::Config;
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::ids::{new_id, IdKind};
@@ -19,11 +23,6 @@ use chatkit_gateway::protocol::{AssistantMessageContent, ItemBody, ItemUpdate, O
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::{PageQuery, PostgresStore};
-use common::gated::{rest_of, start_slow};
-use common::postgres::TestDatabase;
-use common::redis::RedisServer;
-use common::viewer::{rebuilt_text, Frame, Viewer};
-use common::*;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -376,7 +375,7 @@ async fn a_viewer_resuming_on_another_replica_gets_what_it_missed_or_a_resync() 
     rename(a, &tid, "Two").await;
     let missed = steady.until(|f| f.kind() == "thread.updated").await;
     assert!(missed.len() > 4 && missed.len() < HISTORY, "{missed:?}");
-    let mut back = common::viewer::open(&thread_events(c, &tid), "alice", Some(last)).await;
+    let mut back = crate::common::viewer::open(&thread_events(c, &tid), "alice", Some(last)).await;
     let mut replayed = Vec::new();
     for _ in 0..missed.len() {
         replayed.push(back.next().await);
@@ -397,7 +396,7 @@ async fn a_viewer_resuming_on_another_replica_gets_what_it_missed_or_a_resync() 
         .to_string();
     // Once the steady viewer has the whole answer, so has Redis's history.
     steady.until(|f| f.kind() == "thread.item.done" && about(f, &answer_id)).await;
-    let mut stale = common::viewer::open(&thread_events(b, &tid), "alice", Some(last)).await;
+    let mut stale = crate::common::viewer::open(&thread_events(b, &tid), "alice", Some(last)).await;
     let frame = stale.next().await;
     assert_eq!((frame.kind(), &frame.data), ("resync", &json!({"reason": "gap"})), "{frame:?}");
     assert!(frame.id.is_some_and(|head| head > last + HISTORY as u64), "resync names the head: {frame:?}");

@@ -1,8 +1,7 @@
 //! Every ChatKit operation driven over HTTP against the real server with the echo responder.
-mod common;
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use serde_json::{json, Value};
 
 /// Longer than a title, with multibyte characters around the 40th so that a

@@ -1,13 +1,12 @@
 //! A client that leaves mid-turn: the partial answer and a hidden cancellation note are kept, the note never shown.
-mod common;
 
 use std::sync::Arc;
 
+use crate::common::scripted::{ScriptedResponder, Step};
+use crate::common::*;
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::{ItemBody, Order, ThreadItem};
 use chatkit_gateway::store::{MemoryStore, PageQuery, Store};
-use common::scripted::{ScriptedResponder, Step};
-use common::*;
 use serde_json::{json, Value};
 
 /// Everything stored for a thread, hidden items included, oldest first.

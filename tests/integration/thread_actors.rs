@@ -1,15 +1,14 @@
 //! Thread actors: one turn at a time per thread, a bounded queue, idle actors stop.
-mod common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::ItemBody;
 use chatkit_gateway::responder::{EchoResponder, EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::store::{MemoryStore, Store};
-use common::*;
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 

@@ -1,9 +1,8 @@
 //! Locked and closed threads refuse input with one error event and persist nothing.
-mod common;
 
+use crate::common::*;
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::ThreadStatus;
-use common::*;
 use serde_json::{json, Value};
 
 async fn set_status(app: &TestApp, user: &str, thread_id: &str, status: ThreadStatus) {

@@ -7,14 +7,13 @@
 //! after the macro cover what only concerns opening: URLs, re-opening a file and
 //! schema versions and migrations.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use crate::common::postgres::{admin_connection, TestDatabase};
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::ids::{new_id, new_secret, IdKind};
 use chatkit_gateway::protocol::{
@@ -25,7 +24,6 @@ use chatkit_gateway::store::{
     self, Entity, ListQuery, Listing, MemoryStore, PageQuery, PostgresStore, SessionRecord, SqliteStore, Store,
     StoreError,
 };
-use common::postgres::{admin_connection, TestDatabase};
 use sqlx::Connection;
 
 // ---------------------------------------------------------------------------

@@ -1,10 +1,9 @@
 //! What the engine makes of a responder that fails, panics or changes the thread mid-turn.
-mod common;
 
 use std::sync::Arc;
 
-use common::scripted::{ScriptedResponder, Step};
-use common::*;
+use crate::common::scripted::{ScriptedResponder, Step};
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn scripted_app(steps: Vec<Step>) -> TestApp {

@@ -1,11 +1,9 @@
-//! Self-test of the fake OpenAI server in `common::fake_openai`: every scripted behaviour seen through plain reqwest.
-
-mod common;
+//! Self-test of the fake OpenAI server in `crate::common::fake_openai`: every scripted behaviour seen through plain reqwest.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::fake_openai::{self, FakeOpenAi, Reply, StreamEnd, DEFAULT_TRANSCRIPTION, MODEL};
+use crate::common::fake_openai::{self, FakeOpenAi, Reply, StreamEnd, DEFAULT_TRANSCRIPTION, MODEL};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 

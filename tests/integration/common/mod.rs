@@ -1,5 +1,4 @@
 //! Shared integration-test helpers: spawn the real app on a loopback port and talk to it.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -346,4 +345,45 @@ impl TestApp {
         let status = response.status();
         (status, response.text().await.expect("body"))
     }
+}
+
+/// The variable that tells a child process which test it runs alone.
+const ALONE: &str = "CHATKIT_TEST_ALONE";
+
+/// For a test that needs the process to itself (it reads process-wide state
+/// that other tests move): in the test program's own run, re-runs this program
+/// with only `test` selected and checks that it ran and passed, then answers
+/// false; in that child, answers true, and the caller runs the test's body.
+pub fn alone(test: &str) -> bool {
+    if std::env::var(ALONE).is_ok_and(|name| name == test) {
+        return true;
+    }
+    let program = std::env::current_exe().expect("the test program's path");
+    let output = std::process::Command::new(program)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, test)
+        .output()
+        .expect("run the test in a process of its own");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "`{test}` failed in its own process:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "`{test}` did not run in its own process:\n{stdout}");
+    false
+}
+
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range, so no
+/// outgoing connection takes one between the check and its use, and clear of
+/// the well-known ports (6379, 5432) that real servers here listen on.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port that nothing listens on now, for a server a test starts
+/// itself (a `redis-server`, nginx) or for a connection that must be refused.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = TEST_PORTS.start + rand::random::<u16>() % (TEST_PORTS.end - TEST_PORTS.start);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }

@@ -1,12 +1,11 @@
 //! Wire conformance: everything the server sends for all 16 ops, judged by
 //! openai-chatkit 1.6.5's own pydantic types (`tests/conformance/validate.py`).
-mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use serde_json::{json, Value};
 
 fn find_item<'a>(events: &'a [Value], kind: &str) -> &'a Value {
@@ -82,7 +81,7 @@ async fn drive_every_op(app: &TestApp) {
 
 /// What viewer streams carried: the history stream during every op, and a
 /// thread stream through a turn with a widget, a rename and a status change.
-async fn viewer_frames(app: &TestApp, history: &mut common::viewer::Viewer) -> Vec<(&'static str, Value)> {
+async fn viewer_frames(app: &TestApp, history: &mut crate::common::viewer::Viewer) -> Vec<(&'static str, Value)> {
     let user = "conformance";
     let (tid, _) = app.create_thread(user, "watched").await;
     let mut thread = app.view_thread(user, &tid).await;

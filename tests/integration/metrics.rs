@@ -1,17 +1,16 @@
 //! `/metrics`: every family named in `telemetry::metrics` is exported after a
 //! short workload (turns through a model, a lock, viewers, Redis fan-out), and
 //! the values move the way the workload says.
-mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
+use crate::common::redis::RedisServer;
+use crate::common::*;
 use chatkit_gateway::config::Config;
 use chatkit_gateway::responder::OpenAiResponder;
 use chatkit_gateway::secret::Secret;
-use common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
-use common::redis::RedisServer;
-use common::*;
 use serde_json::json;
 
 /// The samples of a scrape: `name{labels}` → value.
@@ -51,8 +50,17 @@ impl Scrape {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_cover_every_family_and_move_with_the_work() {
+/// The registry is process-wide and every test of this program moves it, so
+/// the workload runs in a process of its own, where the exact counts hold.
+#[test]
+fn metrics_cover_every_family_and_move_with_the_work() {
+    if crate::common::alone("metrics::metrics_cover_every_family_and_move_with_the_work") {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(workload());
+    }
+}
+
+async fn workload() {
     let redis = RedisServer::start();
     let fake = FakeOpenAi::start();
     fake.route(|request| {

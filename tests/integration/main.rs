@@ -1,0 +1,30 @@
+//! The integration tests, as one program: each module is one area, and all of
+//! them share `common` (the app spawner, the fake OpenAI server, Redis and
+//! PostgreSQL helpers) compiled once.
+//!
+//! Every test builds the real app on a loopback port (or runs the real
+//! binary), so they run side by side in one process; the few that need the
+//! process to themselves say so (see `metrics`).
+
+mod common;
+
+mod bad_input;
+mod browser;
+mod cancellation;
+mod chatkit_ops;
+mod conformance;
+mod deploy;
+mod fake_openai_selftest;
+mod metrics;
+mod model_responder;
+mod replicas;
+mod responder_failures;
+mod rest_api;
+mod sessions;
+mod shutdown;
+mod smoke;
+mod store_contract;
+mod thread_actors;
+mod thread_admin;
+mod thread_status;
+mod viewers;
