@@ -19,8 +19,6 @@ use crate::common::redis::RedisServer;
 use crate::common::*;
 use chatkit_gateway::protocol::{ItemUpdate, ThreadStreamEvent};
 use chatkit_gateway::responder::{EchoResponder, EventStream, RespondInput, Responder, TurnContext};
-use chatkit_gateway::secret::Secret;
-use chatkit_gateway::store::{MemoryStore, Store};
 use futures_util::StreamExt;
 
 /// How long one scenario may run, browser start included.
@@ -168,17 +166,9 @@ fn a_rename_in_one_tab_shows_in_the_other_tabs_history_list() {
 #[test]
 fn two_tabs_on_two_replicas_sharing_redis_stay_in_sync() {
     let redis = RedisServer::start();
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let replica = || {
-        let url = redis.url();
-        spawn(Spawn {
-            store: Some(store.clone()),
-            configure: Box::new(move |config| config.fanout.redis_url = Some(Secret::new(url))),
-            ..paced()
-        })
-    };
-    let (one, two) = (replica(), replica());
-    run("replicas", &[&one, &two]);
+    let replicas = redis.replicas(2, paced);
+    let (one, two) = (&replicas[0], &replicas[1]);
+    run("replicas", &[one, two]);
 }
 
 #[test]

@@ -19,25 +19,10 @@ fn find_item<'a>(events: &'a [Value], kind: &str) -> &'a Value {
 /// Drives every op, recording each response and event.
 async fn drive_every_op(app: &TestApp) {
     let user = "conformance";
-    // Attachments first, so a message can carry one.
-    let image =
-        app.call(user, "attachments.create", json!({"name": "cat.png", "size": 3, "mime_type": "image/png"})).await;
+    // A message that carries an attachment and every other kind of input.
+    let created = app.create_rich_thread(user).await;
     let file =
         app.call(user, "attachments.create", json!({"name": "notes.txt", "size": 5, "mime_type": "text/plain"})).await;
-    let upload_url = image["upload_descriptor"]["url"].as_str().expect("upload url");
-    let uploaded = app.client.put(upload_url).body(vec![1u8, 2, 3]).send().await.expect("upload");
-    assert!(uploaded.status().is_success());
-
-    let input = json!({
-        "content": [
-            {"type": "input_text", "text": "Look at this "},
-            {"type": "input_tag", "id": "t1", "text": "@cat", "data": {"k": "v"}, "interactive": true}
-        ],
-        "attachments": [image["id"]],
-        "quoted_text": "a quote",
-        "inference_options": {"model": "echo", "tool_choice": {"id": "search"}}
-    });
-    let created = app.stream(user, "threads.create", json!({"input": input})).await;
     let thread_id = created[0]["thread"]["id"].as_str().unwrap().to_string();
     let tid = thread_id.as_str();
     app.say(user, tid, "second message").await;

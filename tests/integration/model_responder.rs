@@ -132,6 +132,21 @@ fn turn_error(events: &[Value]) -> Value {
     last
 }
 
+/// Sends a message the gateway must refuse before calling the model: its turn
+/// ends with one error event (no retry) whose message names every one of
+/// `names`, and the model service gets no new request. Answers the events.
+async fn refused_before_upstream(m: &Model, thread_id: &str, input: Value, names: &[&str]) -> Vec<Value> {
+    let before = m.fake.chat_requests().len();
+    let events =
+        m.app.stream("alice", "threads.add_user_message", json!({"thread_id": thread_id, "input": input})).await;
+    let error = turn_error(&events);
+    assert_eq!(error["allow_retry"], false);
+    let message = message_of(&error);
+    assert!(names.iter().all(|name| message.contains(name)), "{message} names {names:?}");
+    assert_eq!(m.fake.chat_requests().len(), before, "no model call for a refused message");
+    events
+}
+
 /// The message of an error event.
 fn message_of(error: &Value) -> &str {
     error["message"].as_str().unwrap_or_else(|| panic!("an error event without a message: {error}"))
@@ -455,13 +470,8 @@ async fn a_message_picks_an_allowed_model_and_an_unknown_one_is_refused_before_a
 
     let input = input_with("hello", json!({"model": "gpt-unknown"}));
     let events =
-        m.app.stream("alice", "threads.add_user_message", json!({"thread_id": thread_id, "input": input})).await;
+        refused_before_upstream(&m, &thread_id, input, &["gpt-unknown", "fake-model, big-model, small-model"]).await;
     assert_eq!(kinds(&events), ["thread.item.done", "stream_options", "error"]);
-    let error = turn_error(&events);
-    assert_eq!(error["allow_retry"], false);
-    let message = message_of(&error);
-    assert!(message.contains("gpt-unknown") && message.contains("fake-model, big-model, small-model"), "{message}");
-    assert_eq!(m.fake.chat_requests().len(), 2, "no upstream call for an unknown model");
 }
 
 // ---------------------------------------------------------------------------
@@ -531,13 +541,7 @@ async fn a_chosen_tool_is_forced_for_that_message_and_an_undeclared_one_is_refus
     assert!(after_output["tools"].is_array(), "the tools are still offered");
 
     let input = input_with("Delete everything", json!({"tool_choice": {"id": "rm_rf"}}));
-    let events =
-        m.app.stream("alice", "threads.add_user_message", json!({"thread_id": thread_id, "input": input})).await;
-    let error = turn_error(&events);
-    assert_eq!(error["allow_retry"], false);
-    let message = message_of(&error);
-    assert!(message.contains("rm_rf") && message.contains("get_time, open_tab"), "{message}");
-    assert_eq!(m.fake.chat_requests().len(), 2, "no upstream call for an undeclared tool");
+    refused_before_upstream(&m, &thread_id, input, &["rm_rf", "get_time, open_tab"]).await;
 }
 
 #[tokio::test]

@@ -271,20 +271,7 @@ async fn store_item(app: &TestApp, thread_id: &str, id: &str, body: Value) {
 /// stored directly for the types it does not make (hidden ones among them).
 async fn rich_thread(app: &TestApp) -> String {
     let user = "alice";
-    let image =
-        app.call(user, "attachments.create", json!({"name": "cat.png", "size": 3, "mime_type": "image/png"})).await;
-    let upload_url = image["upload_descriptor"]["url"].as_str().expect("upload url");
-    assert!(app.client.put(upload_url).body(vec![1u8, 2, 3]).send().await.expect("upload").status().is_success());
-    let input = json!({
-        "content": [
-            {"type": "input_text", "text": "Look at this "},
-            {"type": "input_tag", "id": "t1", "text": "@cat", "data": {"k": "v"}, "interactive": true}
-        ],
-        "attachments": [image["id"]],
-        "quoted_text": "a quote",
-        "inference_options": {"model": "echo", "tool_choice": {"id": "search"}}
-    });
-    let created = app.stream(user, "threads.create", json!({"input": input})).await;
+    let created = app.create_rich_thread(user).await;
     let tid = created[0]["thread"]["id"].as_str().unwrap().to_string();
     store_item(app, &tid, "hid_1", json!({"type": "hidden_context_item", "content": "for the model only"})).await;
     app.say(user, &tid, "/widget").await;

@@ -12,7 +12,6 @@ use chatkit_gateway::config::Config;
 use chatkit_gateway::http::AuthMode;
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::secret::Secret;
-use chatkit_gateway::store::{MemoryStore, Store};
 use serde_json::{json, Value};
 
 /// Everything the gateway logs in this test binary, to check that no secret leaks.
@@ -272,27 +271,16 @@ async fn past_the_rate_limit_requests_get_429_and_write_nothing() {
 async fn the_rate_limit_holds_across_replicas() {
     capture_logs();
     let redis = RedisServer::start();
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let replica = || {
-        let url = redis.url();
-        spawn(Spawn {
-            store: Some(store.clone()),
-            configure: Box::new(move |c| {
-                session_auth(c);
-                c.fanout.redis_url = Some(Secret::new(url));
-            }),
-            ..Default::default()
-        })
-    };
-    let (a, b) = (replica(), replica());
+    let replicas = redis.replicas(2, || Spawn { configure: Box::new(session_auth), ..Default::default() });
+    let [a, b] = &replicas[..] else { unreachable!("two replicas") };
     let session =
-        create(&a, json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 4}}))
+        create(a, json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 4}}))
             .await;
     let secret = session["client_secret"].as_str().unwrap();
     avoid_minute_boundary().await;
     let mut statuses = Vec::new();
     for n in 0..6 {
-        let app = if n % 2 == 0 { &a } else { &b };
+        let app = if n % 2 == 0 { a } else { b };
         statuses.push(call_with(app, secret, "threads.list", json!({})).await.0);
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "four in all, wherever they land");

@@ -203,6 +203,28 @@ impl TestApp {
         (id, events)
     }
 
+    /// Starts a thread whose first message uses every kind of user input: text,
+    /// a tag, an uploaded image attachment, a quote and inference options.
+    /// Answers the `threads.create` stream.
+    pub async fn create_rich_thread(&self, user: &str) -> Vec<Value> {
+        let image = self
+            .call(user, "attachments.create", json!({"name": "cat.png", "size": 3, "mime_type": "image/png"}))
+            .await;
+        let upload_url = image["upload_descriptor"]["url"].as_str().expect("upload url");
+        let uploaded = self.client.put(upload_url).body(vec![1u8, 2, 3]).send().await.expect("upload");
+        assert!(uploaded.status().is_success(), "the upload answered {}", uploaded.status());
+        let input = json!({
+            "content": [
+                {"type": "input_text", "text": "Look at this "},
+                {"type": "input_tag", "id": "t1", "text": "@cat", "data": {"k": "v"}, "interactive": true}
+            ],
+            "attachments": [image["id"]],
+            "quoted_text": "a quote",
+            "inference_options": {"model": "echo", "tool_choice": {"id": "search"}}
+        });
+        self.stream(user, "threads.create", json!({"input": input})).await
+    }
+
     /// Sends a user message to a thread; returns the turn's events.
     pub async fn say(&self, user: &str, thread_id: &str, text: &str) -> Vec<Value> {
         self.stream(user, "threads.add_user_message", json!({"thread_id": thread_id, "input": text_input(text)})).await

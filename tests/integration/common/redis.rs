@@ -8,7 +8,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use chatkit_gateway::secret::Secret;
+use chatkit_gateway::store::{MemoryStore, Store};
+
+use crate::common::{Spawn, TestApp};
 
 /// How long a server may take to accept connections after it is launched.
 const STARTUP: Duration = Duration::from_secs(10);
@@ -38,6 +44,24 @@ impl RedisServer {
     }
 
     /// The server's URL, `redis://127.0.0.1:<port>`.
+    /// `count` replicas of one gateway on loopback: apps sharing one in-memory
+    /// store and this server for fan-out, each spawned as `spawn` describes.
+    pub fn replicas(&self, count: usize, spawn: impl Fn() -> Spawn) -> Vec<TestApp> {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        (0..count)
+            .map(|_| {
+                let mut replica = spawn();
+                let (configure, url) = (replica.configure, self.url());
+                replica.configure = Box::new(move |config| {
+                    configure(config);
+                    config.fanout.redis_url = Some(Secret::new(url));
+                });
+                replica.store = Some(store.clone());
+                crate::common::spawn(replica)
+            })
+            .collect()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
