@@ -6,6 +6,7 @@
 //! answered with an error status, not a broken stream), and `run` streams the
 //! response into a bounded channel, persisting as it goes.
 
+mod admin;
 mod announce;
 mod attachments;
 mod pending;

@@ -98,11 +98,7 @@ fn json_body(answer: &JsonAnswer) -> Result<Vec<u8>, ApiError> {
     };
     encoded.map_err(|e| {
         tracing::error!(error = %e, "could not serialize an answer");
-        ApiError::new(
-            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "could not encode the answer",
-        )
+        ApiError::unencodable()
     })
 }
 

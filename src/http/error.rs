@@ -23,7 +23,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into(), retry_after: None }
     }
 
@@ -48,12 +48,22 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    fn internal() -> Self {
+    /// A failure inside the gateway, answered with a generic message; the caller logs the cause.
+    pub(super) fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed to process the request")
+    }
+
+    /// An answer that could not be encoded; the caller logs the cause.
+    pub(super) fn unencodable() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "could not encode the answer")
     }
 
     /// The error family, by status, as in OpenAI-style error bodies.
@@ -133,7 +143,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound { .. } => ApiError::not_found(error.to_string()),
             EngineError::BadRequest(message) => ApiError::bad_request(message),
             EngineError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            EngineError::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            EngineError::Forbidden(message) => ApiError::forbidden("forbidden", message),
             EngineError::PayloadTooLarge(message) => ApiError::payload_too_large(message),
             EngineError::Unsupported(message) => ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message),
             EngineError::Busy(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "thread_busy", message),

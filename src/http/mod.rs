@@ -3,21 +3,20 @@
 //! Handlers parse, call the engine and frame its answers; they hold no protocol
 //! logic. `error` is the only place that maps errors to status codes.
 
-mod admin;
 mod attachments;
 mod chatkit;
 mod error;
 mod page;
-mod rest;
-mod sessions;
+mod v1;
 mod viewers;
 
 use std::sync::Arc;
 
+use actix_web::error::PayloadError;
 use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 
 use crate::engine::Engine;
 use crate::fanout::Health;
@@ -26,8 +25,8 @@ use crate::sessions::{ActiveSession, AuthError, Sessions};
 use crate::telemetry::metrics::METRICS;
 use crate::thread::ThreadRegistry;
 
-pub use admin::AdminAccess;
 pub use error::ApiError;
+pub use v1::AdminAccess;
 
 /// The longest user id accepted, in bytes.
 const MAX_USER_ID_BYTES: usize = 256;
@@ -55,15 +54,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/chatkit/attachments/{id}/upload", web::post().to(attachments::upload))
         .route("/chatkit/attachments/{id}/upload", web::put().to(attachments::upload))
         .route("/chatkit/attachments/{id}/content", web::get().to(attachments::content))
-        .route("/v1/chatkit/sessions", web::post().to(sessions::create))
-        .route("/v1/chatkit/sessions/{session_id}/cancel", web::post().to(sessions::cancel))
-        .route("/v1/openapi.json", web::get().to(rest::openapi))
-        .route("/v1/chatkit/threads", web::get().to(rest::list_threads))
-        .route("/v1/chatkit/threads/{thread_id}", web::get().to(rest::get_thread))
-        .route("/v1/chatkit/threads/{thread_id}", web::delete().to(rest::delete_thread))
-        .route("/v1/chatkit/threads/{thread_id}/items", web::get().to(rest::list_items))
-        .route("/v1/chatkit/threads/{thread_id}/status", web::post().to(admin::set_status))
-        .route("/v1/chatkit/threads/{thread_id}/cancel", web::post().to(admin::cancel))
+        .configure(v1::routes)
         .route("/chatkit/threads/{thread_id}/events", web::get().to(viewers::thread_events))
         .route("/chatkit/events", web::get().to(viewers::history_events))
         .route("/healthz", web::get().to(healthz))
@@ -97,11 +88,11 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
         // Stopping: the load balancer should send new work elsewhere.
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "stopping"}));
     }
-    let store = match state.engine.store().ping().await {
-        Ok(()) => serde_json::json!({"backend": state.engine.store().backend(), "state": "ok"}),
+    let store = match state.engine.ping_store().await {
+        Ok(()) => serde_json::json!({"backend": state.engine.store_backend(), "state": "ok"}),
         Err(error) => {
             tracing::warn!(%error, "readiness: store unreachable");
-            serde_json::json!({"backend": state.engine.store().backend(), "state": "unreachable"})
+            serde_json::json!({"backend": state.engine.store_backend(), "state": "unreachable"})
         }
     };
     let fanout = state.engine.fanout();
@@ -175,7 +166,11 @@ fn user_of(request: &HttpRequest, state: &State) -> Result<UserId, ApiError> {
 }
 
 /// Reads a whole body, refusing with 413 as soon as it passes `limit`.
-async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::payload_too_large(format!("request body exceeds the limit of {limit} bytes"));
     let declared = request
         .headers()

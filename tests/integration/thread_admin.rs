@@ -152,11 +152,18 @@ async fn status_changes_need_a_valid_body_and_a_known_thread() {
 
 #[tokio::test]
 async fn admin_keys_guard_the_admin_api() {
-    let (app, _gate) = spawn_gated(|config| config.access.admin_keys = vec!["k-123".parse().unwrap()]);
+    let (app, _gate) = spawn_gated(|config| {
+        config.access.admin_keys = vec!["k-123".parse().unwrap()];
+        config.server.max_body_bytes = 4096;
+    });
     let (tid, _) = app.create_thread("alice", "hello").await;
     let path = format!("/v1/chatkit/threads/{tid}/status");
     assert_eq!(app.admin(&path, json!({"type": "locked"}), None).await.0, 401);
     assert_eq!(app.admin(&path, json!({"type": "locked"}), Some("wrong")).await.0, 401);
+    // The key is checked before the body is read: a body over the limit is refused for its key first.
+    let oversized = json!({"type": "locked", "reason": "x".repeat(8192)});
+    assert_eq!(app.admin(&path, oversized.clone(), None).await.0, 401);
+    assert_eq!(app.admin(&path, oversized, Some("k-123")).await.0, 413);
     assert_eq!(app.admin(&path, json!({"type": "locked"}), Some("k-123")).await.0, 200);
 }
 
