@@ -101,15 +101,17 @@ impl App {
         let store = Instrumented::wrap(store);
         let responder_name = responder.name();
         let fanout = fanout::open(config.redis_url.as_ref().map(|url| url.expose()), config.fanout_settings())?;
-        let fanout_name = fanout.name();
+        let fanout_name = fanout.bus.name();
+        let sessions = Arc::new(Sessions::new(store.clone(), fanout.coordination.clone()));
         let engine = Arc::new(Engine::new(
             store,
             responder,
-            fanout,
+            fanout.bus,
+            sessions.clone(),
             AttachmentFiles::new(&config.data_dir),
             EngineSettings { public_url, max_upload_bytes: config.max_upload_bytes },
         ));
-        let threads = ThreadRegistry::new(engine.clone(), config.thread_settings());
+        let threads = ThreadRegistry::new(engine.clone(), fanout.coordination, config.thread_settings());
         let admin = if !config.admin_keys.is_empty() {
             AdminAccess::Keys(config.admin_keys.clone())
         } else if addr.ip().is_loopback() {
@@ -126,7 +128,6 @@ impl App {
                 "CHATKIT_AUTH=header on a non-loopback bind: deploy only behind a proxy that sets the user header"
             );
         }
-        let sessions = Arc::new(Sessions::new(engine.store().clone(), engine.fanout().clone()));
         let state = web::Data::new(http::State {
             engine: engine.clone(),
             threads: threads.clone(),
