@@ -27,6 +27,7 @@ struct TopicState {
     touched: Option<Instant>,
 }
 
+/// The in-process backend: both its [`Bus`] and its [`Coordination`].
 pub struct LocalFanout {
     settings: FanoutSettings,
     hub: Arc<Hub>,

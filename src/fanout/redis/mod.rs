@@ -46,6 +46,8 @@ const RESYNC_NOTICE: &str = "resync ";
 /// Subscription changes waiting for the subscriber task.
 const COMMAND_QUEUE: usize = 4096;
 
+/// The Redis backend, one per replica: both its [`Bus`](super::Bus) and its
+/// [`Coordination`](super::Coordination).
 pub struct RedisFanout {
     settings: FanoutSettings,
     hub: Arc<Hub>,
