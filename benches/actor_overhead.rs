@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatkit_gateway::engine::{AttachmentFiles, CancelSignal, Engine, EngineSettings};
-use chatkit_gateway::fanout::{FanoutSettings, LocalFanout};
+use chatkit_gateway::fanout::{self, FanoutSettings};
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::{Request, ThreadStreamEvent};
 use chatkit_gateway::responder::EchoResponder;
-use chatkit_gateway::store::MemoryStore;
+use chatkit_gateway::sessions::Sessions;
+use chatkit_gateway::store::{MemoryStore, Store};
 use chatkit_gateway::thread::{ThreadRegistry, ThreadSettings};
 use tokio::sync::mpsc;
 
@@ -45,14 +46,12 @@ fn main() {
     let files = AttachmentFiles::new(&data);
     actix::System::new().block_on(async move {
         let settings = EngineSettings { public_url: "http://127.0.0.1".into(), max_upload_bytes: 1 << 20 };
-        let engine = Arc::new(Engine::new(
-            Arc::new(MemoryStore::new()),
-            Arc::new(EchoResponder::new()),
-            Arc::new(LocalFanout::new(FanoutSettings::default())),
-            files,
-            settings,
-        ));
-        let threads = ThreadRegistry::new(engine.clone(), ThreadSettings::default());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let fanout = fanout::open(None, FanoutSettings::default()).expect("in-process fan-out");
+        let sessions = Arc::new(Sessions::new(store.clone(), fanout.coordination.clone()));
+        let engine =
+            Arc::new(Engine::new(store, Arc::new(EchoResponder::new()), fanout.bus, sessions, files, settings));
+        let threads = ThreadRegistry::new(engine.clone(), fanout.coordination, ThreadSettings::default());
         let user = UserId("bench".into());
         let create = request(
             r#"{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"hi"}]}}}"#.into(),

@@ -101,15 +101,17 @@ impl App {
         let store = Instrumented::wrap(store);
         let responder_name = responder.name();
         let fanout = fanout::open(config.fanout.redis_url.as_ref().map(|url| url.expose()), config.fanout.settings())?;
-        let fanout_name = fanout.name();
+        let fanout_name = fanout.bus.name();
+        let sessions = Arc::new(Sessions::new(store.clone(), fanout.coordination.clone()));
         let engine = Arc::new(Engine::new(
             store,
             responder,
-            fanout,
+            fanout.bus,
+            sessions.clone(),
             AttachmentFiles::new(&config.storage.data_dir),
             EngineSettings { public_url, max_upload_bytes: config.storage.max_upload_bytes },
         ));
-        let threads = ThreadRegistry::new(engine.clone(), config.threads.settings());
+        let threads = ThreadRegistry::new(engine.clone(), fanout.coordination, config.threads.settings());
         let admin = if !config.access.admin_keys.is_empty() {
             AdminAccess::Keys(config.access.admin_keys.clone())
         } else if addr.ip().is_loopback() {
@@ -127,7 +129,6 @@ impl App {
                 "CHATKIT_AUTH=header on a non-loopback bind: deploy only behind a proxy that sets the user header"
             );
         }
-        let sessions = Arc::new(Sessions::new(engine.store().clone(), engine.fanout().clone()));
         let state = web::Data::new(http::State {
             engine: engine.clone(),
             threads: threads.clone(),

@@ -5,18 +5,18 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::fanout::{Fanout, Kind, SnapshotChange, Topic};
+use crate::fanout::{Bus, MessageKind, SnapshotChange, Topic};
 use crate::ids::UserId;
 use crate::protocol::{Thread, ThreadStreamEvent};
 
 #[derive(Clone)]
 pub struct Announcer {
-    fanout: Arc<dyn Fanout>,
+    bus: Arc<dyn Bus>,
 }
 
 impl Announcer {
-    pub fn new(fanout: Arc<dyn Fanout>) -> Self {
-        Announcer { fanout }
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Announcer { bus }
     }
 
     /// A title or status change: for the thread's viewers and its owner's history.
@@ -24,25 +24,25 @@ impl Announcer {
         let event = ThreadStreamEvent::ThreadUpdated { thread: thread.clone() };
         let body = encode(&event);
         let thread_topic = Topic::Thread(thread.id.clone());
-        self.fanout.publish(&thread_topic, Kind::Event, body.clone(), SnapshotChange::Keep).await;
-        self.fanout.publish(&Topic::User(user.clone()), Kind::Event, body, SnapshotChange::Keep).await;
+        self.bus.publish(&thread_topic, MessageKind::Event, body.clone(), SnapshotChange::Keep).await;
+        self.bus.publish(&Topic::User(user.clone()), MessageKind::Event, body, SnapshotChange::Keep).await;
     }
 
     pub async fn thread_created(&self, user: &UserId, thread: &Thread) {
         let event = ThreadStreamEvent::ThreadCreated { thread: thread.clone() };
-        self.fanout.publish(&Topic::User(user.clone()), Kind::Event, encode(&event), SnapshotChange::Keep).await;
+        self.bus.publish(&Topic::User(user.clone()), MessageKind::Event, encode(&event), SnapshotChange::Keep).await;
     }
 
     pub async fn thread_deleted(&self, user: &UserId, thread_id: &str) {
         let body = json!({ "thread_id": thread_id }).to_string();
         let thread_topic = Topic::Thread(thread_id.to_string());
-        self.fanout.publish(&thread_topic, Kind::Deleted, body.clone(), SnapshotChange::Clear).await;
-        self.fanout.publish(&Topic::User(user.clone()), Kind::Deleted, body, SnapshotChange::Keep).await;
+        self.bus.publish(&thread_topic, MessageKind::Deleted, body.clone(), SnapshotChange::Clear).await;
+        self.bus.publish(&Topic::User(user.clone()), MessageKind::Deleted, body, SnapshotChange::Keep).await;
     }
 
     /// An item event of a turn, with what it does to the in-progress snapshot.
     pub async fn item_event(&self, thread_id: &str, event: &ThreadStreamEvent, snapshot: SnapshotChange) {
-        self.fanout.publish(&Topic::Thread(thread_id.to_string()), Kind::Event, encode(event), snapshot).await;
+        self.bus.publish(&Topic::Thread(thread_id.to_string()), MessageKind::Event, encode(event), snapshot).await;
     }
 
     /// A turn event, routed by type; events that only concern the requesting

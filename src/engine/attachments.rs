@@ -117,7 +117,7 @@ impl Engine {
                     )));
                 }
             }
-            if !crate::sessions::admit_upload(self.fanout.as_ref(), session).await {
+            if !self.sessions.admit_upload(session).await {
                 return Err(EngineError::Forbidden(format!(
                     "this session may upload at most {} files",
                     upload.max_files.unwrap_or_default()

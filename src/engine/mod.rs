@@ -19,14 +19,14 @@ use std::sync::Arc;
 use base64::Engine as _;
 use futures_util::FutureExt;
 
-use crate::fanout::Fanout;
+use crate::fanout::{Bus, CatchUp, FanoutError, Health, Subscription, Topic};
 use crate::ids::UserId;
 use crate::protocol::{
     Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem, ThreadStatus,
     TranscriptionResult, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
-use crate::sessions::ActiveSession;
+use crate::sessions::{ActiveSession, Sessions};
 use crate::store::{Entity, PageQuery, Store, StoreError};
 use crate::telemetry::metrics::METRICS;
 
@@ -152,24 +152,24 @@ pub struct Engine {
     responder: Arc<dyn Responder>,
     files: AttachmentFiles,
     settings: EngineSettings,
-    fanout: Arc<dyn Fanout>,
+    /// Carries the announcements and the viewers' subscriptions.
+    bus: Arc<dyn Bus>,
     announce: Announcer,
+    /// Counts uploads against the caller's session.
+    sessions: Arc<Sessions>,
 }
 
 impl Engine {
     pub fn new(
         store: Arc<dyn Store>,
         responder: Arc<dyn Responder>,
-        fanout: Arc<dyn Fanout>,
+        bus: Arc<dyn Bus>,
+        sessions: Arc<Sessions>,
         files: AttachmentFiles,
         settings: EngineSettings,
     ) -> Self {
-        let announce = Announcer::new(fanout.clone());
-        Engine { stats: EngineStats::default(), store, responder, files, settings, fanout, announce }
-    }
-
-    pub fn fanout(&self) -> &Arc<dyn Fanout> {
-        &self.fanout
+        let announce = Announcer::new(bus.clone());
+        Engine { stats: EngineStats::default(), store, responder, files, settings, bus, announce, sessions }
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -291,6 +291,26 @@ impl Engine {
     /// Checks that `user` may view a thread: 404 for a thread of another user.
     pub async fn check_viewer(&self, user: &UserId, thread_id: &str) -> EngineResult<()> {
         self.store.load_thread(user, thread_id).await.map(|_| ()).map_err(EngineError::from)
+    }
+
+    /// Joins `topic` as a viewer whose `Last-Event-ID` is `after`. It
+    /// subscribes before it catches up, so that a message published in
+    /// between is in one or both (the viewer skips the second copy), never in
+    /// neither.
+    pub async fn watch(&self, topic: &Topic, after: Option<u64>) -> (Subscription, Result<CatchUp, FanoutError>) {
+        let subscription = self.bus.subscribe(topic).await;
+        let catch_up = self.bus.catch_up(topic, after).await;
+        (subscription, catch_up)
+    }
+
+    /// The fan-out backend's name (`local` or `redis`), for health reports and metrics.
+    pub fn fanout_backend(&self) -> &'static str {
+        self.bus.name()
+    }
+
+    /// Whether fan-out to other replicas works now, for readiness.
+    pub fn fanout_health(&self) -> Health {
+        self.bus.health()
     }
 
     /// Checks that a thread exists, for operator endpoints.

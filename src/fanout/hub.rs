@@ -6,12 +6,12 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::{broadcast, mpsc};
 
-use super::Stamped;
+use super::SequencedMessage;
 
 /// What a local viewer receives.
 #[derive(Clone, Debug)]
 pub enum Delivery {
-    Message(Arc<Stamped>),
+    Message(Arc<SequencedMessage>),
     /// Messages may have been missed (the backend lost its connection): the
     /// viewer must refetch what it shows.
     Resync,

@@ -10,9 +10,10 @@ use crate::telemetry::metrics::METRICS;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
+use super::coordination::LocalCounters;
 use super::{
-    now_us, sequence_base, CatchUp, Delivery, Fanout, FanoutError, FanoutSettings, Health, Hub, Kind, Lease,
-    LocalCounters, Snapshot, SnapshotChange, Stamped, Subscription, Topic,
+    now_us, sequence_base, Backend, Bus, CatchUp, Coordination, Delivery, FanoutError, FanoutSettings, Health, Hub,
+    Lease, MessageKind, SequencedMessage, Snapshot, SnapshotChange, Subscription, Topic,
 };
 
 /// How often topics without viewers and recent messages are forgotten.
@@ -21,11 +22,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct TopicState {
     seq: u64,
-    history: VecDeque<Arc<Stamped>>,
+    history: VecDeque<Arc<SequencedMessage>>,
     snapshot: Option<Snapshot>,
     touched: Option<Instant>,
 }
 
+/// The in-process backend: both its [`Bus`] and its [`Coordination`].
 pub struct LocalFanout {
     settings: FanoutSettings,
     hub: Arc<Hub>,
@@ -71,19 +73,25 @@ async fn sweep(topics: Weak<DashMap<String, Arc<Mutex<TopicState>>>>, hub: Arc<H
     }
 }
 
-#[async_trait]
-impl Fanout for LocalFanout {
+impl Backend for LocalFanout {
     fn name(&self) -> &'static str {
         "local"
     }
 
-    async fn publish(&self, topic: &Topic, kind: Kind, body: String, snapshot: SnapshotChange) {
+    fn health(&self) -> Health {
+        Health::Local
+    }
+}
+
+#[async_trait]
+impl Bus for LocalFanout {
+    async fn publish(&self, topic: &Topic, kind: MessageKind, body: String, snapshot: SnapshotChange) {
         METRICS.fanout_published.with_label_values(&[topic.kind()]).inc();
         let channel = topic.channel();
         let state = self.topic(&channel);
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         state.seq = if state.seq == 0 { sequence_base() } else { state.seq + 1 };
-        let message = Arc::new(Stamped { seq: state.seq, sent_at_us: now_us(), kind, body });
+        let message = Arc::new(SequencedMessage { seq: state.seq, sent_at_us: now_us(), kind, body });
         state.history.push_back(message.clone());
         while state.history.len() > self.settings.history {
             state.history.pop_front();
@@ -119,7 +127,10 @@ impl Fanout for LocalFanout {
         };
         Ok(CatchUp { head: state.seq, snapshot: state.snapshot.clone(), history })
     }
+}
 
+#[async_trait]
+impl Coordination for LocalFanout {
     async fn lease(&self, _thread_id: &str) -> Result<Lease, FanoutError> {
         // One process: the thread's actor already runs its messages one at a time.
         Ok(Lease::local())
@@ -143,9 +154,5 @@ impl Fanout for LocalFanout {
 
     fn session_ends(&self) -> broadcast::Receiver<String> {
         self.session_ends.subscribe()
-    }
-
-    fn health(&self) -> Health {
-        Health::Local
     }
 }

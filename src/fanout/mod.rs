@@ -1,14 +1,21 @@
 //! Fan-out of thread and history events to live viewers, on this replica and
-//! on every other one, plus the cross-replica coordination turns need (the
-//! per-thread lease and cancel requests).
+//! on every other one, plus the cross-replica coordination turns and sessions
+//! need.
 //!
-//! Two backends sit behind the [`Fanout`] trait: `local` (in-process only, the
-//! single-node default) and `redis` (pub/sub between replicas). Both number
-//! each topic's messages with a monotonic sequence, keep a bounded history for
-//! viewers that reconnect, and hand messages to local viewers through the
-//! shared [`Hub`]. The module knows nothing of HTTP or actors: it carries
-//! opaque JSON bodies that the engine writes and the HTTP layer frames.
+//! Two traits split the work: a [`Bus`] carries numbered messages to viewers
+//! (publish, subscribe, catch up), and [`Coordination`] is what replicas agree
+//! on beside them (per-thread leases, cancel requests, shared counters,
+//! session ends). Both backends implement both: `local` (in-process only, the
+//! single-node default) and `redis` (between replicas); [`open`] returns the
+//! configured one as a [`Fanout`], so each user holds only the trait it needs.
+//! Both backends number each topic's messages with a monotonic sequence, keep
+//! a bounded history for viewers that reconnect, and hand messages to local
+//! viewers through the shared [`Hub`]. The module knows nothing of HTTP or
+//! actors: it carries opaque JSON bodies that the engine writes and the HTTP
+//! layer frames.
 
+mod bus;
+mod coordination;
 pub mod hub;
 mod local;
 mod redis;
@@ -16,146 +23,11 @@ mod redis;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use tokio::sync::{broadcast, Notify};
-
+pub use bus::{Bus, CatchUp, MessageKind, SequencedMessage, Snapshot, SnapshotChange, Topic};
+pub use coordination::{Coordination, Lease};
 pub use hub::{Delivery, Hub, Subscription};
 pub use local::LocalFanout;
 pub use redis::RedisFanout;
-
-use crate::ids::UserId;
-
-/// What a viewer subscribes to: one thread, or one user's thread history.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Topic {
-    Thread(String),
-    User(UserId),
-}
-
-impl Topic {
-    /// `thread` or `user`, for metric labels.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Topic::Thread(_) => "thread",
-            Topic::User(_) => "user",
-        }
-    }
-
-    /// The channel name, also the prefix of the topic's Redis keys. The braces
-    /// are a Redis Cluster hash tag, so a topic's keys share one slot.
-    pub fn channel(&self) -> String {
-        match self {
-            Topic::Thread(id) => format!("ck:{{t:{id}}}"),
-            Topic::User(user) => format!("ck:{{u:{}}}", user.0),
-        }
-    }
-}
-
-/// What kind of message a body is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// A ChatKit `ThreadStreamEvent` as JSON.
-    Event,
-    /// `{"thread_id": ...}`: the thread was deleted.
-    Deleted,
-}
-
-impl Kind {
-    fn tag(self) -> char {
-        match self {
-            Kind::Event => 'e',
-            Kind::Deleted => 'd',
-        }
-    }
-
-    fn from_tag(tag: &str) -> Option<Kind> {
-        match tag {
-            "e" => Some(Kind::Event),
-            "d" => Some(Kind::Deleted),
-            _ => None,
-        }
-    }
-}
-
-/// A published message with its place in its topic's sequence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stamped {
-    pub seq: u64,
-    /// When the publisher sent it, in microseconds since the Unix epoch, so
-    /// that a receiver can measure fan-out latency.
-    pub sent_at_us: u64,
-    pub kind: Kind,
-    pub body: String,
-}
-
-impl Stamped {
-    /// The text carried between replicas: `<seq> <sent_at_us> <kind> <body>`.
-    #[cfg(test)]
-    fn encode(&self) -> String {
-        format!("{} {}", self.seq, unsequenced(self.sent_at_us, self.kind, &self.body))
-    }
-
-    fn decode(text: &str) -> Option<Stamped> {
-        let mut parts = text.splitn(4, ' ');
-        let seq = parts.next()?.parse().ok()?;
-        let sent_at_us = parts.next()?.parse().ok()?;
-        let kind = Kind::from_tag(parts.next()?)?;
-        let body = parts.next()?.to_string();
-        Some(Stamped { seq, sent_at_us, kind, body })
-    }
-}
-
-/// A message before its topic numbered it.
-fn unsequenced(sent_at_us: u64, kind: Kind, body: &str) -> String {
-    format!("{sent_at_us} {} {body}", kind.tag())
-}
-
-/// How a publication changes its thread's snapshot of in-progress items,
-/// which a viewer joining mid-turn starts from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SnapshotChange {
-    Keep,
-    /// The JSON array of the turn's in-progress items, as of this message.
-    Set(String),
-    Clear,
-}
-
-/// The in-progress items of a thread's running turn, as of message `seq`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    pub seq: u64,
-    pub items: String,
-}
-
-/// What a joining viewer needs to start from.
-#[derive(Clone, Debug, Default)]
-pub struct CatchUp {
-    /// The newest sequence number of the topic (0 when it has none yet).
-    pub head: u64,
-    pub snapshot: Option<Snapshot>,
-    /// The bounded history, oldest first (empty when not asked for).
-    pub history: Vec<Stamped>,
-}
-
-impl CatchUp {
-    /// The messages after `after`, or `None` when history no longer reaches
-    /// back that far (the viewer must resync).
-    pub fn since(&self, after: u64) -> Option<Vec<Stamped>> {
-        let head = self.history.last().map_or(self.head, |last| last.seq.max(self.head));
-        if after == head {
-            return Some(Vec::new());
-        }
-        if after > head {
-            // An id from before a reset of the sequence, or from another stream.
-            return None;
-        }
-        let first = self.history.first()?;
-        if first.seq > after + 1 {
-            return None;
-        }
-        Some(self.history.iter().filter(|message| message.seq > after).cloned().collect())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
@@ -184,41 +56,25 @@ impl Health {
     }
 }
 
-/// The right to run messages of one thread, held by one replica at a time.
-/// Dropping it releases the lease.
-pub struct Lease {
-    /// The fencing token: grows with every grant of this thread's lease.
-    pub token: u64,
-    lost: Arc<Notify>,
-    lost_flag: Arc<std::sync::atomic::AtomicBool>,
-    release: Option<Box<dyn FnOnce() + Send>>,
+/// What a backend reports through either of its traits: the bus and the
+/// coordination of one backend share its connection, so they share its health.
+pub trait Backend: Send + Sync + 'static {
+    /// `local` or `redis`, for logs and health reports.
+    fn name(&self) -> &'static str;
+
+    fn health(&self) -> Health;
 }
 
-impl Lease {
-    /// A lease that needs no coordination (the in-process backend).
-    pub fn local() -> Lease {
-        Lease { token: 0, lost: Arc::new(Notify::new()), lost_flag: Default::default(), release: None }
-    }
-
-    /// Resolves if the lease is lost while held (it expired and another
-    /// replica took it); the holder must then stop its turn.
-    pub async fn lost(&self) {
-        use std::sync::atomic::Ordering;
-        loop {
-            let notified = self.lost.notified();
-            if self.lost_flag.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
-    }
+/// The configured backend, through its two traits.
+#[derive(Clone)]
+pub struct Fanout {
+    pub bus: Arc<dyn Bus>,
+    pub coordination: Arc<dyn Coordination>,
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(release) = self.release.take() {
-            release();
-        }
+impl Fanout {
+    pub fn new<B: Bus + Coordination>(backend: Arc<B>) -> Self {
+        Fanout { bus: backend.clone(), coordination: backend }
     }
 }
 
@@ -253,80 +109,11 @@ impl Default for FanoutSettings {
     }
 }
 
-/// Fan-out and coordination between replicas.
-#[async_trait]
-pub trait Fanout: Send + Sync + 'static {
-    /// `local` or `redis`, for logs and health reports.
-    fn name(&self) -> &'static str;
-
-    /// Publishes a message to every viewer of `topic`, on every replica.
-    /// Never fails the caller: the store is the source of truth, and a
-    /// message that cannot be carried is made up for by a `resync`.
-    async fn publish(&self, topic: &Topic, kind: Kind, body: String, snapshot: SnapshotChange);
-
-    /// Joins `topic` on this replica; messages published after this returns
-    /// reach the subscription.
-    async fn subscribe(&self, topic: &Topic) -> Subscription;
-
-    /// Where a joining viewer starts: the topic's head and snapshot, and its
-    /// history when `after` (the viewer's `Last-Event-ID`) is given or a
-    /// snapshot exists; a fresh viewer with nothing to replay needs none.
-    async fn catch_up(&self, topic: &Topic, after: Option<u64>) -> Result<CatchUp, FanoutError>;
-
-    /// Takes the thread's lease, waiting while another replica holds it.
-    /// Without coordination (in-process, or Redis unreachable) it grants at once.
-    async fn lease(&self, thread_id: &str) -> Result<Lease, FanoutError>;
-
-    /// Asks every other replica to cancel the thread's running turn; true
-    /// when another replica holds the thread's lease, i.e. runs something.
-    async fn request_cancel(&self, thread_id: &str) -> bool;
-
-    /// Thread ids whose running turn another replica asked to cancel.
-    fn cancel_requests(&self) -> broadcast::Receiver<String>;
-
-    /// Adds one to a counter shared by every replica and returns its new
-    /// value; the counter disappears `ttl` after it was created. With Redis
-    /// unreachable it counts on this replica alone.
-    async fn incr(&self, key: &str, ttl: Duration) -> u64;
-
-    /// Tells every replica that a client session ended (cancelled), so that
-    /// its open viewer streams close.
-    async fn end_session(&self, session_id: &str);
-
-    /// Ids of sessions that ended, from any replica.
-    fn session_ends(&self) -> broadcast::Receiver<String>;
-
-    fn health(&self) -> Health;
-}
-
 /// Opens the backend the configuration names: Redis with a URL, else in-process.
-pub fn open(redis_url: Option<&str>, settings: FanoutSettings) -> Result<Arc<dyn Fanout>, FanoutError> {
+pub fn open(redis_url: Option<&str>, settings: FanoutSettings) -> Result<Fanout, FanoutError> {
     match redis_url {
-        Some(url) => Ok(Arc::new(RedisFanout::open(url, settings)?)),
-        None => Ok(Arc::new(LocalFanout::new(settings))),
-    }
-}
-
-/// Counters kept on this replica: the in-process backend's, and the Redis
-/// backend's while Redis is away.
-#[derive(Default)]
-struct LocalCounters {
-    counters: dashmap::DashMap<String, (u64, std::time::Instant)>,
-}
-
-impl LocalCounters {
-    fn incr(&self, key: &str, ttl: Duration) -> u64 {
-        let now = std::time::Instant::now();
-        if self.counters.len() > 10_000 {
-            // Bounded: expired counters go whenever the map grows large.
-            self.counters.retain(|_, (_, expires)| *expires > now);
-        }
-        let mut entry = self.counters.entry(key.to_string()).or_insert((0, now + ttl));
-        if entry.1 <= now {
-            *entry = (0, now + ttl);
-        }
-        entry.0 += 1;
-        entry.0
+        Some(url) => Ok(Fanout::new(Arc::new(RedisFanout::open(url, settings)?))),
+        None => Ok(Fanout::new(Arc::new(LocalFanout::new(settings)))),
     }
 }
 
@@ -342,44 +129,4 @@ pub fn now_us() -> u64 {
 /// below 2^53, so JavaScript reads them exactly.
 fn sequence_base() -> u64 {
     now_us() / 1000 * 1000
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(seq: u64) -> Stamped {
-        Stamped { seq, sent_at_us: 7, kind: Kind::Event, body: format!("{{\"n\":{seq}}}") }
-    }
-
-    #[test]
-    fn messages_survive_the_trip_between_replicas() {
-        let deleted =
-            Stamped { seq: 1_764_000_000_000_001, sent_at_us: 9, kind: Kind::Deleted, body: "{\"a\": \"b c\"}".into() };
-        for original in [message(3), deleted] {
-            assert_eq!(Stamped::decode(&original.encode()), Some(original));
-        }
-        assert_eq!(Stamped::decode("12 x e {}"), None);
-        assert_eq!(Stamped::decode("12 5 z {}"), None);
-    }
-
-    #[test]
-    fn catch_up_fills_gaps_it_can_and_reports_the_rest() {
-        let catch_up = CatchUp { head: 10, snapshot: None, history: (6..=10).map(message).collect() };
-        let seqs = |after| catch_up.since(after).map(|m| m.iter().map(|m| m.seq).collect::<Vec<_>>());
-        assert_eq!(seqs(10), Some(vec![]), "nothing missed");
-        assert_eq!(seqs(7), Some(vec![8, 9, 10]));
-        assert_eq!(seqs(5), Some(vec![6, 7, 8, 9, 10]), "history reaches back just far enough");
-        assert_eq!(seqs(4), None, "message 5 is gone: resync");
-        assert_eq!(seqs(11), None, "an id from the future: resync");
-        let empty = CatchUp { head: 10, snapshot: None, history: vec![] };
-        assert_eq!(empty.since(10).map(|m| m.len()), Some(0));
-        assert!(empty.since(9).is_none());
-    }
-
-    #[test]
-    fn channels_keep_a_topic_in_one_cluster_slot() {
-        assert_eq!(Topic::Thread("thr_1".into()).channel(), "ck:{t:thr_1}");
-        assert_eq!(Topic::User(UserId("ann".into())).channel(), "ck:{u:ann}");
-    }
 }

@@ -76,8 +76,8 @@ async fn healthz() -> HttpResponse {
 async fn metrics(state: web::Data<State>) -> HttpResponse {
     METRICS.thread_actors.set(i64::try_from(state.threads.live_actors()).unwrap_or(i64::MAX));
     METRICS.mailbox_depth.set(i64::try_from(state.threads.queued()).unwrap_or(i64::MAX));
-    let connected = matches!(state.engine.fanout().health(), Health::Connected | Health::Local);
-    METRICS.redis_connected.set(i64::from(connected && state.engine.fanout().name() == "redis"));
+    let connected = matches!(state.engine.fanout_health(), Health::Connected | Health::Local);
+    METRICS.redis_connected.set(i64::from(connected && state.engine.fanout_backend() == "redis"));
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(METRICS.render())
 }
 
@@ -95,13 +95,13 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
             serde_json::json!({"backend": state.engine.store_backend(), "state": "unreachable"})
         }
     };
-    let fanout = state.engine.fanout();
-    let health = fanout.health();
+    let backend = state.engine.fanout_backend();
+    let health = state.engine.fanout_health();
     let fanout_state = match &health {
-        Health::Local => serde_json::json!({"backend": fanout.name(), "state": "local"}),
-        Health::Connected => serde_json::json!({"backend": fanout.name(), "state": "connected"}),
+        Health::Local => serde_json::json!({"backend": backend, "state": "local"}),
+        Health::Connected => serde_json::json!({"backend": backend, "state": "connected"}),
         Health::Disconnected(why) => {
-            serde_json::json!({"backend": fanout.name(), "state": "disconnected", "error": why})
+            serde_json::json!({"backend": backend, "state": "disconnected", "error": why})
         }
     };
     let ready = store["state"] == "ok" && health.is_ready();

@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, watch};
 use super::{identify, ApiError, Identity, State};
 use crate::fanout::hub::Received;
 use crate::fanout::now_us;
-use crate::fanout::{CatchUp, Delivery, FanoutError, Kind, Stamped, Subscription, Topic};
+use crate::fanout::{CatchUp, Delivery, FanoutError, MessageKind, SequencedMessage, Subscription, Topic};
 use crate::sessions::ActiveSession;
 use crate::telemetry::metrics::{OpenStream, METRICS};
 
@@ -60,15 +60,13 @@ fn last_event_id(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
 /// Subscribes before answering, so that once the response head arrives the
 /// viewer receives everything published after.
 async fn open(state: &State, topic: Topic, last: Option<u64>, session: Option<Arc<ActiveSession>>) -> HttpResponse {
-    let fanout = state.engine.fanout();
     // Listening for session ends starts before anything else, so none is missed.
     let session = session.map(|session| SessionWatch {
         expires: tokio::time::Instant::now() + session.remaining(),
         id: session.id.clone(),
         ended: state.sessions.ended(),
     });
-    let subscription = fanout.subscribe(&topic).await;
-    let catch_up = fanout.catch_up(&topic, last).await;
+    let (subscription, catch_up) = state.engine.watch(&topic, last).await;
     let closes_on_delete = matches!(topic, Topic::Thread(_));
     let kind = if closes_on_delete { "thread_viewer" } else { "history_viewer" };
     let ends = Ends { closing: state.closing.clone(), session, open: OpenStream::new(kind) };
@@ -151,7 +149,7 @@ fn frames(
                         let latency = now_us().saturating_sub(message.sent_at_us) as f64 / 1e6;
                         METRICS.fanout_latency.with_label_values(&[topic]).observe(latency);
                         yield Ok(frame(&message));
-                        if closes_on_delete && message.kind == Kind::Deleted {
+                        if closes_on_delete && message.kind == MessageKind::Deleted {
                             break;
                         }
                     }
@@ -217,10 +215,10 @@ async fn session_ended(session: &mut Option<SessionWatch>) -> &'static str {
 }
 
 /// One message: a ChatKit event as a plain `data:` frame, a deletion as a named event.
-fn frame(message: &Stamped) -> Bytes {
+fn frame(message: &SequencedMessage) -> Bytes {
     let event = match message.kind {
-        Kind::Event => "",
-        Kind::Deleted => "event: thread.deleted\n",
+        MessageKind::Event => "",
+        MessageKind::Deleted => "event: thread.deleted\n",
     };
     Bytes::from(format!("id: {}\n{event}data: {}\n\n", message.seq, message.body))
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use rand::RngCore;
 
-use crate::fanout::Fanout;
+use crate::fanout::Coordination;
 use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::hosted::{ChatSession, SessionCreateParams, SessionSettings, SessionStatus};
@@ -76,12 +76,13 @@ pub enum Admission {
 
 pub struct Sessions {
     store: Arc<dyn Store>,
-    fanout: Arc<dyn Fanout>,
+    /// Carries rate-limit counters and session ends between replicas.
+    coordination: Arc<dyn Coordination>,
 }
 
 impl Sessions {
-    pub fn new(store: Arc<dyn Store>, fanout: Arc<dyn Fanout>) -> Self {
-        Sessions { store, fanout }
+    pub fn new(store: Arc<dyn Store>, coordination: Arc<dyn Coordination>) -> Self {
+        Sessions { store, coordination }
     }
 
     pub async fn create(&self, params: SessionCreateParams) -> Result<ChatSession, SessionError> {
@@ -108,7 +109,7 @@ impl Sessions {
             StoreError::NotFound { .. } => SessionError::NotFound(session_id.to_string()),
             other => SessionError::Store(other),
         })?;
-        self.fanout.end_session(session_id).await;
+        self.coordination.end_session(session_id).await;
         tracing::info!(session = %record.id, "session cancelled");
         let settings = settings_of(&record).map_err(SessionError::BadRequest)?;
         // The secret is not kept, so it cannot be answered again.
@@ -146,7 +147,7 @@ impl Sessions {
         let now = unix_now();
         let minute = now / 60;
         let key = format!("rate:{}:{minute}", session.id);
-        let count = self.fanout.incr(&key, Duration::from_secs(120)).await;
+        let count = self.coordination.incr(&key, Duration::from_secs(120)).await;
         if count > u64::from(session.settings.rate_limits.max_requests_per_1_minute) {
             Admission::Limited { retry_after: u64::try_from(60 - now % 60).unwrap_or(60).max(1) }
         } else {
@@ -156,15 +157,15 @@ impl Sessions {
 
     /// Ids of sessions cancelled on any replica, for closing their streams.
     pub fn ended(&self) -> tokio::sync::broadcast::Receiver<String> {
-        self.fanout.session_ends()
+        self.coordination.session_ends()
     }
-}
 
-/// Counts one upload against the session's `max_files`, across replicas; false past it.
-pub async fn admit_upload(fanout: &dyn Fanout, session: &ActiveSession) -> bool {
-    let Some(max_files) = session.settings.chatkit_configuration.file_upload.max_files else { return true };
-    let ttl = session.remaining() + Duration::from_secs(60);
-    fanout.incr(&format!("files:{}", session.id), ttl).await <= u64::from(max_files)
+    /// Counts one upload against the session's `max_files`, across replicas; false past it.
+    pub async fn admit_upload(&self, session: &ActiveSession) -> bool {
+        let Some(max_files) = session.settings.chatkit_configuration.file_upload.max_files else { return true };
+        let ttl = session.remaining() + Duration::from_secs(60);
+        self.coordination.incr(&format!("files:{}", session.id), ttl).await <= u64::from(max_files)
+    }
 }
 
 fn settings_of(record: &SessionRecord) -> Result<SessionSettings, String> {

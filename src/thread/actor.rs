@@ -1,4 +1,7 @@
 //! The thread actor and the jobs it runs.
+//!
+//! The actor knows its registry only as a [`Roster`], which the registry
+//! implements, so this module imports nothing of the registry.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -10,9 +13,8 @@ use actix::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::registry::Inner;
 use crate::engine::{Caller, CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn};
-use crate::fanout::Lease;
+use crate::fanout::{Coordination, Lease};
 use crate::ids::UserId;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
 
@@ -39,16 +41,17 @@ pub(super) enum Job {
 #[rtype(result = "()")]
 pub(super) struct Envelope(pub Job);
 
-/// State shared between an actor and the registry, readable without a message.
+/// An actor's work as its registry sees it without sending a message: the
+/// jobs queued and the turn running.
 #[derive(Debug, Default)]
-pub(super) struct Shared {
+pub(super) struct ActorWork {
     /// Jobs sent but not yet started: the queue the bound applies to.
     pub queued: AtomicUsize,
     /// The running turn's cancel signal, so a cancel need not queue behind it.
     pub running: Mutex<Option<CancelSignal>>,
 }
 
-impl Shared {
+impl ActorWork {
     pub fn cancel_running(&self) -> bool {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         match running.as_ref() {
@@ -69,14 +72,35 @@ impl Shared {
     }
 }
 
-pub(super) struct ThreadActor {
-    pub thread_id: String,
-    pub generation: u64,
+/// The registry an actor is listed in, as the actor sees it.
+pub(super) trait Roster: Send + Sync {
+    /// Removes the actor's entry if it is still that actor's and has nothing
+    /// queued; true when the actor is no longer listed and may stop.
+    fn remove_if_idle(&self, thread_id: &str, generation: u64) -> bool;
+
+    /// Counts an actor that stopped.
+    fn actor_stopped(&self);
+}
+
+/// What every actor of one registry runs with.
+pub(super) struct ActorSetup {
     pub engine: Arc<Engine>,
-    pub shared: Arc<Shared>,
-    pub registry: Weak<Inner>,
+    /// Where the thread's lease comes from.
+    pub coordination: Arc<dyn Coordination>,
+    /// How long an actor lives without work.
     pub idle_timeout: Duration,
+    /// The mailbox's capacity, above the registry's queue bound.
     pub mailbox: usize,
+}
+
+pub(super) struct ThreadActor {
+    thread_id: String,
+    /// Tells this actor's entry from a later one of the same thread.
+    generation: u64,
+    work: Arc<ActorWork>,
+    /// Weak, so that actors never keep a dropped registry alive.
+    roster: Weak<dyn Roster>,
+    setup: Arc<ActorSetup>,
     idle_timer: Option<SpawnHandle>,
 }
 
@@ -84,22 +108,20 @@ impl ThreadActor {
     pub fn new(
         thread_id: String,
         generation: u64,
-        engine: Arc<Engine>,
-        shared: Arc<Shared>,
-        registry: Weak<Inner>,
-        idle_timeout: Duration,
-        mailbox: usize,
+        work: Arc<ActorWork>,
+        roster: Weak<dyn Roster>,
+        setup: Arc<ActorSetup>,
     ) -> Self {
-        ThreadActor { thread_id, generation, engine, shared, registry, idle_timeout, mailbox, idle_timer: None }
+        ThreadActor { thread_id, generation, work, roster, setup, idle_timer: None }
     }
 
     /// Stops the actor after `idle_timeout` without work. It leaves the
     /// registry first, and only if nothing was queued meanwhile, so a request
     /// never lands on a stopped actor without noticing.
     fn arm_idle_timer(&mut self, ctx: &mut Context<Self>) {
-        self.idle_timer = Some(ctx.run_later(self.idle_timeout, |actor, ctx| {
-            let removed = match actor.registry.upgrade() {
-                Some(registry) => registry.remove_if_idle(&actor.thread_id, actor.generation),
+        self.idle_timer = Some(ctx.run_later(self.setup.idle_timeout, |actor, ctx| {
+            let removed = match actor.roster.upgrade() {
+                Some(roster) => roster.remove_if_idle(&actor.thread_id, actor.generation),
                 None => true,
             };
             if removed {
@@ -116,13 +138,13 @@ impl Actor for ThreadActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // The registry enforces the real bound; the mailbox only needs room for it.
-        ctx.set_mailbox_capacity(self.mailbox);
+        ctx.set_mailbox_capacity(self.setup.mailbox);
         self.arm_idle_timer(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        if let Some(registry) = self.registry.upgrade() {
-            registry.actor_stopped();
+        if let Some(roster) = self.roster.upgrade() {
+            roster.actor_stopped();
         }
     }
 }
@@ -131,22 +153,22 @@ impl Handler<Envelope> for ThreadActor {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, Envelope(job): Envelope, ctx: &mut Context<Self>) -> Self::Result {
-        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        self.work.queued.fetch_sub(1, Ordering::SeqCst);
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
         }
-        let work = run_job(self.engine.clone(), self.shared.clone(), self.thread_id.clone(), job);
+        let running = run_job(self.setup.clone(), self.work.clone(), self.thread_id.clone(), job);
         // AtomicResponse keeps the mailbox closed until the job is done: this
         // is what makes a thread's operations run one at a time.
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|(), actor, ctx| actor.arm_idle_timer(ctx))))
+        AtomicResponse::new(Box::pin(running.into_actor(self).map(|(), actor, ctx| actor.arm_idle_timer(ctx))))
     }
 }
 
-async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, thread_id: String, job: Job) {
+async fn run_job(setup: Arc<ActorSetup>, work: Arc<ActorWork>, thread_id: String, job: Job) {
     // With several replicas, the lease keeps this thread's messages one at a
     // time across all of them. Everything below reads the thread after it is
     // taken, so a status committed by another replica is honoured.
-    let lease = match engine.fanout().lease(&thread_id).await {
+    let lease = match setup.coordination.lease(&thread_id).await {
         Ok(lease) => lease,
         Err(error) => {
             tracing::warn!(%thread_id, %error, "refusing a job: the thread's lease is held elsewhere");
@@ -154,6 +176,7 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, thread_id: String, jo
             return;
         }
     };
+    let engine = &setup.engine;
     match job {
         Job::Turn { user, request, caller, sink, started } => match engine.prepare(&user, request).await {
             Err(error) => {
@@ -164,10 +187,10 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, thread_id: String, jo
                 // Run even if the caller is gone: its input is already stored,
                 // and the closed sink makes the run keep it as a cancelled turn.
                 let _ = started.send(Ok(()));
-                run_turn(&engine, &shared, turn, sink, &lease).await;
+                run_turn(engine, &work, turn, sink, &lease).await;
             }
         },
-        Job::Run { turn, sink } => run_turn(&engine, &shared, turn, sink, &lease).await,
+        Job::Run { turn, sink } => run_turn(engine, &work, turn, sink, &lease).await,
         Job::Status { thread_id, status, answer } => {
             let _ = answer.send(engine.set_status(&thread_id, status).await);
         }
@@ -179,13 +202,13 @@ async fn run_job(engine: Arc<Engine>, shared: Arc<Shared>, thread_id: String, jo
 
 async fn run_turn(
     engine: &Engine,
-    shared: &Shared,
+    work: &ActorWork,
     turn: PreparedTurn,
     sink: mpsc::Sender<ThreadStreamEvent>,
     lease: &Lease,
 ) {
     let cancel = CancelSignal::new();
-    shared.set_running(Some(cancel.clone()));
+    work.set_running(Some(cancel.clone()));
     let run = engine.run(turn, sink, cancel.clone());
     tokio::pin!(run);
     tokio::select! {
@@ -196,7 +219,7 @@ async fn run_turn(
             run.await;
         }
     }
-    shared.set_running(None);
+    work.set_running(None);
 }
 
 impl Job {

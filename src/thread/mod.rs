@@ -5,6 +5,8 @@
 //! starts an actor on first use and the actor stops itself after an idle
 //! timeout, so memory follows active threads. Each thread's queue is bounded;
 //! past the bound a request is refused as busy and nothing of it is written.
+//! `registry.rs` uses `actor.rs`, never the reverse: an actor reaches its
+//! registry only through the `Roster` trait the registry implements.
 
 mod actor;
 mod registry;

@@ -1,15 +1,16 @@
 //! The registry of live thread actors and the facade HTTP code calls.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::{Actor, Addr};
 use dashmap::DashMap;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::actor::{Envelope, Job, Shared, ThreadActor};
+use super::actor::{ActorSetup, ActorWork, Envelope, Job, Roster, ThreadActor};
 use crate::engine::{Caller, Engine, EngineError, EngineResult, JsonAnswer};
+use crate::fanout::Coordination;
 use crate::ids::UserId;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
 use crate::telemetry::metrics::METRICS;
@@ -40,33 +41,36 @@ pub struct ThreadStats {
     pub refused_busy: AtomicU64,
 }
 
+/// A live actor as the registry lists it.
 #[derive(Clone)]
-struct Entry {
+struct LiveActor {
     addr: Addr<ThreadActor>,
-    shared: Arc<Shared>,
+    work: Arc<ActorWork>,
     generation: u64,
 }
 
-pub(super) struct Inner {
-    engine: Arc<Engine>,
-    settings: ThreadSettings,
-    actors: DashMap<String, Entry>,
+/// What the registry's clones share and its actors reach through their [`Roster`].
+struct RegistryState {
+    /// The engine and coordination, also handed to every actor.
+    setup: Arc<ActorSetup>,
+    /// Jobs that may wait behind the running one.
+    queue_bound: usize,
+    actors: DashMap<String, LiveActor>,
     generations: AtomicU64,
     stats: ThreadStats,
 }
 
-impl Inner {
-    /// Removes an actor's entry if it is still that actor's and has nothing queued.
-    pub fn remove_if_idle(&self, thread_id: &str, generation: u64) -> bool {
+impl Roster for RegistryState {
+    fn remove_if_idle(&self, thread_id: &str, generation: u64) -> bool {
         self.actors
-            .remove_if(thread_id, |_, entry| {
-                entry.generation == generation && entry.shared.queued.load(Ordering::SeqCst) == 0
+            .remove_if(thread_id, |_, actor| {
+                actor.generation == generation && actor.work.queued.load(Ordering::SeqCst) == 0
             })
             .is_some()
-            || self.actors.get(thread_id).is_none_or(|entry| entry.generation != generation)
+            || self.actors.get(thread_id).is_none_or(|actor| actor.generation != generation)
     }
 
-    pub fn actor_stopped(&self) {
+    fn actor_stopped(&self) {
         self.stats.actors_stopped.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -82,7 +86,7 @@ fn actor_gone() -> EngineError {
 /// The facade over thread actors.
 #[derive(Clone)]
 pub struct ThreadRegistry {
-    inner: Arc<Inner>,
+    state: Arc<RegistryState>,
 }
 
 enum Submit {
@@ -91,48 +95,52 @@ enum Submit {
 }
 
 impl ThreadRegistry {
-    pub fn new(engine: Arc<Engine>, settings: ThreadSettings) -> Self {
-        let inner = Inner {
-            engine,
-            settings,
+    /// `coordination` gives the actors their threads' leases and carries
+    /// cancel requests between replicas.
+    pub fn new(engine: Arc<Engine>, coordination: Arc<dyn Coordination>, settings: ThreadSettings) -> Self {
+        let setup =
+            ActorSetup { engine, coordination, idle_timeout: settings.idle_timeout, mailbox: settings.queue_bound + 8 };
+        let state = Arc::new(RegistryState {
+            setup: Arc::new(setup),
+            queue_bound: settings.queue_bound,
             actors: DashMap::new(),
             generations: AtomicU64::new(0),
             stats: ThreadStats::default(),
-        };
-        let inner = Arc::new(inner);
+        });
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(follow_cancel_requests(Arc::downgrade(&inner), inner.engine.fanout().cancel_requests()));
+            let requests = state.setup.coordination.cancel_requests();
+            tokio::spawn(follow_cancel_requests(Arc::downgrade(&state), requests));
         }
-        ThreadRegistry { inner }
+        ThreadRegistry { state }
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
-        &self.inner.engine
+        &self.state.setup.engine
     }
 
     pub fn stats(&self) -> &ThreadStats {
-        &self.inner.stats
+        &self.state.stats
     }
 
     /// Actors alive now.
     pub fn live_actors(&self) -> usize {
-        self.inner.actors.len()
+        self.state.actors.len()
     }
 
     /// Turns running now on this replica.
     pub fn running_turns(&self) -> usize {
-        self.inner.actors.iter().filter(|entry| entry.shared.is_running()).count()
+        self.state.actors.iter().filter(|actor| actor.work.is_running()).count()
     }
 
     /// Cancels every turn running on this replica (shutdown past its grace
     /// period); each keeps its partial output. Returns how many were cancelled.
     pub fn cancel_all(&self) -> usize {
-        self.inner.actors.iter().filter(|entry| entry.shared.cancel_running()).count()
+        self.state.actors.iter().filter(|actor| actor.work.cancel_running()).count()
     }
 
     /// Jobs waiting in all queues now.
     pub fn queued(&self) -> usize {
-        self.inner.actors.iter().map(|entry| entry.shared.queued.load(Ordering::Relaxed)).sum()
+        self.state.actors.iter().map(|actor| actor.work.queued.load(Ordering::Relaxed)).sum()
     }
 
     /// Starts a streaming operation in its thread's order. An error means the
@@ -148,7 +156,7 @@ impl ThreadRegistry {
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
             // A new thread: nothing can be queued on it yet, so it is prepared
             // here and only its run goes through the new thread's actor.
-            let turn = self.inner.engine.prepare(&user, request).await?.with_caller(caller);
+            let turn = self.engine().prepare(&user, request).await?.with_caller(caller);
             let thread_id = turn.thread_id();
             if let Submit::Busy = self.submit(&thread_id, Job::Run { turn, sink: sink.clone() }) {
                 let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
@@ -171,7 +179,7 @@ impl ThreadRegistry {
     /// Runs a non-streaming operation that changes a thread in its order.
     pub async fn change(&self, user: UserId, request: Request, caller: Caller) -> EngineResult<JsonAnswer> {
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
-            return self.inner.engine.answer(&user, request, &caller).await;
+            return self.engine().answer(&user, request, &caller).await;
         };
         self.ask(&thread_id, |answer| Job::Json { user, request, caller, answer }).await
     }
@@ -185,7 +193,7 @@ impl ThreadRegistry {
         status: ThreadStatus,
         cancel_running: bool,
     ) -> EngineResult<Thread> {
-        self.inner.engine.thread_exists(thread_id).await?;
+        self.engine().thread_exists(thread_id).await?;
         if cancel_running {
             self.cancel(thread_id).await;
         }
@@ -196,14 +204,14 @@ impl ThreadRegistry {
 
     /// Cancels the turn running on a thread on this replica, if any; true when there was one.
     pub fn cancel_running(&self, thread_id: &str) -> bool {
-        self.inner.actors.get(thread_id).is_some_and(|entry| entry.shared.cancel_running())
+        self.state.actors.get(thread_id).is_some_and(|actor| actor.work.cancel_running())
     }
 
     /// Cancels the thread's running turn on whichever replica runs it; true
     /// when one was running here or another replica holds the thread's lease.
     pub async fn cancel(&self, thread_id: &str) -> bool {
         let here = self.cancel_running(thread_id);
-        let elsewhere = self.inner.engine.fanout().request_cancel(thread_id).await;
+        let elsewhere = self.state.setup.coordination.request_cancel(thread_id).await;
         here || elsewhere
     }
 
@@ -225,61 +233,55 @@ impl ThreadRegistry {
         // A stopped actor can only be met in the moment it leaves the
         // registry; a second try then starts a fresh one.
         for _ in 0..3 {
-            let entry = self.entry(thread_id);
-            let waiting = entry.shared.queued.fetch_add(1, Ordering::SeqCst);
-            if waiting >= self.inner.settings.queue_bound {
-                entry.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                self.inner.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            let actor = self.live_actor(thread_id);
+            let waiting = actor.work.queued.fetch_add(1, Ordering::SeqCst);
+            if waiting >= self.state.queue_bound {
+                actor.work.queued.fetch_sub(1, Ordering::SeqCst);
+                self.state.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
                 METRICS.rejected.with_label_values(&["busy"]).inc();
                 return Submit::Busy;
             }
-            match entry.addr.try_send(Envelope(job)) {
+            match actor.addr.try_send(Envelope(job)) {
                 Ok(()) => return Submit::Queued,
                 Err(error) => {
-                    entry.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                    self.inner.actors.remove_if(thread_id, |_, current| current.generation == entry.generation);
+                    actor.work.queued.fetch_sub(1, Ordering::SeqCst);
+                    self.state.actors.remove_if(thread_id, |_, current| current.generation == actor.generation);
                     job = error.into_inner().0;
                 }
             }
         }
-        self.inner.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+        self.state.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
         METRICS.rejected.with_label_values(&["busy"]).inc();
         Submit::Busy
     }
 
-    fn entry(&self, thread_id: &str) -> Entry {
+    /// The thread's live actor, started if there is none.
+    fn live_actor(&self, thread_id: &str) -> LiveActor {
         // The entry API holds the shard lock while an actor starts, so two
         // first requests for one thread can never start two actors.
-        self.inner
+        self.state
             .actors
             .entry(thread_id.to_string())
             .or_insert_with(|| {
-                let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
-                let shared = Arc::new(Shared::default());
-                let settings = &self.inner.settings;
-                let actor = ThreadActor::new(
-                    thread_id.to_string(),
-                    generation,
-                    self.inner.engine.clone(),
-                    shared.clone(),
-                    Arc::downgrade(&self.inner),
-                    settings.idle_timeout,
-                    settings.queue_bound + 8,
-                );
-                self.inner.stats.actors_started.fetch_add(1, Ordering::Relaxed);
-                Entry { addr: actor.start(), shared, generation }
+                let generation = self.state.generations.fetch_add(1, Ordering::Relaxed);
+                let work = Arc::new(ActorWork::default());
+                let roster = Arc::downgrade(&self.state);
+                let thread_actor =
+                    ThreadActor::new(thread_id.to_string(), generation, work.clone(), roster, self.state.setup.clone());
+                self.state.stats.actors_started.fetch_add(1, Ordering::Relaxed);
+                LiveActor { addr: thread_actor.start(), work, generation }
             })
             .clone()
     }
 }
 
 /// Carries out cancel requests sent by other replicas, for as long as the registry lives.
-async fn follow_cancel_requests(inner: std::sync::Weak<Inner>, mut requests: broadcast::Receiver<String>) {
+async fn follow_cancel_requests(state: Weak<RegistryState>, mut requests: broadcast::Receiver<String>) {
     loop {
         match requests.recv().await {
             Ok(thread_id) => {
-                let Some(registry) = inner.upgrade() else { return };
-                let cancelled = registry.actors.get(&thread_id).is_some_and(|entry| entry.shared.cancel_running());
+                let Some(registry) = state.upgrade() else { return };
+                let cancelled = registry.actors.get(&thread_id).is_some_and(|actor| actor.work.cancel_running());
                 if cancelled {
                     tracing::info!(%thread_id, "cancelled a turn on another replica's request");
                 }

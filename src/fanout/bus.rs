@@ -1,0 +1,201 @@
+//! The message bus: topics, the numbered messages published on them, and the
+//! [`Bus`] trait that publishes, subscribes and catches a joining viewer up.
+
+use async_trait::async_trait;
+
+use super::{Backend, FanoutError, Subscription};
+use crate::ids::UserId;
+
+/// What a viewer subscribes to: one thread, or one user's thread history.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Thread(String),
+    User(UserId),
+}
+
+impl Topic {
+    /// `thread` or `user`, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topic::Thread(_) => "thread",
+            Topic::User(_) => "user",
+        }
+    }
+
+    /// The channel name, also the prefix of the topic's Redis keys. The braces
+    /// are a Redis Cluster hash tag, so a topic's keys share one slot.
+    pub fn channel(&self) -> String {
+        match self {
+            Topic::Thread(id) => format!("ck:{{t:{id}}}"),
+            Topic::User(user) => format!("ck:{{u:{}}}", user.0),
+        }
+    }
+}
+
+/// What kind of message a body is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A ChatKit `ThreadStreamEvent` as JSON.
+    Event,
+    /// `{"thread_id": ...}`: the thread was deleted.
+    Deleted,
+}
+
+impl MessageKind {
+    fn tag(self) -> char {
+        match self {
+            MessageKind::Event => 'e',
+            MessageKind::Deleted => 'd',
+        }
+    }
+
+    fn from_tag(tag: &str) -> Option<MessageKind> {
+        match tag {
+            "e" => Some(MessageKind::Event),
+            "d" => Some(MessageKind::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// A published message with its place in its topic's sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequencedMessage {
+    pub seq: u64,
+    /// When the publisher sent it, in microseconds since the Unix epoch, so
+    /// that a receiver can measure fan-out latency.
+    pub sent_at_us: u64,
+    pub kind: MessageKind,
+    pub body: String,
+}
+
+impl SequencedMessage {
+    /// The text carried between replicas: `<seq> <sent_at_us> <kind> <body>`.
+    #[cfg(test)]
+    fn encode(&self) -> String {
+        format!("{} {}", self.seq, unsequenced(self.sent_at_us, self.kind, &self.body))
+    }
+
+    pub(super) fn decode(text: &str) -> Option<SequencedMessage> {
+        let mut parts = text.splitn(4, ' ');
+        let seq = parts.next()?.parse().ok()?;
+        let sent_at_us = parts.next()?.parse().ok()?;
+        let kind = MessageKind::from_tag(parts.next()?)?;
+        let body = parts.next()?.to_string();
+        Some(SequencedMessage { seq, sent_at_us, kind, body })
+    }
+}
+
+/// A message before its topic numbered it.
+pub(super) fn unsequenced(sent_at_us: u64, kind: MessageKind, body: &str) -> String {
+    format!("{sent_at_us} {} {body}", kind.tag())
+}
+
+/// How a publication changes its thread's snapshot of in-progress items,
+/// which a viewer joining mid-turn starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotChange {
+    Keep,
+    /// The JSON array of the turn's in-progress items, as of this message.
+    Set(String),
+    Clear,
+}
+
+/// The in-progress items of a thread's running turn, as of message `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub seq: u64,
+    pub items: String,
+}
+
+/// What a joining viewer needs to start from.
+#[derive(Clone, Debug, Default)]
+pub struct CatchUp {
+    /// The newest sequence number of the topic (0 when it has none yet).
+    pub head: u64,
+    pub snapshot: Option<Snapshot>,
+    /// The bounded history, oldest first (empty when not asked for).
+    pub history: Vec<SequencedMessage>,
+}
+
+impl CatchUp {
+    /// The messages after `after`, or `None` when history no longer reaches
+    /// back that far (the viewer must resync).
+    pub fn since(&self, after: u64) -> Option<Vec<SequencedMessage>> {
+        let head = self.history.last().map_or(self.head, |last| last.seq.max(self.head));
+        if after == head {
+            return Some(Vec::new());
+        }
+        if after > head {
+            // An id from before a reset of the sequence, or from another stream.
+            return None;
+        }
+        let first = self.history.first()?;
+        if first.seq > after + 1 {
+            return None;
+        }
+        Some(self.history.iter().filter(|message| message.seq > after).cloned().collect())
+    }
+}
+
+/// Carries numbered messages to viewers, on this replica and every other one.
+#[async_trait]
+pub trait Bus: Backend {
+    /// Publishes a message to every viewer of `topic`, on every replica.
+    /// Never fails the caller: the store is the source of truth, and a
+    /// message that cannot be carried is made up for by a `resync`.
+    async fn publish(&self, topic: &Topic, kind: MessageKind, body: String, snapshot: SnapshotChange);
+
+    /// Joins `topic` on this replica; messages published after this returns
+    /// reach the subscription.
+    async fn subscribe(&self, topic: &Topic) -> Subscription;
+
+    /// Where a joining viewer starts: the topic's head and snapshot, and its
+    /// history when `after` (the viewer's `Last-Event-ID`) is given or a
+    /// snapshot exists; a fresh viewer with nothing to replay needs none.
+    async fn catch_up(&self, topic: &Topic, after: Option<u64>) -> Result<CatchUp, FanoutError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64) -> SequencedMessage {
+        SequencedMessage { seq, sent_at_us: 7, kind: MessageKind::Event, body: format!("{{\"n\":{seq}}}") }
+    }
+
+    #[test]
+    fn messages_survive_the_trip_between_replicas() {
+        let deleted = SequencedMessage {
+            seq: 1_764_000_000_000_001,
+            sent_at_us: 9,
+            kind: MessageKind::Deleted,
+            body: "{\"a\": \"b c\"}".into(),
+        };
+        for original in [message(3), deleted] {
+            assert_eq!(SequencedMessage::decode(&original.encode()), Some(original));
+        }
+        assert_eq!(SequencedMessage::decode("12 x e {}"), None);
+        assert_eq!(SequencedMessage::decode("12 5 z {}"), None);
+    }
+
+    #[test]
+    fn catch_up_fills_gaps_it_can_and_reports_the_rest() {
+        let catch_up = CatchUp { head: 10, snapshot: None, history: (6..=10).map(message).collect() };
+        let seqs = |after| catch_up.since(after).map(|m| m.iter().map(|m| m.seq).collect::<Vec<_>>());
+        assert_eq!(seqs(10), Some(vec![]), "nothing missed");
+        assert_eq!(seqs(7), Some(vec![8, 9, 10]));
+        assert_eq!(seqs(5), Some(vec![6, 7, 8, 9, 10]), "history reaches back just far enough");
+        assert_eq!(seqs(4), None, "message 5 is gone: resync");
+        assert_eq!(seqs(11), None, "an id from the future: resync");
+        let empty = CatchUp { head: 10, snapshot: None, history: vec![] };
+        assert_eq!(empty.since(10).map(|m| m.len()), Some(0));
+        assert!(empty.since(9).is_none());
+    }
+
+    #[test]
+    fn channels_keep_a_topic_in_one_cluster_slot() {
+        assert_eq!(Topic::Thread("thr_1".into()).channel(), "ck:{t:thr_1}");
+        assert_eq!(Topic::User(UserId("ann".into())).channel(), "ck:{u:ann}");
+    }
+}

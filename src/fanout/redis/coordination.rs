@@ -1,0 +1,237 @@
+//! The Redis backend's coordination: thread leases with fencing tokens,
+//! renewed while held; cancel requests and session ends on the control
+//! channel; counters shared by every replica.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::RedisError;
+use tokio::sync::{broadcast, Notify};
+
+use super::{RedisFanout, CANCEL_REQUEST, CONTROL, SESSION_ENDED};
+use crate::fanout::{Coordination, FanoutError, Lease, Topic};
+use crate::telemetry::metrics::METRICS;
+
+/// KEYS: lease, fence. ARGV: holder, ttl ms. Returns the fencing token, or 0
+/// when another holder has the lease.
+const ACQUIRE_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', token), 'PX', ARGV[2])
+return token
+";
+
+/// KEYS: lease, fence. ARGV: value, ttl ms, token. 1 when still held and
+/// extended. A lease Redis no longer has (it restarted empty, or the lease
+/// expired unnoticed) that nobody took since is taken back, with the fence
+/// raised to its token so that later grants still get higher ones; 0 only when
+/// another holder has it.
+const RENEW_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 1
+";
+
+/// KEYS: lease. ARGV: value. Deletes the lease only if it is still ours.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// A thread's lease key and its fencing-token counter, beside the thread topic's keys.
+fn lease_keys(thread_id: &str) -> [String; 2] {
+    let channel = Topic::Thread(thread_id.to_string()).channel();
+    [format!("{channel}:lease"), format!("{channel}:fence")]
+}
+
+#[async_trait]
+impl Coordination for RedisFanout {
+    async fn lease(&self, thread_id: &str) -> Result<Lease, FanoutError> {
+        let [lease_key, fence_key] = lease_keys(thread_id);
+        let ttl_ms = self.settings.lease_ttl.as_millis() as u64;
+        let started = Instant::now();
+        let deadline = started + self.settings.lease_wait;
+        let mut pause = Duration::from_millis(2);
+        let mut contended = false;
+        let waited = || METRICS.lease_wait.with_label_values(&["redis"]).observe(started.elapsed().as_secs_f64());
+        loop {
+            let mut conn = match self.connection.get().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // The store is the source of truth and the local actor
+                    // still serializes: run rather than refuse while Redis is away.
+                    tracing::warn!(%error, thread_id, "running without a cross-replica lease");
+                    return Ok(Lease::local());
+                }
+            };
+            let granted: Result<u64, RedisError> = redis::cmd("EVAL")
+                .arg(ACQUIRE_SCRIPT)
+                .arg(2)
+                .arg(&lease_key)
+                .arg(&fence_key)
+                .arg(&self.replica)
+                .arg(ttl_ms)
+                .query_async(&mut conn)
+                .await;
+            match granted {
+                Ok(0) if Instant::now() >= deadline => {
+                    waited();
+                    return Err(FanoutError::LeaseBusy);
+                }
+                Ok(0) => {
+                    if !contended {
+                        contended = true;
+                        METRICS.lease_contended.inc();
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(25));
+                }
+                Ok(token) => {
+                    waited();
+                    let value = format!("{}:{token}", self.replica);
+                    return Ok(self.held(lease_key, fence_key, value, token));
+                }
+                Err(error) => {
+                    self.connection.failed(&error).await;
+                    tracing::warn!(%error, thread_id, "running without a cross-replica lease");
+                    return Ok(Lease::local());
+                }
+            }
+        }
+    }
+
+    async fn request_cancel(&self, thread_id: &str) -> bool {
+        let Ok(mut conn) = self.connection.get().await else { return false };
+        let [lease_key, _] = lease_keys(thread_id);
+        let result: Result<((), Option<String>), RedisError> = redis::pipe()
+            .cmd("PUBLISH")
+            .arg(CONTROL)
+            .arg(format!("{CANCEL_REQUEST}{thread_id}"))
+            .ignore()
+            .get(&lease_key)
+            .query_async(&mut conn)
+            .await
+            .map(|(holder,): (Option<String>,)| ((), holder));
+        match result {
+            Ok(((), holder)) => holder.is_some_and(|holder| !holder.starts_with(&format!("{}:", self.replica))),
+            Err(error) => {
+                self.connection.failed(&error).await;
+                false
+            }
+        }
+    }
+
+    fn cancel_requests(&self) -> broadcast::Receiver<String> {
+        self.cancels.subscribe()
+    }
+
+    async fn incr(&self, key: &str, ttl: Duration) -> u64 {
+        let counted = async {
+            let mut conn = self.connection.get().await?;
+            let key = format!("ck:count:{key}");
+            let result: Result<(u64,), RedisError> = redis::pipe()
+                .cmd("INCR")
+                .arg(&key)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl.as_millis() as u64)
+                .arg("NX")
+                .ignore()
+                .query_async(&mut conn)
+                .await;
+            self.connection.checked(result).await.map(|(count,)| count)
+        };
+        match counted.await {
+            Ok(count) => count,
+            Err(error) => {
+                tracing::warn!(%error, "counting on this replica alone while Redis is away");
+                self.fallback_counters.incr(key, ttl)
+            }
+        }
+    }
+
+    async fn end_session(&self, session_id: &str) {
+        // Local streams close at once, whatever Redis does.
+        let _ = self.session_ends.send(session_id.to_string());
+        let Ok(mut conn) = self.connection.get().await else { return };
+        let published: Result<(), RedisError> =
+            redis::cmd("PUBLISH").arg(CONTROL).arg(format!("{SESSION_ENDED}{session_id}")).query_async(&mut conn).await;
+        if let Err(error) = published {
+            self.connection.failed(&error).await;
+        }
+    }
+
+    fn session_ends(&self) -> broadcast::Receiver<String> {
+        self.session_ends.subscribe()
+    }
+}
+
+impl RedisFanout {
+    /// A granted lease: renewed in the background until dropped, released on drop.
+    fn held(&self, key: String, fence: String, value: String, token: u64) -> Lease {
+        let lost = Arc::new(Notify::new());
+        let lost_flag = Arc::new(AtomicBool::new(false));
+        let ttl_ms = self.settings.lease_ttl.as_millis() as u64;
+        let renew_every = self.settings.lease_ttl / 3;
+        let renewer = tokio::spawn({
+            let (connection, key, value, lost, lost_flag) =
+                (self.connection.clone(), key.clone(), value.clone(), lost.clone(), lost_flag.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(renew_every).await;
+                    let Ok(mut conn) = connection.get().await else { continue };
+                    let renewed: Result<u64, RedisError> = redis::cmd("EVAL")
+                        .arg(RENEW_SCRIPT)
+                        .arg(2)
+                        .arg(&key)
+                        .arg(&fence)
+                        .arg(&value)
+                        .arg(ttl_ms)
+                        .arg(token)
+                        .query_async(&mut conn)
+                        .await;
+                    match renewed {
+                        Ok(1) => {}
+                        Ok(_) => {
+                            tracing::error!(lease = %key, "lost a thread lease while holding it; stopping the turn");
+                            lost_flag.store(true, Ordering::SeqCst);
+                            lost.notify_waiters();
+                            return;
+                        }
+                        Err(error) => connection.failed(&error).await,
+                    }
+                }
+            }
+        });
+        let connection = self.connection.clone();
+        let release = Box::new(move || {
+            renewer.abort();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let Ok(mut conn) = connection.get().await else { return };
+                    let released: Result<u64, RedisError> = redis::cmd("EVAL")
+                        .arg(RELEASE_SCRIPT)
+                        .arg(1)
+                        .arg(&key)
+                        .arg(&value)
+                        .query_async(&mut conn)
+                        .await;
+                    if let Err(error) = released {
+                        connection.failed(&error).await;
+                    }
+                });
+            }
+        });
+        Lease { token, lost, lost_flag, release: Some(release) }
+    }
+}
