@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::Order;
-use chatkit_gateway::store::{PageQuery, SqliteStore, Store};
+use chatkit_gateway::store::{ListQuery, SqliteStore, Store};
 use common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
 use common::viewer;
 use common::*;
@@ -85,7 +85,7 @@ impl Gateway {
 
     async fn stored_assistant_text(&self, thread_id: &str) -> Vec<String> {
         let store = SqliteStore::open(&format!("sqlite://{}", self.db.display())).await.unwrap();
-        let items = store.load_items(&UserId("alice".into()), thread_id, &PageQuery::first(100, Order::Asc)).await;
+        let items = store.list_items(&UserId("alice".into()), thread_id, &ListQuery::first(100, Order::Asc)).await;
         items
             .unwrap()
             .data
