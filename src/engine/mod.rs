@@ -27,7 +27,7 @@ use crate::protocol::{
 };
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
 use crate::sessions::{ActiveSession, Sessions};
-use crate::store::{Entity, PageQuery, Store, StoreError};
+use crate::store::{Entity, ListQuery, Store, StoreError};
 use crate::telemetry::metrics::METRICS;
 
 pub use announce::Announcer;
@@ -202,12 +202,12 @@ impl Engine {
                     // The session's history is off: the user sees no earlier threads.
                     return Ok(JsonAnswer::Threads(Page::default()));
                 }
-                let page = self.store.load_threads(user, &query).await?;
-                Ok(JsonAnswer::Threads(page.map(|thread| thread.to_wire(Page::default()))))
+                let page = self.store.list_threads(Some(user), &query).await?;
+                Ok(JsonAnswer::Threads(page.map(|(_, thread)| thread.to_wire(Page::default()))))
             }
             Request::ListItems(params) => {
                 let query = page_query(&params.page)?;
-                let mut page = self.store.load_items(user, &params.thread_id, &query).await?;
+                let mut page = self.store.list_items(user, &params.thread_id, &query).await?;
                 page.data.retain(|item| !item.is_hidden());
                 Ok(JsonAnswer::Items(page))
             }
@@ -321,20 +321,20 @@ impl Engine {
     /// A thread with its first page of items, oldest first, as `threads.get_by_id` answers.
     pub async fn full_thread(&self, user: &UserId, thread_id: &str) -> EngineResult<Thread> {
         let thread = self.store.load_thread(user, thread_id).await?;
-        let items = self.store.load_items(user, thread_id, &PageQuery::first(DEFAULT_PAGE_SIZE, Order::Asc)).await?;
+        let items = self.store.list_items(user, thread_id, &ListQuery::first(DEFAULT_PAGE_SIZE, Order::Asc)).await?;
         Ok(thread.to_wire(items))
     }
 }
 
 /// Turns listing parameters into a store query: a missing or zero limit means
 /// the default page size, as in the reference.
-fn page_query(params: &ListParams) -> EngineResult<PageQuery> {
+fn page_query(params: &ListParams) -> EngineResult<ListQuery> {
     let limit = match params.limit {
         None | Some(0) => DEFAULT_PAGE_SIZE,
         Some(n) if n < 0 => return Err(EngineError::BadRequest(format!("params.limit must not be negative, got {n}"))),
         Some(n) => usize::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
     };
-    Ok(PageQuery { after: params.after.clone(), limit, order: params.order })
+    Ok(ListQuery { after: params.after.clone(), before: None, limit, order: params.order })
 }
 
 /// Runs a responder call so that a panic inside it becomes an error, not a

@@ -20,7 +20,7 @@ use crate::protocol::{
     ThreadMetadata, ThreadStatus, ThreadStreamEvent, ToolCallStatus, UserMessage, UserMessageInput, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{EventStream, RespondInput, ResponderError, SharedThread};
-use crate::store::{Entity, PageQuery, StoreError, StoreResult};
+use crate::store::{Entity, ListQuery, StoreError, StoreResult};
 use crate::telemetry::metrics::METRICS;
 
 /// What the reference stores when a user cancels, so the next response does
@@ -169,7 +169,7 @@ impl Engine {
                     self.stats.refused(&thread.status);
                     return Ok(turn(thread, vec![ThreadStreamEvent::custom_error(reason, false)], Work::Nothing));
                 }
-                let newest = self.store.load_items(user, &thread.id, &PageQuery::first(1, Order::Desc)).await?;
+                let newest = self.store.list_items(user, &thread.id, &ListQuery::first(1, Order::Desc)).await?;
                 let mut call_item = match newest.data.into_iter().next() {
                     Some(item) if matches!(&item.body, ItemBody::ClientToolCall(c) if c.status == ToolCallStatus::Pending) => {
                         item
@@ -298,7 +298,7 @@ impl Engine {
     /// Removes pending tool calls left among the newest items; there should be
     /// none, but a dangling one would confuse the next model call.
     async fn drop_dangling_tool_calls(&self, user: &UserId, thread_id: &str) -> EngineResult<()> {
-        let recent = self.store.load_items(user, thread_id, &PageQuery::first(DEFAULT_PAGE_SIZE, Order::Desc)).await?;
+        let recent = self.store.list_items(user, thread_id, &ListQuery::first(DEFAULT_PAGE_SIZE, Order::Desc)).await?;
         for item in recent.data {
             if matches!(&item.body, ItemBody::ClientToolCall(call) if call.status == ToolCallStatus::Pending) {
                 tracing::warn!(thread_id, item_id = %item.id, "dropping a client tool call that never completed");
@@ -316,9 +316,9 @@ impl Engine {
         item_id: &str,
     ) -> EngineResult<(ThreadItem, Vec<ThreadItem>)> {
         let mut later = Vec::new();
-        let mut query = PageQuery::first(DEFAULT_PAGE_SIZE, Order::Desc);
+        let mut query = ListQuery::first(DEFAULT_PAGE_SIZE, Order::Desc);
         loop {
-            let page = self.store.load_items(user, thread_id, &query).await?;
+            let page = self.store.list_items(user, thread_id, &query).await?;
             for item in page.data {
                 if item.id == item_id {
                     return Ok((item, later));

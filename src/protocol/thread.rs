@@ -5,7 +5,8 @@ use serde_json::{Map, Value};
 
 use super::{ThreadItem, Timestamp};
 
-/// A page of records, with the cursor of its last record when more follow.
+/// A page of records, with the cursor of its last record when more follow
+/// (none on a page read backward, toward a `before` cursor).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
     #[serde(default = "Vec::new")]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{ListQuery, Listing, PageQuery, SessionRecord, Store, StoreResult, UserId};
+use super::{ListQuery, SessionRecord, Store, StoreResult, UserId};
 use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
 use crate::telemetry::metrics::METRICS;
 
@@ -53,16 +53,20 @@ impl Store for Instrumented {
         self.timed("delete_thread", self.inner.delete_thread(user, thread_id)).await
     }
 
-    async fn load_threads(&self, user: &UserId, query: &PageQuery) -> StoreResult<Page<ThreadMetadata>> {
-        self.timed("load_threads", self.inner.load_threads(user, query)).await
+    async fn list_threads(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+    ) -> StoreResult<Page<(UserId, ThreadMetadata)>> {
+        self.timed("list_threads", self.inner.list_threads(user, query)).await
     }
 
     async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {
         self.timed("find_thread", self.inner.find_thread(thread_id)).await
     }
 
-    async fn load_items(&self, user: &UserId, thread_id: &str, query: &PageQuery) -> StoreResult<Page<ThreadItem>> {
-        self.timed("load_items", self.inner.load_items(user, thread_id, query)).await
+    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Page<ThreadItem>> {
+        self.timed("list_items", self.inner.list_items(user, thread_id, query)).await
     }
 
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {
@@ -107,18 +111,6 @@ impl Store for Instrumented {
 
     async fn cancel_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
         self.timed("cancel_session", self.inner.cancel_session(session_id)).await
-    }
-
-    async fn list_threads(
-        &self,
-        user: Option<&UserId>,
-        query: &ListQuery,
-    ) -> StoreResult<Listing<(UserId, ThreadMetadata)>> {
-        self.timed("list_threads", self.inner.list_threads(user, query)).await
-    }
-
-    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Listing<ThreadItem>> {
-        self.timed("list_items", self.inner.list_items(user, thread_id, query)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -10,11 +10,9 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::record::{finish_listing, Window};
-use super::{
-    Entity, ListQuery, Listing, PageQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
-};
-use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
+use super::paging::{effective_limit, finish_page, Listed, Window};
+use super::{Entity, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET};
+use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
 
 /// A store that lives and dies with the process.
 #[derive(Debug, Default)]
@@ -92,62 +90,30 @@ impl Inner {
     }
 }
 
-/// A zero limit would give an empty page that can never advance, so it means
-/// the protocol's default page size, as it does on the wire.
-fn effective_limit(limit: usize) -> usize {
-    if limit == 0 {
-        DEFAULT_PAGE_SIZE
-    } else {
-        limit
-    }
-}
-
-/// Takes up to `limit` values strictly after `after_seq` in `order`, and says whether more follow.
-fn take_page<V>(map: &BTreeMap<u64, V>, after_seq: Option<u64>, order: Order, limit: usize) -> (Vec<&V>, bool) {
-    // One extra value tells whether another page follows without counting the rest.
-    let wanted = limit.saturating_add(1);
-    let mut values: Vec<&V> = match (order, after_seq) {
-        (Order::Asc, None) => map.values().take(wanted).collect(),
-        (Order::Asc, Some(seq)) => {
-            map.range((Bound::Excluded(seq), Bound::Unbounded)).map(|(_, v)| v).take(wanted).collect()
-        }
-        (Order::Desc, None) => map.values().rev().take(wanted).collect(),
-        (Order::Desc, Some(seq)) => map.range(..seq).rev().map(|(_, v)| v).take(wanted).collect(),
-    };
-    let has_more = values.len() > limit;
-    values.truncate(limit);
-    (values, has_more)
-}
-
-/// Takes an admin listing's page from `map` (see `Window`), one value beyond it
-/// telling whether more follow.
-fn take_window<V>(map: &BTreeMap<u64, V>, window: Window<u64>, limit: usize) -> Listing<&V> {
+/// Takes the page of `query` from `map`, where `seq_of` finds the records its
+/// cursors name, turning each value taken into a record with `record`.
+fn take_page<V, T: Listed>(
+    map: &BTreeMap<u64, V>,
+    query: &ListQuery,
+    seq_of: impl Fn(&str) -> Option<u64>,
+    record: impl Fn(&V) -> StoreResult<T>,
+) -> StoreResult<Page<T>> {
+    let window =
+        Window::of(query, query.after.as_deref().and_then(&seq_of), query.before.as_deref().and_then(&seq_of))?;
     if window.is_empty() {
         // `BTreeMap::range` panics on bounds that cross, and nothing lies between them anyway.
-        return Listing { data: Vec::new(), has_more: false };
+        return Ok(Page::default());
     }
     let bound = |seq: Option<u64>| seq.map_or(Bound::Unbounded, Bound::Excluded);
     let range = map.range((bound(window.low), bound(window.high))).map(|(_, value)| value);
+    // One value beyond the page tells whether more follow without counting the rest.
+    let limit = effective_limit(query.limit);
     let wanted = limit.saturating_add(1);
-    let mut values: Vec<&V> =
+    let values: Vec<&V> =
         if window.ascending { range.take(wanted).collect() } else { range.rev().take(wanted).collect() };
     let has_more = values.len() > limit;
-    values.truncate(limit);
-    finish_listing(values, has_more, window.reverse)
-}
-
-/// The sequence number of the record a cursor names, or `UnknownCursor` when `seq_of` finds none.
-fn cursor_seq(cursor: Option<&String>, seq_of: impl Fn(&str) -> Option<u64>) -> StoreResult<Option<u64>> {
-    match cursor {
-        Some(id) => seq_of(id).map(Some).ok_or_else(|| StoreError::UnknownCursor(id.clone())),
-        None => Ok(None),
-    }
-}
-
-/// Wraps a page's records, naming the last one as the cursor only when more follow.
-fn finish_page<T>(data: Vec<T>, has_more: bool, id_of: impl Fn(&T) -> &str) -> Page<T> {
-    let after = if has_more { data.last().map(|last| id_of(last).to_owned()) } else { None };
-    Page { data, has_more, after }
+    let data = values.into_iter().take(limit).map(record).collect::<StoreResult<Vec<T>>>()?;
+    Ok(finish_page(data, has_more, &window))
 }
 
 #[async_trait]
@@ -201,51 +167,37 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn load_threads(&self, user: &UserId, query: &PageQuery) -> StoreResult<Page<ThreadMetadata>> {
+    async fn list_threads(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+    ) -> StoreResult<Page<(UserId, ThreadMetadata)>> {
         let inner = self.read();
-        let Some(listing) = inner.threads_by_user.get(user) else {
-            // A user with no threads has an empty listing, in which no cursor names a record.
-            return match &query.after {
-                Some(after) => Err(StoreError::UnknownCursor(after.clone())),
-                None => Ok(Page::default()),
-            };
+        // A cursor must name a thread of this listing: with a user, one of theirs.
+        let seq_of = |id: &str| match inner.threads.get(id) {
+            Some(record) if user.is_none_or(|user| record.owner == *user) => Some(record.seq),
+            _ => None,
         };
-        let after_seq = match &query.after {
-            Some(after) => match inner.threads.get(after) {
-                Some(record) if record.owner == *user => Some(record.seq),
-                _ => return Err(StoreError::UnknownCursor(after.clone())),
-            },
-            None => None,
+        let empty = BTreeMap::new();
+        let ids = match user {
+            Some(user) => inner.threads_by_user.get(user).unwrap_or(&empty),
+            None => &inner.threads_by_seq,
         };
-        let (ids, has_more) = take_page(listing, after_seq, query.order, effective_limit(query.limit));
-        let data = ids
-            .into_iter()
-            .map(|id| {
-                // The listing and the thread map change together under the write lock,
-                // so a listed id always has its record; a miss would be a bug here.
-                inner
-                    .threads
-                    .get(id)
-                    .map(|record| record.thread.clone())
-                    .ok_or_else(|| StoreError::Backend(format!("thread `{id}` is listed but has no record")))
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(finish_page(data, has_more, |thread| &thread.id))
+        take_page(ids, query, seq_of, |id| {
+            // The listings and the thread map change together under the write lock,
+            // so a listed id always has its record; a miss would be a bug here.
+            inner
+                .threads
+                .get(id)
+                .map(|record| (record.owner.clone(), record.thread.clone()))
+                .ok_or_else(|| StoreError::Backend(format!("thread `{id}` is listed but has no record")))
+        })
     }
 
-    async fn load_items(&self, user: &UserId, thread_id: &str, query: &PageQuery) -> StoreResult<Page<ThreadItem>> {
+    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Page<ThreadItem>> {
         let inner = self.read();
         let items = &inner.thread(user, thread_id)?.items;
-        let after_seq = match &query.after {
-            Some(after) => match items.seq_by_id.get(after) {
-                Some(seq) => Some(*seq),
-                None => return Err(StoreError::UnknownCursor(after.clone())),
-            },
-            None => None,
-        };
-        let (values, has_more) = take_page(&items.by_seq, after_seq, query.order, effective_limit(query.limit));
-        let data = values.into_iter().cloned().collect();
-        Ok(finish_page(data, has_more, |item| &item.id))
+        take_page(&items.by_seq, query, |id| items.seq_by_id.get(id).copied(), |item| Ok(item.clone()))
     }
 
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {
@@ -348,51 +300,6 @@ impl Store for MemoryStore {
             inner.sessions.get_mut(session_id).ok_or_else(|| StoreError::not_found(Entity::Session, session_id))?;
         session.cancelled = true;
         Ok(session.clone())
-    }
-
-    async fn list_threads(
-        &self,
-        user: Option<&UserId>,
-        query: &ListQuery,
-    ) -> StoreResult<Listing<(UserId, ThreadMetadata)>> {
-        let inner = self.read();
-        // A cursor must name a thread of this listing: with a user, one of theirs.
-        let seq_of = |id: &str| match inner.threads.get(id) {
-            Some(record) if user.is_none_or(|user| record.owner == *user) => Some(record.seq),
-            _ => None,
-        };
-        let after = cursor_seq(query.after.as_ref(), seq_of)?;
-        let before = cursor_seq(query.before.as_ref(), seq_of)?;
-        let empty = BTreeMap::new();
-        let ids = match user {
-            Some(user) => inner.threads_by_user.get(user).unwrap_or(&empty),
-            None => &inner.threads_by_seq,
-        };
-        let page = take_window(ids, Window::new(query.order, after, before), effective_limit(query.limit));
-        let data = page
-            .data
-            .into_iter()
-            .map(|id| {
-                // The listings and the thread map change together under the write lock,
-                // so a listed id always has its record; a miss would be a bug here.
-                inner
-                    .threads
-                    .get(id)
-                    .map(|record| (record.owner.clone(), record.thread.clone()))
-                    .ok_or_else(|| StoreError::Backend(format!("thread `{id}` is listed but has no record")))
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Listing { data, has_more: page.has_more })
-    }
-
-    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Listing<ThreadItem>> {
-        let inner = self.read();
-        let items = &inner.thread(user, thread_id)?.items;
-        let seq_of = |id: &str| items.seq_by_id.get(id).copied();
-        let after = cursor_seq(query.after.as_ref(), seq_of)?;
-        let before = cursor_seq(query.before.as_ref(), seq_of)?;
-        let page = take_window(&items.by_seq, Window::new(query.order, after, before), effective_limit(query.limit));
-        Ok(Listing { data: page.data.into_iter().cloned().collect(), has_more: page.has_more })
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -4,14 +4,19 @@
 //! item or attachment is indistinguishable from a missing one. The admin and
 //! session calls (`find_thread`, `list_threads` without a user, the session
 //! calls) act on records by id alone, for callers that have already decided who
-//! may see them. Backends are same-shaped files (`memory`, `sqlite`,
-//! `postgres`) and one contract suite (`tests/store_contract.rs`) runs against
-//! each.
+//! may see them. Every listing takes one `ListQuery` and answers one `Page`,
+//! whoever asks: the protocol's `threads.list` and `items.list`, or the REST API.
+//!
+//! Backends are same-shaped modules (`memory`, `sqlite`, `postgres`), and one
+//! contract suite (`tests/store_contract.rs`) runs against each. `paging` holds
+//! the paging rules all of them share; `sql` the SQL the two SQL backends run,
+//! written once for both dialects.
 
 mod instrumented;
 mod memory;
+mod paging;
 mod postgres;
-mod record;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -68,22 +73,9 @@ impl StoreError {
     }
 }
 
-/// A page request: up to `limit` records after the cursor, in `order`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PageQuery {
-    pub after: Option<String>,
-    pub limit: usize,
-    pub order: Order,
-}
-
-impl PageQuery {
-    pub fn first(limit: usize, order: Order) -> Self {
-        PageQuery { after: None, limit, order }
-    }
-}
-
-/// A listing request of the admin REST API: up to `limit` records after `after`
-/// and/or before `before` (ids of records of the same listing), in `order`.
+/// A page request, for the protocol's listings and the REST API's alike: up to
+/// `limit` records after `after` and/or before `before` (ids of records of the
+/// same listing), in `order`.
 ///
 /// The listing runs in creation order (`asc`) or newest first (`desc`), and the
 /// cursors are read in that order, as OpenAI's list endpoints read them: `after`
@@ -91,6 +83,11 @@ impl PageQuery {
 /// record (the `limit` closest to it, still in listing order), and both keep
 /// those strictly between. A cursor that names no record of the listing is
 /// `UnknownCursor`; a zero limit means the protocol's default page size.
+///
+/// The answer is a `Page`: `has_more` tells whether records remain beyond the
+/// page in the direction of travel (past its last record for `after` or no
+/// cursor; before its first record for `before` alone), and `after` names the
+/// page's last record when more follow it, as the protocol's cursor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListQuery {
     pub after: Option<String>,
@@ -100,18 +97,15 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
+    /// The first page of a listing.
     pub fn first(limit: usize, order: Order) -> Self {
         ListQuery { after: None, before: None, limit, order }
     }
-}
 
-/// One page of an admin listing. `has_more` tells whether records remain beyond
-/// the page in the direction of travel (past the last record for `after` or no
-/// cursor; before the first record for `before` alone).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Listing<T> {
-    pub data: Vec<T>,
-    pub has_more: bool,
+    /// Whether the query names a record to start from.
+    pub fn has_cursor(&self) -> bool {
+        self.after.is_some() || self.before.is_some()
+    }
 }
 
 /// A ChatKit session as stored. The client secret is never stored, only its hash.
@@ -151,12 +145,18 @@ pub trait Store: Send + Sync + 'static {
     async fn save_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()>;
     /// Deletes a thread with all its items.
     async fn delete_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<()>;
-    async fn load_threads(&self, user: &UserId, query: &PageQuery) -> StoreResult<Page<ThreadMetadata>>;
+    /// A page of the threads of `user`, or of every user for `None`, with their owners.
+    async fn list_threads(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+    ) -> StoreResult<Page<(UserId, ThreadMetadata)>>;
     /// Finds a thread by id alone, with its owner: for admin operations, which
     /// act on a thread without acting as its user.
     async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)>;
 
-    async fn load_items(&self, user: &UserId, thread_id: &str, query: &PageQuery) -> StoreResult<Page<ThreadItem>>;
+    /// A page of a thread's items, including hidden ones.
+    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Page<ThreadItem>>;
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem>;
     /// Appends a new item to its thread (`item.thread_id`).
     async fn add_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()>;
@@ -177,15 +177,6 @@ pub trait Store: Send + Sync + 'static {
     async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord>;
     /// Marks a session cancelled (idempotent) and returns it.
     async fn cancel_session(&self, session_id: &str) -> StoreResult<SessionRecord>;
-
-    /// Threads of every user, or of `user`, with their owners, in creation order (`asc`) or its reverse.
-    async fn list_threads(
-        &self,
-        user: Option<&UserId>,
-        query: &ListQuery,
-    ) -> StoreResult<Listing<(UserId, ThreadMetadata)>>;
-    /// A thread's items (including hidden ones) in creation order or its reverse; the caller knows the owner.
-    async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Listing<ThreadItem>>;
 
     /// Checks that the backend answers, for readiness.
     async fn ping(&self) -> StoreResult<()>;

@@ -6,13 +6,13 @@ use crate::common::scripted::{ScriptedResponder, Step};
 use crate::common::*;
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::{ItemBody, Order, ThreadItem};
-use chatkit_gateway::store::{MemoryStore, PageQuery, Store};
+use chatkit_gateway::store::{ListQuery, MemoryStore, Store};
 use serde_json::{json, Value};
 
 /// Everything stored for a thread, hidden items included, oldest first.
 async fn stored_items(store: &MemoryStore, thread_id: &str) -> Vec<ThreadItem> {
-    let query = PageQuery::first(100, Order::Asc);
-    store.load_items(&UserId("alice".into()), thread_id, &query).await.expect("thread is stored").data
+    let query = ListQuery::first(100, Order::Asc);
+    store.list_items(&UserId("alice".into()), thread_id, &query).await.expect("thread is stored").data
 }
 
 fn stored_text(item: &ThreadItem) -> Option<String> {

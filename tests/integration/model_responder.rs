@@ -14,7 +14,7 @@ use chatkit_gateway::ids::{new_id, IdKind};
 use chatkit_gateway::protocol::{ItemBody, Order, ThreadItem};
 use chatkit_gateway::responder::{ModelSettings, OpenAiResponder};
 use chatkit_gateway::secret::Secret;
-use chatkit_gateway::store::PageQuery;
+use chatkit_gateway::store::ListQuery;
 use serde_json::{json, Value};
 
 /// The key the gateway sends upstream; no part of it may ever reach a client.
@@ -169,8 +169,8 @@ fn system() -> Value {
 
 /// Everything stored for a thread, hidden items included, oldest first.
 async fn stored_items(app: &TestApp, thread_id: &str) -> Vec<ThreadItem> {
-    let query = PageQuery::first(100, Order::Asc);
-    app.store.load_items(&UserId("alice".into()), thread_id, &query).await.expect("thread is stored").data
+    let query = ListQuery::first(100, Order::Asc);
+    app.store.list_items(&UserId("alice".into()), thread_id, &query).await.expect("thread is stored").data
 }
 
 /// Starts a streaming operation as `alice` and reads its events until one satisfies `stop`; returns the response,

@@ -22,7 +22,7 @@ use chatkit_gateway::ids::{new_id, IdKind};
 use chatkit_gateway::protocol::{AssistantMessageContent, ItemBody, ItemUpdate, Order, ThreadItem, ThreadStreamEvent};
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::secret::Secret;
-use chatkit_gateway::store::{PageQuery, PostgresStore};
+use chatkit_gateway::store::{ListQuery, PostgresStore};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -440,7 +440,7 @@ async fn a_cancel_sent_to_another_replica_stops_the_turn_and_keeps_its_partial_a
     let last = items.last().expect("items");
     assert_eq!((last["type"].as_str(), text_of(last).as_str()), (Some("assistant_message"), "partial "));
     let user = UserId("alice".into());
-    let everything = c.store.load_items(&user, &tid, &PageQuery::first(100, Order::Asc)).await.unwrap();
+    let everything = c.store.list_items(&user, &tid, &ListQuery::first(100, Order::Asc)).await.unwrap();
     assert!(everything.data.iter().any(|item| item.kind() == "sdk_hidden_context"), "the cancellation is noted");
     // The lease went with the turn: another replica runs the next message.
     assert_eq!(assistant_text(&b.say("alice", &tid, "next").await), "echo: next");

@@ -261,9 +261,9 @@ async fn past_the_rate_limit_requests_get_429_and_write_nothing() {
     let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry_after));
     let alice = chatkit_gateway::ids::UserId("alice".into());
-    let query = chatkit_gateway::store::PageQuery::first(100, chatkit_gateway::protocol::Order::Asc);
+    let query = chatkit_gateway::store::ListQuery::first(100, chatkit_gateway::protocol::Order::Asc);
     let stored: Vec<String> =
-        app.store.load_threads(&alice, &query).await.unwrap().data.into_iter().map(|t| t.id).collect();
+        app.store.list_threads(Some(&alice), &query).await.unwrap().data.into_iter().map(|(_, t)| t.id).collect();
     assert_eq!(stored, [first, second, third], "the refused request wrote nothing");
 }
 

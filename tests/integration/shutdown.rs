@@ -11,7 +11,7 @@ use crate::common::viewer;
 use crate::common::*;
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::Order;
-use chatkit_gateway::store::{PageQuery, SqliteStore, Store};
+use chatkit_gateway::store::{ListQuery, SqliteStore, Store};
 use serde_json::{json, Value};
 
 struct Gateway {
@@ -84,7 +84,7 @@ impl Gateway {
 
     async fn stored_assistant_text(&self, thread_id: &str) -> Vec<String> {
         let store = SqliteStore::open(&format!("sqlite://{}", self.db.display())).await.unwrap();
-        let items = store.load_items(&UserId("alice".into()), thread_id, &PageQuery::first(100, Order::Asc)).await;
+        let items = store.list_items(&UserId("alice".into()), thread_id, &ListQuery::first(100, Order::Asc)).await;
         items
             .unwrap()
             .data

@@ -21,8 +21,7 @@ use chatkit_gateway::protocol::{
     ThreadStatus, Timestamp, UserMessage, UserMessageContent, DEFAULT_PAGE_SIZE,
 };
 use chatkit_gateway::store::{
-    self, Entity, ListQuery, Listing, MemoryStore, PageQuery, PostgresStore, SessionRecord, SqliteStore, Store,
-    StoreError,
+    self, Entity, ListQuery, MemoryStore, PostgresStore, SessionRecord, SqliteStore, Store, StoreError,
 };
 use sqlx::Connection;
 
@@ -111,12 +110,12 @@ fn new_attachment() -> Attachment {
     }
 }
 
-fn first(limit: usize, order: Order) -> PageQuery {
-    PageQuery::first(limit, order)
+fn first(limit: usize, order: Order) -> ListQuery {
+    ListQuery::first(limit, order)
 }
 
-fn after(id: &str, limit: usize, order: Order) -> PageQuery {
-    PageQuery { after: Some(id.to_owned()), limit, order }
+fn after(id: &str, limit: usize, order: Order) -> ListQuery {
+    ListQuery { after: Some(id.to_owned()), before: None, limit, order }
 }
 
 fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StoreError>, entity: Entity) {
@@ -133,19 +132,21 @@ fn assert_unknown_cursor<T: std::fmt::Debug>(result: Result<T, StoreError>, curs
     }
 }
 
-fn thread_ids(page: &Page<ThreadMetadata>) -> Vec<String> {
-    page.data.iter().map(|thread| thread.id.clone()).collect()
+fn thread_ids(page: &Page<(UserId, ThreadMetadata)>) -> Vec<String> {
+    page.data.iter().map(|(_, thread)| thread.id.clone()).collect()
 }
 
 fn item_ids(page: &Page<ThreadItem>) -> Vec<String> {
     page.data.iter().map(|item| item.id.clone()).collect()
 }
 
-/// Walks a whole listing page by page, checking the page envelope as it goes,
-/// and returns the ids in the order seen and the size of each page.
+/// Walks a whole listing forward with `after`, from its start, checking the page
+/// envelope as it goes, and returns the ids in the order seen and the size of
+/// each page. Every page but the last must say that more follow, which the sizes
+/// show: a wrong `has_more` adds an empty page or ends the walk early.
 async fn walk<T, F, Fut>(limit: usize, order: Order, mut load: F, id_of: fn(&T) -> String) -> (Vec<String>, Vec<usize>)
 where
-    F: FnMut(PageQuery) -> Fut,
+    F: FnMut(ListQuery) -> Fut,
     Fut: std::future::Future<Output = Result<Page<T>, StoreError>>,
 {
     let mut ids = Vec::new();
@@ -161,7 +162,7 @@ where
         }
         let last = page.data.last().map(id_of);
         assert_eq!(page.after, last, "the cursor names the page's last record");
-        query = PageQuery { after: page.after, limit, order };
+        query = ListQuery { after: page.after, ..query };
         assert!(sizes.len() < 1000, "paging does not end");
     }
 }
@@ -228,46 +229,8 @@ fn list_between(after: &str, before: &str, limit: usize, order: Order) -> ListQu
     ListQuery { after: Some(after.to_owned()), before: Some(before.to_owned()), limit, order }
 }
 
-fn listed_threads(listing: &Listing<(UserId, ThreadMetadata)>) -> Vec<String> {
-    listing.data.iter().map(|(_, thread)| thread.id.clone()).collect()
-}
-
-fn listed_items(listing: &Listing<ThreadItem>) -> Vec<String> {
-    listing.data.iter().map(|item| item.id.clone()).collect()
-}
-
 fn reversed(ids: &[String]) -> Vec<String> {
     ids.iter().rev().cloned().collect()
-}
-
-/// Walks a whole admin listing forward with `after`, from its start, and returns
-/// the ids in the order seen and the size of each page. Every page but the last
-/// must say that more follow, which the sizes show: a wrong `has_more` adds an
-/// empty page or ends the walk early.
-async fn walk_after<T, F, Fut>(
-    limit: usize,
-    order: Order,
-    mut load: F,
-    id_of: fn(&T) -> String,
-) -> (Vec<String>, Vec<usize>)
-where
-    F: FnMut(ListQuery) -> Fut,
-    Fut: std::future::Future<Output = Result<Listing<T>, StoreError>>,
-{
-    let mut ids = Vec::new();
-    let mut sizes = Vec::new();
-    let mut query = ListQuery::first(limit, order);
-    loop {
-        let page = load(query.clone()).await.unwrap();
-        sizes.push(page.data.len());
-        ids.extend(page.data.iter().map(id_of));
-        if !page.has_more {
-            return (ids, sizes);
-        }
-        let last = page.data.last().map(id_of).expect("a page with more after it holds records");
-        query = ListQuery { after: Some(last), ..query };
-        assert!(sizes.len() < 1000, "paging does not end");
-    }
 }
 
 /// Walks an admin listing backward with `before`, from the record `end` toward
@@ -282,13 +245,14 @@ async fn walk_before<T, F, Fut>(
 ) -> (Vec<String>, Vec<usize>)
 where
     F: FnMut(ListQuery) -> Fut,
-    Fut: std::future::Future<Output = Result<Listing<T>, StoreError>>,
+    Fut: std::future::Future<Output = Result<Page<T>, StoreError>>,
 {
     let mut pages = Vec::new();
     let mut sizes = Vec::new();
     let mut cursor = end.to_owned();
     loop {
         let page = load(list_before(&cursor, limit, order)).await.unwrap();
+        assert_eq!(page.after, None, "a page read backward names no cursor after it");
         let ids: Vec<String> = page.data.iter().map(id_of).collect();
         sizes.push(ids.len());
         let first = ids.first().cloned();
@@ -378,7 +342,7 @@ async fn missing_threads_are_not_found(store: Arc<dyn Store>) {
     assert_not_found(store.load_thread(&alice(), &thread.id).await, Entity::Thread);
     assert_not_found(store.save_thread(&alice(), &thread).await, Entity::Thread);
     assert_not_found(store.delete_thread(&alice(), &thread.id).await, Entity::Thread);
-    assert_not_found(store.load_items(&alice(), &thread.id, &first(10, Order::Asc)).await, Entity::Thread);
+    assert_not_found(store.list_items(&alice(), &thread.id, &first(10, Order::Asc)).await, Entity::Thread);
     assert_not_found(store.add_item(&alice(), &user_message(&thread.id, "hi")).await, Entity::Thread);
     assert_not_found(store.save_item(&alice(), &user_message(&thread.id, "hi")).await, Entity::Thread);
     // Saving a missing thread must not create it.
@@ -399,14 +363,17 @@ async fn deleting_a_thread_removes_its_items(store: Arc<dyn Store>) {
 
     store.delete_thread(&user, &thread.id).await.unwrap();
     assert_not_found(store.load_thread(&user, &thread.id).await, Entity::Thread);
-    assert_not_found(store.load_items(&user, &thread.id, &first(10, Order::Asc)).await, Entity::Thread);
+    assert_not_found(store.list_items(&user, &thread.id, &first(10, Order::Asc)).await, Entity::Thread);
     assert_not_found(store.load_item(&user, &thread.id, &item.id).await, Entity::Item);
     assert_not_found(store.delete_thread(&user, &thread.id).await, Entity::Thread);
-    assert_eq!(thread_ids(&store.load_threads(&user, &first(10, Order::Asc)).await.unwrap()), vec![other.id.clone()]);
+    assert_eq!(
+        thread_ids(&store.list_threads(Some(&user), &first(10, Order::Asc)).await.unwrap()),
+        vec![other.id.clone()]
+    );
 
     // A thread re-created under the same id starts empty: the old items are gone, not hidden.
     store.create_thread(&user, &thread).await.unwrap();
-    let page = store.load_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
+    let page = store.list_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
     assert!(page.data.is_empty() && !page.has_more && page.after.is_none(), "{page:?}");
     store.add_item(&user, &item).await.unwrap();
 
@@ -427,8 +394,8 @@ async fn another_users_records_are_not_found(store: Arc<dyn Store>) {
     thread.title = Some("hijacked".to_owned());
     assert_not_found(store.save_thread(&stranger, &thread).await, Entity::Thread);
     assert_not_found(store.delete_thread(&stranger, &thread.id).await, Entity::Thread);
-    assert_not_found(store.load_items(&stranger, &thread.id, &first(10, Order::Asc)).await, Entity::Thread);
-    assert_not_found(store.load_items(&stranger, &thread.id, &after(&item.id, 10, Order::Asc)).await, Entity::Thread);
+    assert_not_found(store.list_items(&stranger, &thread.id, &first(10, Order::Asc)).await, Entity::Thread);
+    assert_not_found(store.list_items(&stranger, &thread.id, &after(&item.id, 10, Order::Asc)).await, Entity::Thread);
     assert_not_found(store.add_item(&stranger, &user_message(&thread.id, "intrusion")).await, Entity::Thread);
     let mut replaced = item.clone();
     replaced.body = assistant_message(&thread.id, "overwritten").body;
@@ -442,14 +409,14 @@ async fn another_users_records_are_not_found(store: Arc<dyn Store>) {
     taken.name = "stolen.pdf".to_owned();
     assert_not_found(store.save_attachment(&stranger, &taken).await, Entity::Attachment);
 
-    let listing = store.load_threads(&stranger, &first(10, Order::Desc)).await.unwrap();
+    let listing = store.list_threads(Some(&stranger), &first(10, Order::Desc)).await.unwrap();
     assert!(listing.data.is_empty() && !listing.has_more, "{listing:?}");
 
     // Nothing the stranger tried changed the owner's records.
     let mut original = thread.clone();
     original.title = None;
     assert_eq!(store.load_thread(&owner, &thread.id).await.unwrap(), original);
-    let items = store.load_items(&owner, &thread.id, &first(10, Order::Asc)).await.unwrap();
+    let items = store.list_items(&owner, &thread.id, &first(10, Order::Asc)).await.unwrap();
     assert_eq!(items.data, vec![item]);
     assert_eq!(store.load_attachment(&owner, &attachment.id).await.unwrap(), attachment);
 }
@@ -468,10 +435,10 @@ async fn threads_list_per_user_in_creation_order(store: Arc<dyn Store>) {
         foreign.created_at = stamp;
         store.create_thread(&bob(), &foreign).await.unwrap();
     }
-    let asc = store.load_threads(&alice(), &first(10, Order::Asc)).await.unwrap();
+    let asc = store.list_threads(Some(&alice()), &first(10, Order::Asc)).await.unwrap();
     assert_eq!(thread_ids(&asc), ids);
     assert!(!asc.has_more && asc.after.is_none());
-    let desc = store.load_threads(&alice(), &first(10, Order::Desc)).await.unwrap();
+    let desc = store.list_threads(Some(&alice()), &first(10, Order::Desc)).await.unwrap();
     let mut reversed = ids.to_vec();
     reversed.reverse();
     assert_eq!(thread_ids(&desc), reversed);
@@ -480,9 +447,9 @@ async fn threads_list_per_user_in_creation_order(store: Arc<dyn Store>) {
     let mut moved = store.load_thread(&alice(), "thr_a").await.unwrap();
     moved.title = Some("renamed".to_owned());
     store.save_thread(&alice(), &moved).await.unwrap();
-    assert_eq!(thread_ids(&store.load_threads(&alice(), &first(10, Order::Asc)).await.unwrap()), ids);
+    assert_eq!(thread_ids(&store.list_threads(Some(&alice()), &first(10, Order::Asc)).await.unwrap()), ids);
 
-    let bobs = store.load_threads(&bob(), &first(10, Order::Asc)).await.unwrap();
+    let bobs = store.list_threads(Some(&bob()), &first(10, Order::Asc)).await.unwrap();
     assert_eq!(thread_ids(&bobs), (0..5).map(|i| format!("thr_bob_{i}")).collect::<Vec<_>>());
 }
 
@@ -497,15 +464,15 @@ async fn threads_page_through_45(store: Arc<dyn Store>) {
     // Another user's threads must not leak into the pages.
     store.create_thread(&bob(), &new_thread()).await.unwrap();
 
-    let load = |query: PageQuery| {
+    let load = |query: ListQuery| {
         let store = store.clone();
         let user = user.clone();
-        async move { store.load_threads(&user, &query).await }
+        async move { store.list_threads(Some(&user), &query).await }
     };
-    let (asc, sizes) = walk(20, Order::Asc, load, |thread: &ThreadMetadata| thread.id.clone()).await;
+    let (asc, sizes) = walk(20, Order::Asc, load, |(_, thread): &(UserId, ThreadMetadata)| thread.id.clone()).await;
     assert_eq!(sizes, vec![20, 20, 5]);
     assert_eq!(asc, created);
-    let (desc, sizes) = walk(20, Order::Desc, load, |thread: &ThreadMetadata| thread.id.clone()).await;
+    let (desc, sizes) = walk(20, Order::Desc, load, |(_, thread): &(UserId, ThreadMetadata)| thread.id.clone()).await;
     assert_eq!(sizes, vec![20, 20, 5]);
     let mut reversed = created.clone();
     reversed.reverse();
@@ -531,11 +498,11 @@ async fn items_page_through_45(store: Arc<dyn Store>) {
         added.push(item.id);
     }
 
-    let load = |query: PageQuery| {
+    let load = |query: ListQuery| {
         let store = store.clone();
         let user = user.clone();
         let thread_id = thread.id.clone();
-        async move { store.load_items(&user, &thread_id, &query).await }
+        async move { store.list_items(&user, &thread_id, &query).await }
     };
     let (asc, sizes) = walk(20, Order::Asc, load, |item: &ThreadItem| item.id.clone()).await;
     assert_eq!(sizes, vec![20, 20, 5]);
@@ -559,39 +526,39 @@ async fn page_envelope_is_exact(store: Arc<dyn Store>) {
     }
 
     // A page that holds exactly the rest has no more and no cursor.
-    let full = store.load_items(&user, &thread.id, &first(4, Order::Asc)).await.unwrap();
+    let full = store.list_items(&user, &thread.id, &first(4, Order::Asc)).await.unwrap();
     assert_eq!((item_ids(&full), full.has_more, full.after), (ids.clone(), false, None));
 
     // A partial page names its last record.
-    let part = store.load_items(&user, &thread.id, &first(3, Order::Desc)).await.unwrap();
+    let part = store.list_items(&user, &thread.id, &first(3, Order::Desc)).await.unwrap();
     assert_eq!(item_ids(&part), vec![ids[3].clone(), ids[2].clone(), ids[1].clone()]);
     assert!(part.has_more);
     assert_eq!(part.after.as_deref(), Some(ids[1].as_str()));
 
     // A cursor on the last record of the order gives an empty, final page, not an error.
-    let end = store.load_items(&user, &thread.id, &after(&ids[3], 5, Order::Asc)).await.unwrap();
+    let end = store.list_items(&user, &thread.id, &after(&ids[3], 5, Order::Asc)).await.unwrap();
     assert!(end.data.is_empty() && !end.has_more && end.after.is_none(), "{end:?}");
-    let end = store.load_items(&user, &thread.id, &after(&ids[0], 5, Order::Desc)).await.unwrap();
+    let end = store.list_items(&user, &thread.id, &after(&ids[0], 5, Order::Desc)).await.unwrap();
     assert!(end.data.is_empty() && !end.has_more && end.after.is_none(), "{end:?}");
 
     // A middle cursor continues strictly after it, in either order.
-    let rest = store.load_items(&user, &thread.id, &after(&ids[1], 5, Order::Asc)).await.unwrap();
+    let rest = store.list_items(&user, &thread.id, &after(&ids[1], 5, Order::Asc)).await.unwrap();
     assert_eq!(item_ids(&rest), vec![ids[2].clone(), ids[3].clone()]);
-    let rest = store.load_items(&user, &thread.id, &after(&ids[1], 5, Order::Desc)).await.unwrap();
+    let rest = store.list_items(&user, &thread.id, &after(&ids[1], 5, Order::Desc)).await.unwrap();
     assert_eq!(item_ids(&rest), vec![ids[0].clone()]);
 
     // An empty thread lists as an empty page.
     let empty = new_thread();
     store.create_thread(&user, &empty).await.unwrap();
-    let page = store.load_items(&user, &empty.id, &first(5, Order::Desc)).await.unwrap();
+    let page = store.list_items(&user, &empty.id, &first(5, Order::Desc)).await.unwrap();
     assert_eq!(page, Page::default());
 
     // The same holds for threads: the last thread as a cursor ends the listing.
-    let threads = store.load_threads(&user, &first(10, Order::Asc)).await.unwrap();
+    let threads = store.list_threads(Some(&user), &first(10, Order::Asc)).await.unwrap();
     assert_eq!(thread_ids(&threads), vec![thread.id.clone(), empty.id.clone()]);
-    let end = store.load_threads(&user, &after(&empty.id, 10, Order::Asc)).await.unwrap();
+    let end = store.list_threads(Some(&user), &after(&empty.id, 10, Order::Asc)).await.unwrap();
     assert_eq!(end, Page::default());
-    let back = store.load_threads(&user, &after(&empty.id, 10, Order::Desc)).await.unwrap();
+    let back = store.list_threads(Some(&user), &after(&empty.id, 10, Order::Desc)).await.unwrap();
     assert_eq!(thread_ids(&back), vec![thread.id.clone()]);
 }
 
@@ -602,7 +569,7 @@ async fn zero_limit_means_the_default_page_size(store: Arc<dyn Store>) {
     for n in 0..DEFAULT_PAGE_SIZE + 1 {
         store.add_item(&user, &user_message(&thread.id, &n.to_string())).await.unwrap();
     }
-    let page = store.load_items(&user, &thread.id, &first(0, Order::Asc)).await.unwrap();
+    let page = store.list_items(&user, &thread.id, &first(0, Order::Asc)).await.unwrap();
     assert_eq!(page.data.len(), DEFAULT_PAGE_SIZE);
     assert!(page.has_more);
 }
@@ -622,24 +589,24 @@ async fn unknown_cursors_are_rejected(store: Arc<dyn Store>) {
 
     for order in [Order::Asc, Order::Desc] {
         // Threads: an id nobody has, and another user's thread.
-        assert_unknown_cursor(store.load_threads(&user, &after("thr_nope", 5, order)).await, "thr_nope");
-        assert_unknown_cursor(store.load_threads(&user, &after(&foreign.id, 5, order)).await, &foreign.id);
+        assert_unknown_cursor(store.list_threads(Some(&user), &after("thr_nope", 5, order)).await, "thr_nope");
+        assert_unknown_cursor(store.list_threads(Some(&user), &after(&foreign.id, 5, order)).await, &foreign.id);
         // A user with no threads at all still rejects a cursor.
         let nobody = UserId("nobody".to_owned());
-        assert_unknown_cursor(store.load_threads(&nobody, &after(&thread.id, 5, order)).await, &thread.id);
+        assert_unknown_cursor(store.list_threads(Some(&nobody), &after(&thread.id, 5, order)).await, &thread.id);
 
         // Items: an id nobody has, another thread's item, and a thread id.
-        assert_unknown_cursor(store.load_items(&user, &thread.id, &after("msg_nope", 5, order)).await, "msg_nope");
+        assert_unknown_cursor(store.list_items(&user, &thread.id, &after("msg_nope", 5, order)).await, "msg_nope");
         assert_unknown_cursor(
-            store.load_items(&user, &thread.id, &after(&elsewhere.id, 5, order)).await,
+            store.list_items(&user, &thread.id, &after(&elsewhere.id, 5, order)).await,
             &elsewhere.id,
         );
-        assert_unknown_cursor(store.load_items(&user, &thread.id, &after(&thread.id, 5, order)).await, &thread.id);
+        assert_unknown_cursor(store.list_items(&user, &thread.id, &after(&thread.id, 5, order)).await, &thread.id);
     }
 
     // A deleted record is no longer a cursor.
     store.delete_item(&user, &thread.id, &item.id).await.unwrap();
-    assert_unknown_cursor(store.load_items(&user, &thread.id, &after(&item.id, 5, Order::Asc)).await, &item.id);
+    assert_unknown_cursor(store.list_items(&user, &thread.id, &after(&item.id, 5, Order::Asc)).await, &item.id);
 }
 
 async fn add_item_appends_and_rejects_duplicates(store: Arc<dyn Store>) {
@@ -672,9 +639,9 @@ async fn add_item_appends_and_rejects_duplicates(store: Arc<dyn Store>) {
     assert_eq!(store.load_item(&user, &other.id, &question.id).await.unwrap(), twin);
 
     // Items of one thread never show in another.
-    let page = store.load_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
+    let page = store.list_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
     assert_eq!(page.data, vec![question.clone(), answer.clone()]);
-    let page = store.load_items(&user, &other.id, &first(10, Order::Asc)).await.unwrap();
+    let page = store.list_items(&user, &other.id, &first(10, Order::Asc)).await.unwrap();
     assert_eq!(page.data, vec![twin.clone()]);
     assert_not_found(store.load_item(&user, &other.id, &answer.id).await, Entity::Item);
     assert_not_found(store.delete_item(&user, &other.id, &answer.id).await, Entity::Item);
@@ -695,12 +662,12 @@ async fn save_item_replaces_in_place_or_appends(store: Arc<dyn Store>) {
     b.body = ItemBody::AssistantMessage { content: vec![AssistantMessageContent::text("b (final)")] };
     store.save_item(&user, &b).await.unwrap();
     assert_eq!(store.load_item(&user, &thread.id, &b.id).await.unwrap(), b);
-    let page = store.load_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
+    let page = store.list_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
     assert_eq!(page.data, vec![a.clone(), b.clone(), c.clone()]);
 
     let d = assistant_message(&thread.id, "d");
     store.save_item(&user, &d).await.unwrap();
-    let page = store.load_items(&user, &thread.id, &first(10, Order::Desc)).await.unwrap();
+    let page = store.list_items(&user, &thread.id, &first(10, Order::Desc)).await.unwrap();
     assert_eq!(page.data, vec![d, c, b, a]);
 }
 
@@ -721,14 +688,14 @@ async fn items_load_and_delete(store: Arc<dyn Store>) {
     store.delete_item(&user, &thread.id, &dropped.id).await.unwrap();
     assert_not_found(store.load_item(&user, &thread.id, &dropped.id).await, Entity::Item);
     assert_not_found(store.delete_item(&user, &thread.id, &dropped.id).await, Entity::Item);
-    let page = store.load_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
+    let page = store.list_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
     assert_eq!(page.data, vec![keep.clone()]);
 
     // A deleted id can be added again; it goes to the end.
     let late = user_message(&thread.id, "late");
     store.add_item(&user, &late).await.unwrap();
     store.add_item(&user, &dropped).await.unwrap();
-    let page = store.load_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
+    let page = store.list_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
     assert_eq!(page.data, vec![keep, late, dropped]);
 }
 
@@ -752,7 +719,7 @@ async fn items_round_trip_with_attachments(store: Arc<dyn Store>) {
     }
     store.add_item(&user, &item).await.unwrap();
     assert_eq!(store.load_item(&user, &thread.id, &item.id).await.unwrap(), item);
-    let page = store.load_items(&user, &thread.id, &first(1, Order::Desc)).await.unwrap();
+    let page = store.list_items(&user, &thread.id, &first(1, Order::Desc)).await.unwrap();
     assert_eq!(page.data, vec![item]);
 }
 
@@ -902,11 +869,11 @@ async fn admin_threads_page_after_in_both_orders(store: Arc<dyn Store>) {
             let (store, user) = (store.clone(), user.clone());
             async move { store.list_threads(user.as_ref(), &query).await }
         };
-        let (asc, sizes) = walk_after(3, Order::Asc, load, id_of).await;
+        let (asc, sizes) = walk(3, Order::Asc, load, id_of).await;
         assert_eq!(asc, expected, "{user:?}");
         assert_eq!(sizes.iter().sum::<usize>(), expected.len());
         assert!(sizes[..sizes.len() - 1].iter().all(|size| *size == 3), "{sizes:?}");
-        let (desc, desc_sizes) = walk_after(3, Order::Desc, load, id_of).await;
+        let (desc, desc_sizes) = walk(3, Order::Desc, load, id_of).await;
         assert_eq!(desc, reversed(&expected), "{user:?}");
         assert_eq!(desc_sizes, sizes);
     }
@@ -914,10 +881,10 @@ async fn admin_threads_page_after_in_both_orders(store: Arc<dyn Store>) {
         let store = store.clone();
         async move { store.list_threads(None, &query).await }
     };
-    assert_eq!(walk_after(4, Order::Asc, load, id_of).await.1, vec![4, 4, 4, 1]);
+    assert_eq!(walk(4, Order::Asc, load, id_of).await.1, vec![4, 4, 4, 1]);
     // A page that ends exactly at the end of the listing says so.
-    assert_eq!(walk_after(13, Order::Desc, load, id_of).await.1, vec![13]);
-    assert_eq!(walk_after(1, Order::Asc, load, id_of).await.1, vec![1; 13]);
+    assert_eq!(walk(13, Order::Desc, load, id_of).await.1, vec![13]);
+    assert_eq!(walk(1, Order::Asc, load, id_of).await.1, vec![1; 13]);
 
     // Every owner comes back with each thread, whichever way the pages go.
     let mut seen = Vec::new();
@@ -965,22 +932,22 @@ async fn admin_threads_page_before_in_both_orders(store: Arc<dyn Store>) {
 
     // A `before` page holds the records nearest its cursor, in listing order.
     let page = store.list_threads(None, &list_before(&all[6], 2, Order::Asc)).await.unwrap();
-    assert_eq!((listed_threads(&page), page.has_more), (vec![all[4].clone(), all[5].clone()], true));
+    assert_eq!((thread_ids(&page), page.has_more), (vec![all[4].clone(), all[5].clone()], true));
     let page = store.list_threads(None, &list_before(&all[6], 2, Order::Desc)).await.unwrap();
-    assert_eq!((listed_threads(&page), page.has_more), (vec![all[8].clone(), all[7].clone()], true));
+    assert_eq!((thread_ids(&page), page.has_more), (vec![all[8].clone(), all[7].clone()], true));
     // Exactly the rest: no more before it.
     let page = store.list_threads(None, &list_before(&all[2], 2, Order::Asc)).await.unwrap();
-    assert_eq!((listed_threads(&page), page.has_more), (vec![all[0].clone(), all[1].clone()], false));
+    assert_eq!((thread_ids(&page), page.has_more), (vec![all[0].clone(), all[1].clone()], false));
     // Nothing comes before the first record of the listing.
     let page = store.list_threads(None, &list_before(&all[0], 5, Order::Asc)).await.unwrap();
-    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    assert_eq!(page, Page::default());
     let page = store.list_threads(None, &list_before(&all[12], 5, Order::Desc)).await.unwrap();
-    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    assert_eq!(page, Page::default());
     // Nor after the last.
     let page = store.list_threads(None, &list_after(&all[12], 5, Order::Asc)).await.unwrap();
-    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    assert_eq!(page, Page::default());
     let page = store.list_threads(None, &list_after(&all[0], 5, Order::Desc)).await.unwrap();
-    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    assert_eq!(page, Page::default());
 }
 
 async fn admin_threads_between_two_cursors(store: Arc<dyn Store>) {
@@ -991,7 +958,7 @@ async fn admin_threads_between_two_cursors(store: Arc<dyn Store>) {
         let query = list_between(&all[after], &all[before], limit, order);
         async move {
             let page = store.list_threads(None, &query).await.unwrap();
-            (listed_threads(&page), page.has_more)
+            (thread_ids(&page), page.has_more)
         }
     };
     let ids = |range: std::ops::Range<usize>| all[range].to_vec();
@@ -1019,10 +986,10 @@ async fn admin_threads_between_two_cursors(store: Arc<dyn Store>) {
     let alices = owned_by(&created, &alice());
     let query = list_between(&alices[0], &alices[4], 10, Order::Asc);
     let page = store.list_threads(Some(&alice()), &query).await.unwrap();
-    assert_eq!((listed_threads(&page), page.has_more), (alices[1..4].to_vec(), false));
+    assert_eq!((thread_ids(&page), page.has_more), (alices[1..4].to_vec(), false));
     let query = list_between(&alices[4], &alices[0], 2, Order::Desc);
     let page = store.list_threads(Some(&alice()), &query).await.unwrap();
-    assert_eq!((listed_threads(&page), page.has_more), (vec![alices[3].clone(), alices[2].clone()], true));
+    assert_eq!((thread_ids(&page), page.has_more), (vec![alices[3].clone(), alices[2].clone()], true));
 }
 
 async fn admin_threads_reject_unknown_cursors(store: Arc<dyn Store>) {
@@ -1065,13 +1032,13 @@ async fn admin_threads_reject_unknown_cursors(store: Arc<dyn Store>) {
     assert_unknown_cursor(store.list_threads(None, &list_after(&bobs[0], 5, Order::Asc)).await, &bobs[0]);
     assert_unknown_cursor(store.list_threads(None, &list_before(&bobs[0], 5, Order::Desc)).await, &bobs[0]);
     let listing = store.list_threads(None, &ListQuery::first(10, Order::Asc)).await.unwrap();
-    assert_eq!(listed_threads(&listing), vec![alices[0].clone(), alices[1].clone(), bobs[1].clone()]);
+    assert_eq!(thread_ids(&listing), vec![alices[0].clone(), alices[1].clone(), bobs[1].clone()]);
 }
 
 async fn admin_threads_limits_and_empty_listings(store: Arc<dyn Store>) {
     // An empty store lists nothing, for everyone and for anyone, both ways.
     for order in [Order::Asc, Order::Desc] {
-        let empty = Listing { data: Vec::new(), has_more: false };
+        let empty = Page::default();
         assert_eq!(store.list_threads(None, &ListQuery::first(10, order)).await.unwrap(), empty);
         assert_eq!(store.list_threads(Some(&alice()), &ListQuery::first(10, order)).await.unwrap(), empty);
         assert_unknown_cursor(store.list_threads(None, &list_before("thr_nope", 10, order)).await, "thr_nope");
@@ -1082,16 +1049,16 @@ async fn admin_threads_limits_and_empty_listings(store: Arc<dyn Store>) {
     for (limit, expected, has_more) in [(50, all.clone(), false), (3, all.clone(), false), (2, all[..2].to_vec(), true)]
     {
         let listing = store.list_threads(None, &ListQuery::first(limit, Order::Asc)).await.unwrap();
-        assert_eq!((listed_threads(&listing), listing.has_more), (expected, has_more), "limit {limit}");
+        assert_eq!((thread_ids(&listing), listing.has_more), (expected, has_more), "limit {limit}");
     }
     let listing = store.list_threads(None, &list_before(&all[2], 50, Order::Asc)).await.unwrap();
-    assert_eq!((listed_threads(&listing), listing.has_more), (all[..2].to_vec(), false));
+    assert_eq!((thread_ids(&listing), listing.has_more), (all[..2].to_vec(), false));
     // A zero limit means the default page size, which holds these three.
     let listing = store.list_threads(None, &ListQuery::first(0, Order::Desc)).await.unwrap();
-    assert_eq!((listed_threads(&listing), listing.has_more), (reversed(&all), false));
+    assert_eq!((thread_ids(&listing), listing.has_more), (reversed(&all), false));
     // A user without threads has an empty listing while others have threads.
     let listing = store.list_threads(Some(&UserId("nobody".to_owned())), &ListQuery::first(5, Order::Asc)).await;
-    assert_eq!(listing.unwrap(), Listing { data: Vec::new(), has_more: false });
+    assert_eq!(listing.unwrap(), Page::default());
 }
 
 /// A thread of Alice's with items of every visibility, and items of another
@@ -1124,7 +1091,7 @@ async fn admin_items_page_both_ways(store: Arc<dyn Store>) {
 
     // Hidden items are listed with the rest, whole.
     let listing = store.list_items(&user, &thread_id, &ListQuery::first(100, Order::Asc)).await.unwrap();
-    assert_eq!(listing, Listing { data: added.clone(), has_more: false });
+    assert_eq!(listing, Page { data: added.clone(), has_more: false, after: None });
     assert_eq!(listing.data.iter().filter(|item| item.is_hidden()).count(), 5);
 
     let load = |query: ListQuery| {
@@ -1133,11 +1100,11 @@ async fn admin_items_page_both_ways(store: Arc<dyn Store>) {
     };
     let id_of = |item: &ThreadItem| item.id.clone();
     for limit in [1, 3, 4, 11, 100] {
-        let (asc, sizes) = walk_after(limit, Order::Asc, load, id_of).await;
+        let (asc, sizes) = walk(limit, Order::Asc, load, id_of).await;
         assert_eq!(asc, all, "limit {limit}");
         assert_eq!(sizes.iter().sum::<usize>(), all.len());
         assert!(sizes[..sizes.len() - 1].iter().all(|size| *size == limit), "{sizes:?}");
-        let (desc, desc_sizes) = walk_after(limit, Order::Desc, load, id_of).await;
+        let (desc, desc_sizes) = walk(limit, Order::Desc, load, id_of).await;
         assert_eq!(desc, reversed(&all), "limit {limit}");
         assert_eq!(desc_sizes, sizes);
 
@@ -1151,40 +1118,41 @@ async fn admin_items_page_both_ways(store: Arc<dyn Store>) {
         assert_eq!(&desc, rest, "limit {limit}");
         assert_eq!(desc_sizes, sizes);
     }
-    assert_eq!(walk_after(4, Order::Asc, load, id_of).await.1, vec![4, 4, 3]);
+    assert_eq!(walk(4, Order::Asc, load, id_of).await.1, vec![4, 4, 3]);
     assert_eq!(walk_before(4, Order::Desc, &all[0], load, id_of).await.1, vec![4, 4, 2]);
 
     // Between two items, strictly, in either order.
     let page = store.list_items(&user, &thread_id, &list_between(&all[2], &all[8], 10, Order::Asc)).await.unwrap();
-    assert_eq!((listed_items(&page), page.has_more), (all[3..8].to_vec(), false));
+    assert_eq!((item_ids(&page), page.has_more), (all[3..8].to_vec(), false));
     let page = store.list_items(&user, &thread_id, &list_between(&all[2], &all[8], 3, Order::Asc)).await.unwrap();
-    assert_eq!((listed_items(&page), page.has_more), (all[3..6].to_vec(), true));
+    assert_eq!((item_ids(&page), page.has_more), (all[3..6].to_vec(), true));
     let page = store.list_items(&user, &thread_id, &list_between(&all[8], &all[2], 3, Order::Desc)).await.unwrap();
-    assert_eq!((listed_items(&page), page.has_more), (reversed(&all[5..8]), true));
+    assert_eq!((item_ids(&page), page.has_more), (reversed(&all[5..8]), true));
     let page = store.list_items(&user, &thread_id, &list_between(&all[8], &all[2], 9, Order::Desc)).await.unwrap();
-    assert_eq!((listed_items(&page), page.has_more), (reversed(&all[3..8]), false));
+    assert_eq!((item_ids(&page), page.has_more), (reversed(&all[3..8]), false));
     let page = store.list_items(&user, &thread_id, &list_between(&all[5], &all[5], 9, Order::Asc)).await.unwrap();
-    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    assert_eq!(page, Page::default());
     let page = store.list_items(&user, &thread_id, &list_between(&all[6], &all[5], 9, Order::Asc)).await.unwrap();
-    assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+    assert_eq!(page, Page::default());
 
     // The `limit` nearest a `before` cursor.
     let page = store.list_items(&user, &thread_id, &list_before(&all[5], 2, Order::Asc)).await.unwrap();
-    assert_eq!((listed_items(&page), page.has_more), (all[3..5].to_vec(), true));
+    assert_eq!((item_ids(&page), page.has_more), (all[3..5].to_vec(), true));
     let page = store.list_items(&user, &thread_id, &list_before(&all[5], 2, Order::Desc)).await.unwrap();
-    assert_eq!((listed_items(&page), page.has_more), (reversed(&all[6..8]), true));
+    assert_eq!((item_ids(&page), page.has_more), (reversed(&all[6..8]), true));
 
     // A saved item keeps its place; an empty thread lists nothing.
     let mut changed = added[4].clone();
     changed.body = assistant_message(&thread_id, "edited").body;
     store.save_item(&user, &changed).await.unwrap();
     let page = store.list_items(&user, &thread_id, &list_after(&all[3], 1, Order::Asc)).await.unwrap();
-    assert_eq!(page, Listing { data: vec![changed], has_more: true });
+    let next = Some(changed.id.clone());
+    assert_eq!(page, Page { data: vec![changed], has_more: true, after: next });
     let empty = new_thread();
     store.create_thread(&user, &empty).await.unwrap();
     for order in [Order::Asc, Order::Desc] {
         let page = store.list_items(&user, &empty.id, &ListQuery::first(5, order)).await.unwrap();
-        assert_eq!(page, Listing { data: Vec::new(), has_more: false });
+        assert_eq!(page, Page::default());
     }
 }
 
@@ -1247,7 +1215,7 @@ async fn concurrent_adds_all_land_in_one_order(store: Arc<dyn Store>) {
             let item = user_message(&thread_id, &format!("concurrent {n}"));
             store.add_item(&user, &item).await.unwrap();
             // Reads interleave with the writes and must never fail.
-            store.load_items(&user, &thread_id, &first(5, Order::Desc)).await.unwrap();
+            store.list_items(&user, &thread_id, &first(5, Order::Desc)).await.unwrap();
             item.id
         }));
     }
@@ -1257,18 +1225,18 @@ async fn concurrent_adds_all_land_in_one_order(store: Arc<dyn Store>) {
     }
     assert_eq!(expected.len(), WRITERS);
 
-    let asc = store.load_items(&user, &thread.id, &first(1000, Order::Asc)).await.unwrap();
+    let asc = store.list_items(&user, &thread.id, &first(1000, Order::Asc)).await.unwrap();
     let asc = item_ids(&asc);
     assert_eq!(asc.len(), WRITERS);
     assert_eq!(asc.iter().cloned().collect::<HashSet<_>>(), expected);
-    let mut desc = item_ids(&store.load_items(&user, &thread.id, &first(1000, Order::Desc)).await.unwrap());
+    let mut desc = item_ids(&store.list_items(&user, &thread.id, &first(1000, Order::Desc)).await.unwrap());
     desc.reverse();
     assert_eq!(desc, asc, "descending is exactly the reverse of ascending");
-    let load = |query: PageQuery| {
+    let load = |query: ListQuery| {
         let store = store.clone();
         let user = user.clone();
         let thread_id = thread.id.clone();
-        async move { store.load_items(&user, &thread_id, &query).await }
+        async move { store.list_items(&user, &thread_id, &query).await }
     };
     let (paged, _) = walk(30, Order::Asc, load, |item: &ThreadItem| item.id.clone()).await;
     assert_eq!(paged, asc, "paging sees the same order as one big page");
@@ -1293,7 +1261,7 @@ async fn concurrent_threads_and_attachments(store: Arc<dyn Store>) {
         task.await.unwrap();
     }
     for n in 0..5 {
-        let page = store.load_threads(&UserId(format!("user{n}")), &first(100, Order::Asc)).await.unwrap();
+        let page = store.list_threads(Some(&UserId(format!("user{n}"))), &first(100, Order::Asc)).await.unwrap();
         assert_eq!(page.data.len(), 10);
     }
 }
@@ -1496,7 +1464,7 @@ async fn reopening_a_sqlite_file_keeps_data_and_schema() {
     // Creation order survives the restart: new records go after the old ones.
     let later = new_thread();
     store.create_thread(&user, &later).await.unwrap();
-    let listing = store.load_threads(&user, &first(10, Order::Asc)).await.unwrap();
+    let listing = store.list_threads(Some(&user), &first(10, Order::Asc)).await.unwrap();
     assert_eq!(thread_ids(&listing), vec![thread.id.clone(), later.id.clone()]);
     store.close().await;
 
@@ -1562,7 +1530,7 @@ async fn two_stores_on_one_file_see_each_other() {
         first_store.create_thread(&alice(), &thread).await.unwrap();
         assert_eq!(second_store.load_thread(&alice(), &thread.id).await.unwrap(), thread);
         second_store.add_item(&alice(), &user_message(&thread.id, "from the other")).await.unwrap();
-        let items = first_store.load_items(&alice(), &thread.id, &first(5, Order::Asc)).await.unwrap();
+        let items = first_store.list_items(&alice(), &thread.id, &first(5, Order::Asc)).await.unwrap();
         assert_eq!(items.data.len(), 1);
         assert_eq!(second_store.schema_version().await.unwrap(), SqliteStore::SCHEMA_VERSION);
         first_store.close().await;
@@ -1606,7 +1574,7 @@ async fn reopening_a_postgres_database_keeps_data_and_schema() {
     assert_eq!(store.load_attachment(&user, &attachment.id).await.unwrap(), attachment);
     let later = new_thread();
     store.create_thread(&user, &later).await.unwrap();
-    let listing = store.load_threads(&user, &first(10, Order::Asc)).await.unwrap();
+    let listing = store.list_threads(Some(&user), &first(10, Order::Asc)).await.unwrap();
     assert_eq!(thread_ids(&listing), vec![thread.id.clone(), later.id.clone()]);
     store.close().await;
 

@@ -125,10 +125,10 @@ async fn cancel_stops_a_turn_from_outside_its_stream() {
     assert!(!rest.contains("rest"), "{rest}");
     let hidden = app
         .store
-        .load_items(
+        .list_items(
             &chatkit_gateway::ids::UserId("alice".into()),
             &tid,
-            &chatkit_gateway::store::PageQuery::first(100, chatkit_gateway::protocol::Order::Asc),
+            &chatkit_gateway::store::ListQuery::first(100, chatkit_gateway::protocol::Order::Asc),
         )
         .await;
     let hidden = hidden.unwrap();
