@@ -1065,4 +1065,147 @@ mod tests {
             assert_eq!(line.matches(&format!("\"{key}\":")).count(), 1, "{key} in {line}");
         }
     }
+
+    /// Every table and JSON line a report prints, to the byte, for a busy run with errors, losses and resyncs and for a
+    /// quiet one: people read the tables, and scripts pick values out of the JSON lines with `sed`, so neither changes
+    /// unnoticed. After a change meant to alter them, `BLESS=1 cargo test -p chatkit-loadtest` rewrites the file.
+    #[test]
+    fn tables_and_json_lines_keep_their_format() {
+        let mut rendered = String::new();
+        let mut add = |name: &str, table: String, json_line: String| {
+            let _ = write!(rendered, "== {name}: table\n{table}== {name}: json\n{json_line}\n");
+        };
+
+        let mut busy = Stats::default();
+        for i in 1..=200u64 {
+            busy.record_ok(Duration::from_micros(i * 731), Some(Duration::from_micros(i * 97)));
+        }
+        busy.record_error(ErrorKind::Http(503), "503 Service Unavailable");
+        busy.record_error(ErrorKind::Timeout, "no answer in 10s");
+        busy.record_error(ErrorKind::BadStream, "the stream ended without thread.item.done");
+        let run = |scenario| RunShape {
+            scenario,
+            concurrency: 32,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            connections: 33,
+        };
+        let report = Report::new(run(Scenario::Turn), busy);
+        add("request, busy", report.table(), report.json_line());
+        let report = Report::new(run(Scenario::List), Stats::default());
+        add("request, quiet", report.table(), report.json_line());
+
+        let busy = || {
+            let mut busy = FanoutStats::default();
+            for i in 1..=300u64 {
+                busy.record_delivery(i * 417);
+                busy.record_turn(Duration::from_micros(i * 211), (i % 3 != 0).then(|| Duration::from_micros(i * 29)));
+            }
+            busy.record_resync("lagged");
+            busy.record_resync("lagged");
+            busy.record_resync("history_gap");
+            busy.duplicates = 2;
+            busy.unmatched = 1;
+            busy.other_events = 17;
+            busy.record_error("open", ErrorKind::Timeout, "no response head within 10s");
+            busy.record_named_error("stream_closed".into(), "the gateway ended the stream");
+            busy
+        };
+        let lost = |kind, n| Lost {
+            lost_n: n,
+            lost_kind: kind,
+            lost_sent_us: 1_764_000_000_000_000 + n * 12_345,
+            lost_via_replica: 1 + n as usize % 3,
+            lost_missing: vec![0, 1, 2],
+            lost_viewers: vec![3, 3, 4],
+        };
+        let detail = |kinds: [&'static str; 2]| LossDetail {
+            from_us: 1_764_000_000_000_000,
+            lost_by_replica: vec![0, 7, 14],
+            lost: (0..7).map(|n| lost(kinds[n as usize % 2], n)).collect(),
+            timeline: vec![
+                Second {
+                    second: 0,
+                    second_sent: 6,
+                    second_deliveries: 60,
+                    second_max_ms: Some(90.4),
+                    ..Second::default()
+                },
+                Second { second: 1, second_sent: 5, second_lost: 21, second_slow: 2, ..Second::default() },
+                Second {
+                    second: 2,
+                    second_sent: 5,
+                    second_deliveries: 50,
+                    second_max_ms: Some(101.6),
+                    ..Second::default()
+                },
+            ],
+        };
+        let fanout_shape = FanoutShapeSummary {
+            replicas: 3,
+            threads: 10,
+            viewers: 100,
+            rate: 5.0,
+            duration: Duration::from_secs(3),
+            drain: Duration::from_secs(2),
+            open_time: Duration::from_micros(123_456),
+            send_time: Duration::from_millis(3200),
+            send_lag_max: Duration::from_micros(1_500),
+            connections: 113,
+        };
+        let fanout_tally = FanoutTally {
+            viewers_open: 99,
+            updates_sent: 16,
+            updates_ok: 15,
+            updates_failed: 1,
+            expected: 150,
+            received: 129,
+            received_for_failed: 4,
+        };
+        let report = FanoutReport::new(fanout_shape, fanout_tally, busy(), detail(["title", "lock"]));
+        add("fanout, busy", report.table(), report.json_line());
+        let quiet = FanoutTally { viewers_open: 100, received: 150, received_for_failed: 0, ..fanout_tally };
+        let report = FanoutReport::new(fanout_shape, quiet, FanoutStats::default(), LossDetail::default());
+        add("fanout, quiet", report.table(), report.json_line());
+
+        let mixed_shape = MixedShapeSummary {
+            replicas: 3,
+            threads: 10,
+            viewers: 100,
+            writers: 4,
+            duration: Duration::from_secs(3),
+            drain: Duration::from_secs(2),
+            open_time: Duration::from_micros(123_456),
+            write_time: Duration::from_millis(3010),
+            connections: 116,
+            loadtest_cpu: Some(2.345),
+            wall_time: Duration::from_millis(5678),
+        };
+        let mixed_tally = MixedTally {
+            viewers_open: 99,
+            turns_sent: 301,
+            turns_ok: 300,
+            turns_failed: 1,
+            expected: 3000,
+            received: 2979,
+            answers_received: 2990,
+            received_for_failed: 9,
+        };
+        let report = MixedReport::new(mixed_shape, mixed_tally, busy(), detail(["user_message", "answer"]));
+        add("mixed, busy", report.table(), report.json_line());
+        let quiet_shape = MixedShapeSummary { loadtest_cpu: None, ..mixed_shape };
+        let quiet = MixedTally { received: 3000, answers_received: 3000, received_for_failed: 0, ..mixed_tally };
+        let report = MixedReport::new(quiet_shape, quiet, FanoutStats::default(), LossDetail::default());
+        add("mixed, quiet", report.table(), report.json_line());
+
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/reports.txt");
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(path, &rendered).expect("the golden file can be written");
+        }
+        let golden = std::fs::read_to_string(path).unwrap_or_default();
+        for (line, (got, want)) in rendered.lines().zip(golden.lines()).enumerate() {
+            assert_eq!(got, want, "line {} of {path} differs", line + 1);
+        }
+        assert_eq!(rendered.lines().count(), golden.lines().count(), "{path} has another number of lines");
+    }
 }
