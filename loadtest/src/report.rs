@@ -191,26 +191,19 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
-        let mut out = String::new();
-        let _ = writeln!(out, "scenario      {}", self.scenario);
-        let _ = writeln!(out, "concurrency   {} ({} connections opened)", self.concurrency, self.connections);
-        let _ = writeln!(out, "duration      {:.2} s measured after {:.2} s warm-up", self.duration_s, self.warmup_s);
-        let _ = writeln!(out, "requests      {} ({} ok, {} errors)", self.requests, self.ok, self.errors_total);
-        write_errors(&mut out, &self.errors, &self.first_error);
-        let _ = writeln!(out, "throughput    {:.1} req/s", self.rps);
-        let _ = writeln!(
-            out,
-            "latency ms    p50 {}  p90 {}  p99 {}  max {}",
-            show(self.latency_p50_ms),
-            show(self.latency_p90_ms),
-            show(self.latency_p99_ms),
-            show(self.latency_max_ms)
-        );
+        let mut table = Table::default();
+        table.row("scenario", self.scenario);
+        table.row("concurrency", format_args!("{} ({} connections opened)", self.concurrency, self.connections));
+        table.row("duration", format_args!("{:.2} s measured after {:.2} s warm-up", self.duration_s, self.warmup_s));
+        table.row("requests", format_args!("{} ({} ok, {} errors)", self.requests, self.ok, self.errors_total));
+        table.errors(&self.errors, &self.first_error);
+        table.row("throughput", format_args!("{:.1} req/s", self.rps));
+        let latency = [self.latency_p50_ms, self.latency_p90_ms, self.latency_p99_ms, self.latency_max_ms];
+        table.row("latency ms", quantiles(&P50_P90_P99_MAX, &latency));
         if self.ttfb_p50_ms.is_some() {
-            let _ = writeln!(out, "ttfb ms       p50 {}  p99 {}", show(self.ttfb_p50_ms), show(self.ttfb_p99_ms));
+            table.row("ttfb ms", quantiles(&["p50", "p99"], &[self.ttfb_p50_ms, self.ttfb_p99_ms]));
         }
-        out
+        table.0
     }
 }
 
@@ -491,125 +484,166 @@ impl FanoutReport {
     }
 
     pub fn table(&self) -> String {
-        let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "scenario      fanout: {} viewers on {} threads over {} replicas",
-            self.viewers, self.threads, self.replicas
+        let mut table = Table::default();
+        table.row(
+            "scenario",
+            format_args!(
+                "fanout: {} viewers on {} threads over {} replicas",
+                self.viewers, self.threads, self.replicas
+            ),
         );
-        let _ = writeln!(
-            out,
-            "viewers       {} of {} open after {:.2} s ({} connections opened in all)",
-            self.viewers_open, self.viewers, self.open_s, self.connections
+        table.viewers(self.viewers_open, self.viewers, self.open_s, self.connections);
+        table.row(
+            "updates",
+            format_args!(
+                "{} sent at {:.1}/s (target {}/s for {:.2} s, latest start {:.1} ms behind schedule): {} ok, {} failed",
+                self.updates_sent,
+                self.update_rate,
+                self.rate_target,
+                self.duration_s,
+                self.send_lag_max_ms,
+                self.updates_ok,
+                self.updates_failed
+            ),
         );
-        let _ = writeln!(
-            out,
-            "updates       {} sent at {:.1}/s (target {}/s for {:.2} s, latest start {:.1} ms behind schedule): \
-             {} ok, {} failed",
-            self.updates_sent,
-            self.update_rate,
-            self.rate_target,
-            self.duration_s,
-            self.send_lag_max_ms,
-            self.updates_ok,
-            self.updates_failed
-        );
-        let _ = writeln!(
-            out,
-            "update ms     p50 {}  p99 {}  max {}  (request to answer)",
-            show(self.update_p50_ms),
-            show(self.update_p99_ms),
-            show(self.update_max_ms)
-        );
-        let _ = writeln!(
-            out,
-            "deliveries    {} expected, {} received, {} lost ({:.4}%), counted {:.2} s after the last answer",
-            self.expected, self.received, self.lost, self.lost_pct, self.drain_s
+        let update = [self.update_p50_ms, self.update_p99_ms, self.update_max_ms];
+        table.row("update ms", format_args!("{}  (request to answer)", quantiles(&["p50", "p99", "max"], &update)));
+        table.row(
+            "deliveries",
+            format_args!(
+                "{} expected, {} received, {} lost ({:.4}%), counted {:.2} s after the last answer",
+                self.expected, self.received, self.lost, self.lost_pct, self.drain_s
+            ),
         );
         if self.lost > 0 {
-            write_losses(&mut out, "lost update", &self.lost_by_replica, &self.lost_updates);
+            table.losses("lost update", &self.lost_by_replica, &self.lost_updates);
         }
-        let _ = writeln!(
-            out,
-            "fan-out ms    p50 {}  p90 {}  p99 {}  max {}  (send to receipt)",
-            show(self.fanout_p50_ms),
-            show(self.fanout_p90_ms),
-            show(self.fanout_p99_ms),
-            show(self.fanout_max_ms)
+        let fanout = [self.fanout_p50_ms, self.fanout_p90_ms, self.fanout_p99_ms, self.fanout_max_ms];
+        table.row("fan-out ms", format_args!("{}  (send to receipt)", quantiles(&P50_P90_P99_MAX, &fanout)));
+        table.timeline("updates", self.updates_from_us, &self.timeline);
+        table.resyncs(self.resyncs, &self.resync_reasons);
+        table.anomalies(
+            self.duplicates,
+            self.unmatched,
+            ("updates", self.received_for_failed_updates),
+            self.other_events,
         );
-        write_timeline(&mut out, "updates", self.updates_from_us, &self.timeline);
-        write_resyncs(&mut out, self.resyncs, &self.resync_reasons);
-        let _ = writeln!(
-            out,
-            "anomalies     {} duplicates, {} unmatched, {} deliveries of failed updates, {} other events",
-            self.duplicates, self.unmatched, self.received_for_failed_updates, self.other_events
-        );
-        write_errors(&mut out, &self.errors, &self.first_error);
-        out
+        table.errors(&self.errors, &self.first_error);
+        table.0
     }
 }
 
-/// Writes where deliveries were lost: by the viewer's replica, then the first few lost sends one by one.
-fn write_losses(out: &mut String, label: &str, lost_by_replica: &[u64], lost: &[Lost]) {
-    let by_replica: Vec<String> =
-        lost_by_replica.iter().enumerate().map(|(i, n)| format!("replica {}: {n}", i + 1)).collect();
-    let _ = writeln!(out, "lost where    {} (by the viewer's replica)", by_replica.join(", "));
-    for lost in lost.iter().take(5) {
-        let missed: Vec<String> = lost
-            .lost_missing
-            .iter()
-            .zip(&lost.lost_viewers)
-            .enumerate()
-            .filter(|(_, (missing, _))| **missing > 0)
-            .map(|(i, (missing, viewers))| format!("{missing} of {viewers} on replica {}", i + 1))
-            .collect();
-        let _ = writeln!(
-            out,
-            "{label:<13} n={} ({}) sent {} UTC via replica {}: missed by {}",
-            lost.lost_n,
-            lost.lost_kind,
-            utc_time_of_day(lost.lost_sent_us),
-            lost.lost_via_replica,
-            missed.join(", ")
-        );
-    }
-}
+/// The table a report prints for people: one line a row, its label padded to a column of its own.
+#[derive(Default)]
+struct Table(String);
 
-/// Writes the worst fan-out latency of what was sent in each second of the send phase.
-fn write_timeline(out: &mut String, what: &str, from_us: u64, timeline: &[Second]) {
-    if timeline.is_empty() {
-        return;
-    }
-    let worst: Vec<String> = timeline
+/// The quantiles most rows show, in this order.
+const P50_P90_P99_MAX: [&str; 4] = ["p50", "p90", "p99", "max"];
+
+/// Quantiles as the tables show them, `p50 1.234  p99 5.678`: milliseconds to the microsecond the histograms keep,
+/// `n/a` where nothing was measured.
+fn quantiles(names: &[&str], values: &[Option<f64>]) -> String {
+    let shown: Vec<String> = names
         .iter()
-        .map(|second| second.second_max_ms.map_or_else(|| "-".to_string(), |max| format!("{max:.0}")))
+        .zip(values)
+        .map(|(name, value)| value.map_or_else(|| format!("{name} n/a"), |v| format!("{name} {v:.3}")))
         .collect();
-    let _ = writeln!(
-        out,
-        "by second     max fan-out ms of the {what} sent in each second from {} UTC: {}",
-        utc_time_of_day(from_us),
-        worst.join(" ")
-    );
+    shown.join("  ")
 }
 
-fn write_resyncs(out: &mut String, resyncs: u64, reasons: &BTreeMap<String, u64>) {
-    if resyncs == 0 {
-        let _ = writeln!(out, "resyncs       none");
-    } else {
-        let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
-        let _ = writeln!(out, "resyncs       {resyncs} ({})", reasons.join(", "));
+impl Table {
+    /// Adds one row.
+    fn row(&mut self, label: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "{label:<13} {value}");
     }
-}
 
-/// Writes every error kind with its count and the first explanation seen for it, or `none`.
-fn write_errors(out: &mut String, errors: &BTreeMap<String, u64>, first_error: &BTreeMap<String, String>) {
-    if errors.is_empty() {
-        let _ = writeln!(out, "errors        none");
+    /// How many viewer streams opened, and how long that took.
+    fn viewers(&mut self, open: u64, asked: u32, open_s: f64, connections: u64) {
+        self.row(
+            "viewers",
+            format_args!("{open} of {asked} open after {open_s:.2} s ({connections} connections opened in all)"),
+        );
     }
-    for (key, count) in errors {
-        let first = first_error.get(key).map(String::as_str).unwrap_or("");
-        let _ = writeln!(out, "errors        {key}: {count} (first: {first})");
+
+    /// Where deliveries were lost: by the viewer's replica, then the first few lost sends one by one, each in a row
+    /// labelled `label`.
+    fn losses(&mut self, label: &str, lost_by_replica: &[u64], lost: &[Lost]) {
+        let by_replica: Vec<String> =
+            lost_by_replica.iter().enumerate().map(|(i, n)| format!("replica {}: {n}", i + 1)).collect();
+        self.row("lost where", format_args!("{} (by the viewer's replica)", by_replica.join(", ")));
+        for lost in lost.iter().take(5) {
+            let missed: Vec<String> = lost
+                .lost_missing
+                .iter()
+                .zip(&lost.lost_viewers)
+                .enumerate()
+                .filter(|(_, (missing, _))| **missing > 0)
+                .map(|(i, (missing, viewers))| format!("{missing} of {viewers} on replica {}", i + 1))
+                .collect();
+            self.row(
+                label,
+                format_args!(
+                    "n={} ({}) sent {} UTC via replica {}: missed by {}",
+                    lost.lost_n,
+                    lost.lost_kind,
+                    utc_time_of_day(lost.lost_sent_us),
+                    lost.lost_via_replica,
+                    missed.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// The worst fan-out latency of the `what` sent in each second of the send phase; nothing when nothing was sent.
+    fn timeline(&mut self, what: &str, from_us: u64, timeline: &[Second]) {
+        if timeline.is_empty() {
+            return;
+        }
+        let worst: Vec<String> = timeline
+            .iter()
+            .map(|second| second.second_max_ms.map_or_else(|| "-".to_string(), |max| format!("{max:.0}")))
+            .collect();
+        self.row(
+            "by second",
+            format_args!(
+                "max fan-out ms of the {what} sent in each second from {} UTC: {}",
+                utc_time_of_day(from_us),
+                worst.join(" ")
+            ),
+        );
+    }
+
+    fn resyncs(&mut self, resyncs: u64, reasons: &BTreeMap<String, u64>) {
+        if resyncs == 0 {
+            self.row("resyncs", "none");
+        } else {
+            let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+            self.row("resyncs", format_args!("{resyncs} ({})", reasons.join(", ")));
+        }
+    }
+
+    /// Deliveries that match nothing expected; `failed` names what was sent (`updates`, `turns`) and counts the
+    /// deliveries of those whose request failed.
+    fn anomalies(&mut self, duplicates: u64, unmatched: u64, failed: (&str, u64), other_events: u64) {
+        let (what, received) = failed;
+        self.row(
+            "anomalies",
+            format_args!(
+                "{duplicates} duplicates, {unmatched} unmatched, {received} deliveries of failed {what}, \
+                 {other_events} other events"
+            ),
+        );
+    }
+
+    /// Every error kind with its count and the first explanation seen for it, or `none`.
+    fn errors(&mut self, errors: &BTreeMap<String, u64>, first_error: &BTreeMap<String, String>) {
+        if errors.is_empty() {
+            self.row("errors", "none");
+        }
+        for (key, count) in errors {
+            let first = first_error.get(key).map(String::as_str).unwrap_or("");
+            self.row("errors", format_args!("{key}: {count} (first: {first})"));
+        }
     }
 }
 
@@ -777,78 +811,62 @@ impl MixedReport {
     }
 
     pub fn table(&self) -> String {
-        let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "scenario      mixed: {} viewers on {} threads over {} replicas, {} writers",
-            self.viewers, self.threads, self.replicas, self.writers
+        let mut table = Table::default();
+        table.row(
+            "scenario",
+            format_args!(
+                "mixed: {} viewers on {} threads over {} replicas, {} writers",
+                self.viewers, self.threads, self.replicas, self.writers
+            ),
         );
-        let _ = writeln!(
-            out,
-            "viewers       {} of {} open after {:.2} s ({} connections opened in all)",
-            self.viewers_open, self.viewers, self.open_s, self.connections
+        table.viewers(self.viewers_open, self.viewers, self.open_s, self.connections);
+        table.row(
+            "turns",
+            format_args!(
+                "{} sent in {:.2} s ({:.2} s asked): {} ok, {} failed; {:.1} turns/s",
+                self.turns_sent, self.write_s, self.duration_s, self.turns_ok, self.turns_failed, self.turn_rate
+            ),
         );
-        let _ = writeln!(
-            out,
-            "turns         {} sent in {:.2} s ({:.2} s asked): {} ok, {} failed; {:.1} turns/s",
-            self.turns_sent, self.write_s, self.duration_s, self.turns_ok, self.turns_failed, self.turn_rate
-        );
-        let _ = writeln!(
-            out,
-            "turn ms       p50 {}  p90 {}  p99 {}  max {}  (request to end of stream)",
-            show(self.turn_p50_ms),
-            show(self.turn_p90_ms),
-            show(self.turn_p99_ms),
-            show(self.turn_max_ms)
-        );
-        let _ = writeln!(
-            out,
-            "first event   p50 {}  p99 {} ms  (request to first event)",
-            show(self.first_event_p50_ms),
-            show(self.first_event_p99_ms)
-        );
-        let _ = writeln!(
-            out,
-            "deliveries    {} expected, {} received, {} lost ({:.4}%) user messages; {} of {} answers, {} lost; \
-             counted {:.2} s after the last turn",
-            self.expected,
-            self.received,
-            self.lost,
-            self.lost_pct,
-            self.answers_received,
-            self.answers_expected,
-            self.answers_lost,
-            self.drain_s
+        let turn = [self.turn_p50_ms, self.turn_p90_ms, self.turn_p99_ms, self.turn_max_ms];
+        table.row("turn ms", format_args!("{}  (request to end of stream)", quantiles(&P50_P90_P99_MAX, &turn)));
+        let first_event = quantiles(&["p50", "p99"], &[self.first_event_p50_ms, self.first_event_p99_ms]);
+        table.row("first event", format_args!("{first_event} ms  (request to first event)"));
+        table.row(
+            "deliveries",
+            format_args!(
+                "{} expected, {} received, {} lost ({:.4}%) user messages; {} of {} answers, {} lost; \
+                 counted {:.2} s after the last turn",
+                self.expected,
+                self.received,
+                self.lost,
+                self.lost_pct,
+                self.answers_received,
+                self.answers_expected,
+                self.answers_lost,
+                self.drain_s
+            ),
         );
         if self.lost > 0 || self.answers_lost > 0 {
-            write_losses(&mut out, "lost turn", &self.lost_by_replica, &self.lost_turns);
+            table.losses("lost turn", &self.lost_by_replica, &self.lost_turns);
         }
-        let _ = writeln!(
-            out,
-            "fan-out ms    p50 {}  p90 {}  p99 {}  max {}  (user message sent to viewer receipt)",
-            show(self.fanout_p50_ms),
-            show(self.fanout_p90_ms),
-            show(self.fanout_p99_ms),
-            show(self.fanout_max_ms)
-        );
-        write_timeline(&mut out, "turns", self.writes_from_us, &self.timeline);
-        write_resyncs(&mut out, self.resyncs, &self.resync_reasons);
-        let _ = writeln!(
-            out,
-            "anomalies     {} duplicates, {} unmatched, {} deliveries of failed turns, {} other events",
-            self.duplicates, self.unmatched, self.received_for_failed_turns, self.other_events
-        );
-        write_errors(&mut out, &self.errors, &self.first_error);
+        let fanout = [self.fanout_p50_ms, self.fanout_p90_ms, self.fanout_p99_ms, self.fanout_max_ms];
+        let fanout = quantiles(&P50_P90_P99_MAX, &fanout);
+        table.row("fan-out ms", format_args!("{fanout}  (user message sent to viewer receipt)"));
+        table.timeline("turns", self.writes_from_us, &self.timeline);
+        table.resyncs(self.resyncs, &self.resync_reasons);
+        table.anomalies(self.duplicates, self.unmatched, ("turns", self.received_for_failed_turns), self.other_events);
+        table.errors(&self.errors, &self.first_error);
         if let Some(cpu) = self.loadtest_cpu_s {
-            let _ = writeln!(
-                out,
-                "load tester   {cpu:.2} s of CPU in {:.2} s of run (setup included): {:.2} CPUs on average",
-                self.wall_s,
-                if self.wall_s > 0.0 { cpu / self.wall_s } else { 0.0 }
+            let average = if self.wall_s > 0.0 { cpu / self.wall_s } else { 0.0 };
+            table.row(
+                "load tester",
+                format_args!(
+                    "{cpu:.2} s of CPU in {:.2} s of run (setup included): {average:.2} CPUs on average",
+                    self.wall_s
+                ),
             );
         }
-        out
+        table.0
     }
 }
 
