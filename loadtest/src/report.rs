@@ -252,12 +252,9 @@ impl FanoutStats {
         self.fanout.saturating_record(latency_us.max(1));
     }
 
-    pub fn record_update(&mut self, latency: Duration) {
-        self.update.saturating_record(micros(latency));
-    }
-
-    /// Records a turn answered 200: its length, and the time to its first event when the stream had one.
-    pub fn record_turn(&mut self, latency: Duration, first_event: Option<Duration>) {
+    /// Records an update or a turn answered 200: its length, and the time to its first event when the answer was a
+    /// stream that had one.
+    pub fn record_answered(&mut self, latency: Duration, first_event: Option<Duration>) {
         self.update.saturating_record(micros(latency));
         if let Some(first_event) = first_event {
             self.first_event.saturating_record(micros(first_event));
@@ -307,22 +304,29 @@ pub struct FanoutTally {
     pub received_for_failed: u64,
 }
 
-/// What a fanout run was asked to do and how its phases went, beside what it counted.
+/// What a fanout or mixed run was asked to spread over the replicas, and how its setup went.
 #[derive(Clone, Copy, Debug)]
-pub struct FanoutShapeSummary {
+pub struct SpreadSummary {
     pub replicas: usize,
     pub threads: u32,
     pub viewers: u32,
-    pub rate: f64,
     pub duration: Duration,
     pub drain: Duration,
     /// From the first viewer connect to the last viewer open (or failure).
     pub open_time: Duration,
+    /// Connections opened over the whole run: setup, viewers and the send phase.
+    pub connections: u64,
+}
+
+/// What a fanout run was asked to do and how its phases went, beside what it counted.
+#[derive(Clone, Copy, Debug)]
+pub struct FanoutShapeSummary {
+    pub spread: SpreadSummary,
+    pub rate: f64,
     /// From the first update to the start of the last, plus one interval of the schedule.
     pub send_time: Duration,
     /// How late the latest update started against its schedule.
     pub send_lag_max: Duration,
-    pub connections: u64,
 }
 
 /// An update or turn answered 200 that some viewers never received.
@@ -433,15 +437,15 @@ impl FanoutReport {
         let send_seconds = shape.send_time.as_secs_f64();
         FanoutReport {
             scenario: "fanout",
-            replicas: shape.replicas,
-            threads: shape.threads,
-            viewers: shape.viewers,
+            replicas: shape.spread.replicas,
+            threads: shape.spread.threads,
+            viewers: shape.spread.viewers,
             viewers_open: tally.viewers_open,
-            open_s: round(shape.open_time.as_secs_f64(), 3),
-            connections: shape.connections,
+            open_s: round(shape.spread.open_time.as_secs_f64(), 3),
+            connections: shape.spread.connections,
             rate_target: shape.rate,
-            duration_s: shape.duration.as_secs_f64(),
-            drain_s: shape.drain.as_secs_f64(),
+            duration_s: shape.spread.duration.as_secs_f64(),
+            drain_s: shape.spread.drain.as_secs_f64(),
             updates_sent: tally.updates_sent,
             updates_ok: tally.updates_ok,
             updates_failed: tally.updates_failed,
@@ -669,17 +673,10 @@ pub struct MixedTally {
 /// What a mixed run was asked to do and how its phases went, beside what it counted.
 #[derive(Clone, Copy, Debug)]
 pub struct MixedShapeSummary {
-    pub replicas: usize,
-    pub threads: u32,
-    pub viewers: u32,
+    pub spread: SpreadSummary,
     pub writers: u32,
-    pub duration: Duration,
-    pub drain: Duration,
-    /// From the first viewer connect to the last viewer open (or failure).
-    pub open_time: Duration,
     /// From the writers' start to the end of the last turn.
     pub write_time: Duration,
-    pub connections: u64,
     /// CPU time the load tester used over the whole run, setup included, and the run's wall time, to tell how much
     /// of the machine it took from the gateway.
     pub loadtest_cpu: Option<f64>,
@@ -752,15 +749,15 @@ impl MixedReport {
         let write_seconds = shape.write_time.as_secs_f64();
         MixedReport {
             scenario: "mixed",
-            replicas: shape.replicas,
-            threads: shape.threads,
-            viewers: shape.viewers,
+            replicas: shape.spread.replicas,
+            threads: shape.spread.threads,
+            viewers: shape.spread.viewers,
             writers: shape.writers,
             viewers_open: tally.viewers_open,
-            open_s: round(shape.open_time.as_secs_f64(), 3),
-            connections: shape.connections,
-            duration_s: shape.duration.as_secs_f64(),
-            drain_s: shape.drain.as_secs_f64(),
+            open_s: round(shape.spread.open_time.as_secs_f64(), 3),
+            connections: shape.spread.connections,
+            duration_s: shape.spread.duration.as_secs_f64(),
+            drain_s: shape.spread.drain.as_secs_f64(),
             write_s: round(write_seconds, 3),
             wall_s: round(shape.wall_time.as_secs_f64(), 3),
             loadtest_cpu_s: shape.loadtest_cpu.map(|cpu| round(cpu, 2)),
@@ -946,7 +943,7 @@ mod tests {
             let target = if i % 2 == 0 { &mut a } else { &mut b };
             target.record_delivery(i * 1000);
         }
-        a.record_update(Duration::from_millis(4));
+        a.record_answered(Duration::from_millis(4), None);
         b.record_resync("lagged");
         b.record_error("stream", ErrorKind::BadStream, "closed");
         a.record_named_error("stream_closed".into(), "the server ended the stream");
@@ -961,16 +958,18 @@ mod tests {
             received_for_failed: 3,
         };
         let shape = FanoutShapeSummary {
-            replicas: 3,
-            threads: 2,
-            viewers: 10,
+            spread: SpreadSummary {
+                replicas: 3,
+                threads: 2,
+                viewers: 10,
+                duration: Duration::from_secs(2),
+                drain: Duration::from_secs(2),
+                open_time: Duration::from_millis(20),
+                connections: 13,
+            },
             rate: 5.0,
-            duration: Duration::from_secs(2),
-            drain: Duration::from_secs(2),
-            open_time: Duration::from_millis(20),
             send_time: Duration::from_secs(2),
             send_lag_max: Duration::from_micros(1500),
-            connections: 13,
         };
         let lost = Lost {
             lost_n: 7,
@@ -1019,7 +1018,7 @@ mod tests {
         let mut stats = FanoutStats::default();
         for i in 1..=10u64 {
             stats.record_delivery(i * 1000);
-            stats.record_turn(Duration::from_millis(i), Some(Duration::from_micros(i * 500)));
+            stats.record_answered(Duration::from_millis(i), Some(Duration::from_micros(i * 500)));
         }
         stats.record_error("turn", ErrorKind::Http(429), "429 Too Many Requests: thread_busy");
         let tally = MixedTally {
@@ -1033,15 +1032,17 @@ mod tests {
             received_for_failed: 2,
         };
         let shape = MixedShapeSummary {
-            replicas: 2,
-            threads: 2,
-            viewers: 4,
+            spread: SpreadSummary {
+                replicas: 2,
+                threads: 2,
+                viewers: 4,
+                duration: Duration::from_secs(5),
+                drain: Duration::from_secs(2),
+                open_time: Duration::from_millis(30),
+                connections: 12,
+            },
             writers: 2,
-            duration: Duration::from_secs(5),
-            drain: Duration::from_secs(2),
-            open_time: Duration::from_millis(30),
             write_time: Duration::from_secs(5),
-            connections: 12,
             loadtest_cpu: Some(1.5),
             wall_time: Duration::from_secs(8),
         };
@@ -1117,7 +1118,10 @@ mod tests {
             let mut busy = FanoutStats::default();
             for i in 1..=300u64 {
                 busy.record_delivery(i * 417);
-                busy.record_turn(Duration::from_micros(i * 211), (i % 3 != 0).then(|| Duration::from_micros(i * 29)));
+                busy.record_answered(
+                    Duration::from_micros(i * 211),
+                    (i % 3 != 0).then(|| Duration::from_micros(i * 29)),
+                );
             }
             busy.record_resync("lagged");
             busy.record_resync("lagged");
@@ -1159,17 +1163,20 @@ mod tests {
                 },
             ],
         };
-        let fanout_shape = FanoutShapeSummary {
+        let spread = SpreadSummary {
             replicas: 3,
             threads: 10,
             viewers: 100,
-            rate: 5.0,
             duration: Duration::from_secs(3),
             drain: Duration::from_secs(2),
             open_time: Duration::from_micros(123_456),
+            connections: 113,
+        };
+        let fanout_shape = FanoutShapeSummary {
+            spread,
+            rate: 5.0,
             send_time: Duration::from_millis(3200),
             send_lag_max: Duration::from_micros(1_500),
-            connections: 113,
         };
         let fanout_tally = FanoutTally {
             viewers_open: 99,
@@ -1187,15 +1194,9 @@ mod tests {
         add("fanout, quiet", report.table(), report.json_line());
 
         let mixed_shape = MixedShapeSummary {
-            replicas: 3,
-            threads: 10,
-            viewers: 100,
+            spread: SpreadSummary { connections: 116, ..spread },
             writers: 4,
-            duration: Duration::from_secs(3),
-            drain: Duration::from_secs(2),
-            open_time: Duration::from_micros(123_456),
             write_time: Duration::from_millis(3010),
-            connections: 116,
             loadtest_cpu: Some(2.345),
             wall_time: Duration::from_millis(5678),
         };
