@@ -60,8 +60,12 @@ lt_machine() {
     echo "Machine: $(nproc) CPUs, ${cpu_model:-unknown CPU model} ($(uname -sm)); open files $(ulimit -n)"
 }
 
-# lt_build PROFILE [loadtest]: builds the gateway and the load tester (only the load tester with `loadtest`), `release`
-# or `dev` for the debug build, and sets lt_gateway and lt_loadtest to their paths.
+# lt_build PROFILE [loadtest]: builds the gateway and the load tester (only the load tester with `loadtest`) and sets
+# lt_gateway and lt_loadtest to their paths. PROFILE is `release`; `dev` for the debug build; or `test` for the debug
+# build as `cargo test --workspace` makes it: cargo unifies the features of dependencies with those the
+# dev-dependencies ask for only while it builds test targets, so a plain `cargo build` after `cargo test` would compile
+# some dependencies again. With `test`, right after the test command's `cargo test` nothing but the load tester's own
+# binary compiles; on its own it also builds every test target.
 lt_build() {
     local dir=debug packages=(-p chatkit-gateway -p chatkit-loadtest)
     if [[ ${2:-} == loadtest ]]; then packages=(-p chatkit-loadtest); fi
@@ -71,7 +75,8 @@ lt_build() {
             dir=release
             ;;
         dev) cargo build "${packages[@]}" >&2 ;;
-        *) lt_die "unknown build profile \`$1\`; use release or dev" ;;
+        test) cargo build --workspace --bins --tests >&2 ;;
+        *) lt_die "unknown build profile \`$1\`; use release, dev or test" ;;
     esac
     lt_gateway=$lt_target_dir/$dir/chatkit-gateway
     lt_loadtest=$lt_target_dir/$dir/chatkit-loadtest

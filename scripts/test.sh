@@ -7,7 +7,8 @@
 # and the variables it exports for the tests: TEST_DATABASE_URL, CHATKIT_CONFORMANCE_PYTHON, CHATKIT_NGINX,
 # CHATKIT_PROMTOOL, CHATKIT_CHROMIUM). Then the conformance validator's self-test, cargo fmt --check,
 # clippy -D warnings and cargo test --workspace. With no arguments it also runs the load test in CI mode
-# (loadtest/scenarios.sh --ci). The last line gives the totals of every test binary.
+# (loadtest/scenarios.sh --ci), on binaries built with the tests' own feature resolution, so that no dependency is
+# compiled twice. The last line gives the totals of every test binary.
 #
 # Works on a fresh Debian 12 machine with the Rust toolchain, python3 and root; safe to run again (a second run only
 # runs the checks and tests).
@@ -43,8 +44,10 @@ cargo test --workspace "$@" 2>&1 | tee "$LOG"
 
 if [ "$#" -eq 0 ]; then
     # The load test in CI mode: both standard scenarios (one replica on SQLite;
-    # three on PostgreSQL and Redis) for 10 s each with small numbers, on the
-    # debug build just made; it fails unless nothing is lost and nothing errs.
+    # three on PostgreSQL and Redis) for 10 s each with small numbers; it fails
+    # unless nothing is lost and nothing errs. Its binaries are the debug build
+    # with the features `cargo test --workspace` resolved just now, so that only
+    # the load tester's own binary is compiled, no dependency a second time.
     step "load test, CI mode (loadtest/scenarios.sh --ci)"
     PG_URL="${TEST_DATABASE_URL%/*}" bash loadtest/scenarios.sh --ci
 fi
