@@ -14,21 +14,21 @@
 # their row comes up; every function they name is defined further down, with what it does.
 # shellcheck disable=SC2016 # The cells are code, expanded when their row runs.
 PLAN=(
-    # thing                      | present when                                      | else                                           | exports
-    'redis-server                | have redis-server redis-cli                       | apt_install redis-server                       |'
-    'Redis on 127.0.0.1:6379     | redis_answers                                     | start_redis                                    |'
-    'PostgreSQL on 127.0.0.1:5432| local_pg pg_answers                               | start_pg                                       |'
-    'PostgreSQL trust auth       | local_pg pg_trusts                                | trust_pg                                       | TEST_DATABASE_URL=database_url'
-    'Python venv                 | venv_ok                                           | make_venv                                      | CHATKIT_CONFORMANCE_PYTHON=venv_python'
-    'openai-chatkit (venv)       | pip_has openai-chatkit==1.6.5 chatkit             | pip_install openai-chatkit==1.6.5              |'
-    'PyYAML (venv)               | pip_has PyYAML yaml                               | pip_install PyYAML                             |'
-    'kubernetes-validate (venv)  | pip_has kubernetes-validate==1.37.0 kubernetes_validate | pip_install kubernetes-validate==1.37.0  |'
-    'nginx                       | nginx_bin                                         | apt_install --no-install-recommends nginx      | CHATKIT_NGINX=nginx_path'
-    'promtool                    | have promtool                                     | apt_install --no-install-recommends prometheus | CHATKIT_PROMTOOL=promtool_path'
-    'Node.js and npm             | have node npm                                     | apt_install nodejs npm                         |'
-    'Node.js 20 or later         | node_at_least 20                                  | die "the browser tests need Node.js 20 or later (playwright-core); found $(node --version)" |'
-    'Chromium                    | chromium_ok                                       | install_chromium                               | CHATKIT_CHROMIUM=chromium_path'
-    'playwright-core             | playwright_ok                                     | npm_ci                                         |'
+    # thing                       | present when                                            | else                                           | exports
+    'redis-server                 | have redis-server redis-cli                             | apt_install redis-server                       |'
+    'Redis on 127.0.0.1:6379      | redis_answers                                           | start_redis                                    |'
+    'PostgreSQL on 127.0.0.1:5432 | local_pg pg_answers                                     | start_pg                                       |'
+    'PostgreSQL trust auth        | local_pg pg_trusts                                      | trust_pg                                       | TEST_DATABASE_URL=database_url'
+    'Python venv                  | venv_ok                                                 | make_venv                                      | CHATKIT_CONFORMANCE_PYTHON=venv_python'
+    'openai-chatkit (venv)        | pip_has openai-chatkit==1.6.5 chatkit                   | pip_install openai-chatkit==1.6.5              |'
+    'PyYAML (venv)                | pip_has PyYAML yaml                                     | pip_install PyYAML                             |'
+    'kubernetes-validate (venv)   | pip_has kubernetes-validate==1.37.0 kubernetes_validate | pip_install kubernetes-validate==1.37.0        |'
+    'nginx                        | nginx_bin                                               | apt_install --no-install-recommends nginx      | CHATKIT_NGINX=nginx_path'
+    'promtool                     | have promtool                                           | apt_install --no-install-recommends prometheus | CHATKIT_PROMTOOL=promtool_path'
+    'Node.js and npm              | have node npm                                           | apt_install nodejs npm                         |'
+    'Node.js 20 or later          | node_at_least 20                                        | refuse_old_node                                |'
+    'Chromium                     | chromium_ok                                             | install_chromium                               | CHATKIT_CHROMIUM=chromium_path'
+    'playwright-core              | playwright_ok                                           | npm_ci                                         |'
 )
 # Why each is needed: tests/replicas.rs and others start their own redis-server on free ports (the default instance is
 # a convenience); the PostgreSQL store tests and the load test's postgres scenario make throwaway databases on
@@ -240,6 +240,9 @@ node_at_least() {
     major="$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/')"
     [ "${major:-0}" -ge "$1" ] 2>/dev/null
 }
+
+# refuse_old_node: stops, since an older Node.js is not replaced here.
+refuse_old_node() { die "the browser tests need Node.js 20 or later (playwright-core); found $(node --version)"; }
 
 chromium_path() { echo "${CHATKIT_CHROMIUM:-/usr/bin/chromium}"; }
 chromium_ok() { [ -x "$(chromium_path)" ]; }
