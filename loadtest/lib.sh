@@ -1,8 +1,9 @@
 # shellcheck shell=bash
-# Shared pieces of the load-test scripts (run.sh, fanout.sh, scenarios.sh): building the binaries, free loopback
-# ports, a private Redis, a throwaway PostgreSQL database, gateway replicas and their readiness, the open-files limit,
-# and the cleanup that stops everything started here and drops every database made here, on exit, failure and Ctrl-C
-# alike. Everything listens on 127.0.0.1 only.
+# Shared pieces of the load-test scripts (run.sh, fanout.sh, scenarios.sh, reference/run.sh): building the binaries,
+# free loopback ports, a private Redis, a throwaway PostgreSQL database, gateway replicas or another server under test
+# and their readiness, the open-files limit, running the load tester and reading its report, and the cleanup that stops
+# everything started here and drops every database made here, on exit, failure and Ctrl-C alike. Everything listens on
+# 127.0.0.1 only.
 #
 # Source it after `set -euo pipefail` with LT_NAME set to the script's name (for messages), then call lt_init.
 # It reads these settings from the environment:
@@ -29,7 +30,8 @@ lt_target_dir=${CARGO_TARGET_DIR:-$lt_root/target}
 # What this script started or made, undone by lt_teardown.
 lt_tmp=
 lt_loadtest_pid=
-lt_gateway_pids=()
+# The servers under test: gateway replicas, or the reference server.
+lt_server_pids=()
 lt_redis_pid=
 lt_redis_port=
 lt_databases=()
@@ -58,20 +60,23 @@ lt_machine() {
     echo "Machine: $(nproc) CPUs, ${cpu_model:-unknown CPU model} ($(uname -sm)); open files $(ulimit -n)"
 }
 
-# lt_build PROFILE: builds the gateway and the load tester (`release`, or `dev` for the debug build) and sets
-# lt_gateway and lt_loadtest to their paths.
+# lt_build PROFILE [loadtest]: builds the gateway and the load tester (only the load tester with `loadtest`) and sets
+# lt_gateway and lt_loadtest to their paths. PROFILE is `release`; `dev` for the debug build; or `test` for the debug
+# build as `cargo test --workspace` makes it: cargo unifies the features of dependencies with those the
+# dev-dependencies ask for only while it builds test targets, so a plain `cargo build` after `cargo test` would compile
+# some dependencies again. With `test`, right after the test command's `cargo test` nothing but the load tester's own
+# binary compiles; on its own it also builds every test target.
 lt_build() {
-    local dir
+    local dir=debug packages=(-p chatkit-gateway -p chatkit-loadtest)
+    if [[ ${2:-} == loadtest ]]; then packages=(-p chatkit-loadtest); fi
     case $1 in
         release)
-            cargo build --release -p chatkit-gateway -p chatkit-loadtest >&2
+            cargo build --release "${packages[@]}" >&2
             dir=release
             ;;
-        dev)
-            cargo build -p chatkit-gateway -p chatkit-loadtest >&2
-            dir=debug
-            ;;
-        *) lt_die "unknown build profile \`$1\`; use release or dev" ;;
+        dev) cargo build "${packages[@]}" >&2 ;;
+        test) cargo build --workspace --bins --tests >&2 ;;
+        *) lt_die "unknown build profile \`$1\`; use release, dev or test" ;;
     esac
     lt_gateway=$lt_target_dir/$dir/chatkit-gateway
     lt_loadtest=$lt_target_dir/$dir/chatkit-loadtest
@@ -121,15 +126,15 @@ lt_stop() {
     wait "$pid" 2>/dev/null || true
 }
 
-# lt_teardown: stops the load tester, the replicas (together, so that their grace periods overlap) and Redis, and
-# drops the databases; what it undid is forgotten, so the script can start again.
+# lt_teardown: stops the load tester, the servers under test (together, so that their grace periods overlap) and
+# Redis, and drops the databases; what it undid is forgotten, so the script can start again.
 lt_teardown() {
     local pid database
     lt_stop "$lt_loadtest_pid"
     lt_loadtest_pid=
-    for pid in "${lt_gateway_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${lt_gateway_pids[@]}"; do lt_stop "$pid"; done
-    lt_gateway_pids=()
+    for pid in "${lt_server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${lt_server_pids[@]}"; do lt_stop "$pid"; done
+    lt_server_pids=()
     lt_stop "$lt_redis_pid"
     lt_redis_pid=
     for database in "${lt_databases[@]}"; do
@@ -153,15 +158,8 @@ lt_start_redis() {
     "$REDIS_SERVER" --bind 127.0.0.1 --port "$lt_redis_port" --save '' --appendonly no --dir "$lt_tmp" \
         --maxclients 1000 >"$lt_tmp/redis.log" 2>&1 &
     lt_redis_pid=$!
-    local deadline=$((SECONDS + READY_TIMEOUT + 1))
-    until lt_redis_answers 2>/dev/null; do
-        if ! kill -0 "$lt_redis_pid" 2>/dev/null || ((SECONDS >= deadline)); then
-            lt_say "Redis did not start on 127.0.0.1:$lt_redis_port; its log:"
-            cat "$lt_tmp/redis.log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
+    lt_await "Redis on 127.0.0.1:$lt_redis_port" "$lt_redis_pid" "$lt_tmp/redis.log" $((SECONDS + READY_TIMEOUT + 1)) \
+        lt_redis_answers
     lt_say "Redis (pid $lt_redis_pid) on 127.0.0.1:$lt_redis_port"
 }
 
@@ -189,7 +187,7 @@ lt_create_database() {
 lt_start_replicas() {
     local count=$1 database_url=$2 redis_url=${3:-} i port
     lt_ports=()
-    local first=$((${#lt_gateway_pids[@]} + 1))
+    local first=$((${#lt_server_pids[@]} + 1))
     for i in $(seq "$first" $((first + count - 1))); do
         lt_free_port port
         lt_ports+=("$port")
@@ -200,21 +198,34 @@ lt_start_replicas() {
             CHATKIT_DATA_DIR="$lt_tmp/data-$i" CHATKIT_LOG=warn CHATKIT_MODEL=echo CHATKIT_AUTH=header \
             CHATKIT_USER_HEADER="$USER_HEADER" CHATKIT_SHUTDOWN_GRACE_SECS=5 ${WORKERS:+CHATKIT_WORKERS="$WORKERS"} \
             "$lt_gateway" >"$lt_tmp/replica-$i.log" 2>&1 &
-        lt_gateway_pids+=($!)
+        lt_server_pids+=($!)
     done
     local deadline=$((SECONDS + READY_TIMEOUT + 1)) pid
     for i in $(seq "$first" $((first + count - 1))); do
         port=${lt_ports[i - first]}
-        pid=${lt_gateway_pids[i - 1]}
-        until lt_ready "$port" 2>/dev/null; do
-            if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
-                lt_say "replica $i did not become ready on 127.0.0.1:$port within ${READY_TIMEOUT}s; its log:"
-                cat "$lt_tmp/replica-$i.log" >&2
-                exit 1
-            fi
-            sleep 0.1
-        done
+        pid=${lt_server_pids[i - 1]}
+        lt_await "replica $i on 127.0.0.1:$port" "$pid" "$lt_tmp/replica-$i.log" "$deadline" lt_ready "$port"
         lt_say "replica $i (pid $pid) ready on 127.0.0.1:$port"
+    done
+}
+
+# lt_await WHAT PID LOG DEADLINE CHECK...: waits until CHECK succeeds. When process PID exits first, or SECONDS reaches
+# DEADLINE (one second more than READY_TIMEOUT from the start, since SECONDS counts whole seconds), it says so, shows
+# LOG and exits.
+lt_await() {
+    local what=$1 pid=$2 log=$3 deadline=$4
+    shift 4
+    until "$@" 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            lt_say "$what exited before it was ready; its log:"
+        elif ((SECONDS >= deadline)); then
+            lt_say "$what was not ready within ${READY_TIMEOUT}s; its log:"
+        else
+            sleep 0.1
+            continue
+        fi
+        cat "$log" >&2
+        exit 1
     done
 }
 
@@ -249,8 +260,8 @@ lt_cpu_seconds() {
 # Fails when a replica exited.
 lt_replica_report() {
     local i pid peak status=0
-    for i in $(seq 1 "${#lt_gateway_pids[@]}"); do
-        pid=${lt_gateway_pids[i - 1]}
+    for i in $(seq 1 "${#lt_server_pids[@]}"); do
+        pid=${lt_server_pids[i - 1]}
         if ! kill -0 "$pid" 2>/dev/null; then
             lt_say "replica $i exited during the run"
             status=1
@@ -298,3 +309,51 @@ lt_run_loadtest() {
 
 # lt_field KEY LINE: picks a value out of a JSON report line, whose top-level keys are flat and unique.
 lt_field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" <<<"$2"; }
+
+# lt_ms KEY LINE: a latency of a JSON report line, in milliseconds to two places, or n/a.
+lt_ms() {
+    local value
+    value=$(lt_field "$1" "$2")
+    if [[ -z $value || $value == null ]]; then echo "n/a"; else printf '%.2f' "$value"; fi
+}
+
+# lt_request_scenarios URL [LABEL]: runs the request scenarios named in SCENARIOS one after the other against URL
+# (CONCURRENCY clients for DURATION after WARMUP, TIMEOUT a request) and adds a Markdown table row for each to
+# lt_rows, LABEL in its first cell when given; sets lt_errors to the errors they counted. Fails when a scenario failed.
+lt_rows=()
+lt_errors=0
+lt_request_scenarios() {
+    local url=$1 label=${2:-} scenario line rps cells status=0
+    lt_errors=0
+    for scenario in $SCENARIOS; do
+        echo >&2
+        lt_say "${label:+$label / }$scenario"
+        lt_run_loadtest "$lt_tmp/${label:+$label-}$scenario.json" --url "$url" --scenario "$scenario" \
+            --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --timeout "$TIMEOUT" \
+            --user-header "$USER_HEADER" --json || status=1
+        line=$(<"$lt_tmp/${label:+$label-}$scenario.json")
+        if [[ -z $line ]]; then
+            lt_rows+=("| ${label:+$label | }$scenario | failed | | | | | |")
+            status=1
+            continue
+        fi
+        lt_errors=$((lt_errors + $(lt_field errors_total "$line")))
+        rps=$(printf '%.0f' "$(lt_field rps "$line")")
+        cells="$rps | $(lt_ms latency_p50_ms "$line") | $(lt_ms latency_p90_ms "$line") | $(lt_ms latency_p99_ms "$line")"
+        lt_rows+=("| ${label:+$label | }$scenario | $cells | $(lt_ms latency_max_ms "$line") | $(lt_field errors_total "$line") |")
+    done
+    return "$status"
+}
+
+# lt_request_table [LABEL_COLUMN]: prints lt_rows as a Markdown table, LABEL_COLUMN heading the label cells when the
+# rows have them.
+lt_request_table() {
+    local column=${1:-} align=
+    if [[ -n $column ]]; then align='---|'; fi
+    echo
+    echo "Latencies in milliseconds, from sending the request to the end of the response."
+    echo
+    echo "| ${column:+$column | }scenario | req/s | p50 | p90 | p99 | max | errors |"
+    echo "|$align---|---:|---:|---:|---:|---:|---:|"
+    printf '%s\n' "${lt_rows[@]}"
+}

@@ -37,34 +37,9 @@ lt_init
 lt_start_replicas 1 "sqlite://$lt_tmp/bench.db"
 port=${lt_ports[0]}
 
-ms() {
-    local value
-    value=$(lt_field "$1" "$2")
-    if [[ -z $value || $value == null ]]; then echo "n/a"; else printf '%.2f' "$value"; fi
-}
-
-rows=()
 failed=0
-for scenario in $SCENARIOS; do
-    echo >&2
-    lt_run_loadtest "$lt_tmp/$scenario.json" --url "http://127.0.0.1:$port" --scenario "$scenario" \
-        --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --timeout "$TIMEOUT" \
-        --user-header "$USER_HEADER" --json || failed=1
-    line=$(<"$lt_tmp/$scenario.json")
-    if [[ -z $line ]]; then
-        rows+=("| $scenario | failed | | | | | |")
-        continue
-    fi
-    rps=$(printf '%.0f' "$(lt_field rps "$line")")
-    rows+=("| $scenario | $rps | $(ms latency_p50_ms "$line") | $(ms latency_p90_ms "$line") | $(ms latency_p99_ms "$line") | $(ms latency_max_ms "$line") | $(lt_field errors_total "$line") |")
-done
-
-echo
-echo "Latencies in milliseconds, from sending the request to the end of the response."
-echo
-echo "| scenario | req/s | p50 | p90 | p99 | max | errors |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-printf '%s\n' "${rows[@]}"
+lt_request_scenarios "http://127.0.0.1:$port" || failed=1
+lt_request_table "" # one server, so no label column
 
 if ((failed)); then
     lt_say "at least one scenario failed; the gateway log follows"

@@ -13,8 +13,10 @@
 #
 #   loadtest/scenarios.sh        measure: release build, 1,000 viewers on 100 threads, 8 writers,
 #                                15 s per scenario
-#   loadtest/scenarios.sh --ci   check: debug build (what a CI job has just built), 20 viewers on
-#                                10 threads, 2 writers, 10 s per scenario (LOADTEST_CI=1 does the same)
+#   loadtest/scenarios.sh --ci   check: the debug build as `cargo test --workspace` makes it (what the
+#                                test command has just built, so no dependency compiles again), 20
+#                                viewers on 10 threads, 2 writers, 10 s per scenario (LOADTEST_CI=1
+#                                does the same)
 #
 # Settings come from the environment; --ci changes only the defaults:
 #   SCENARIOS         which scenarios, in order ("sqlite postgres")
@@ -24,7 +26,8 @@
 #   DURATION          how long the writers send, per scenario (15s; CI 10s)
 #   DRAIN             wait after the last turn before counting (2s)
 #   REPLICAS          replicas of the postgres scenario (3)
-#   PROFILE           build profile: release, or dev for the debug build (release; CI dev)
+#   PROFILE           build profile: release; dev for the debug build; test for the debug build with the
+#                     features `cargo test --workspace` resolves (release; CI test)
 #   OPEN_CONCURRENCY  viewer streams being opened at once (256)
 #   TIMEOUT           limit on one turn or one stream opening (10s)
 #   SETUP_TIMEOUT     limit on creating the threads and opening every viewer (120s; CI 30s)
@@ -67,7 +70,7 @@ if [[ -n $ci && $ci != 0 ]]; then
     WRITERS=${WRITERS:-2}
     DURATION=${DURATION:-10s}
     SETUP_TIMEOUT=${SETUP_TIMEOUT:-30s}
-    PROFILE=${PROFILE:-dev}
+    PROFILE=${PROFILE:-test}
 else
     ci=
 fi

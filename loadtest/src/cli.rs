@@ -94,30 +94,31 @@ pub const MAX_FANOUT_DURATION: Duration = Duration::from_secs(600);
 /// The longest drain a fanout or mixed run may ask for.
 pub const MAX_DRAIN: Duration = Duration::from_secs(60);
 
-/// What a fanout run does, with every default filled in and every bound checked.
+/// What the fanout and mixed runs share: the replicas, the threads and viewers spread over them, and the timing of
+/// setup, send phase and drain, with every default filled in and every bound checked.
 #[derive(Clone, Debug)]
-pub struct FanoutShape {
+pub struct Spread {
     pub replicas: Vec<Endpoint>,
     pub threads: u32,
     pub viewers: u32,
-    pub rate: f64,
     pub duration: Duration,
     pub drain: Duration,
     pub open_concurrency: u32,
     pub setup_timeout: Duration,
 }
 
-/// What a mixed run does, with every default filled in and every bound checked.
+/// What a fanout run does: the spread, and thread updates at a steady rate.
+#[derive(Clone, Debug)]
+pub struct FanoutShape {
+    pub spread: Spread,
+    pub rate: f64,
+}
+
+/// What a mixed run does: the spread, and writers sending turns back to back.
 #[derive(Clone, Debug)]
 pub struct MixedShape {
-    pub replicas: Vec<Endpoint>,
-    pub threads: u32,
-    pub viewers: u32,
+    pub spread: Spread,
     pub writers: u32,
-    pub duration: Duration,
-    pub drain: Duration,
-    pub open_concurrency: u32,
-    pub setup_timeout: Duration,
 }
 
 impl Args {
@@ -153,8 +154,8 @@ impl Args {
         }
     }
 
-    /// The replicas of a fanout or mixed run, with the send phase and drain checked.
-    fn replicas(&self) -> Result<Vec<Endpoint>, String> {
+    /// The spread of a fanout or mixed run, with `threads` and `viewers` unless the options say otherwise.
+    fn spread(&self, threads: u32, viewers: u32) -> Result<Spread, String> {
         let name = self.scenario.name();
         let mut replicas = Vec::with_capacity(self.url.len());
         for url in &self.url {
@@ -175,7 +176,15 @@ impl Args {
         if self.drain.is_some_and(|drain| drain > MAX_DRAIN) {
             return Err(format!("--drain is at most {MAX_DRAIN:?}"));
         }
-        Ok(replicas)
+        Ok(Spread {
+            replicas,
+            threads: self.threads.unwrap_or(threads),
+            viewers: self.viewers.unwrap_or(viewers),
+            duration: self.duration,
+            drain: self.drain.unwrap_or(Duration::from_secs(2)),
+            open_concurrency: self.open_concurrency.unwrap_or(256),
+            setup_timeout: self.setup_timeout.unwrap_or(Duration::from_secs(120)),
+        })
     }
 
     /// The fanout run the options describe.
@@ -183,16 +192,7 @@ impl Args {
         if self.writers.is_some() {
             return Err("--writers belongs to --scenario mixed; fanout sends updates at --rate".into());
         }
-        Ok(FanoutShape {
-            replicas: self.replicas()?,
-            threads: self.threads.unwrap_or(1000),
-            viewers: self.viewers.unwrap_or(10_000),
-            rate: self.rate.unwrap_or(200.0),
-            duration: self.duration,
-            drain: self.drain.unwrap_or(Duration::from_secs(2)),
-            open_concurrency: self.open_concurrency.unwrap_or(256),
-            setup_timeout: self.setup_timeout.unwrap_or(Duration::from_secs(120)),
-        })
+        Ok(FanoutShape { spread: self.spread(1000, 10_000)?, rate: self.rate.unwrap_or(200.0) })
     }
 
     /// The mixed run the options describe.
@@ -200,16 +200,7 @@ impl Args {
         if self.rate.is_some() {
             return Err("--rate belongs to --scenario fanout; mixed writers send turns back to back".into());
         }
-        Ok(MixedShape {
-            replicas: self.replicas()?,
-            threads: self.threads.unwrap_or(100),
-            viewers: self.viewers.unwrap_or(1000),
-            writers: self.writers.unwrap_or(8),
-            duration: self.duration,
-            drain: self.drain.unwrap_or(Duration::from_secs(2)),
-            open_concurrency: self.open_concurrency.unwrap_or(256),
-            setup_timeout: self.setup_timeout.unwrap_or(Duration::from_secs(120)),
-        })
+        Ok(MixedShape { spread: self.spread(100, 1000)?, writers: self.writers.unwrap_or(8) })
     }
 }
 
@@ -396,8 +387,8 @@ mod tests {
             "50",
         ]);
         let shape = args.fanout_shape().unwrap();
-        assert_eq!(shape.replicas.len(), 3);
-        assert_eq!((shape.threads, shape.viewers, shape.rate), (1000, 10_000, 50.0));
+        assert_eq!(shape.spread.replicas.len(), 3);
+        assert_eq!((shape.spread.threads, shape.spread.viewers, shape.rate), (1000, 10_000, 50.0));
         assert!(args.single_endpoint().is_err(), "the request scenarios take one URL");
 
         let with_path = Args::parse_from(["chatkit-loadtest", "--scenario", "fanout", "--url", "http://127.0.0.1:1/x"]);
@@ -434,9 +425,9 @@ mod tests {
             "1s",
         ]);
         let shape = args.mixed_shape().unwrap();
-        assert_eq!(shape.replicas.len(), 2);
-        assert_eq!((shape.threads, shape.viewers, shape.writers), (100, 1000, 3));
-        assert_eq!(shape.drain, Duration::from_secs(1));
+        assert_eq!(shape.spread.replicas.len(), 2);
+        assert_eq!((shape.spread.threads, shape.spread.viewers, shape.writers), (100, 1000, 3));
+        assert_eq!(shape.spread.drain, Duration::from_secs(1));
         let with_rate = Args::parse_from(["chatkit-loadtest", "--scenario", "mixed", "--rate", "5"]);
         assert!(with_rate.mixed_shape().is_err());
         let long_drain = Args::parse_from(["chatkit-loadtest", "--scenario", "mixed", "--drain", "2m"]);

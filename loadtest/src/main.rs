@@ -4,6 +4,7 @@
 mod cli;
 mod fanout;
 mod mixed;
+mod multi;
 mod replicas;
 mod report;
 mod scenario;

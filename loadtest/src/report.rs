@@ -191,26 +191,19 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
-        let mut out = String::new();
-        let _ = writeln!(out, "scenario      {}", self.scenario);
-        let _ = writeln!(out, "concurrency   {} ({} connections opened)", self.concurrency, self.connections);
-        let _ = writeln!(out, "duration      {:.2} s measured after {:.2} s warm-up", self.duration_s, self.warmup_s);
-        let _ = writeln!(out, "requests      {} ({} ok, {} errors)", self.requests, self.ok, self.errors_total);
-        write_errors(&mut out, &self.errors, &self.first_error);
-        let _ = writeln!(out, "throughput    {:.1} req/s", self.rps);
-        let _ = writeln!(
-            out,
-            "latency ms    p50 {}  p90 {}  p99 {}  max {}",
-            show(self.latency_p50_ms),
-            show(self.latency_p90_ms),
-            show(self.latency_p99_ms),
-            show(self.latency_max_ms)
-        );
+        let mut table = Table::default();
+        table.row("scenario", self.scenario);
+        table.row("concurrency", format_args!("{} ({} connections opened)", self.concurrency, self.connections));
+        table.row("duration", format_args!("{:.2} s measured after {:.2} s warm-up", self.duration_s, self.warmup_s));
+        table.row("requests", format_args!("{} ({} ok, {} errors)", self.requests, self.ok, self.errors_total));
+        table.errors(&self.errors, &self.first_error);
+        table.row("throughput", format_args!("{:.1} req/s", self.rps));
+        let latency = [self.latency_p50_ms, self.latency_p90_ms, self.latency_p99_ms, self.latency_max_ms];
+        table.row("latency ms", quantiles(&P50_P90_P99_MAX, &latency));
         if self.ttfb_p50_ms.is_some() {
-            let _ = writeln!(out, "ttfb ms       p50 {}  p99 {}", show(self.ttfb_p50_ms), show(self.ttfb_p99_ms));
+            table.row("ttfb ms", quantiles(&["p50", "p99"], &[self.ttfb_p50_ms, self.ttfb_p99_ms]));
         }
-        out
+        table.0
     }
 }
 
@@ -259,12 +252,9 @@ impl FanoutStats {
         self.fanout.saturating_record(latency_us.max(1));
     }
 
-    pub fn record_update(&mut self, latency: Duration) {
-        self.update.saturating_record(micros(latency));
-    }
-
-    /// Records a turn answered 200: its length, and the time to its first event when the stream had one.
-    pub fn record_turn(&mut self, latency: Duration, first_event: Option<Duration>) {
+    /// Records an update or a turn answered 200: its length, and the time to its first event when the answer was a
+    /// stream that had one.
+    pub fn record_answered(&mut self, latency: Duration, first_event: Option<Duration>) {
         self.update.saturating_record(micros(latency));
         if let Some(first_event) = first_event {
             self.first_event.saturating_record(micros(first_event));
@@ -314,22 +304,29 @@ pub struct FanoutTally {
     pub received_for_failed: u64,
 }
 
-/// What a fanout run was asked to do and how its phases went, beside what it counted.
+/// What a fanout or mixed run was asked to spread over the replicas, and how its setup went.
 #[derive(Clone, Copy, Debug)]
-pub struct FanoutShapeSummary {
+pub struct SpreadSummary {
     pub replicas: usize,
     pub threads: u32,
     pub viewers: u32,
-    pub rate: f64,
     pub duration: Duration,
     pub drain: Duration,
     /// From the first viewer connect to the last viewer open (or failure).
     pub open_time: Duration,
+    /// Connections opened over the whole run: setup, viewers and the send phase.
+    pub connections: u64,
+}
+
+/// What a fanout run was asked to do and how its phases went, beside what it counted.
+#[derive(Clone, Copy, Debug)]
+pub struct FanoutShapeSummary {
+    pub spread: SpreadSummary,
+    pub rate: f64,
     /// From the first update to the start of the last, plus one interval of the schedule.
     pub send_time: Duration,
     /// How late the latest update started against its schedule.
     pub send_lag_max: Duration,
-    pub connections: u64,
 }
 
 /// An update or turn answered 200 that some viewers never received.
@@ -440,15 +437,15 @@ impl FanoutReport {
         let send_seconds = shape.send_time.as_secs_f64();
         FanoutReport {
             scenario: "fanout",
-            replicas: shape.replicas,
-            threads: shape.threads,
-            viewers: shape.viewers,
+            replicas: shape.spread.replicas,
+            threads: shape.spread.threads,
+            viewers: shape.spread.viewers,
             viewers_open: tally.viewers_open,
-            open_s: round(shape.open_time.as_secs_f64(), 3),
-            connections: shape.connections,
+            open_s: round(shape.spread.open_time.as_secs_f64(), 3),
+            connections: shape.spread.connections,
             rate_target: shape.rate,
-            duration_s: shape.duration.as_secs_f64(),
-            drain_s: shape.drain.as_secs_f64(),
+            duration_s: shape.spread.duration.as_secs_f64(),
+            drain_s: shape.spread.drain.as_secs_f64(),
             updates_sent: tally.updates_sent,
             updates_ok: tally.updates_ok,
             updates_failed: tally.updates_failed,
@@ -491,125 +488,166 @@ impl FanoutReport {
     }
 
     pub fn table(&self) -> String {
-        let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "scenario      fanout: {} viewers on {} threads over {} replicas",
-            self.viewers, self.threads, self.replicas
+        let mut table = Table::default();
+        table.row(
+            "scenario",
+            format_args!(
+                "fanout: {} viewers on {} threads over {} replicas",
+                self.viewers, self.threads, self.replicas
+            ),
         );
-        let _ = writeln!(
-            out,
-            "viewers       {} of {} open after {:.2} s ({} connections opened in all)",
-            self.viewers_open, self.viewers, self.open_s, self.connections
+        table.viewers(self.viewers_open, self.viewers, self.open_s, self.connections);
+        table.row(
+            "updates",
+            format_args!(
+                "{} sent at {:.1}/s (target {}/s for {:.2} s, latest start {:.1} ms behind schedule): {} ok, {} failed",
+                self.updates_sent,
+                self.update_rate,
+                self.rate_target,
+                self.duration_s,
+                self.send_lag_max_ms,
+                self.updates_ok,
+                self.updates_failed
+            ),
         );
-        let _ = writeln!(
-            out,
-            "updates       {} sent at {:.1}/s (target {}/s for {:.2} s, latest start {:.1} ms behind schedule): \
-             {} ok, {} failed",
-            self.updates_sent,
-            self.update_rate,
-            self.rate_target,
-            self.duration_s,
-            self.send_lag_max_ms,
-            self.updates_ok,
-            self.updates_failed
-        );
-        let _ = writeln!(
-            out,
-            "update ms     p50 {}  p99 {}  max {}  (request to answer)",
-            show(self.update_p50_ms),
-            show(self.update_p99_ms),
-            show(self.update_max_ms)
-        );
-        let _ = writeln!(
-            out,
-            "deliveries    {} expected, {} received, {} lost ({:.4}%), counted {:.2} s after the last answer",
-            self.expected, self.received, self.lost, self.lost_pct, self.drain_s
+        let update = [self.update_p50_ms, self.update_p99_ms, self.update_max_ms];
+        table.row("update ms", format_args!("{}  (request to answer)", quantiles(&["p50", "p99", "max"], &update)));
+        table.row(
+            "deliveries",
+            format_args!(
+                "{} expected, {} received, {} lost ({:.4}%), counted {:.2} s after the last answer",
+                self.expected, self.received, self.lost, self.lost_pct, self.drain_s
+            ),
         );
         if self.lost > 0 {
-            write_losses(&mut out, "lost update", &self.lost_by_replica, &self.lost_updates);
+            table.losses("lost update", &self.lost_by_replica, &self.lost_updates);
         }
-        let _ = writeln!(
-            out,
-            "fan-out ms    p50 {}  p90 {}  p99 {}  max {}  (send to receipt)",
-            show(self.fanout_p50_ms),
-            show(self.fanout_p90_ms),
-            show(self.fanout_p99_ms),
-            show(self.fanout_max_ms)
+        let fanout = [self.fanout_p50_ms, self.fanout_p90_ms, self.fanout_p99_ms, self.fanout_max_ms];
+        table.row("fan-out ms", format_args!("{}  (send to receipt)", quantiles(&P50_P90_P99_MAX, &fanout)));
+        table.timeline("updates", self.updates_from_us, &self.timeline);
+        table.resyncs(self.resyncs, &self.resync_reasons);
+        table.anomalies(
+            self.duplicates,
+            self.unmatched,
+            ("updates", self.received_for_failed_updates),
+            self.other_events,
         );
-        write_timeline(&mut out, "updates", self.updates_from_us, &self.timeline);
-        write_resyncs(&mut out, self.resyncs, &self.resync_reasons);
-        let _ = writeln!(
-            out,
-            "anomalies     {} duplicates, {} unmatched, {} deliveries of failed updates, {} other events",
-            self.duplicates, self.unmatched, self.received_for_failed_updates, self.other_events
-        );
-        write_errors(&mut out, &self.errors, &self.first_error);
-        out
+        table.errors(&self.errors, &self.first_error);
+        table.0
     }
 }
 
-/// Writes where deliveries were lost: by the viewer's replica, then the first few lost sends one by one.
-fn write_losses(out: &mut String, label: &str, lost_by_replica: &[u64], lost: &[Lost]) {
-    let by_replica: Vec<String> =
-        lost_by_replica.iter().enumerate().map(|(i, n)| format!("replica {}: {n}", i + 1)).collect();
-    let _ = writeln!(out, "lost where    {} (by the viewer's replica)", by_replica.join(", "));
-    for lost in lost.iter().take(5) {
-        let missed: Vec<String> = lost
-            .lost_missing
-            .iter()
-            .zip(&lost.lost_viewers)
-            .enumerate()
-            .filter(|(_, (missing, _))| **missing > 0)
-            .map(|(i, (missing, viewers))| format!("{missing} of {viewers} on replica {}", i + 1))
-            .collect();
-        let _ = writeln!(
-            out,
-            "{label:<13} n={} ({}) sent {} UTC via replica {}: missed by {}",
-            lost.lost_n,
-            lost.lost_kind,
-            utc_time_of_day(lost.lost_sent_us),
-            lost.lost_via_replica,
-            missed.join(", ")
-        );
-    }
-}
+/// The table a report prints for people: one line a row, its label padded to a column of its own.
+#[derive(Default)]
+struct Table(String);
 
-/// Writes the worst fan-out latency of what was sent in each second of the send phase.
-fn write_timeline(out: &mut String, what: &str, from_us: u64, timeline: &[Second]) {
-    if timeline.is_empty() {
-        return;
-    }
-    let worst: Vec<String> = timeline
+/// The quantiles most rows show, in this order.
+const P50_P90_P99_MAX: [&str; 4] = ["p50", "p90", "p99", "max"];
+
+/// Quantiles as the tables show them, `p50 1.234  p99 5.678`: milliseconds to the microsecond the histograms keep,
+/// `n/a` where nothing was measured.
+fn quantiles(names: &[&str], values: &[Option<f64>]) -> String {
+    let shown: Vec<String> = names
         .iter()
-        .map(|second| second.second_max_ms.map_or_else(|| "-".to_string(), |max| format!("{max:.0}")))
+        .zip(values)
+        .map(|(name, value)| value.map_or_else(|| format!("{name} n/a"), |v| format!("{name} {v:.3}")))
         .collect();
-    let _ = writeln!(
-        out,
-        "by second     max fan-out ms of the {what} sent in each second from {} UTC: {}",
-        utc_time_of_day(from_us),
-        worst.join(" ")
-    );
+    shown.join("  ")
 }
 
-fn write_resyncs(out: &mut String, resyncs: u64, reasons: &BTreeMap<String, u64>) {
-    if resyncs == 0 {
-        let _ = writeln!(out, "resyncs       none");
-    } else {
-        let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
-        let _ = writeln!(out, "resyncs       {resyncs} ({})", reasons.join(", "));
+impl Table {
+    /// Adds one row.
+    fn row(&mut self, label: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "{label:<13} {value}");
     }
-}
 
-/// Writes every error kind with its count and the first explanation seen for it, or `none`.
-fn write_errors(out: &mut String, errors: &BTreeMap<String, u64>, first_error: &BTreeMap<String, String>) {
-    if errors.is_empty() {
-        let _ = writeln!(out, "errors        none");
+    /// How many viewer streams opened, and how long that took.
+    fn viewers(&mut self, open: u64, asked: u32, open_s: f64, connections: u64) {
+        self.row(
+            "viewers",
+            format_args!("{open} of {asked} open after {open_s:.2} s ({connections} connections opened in all)"),
+        );
     }
-    for (key, count) in errors {
-        let first = first_error.get(key).map(String::as_str).unwrap_or("");
-        let _ = writeln!(out, "errors        {key}: {count} (first: {first})");
+
+    /// Where deliveries were lost: by the viewer's replica, then the first few lost sends one by one, each in a row
+    /// labelled `label`.
+    fn losses(&mut self, label: &str, lost_by_replica: &[u64], lost: &[Lost]) {
+        let by_replica: Vec<String> =
+            lost_by_replica.iter().enumerate().map(|(i, n)| format!("replica {}: {n}", i + 1)).collect();
+        self.row("lost where", format_args!("{} (by the viewer's replica)", by_replica.join(", ")));
+        for lost in lost.iter().take(5) {
+            let missed: Vec<String> = lost
+                .lost_missing
+                .iter()
+                .zip(&lost.lost_viewers)
+                .enumerate()
+                .filter(|(_, (missing, _))| **missing > 0)
+                .map(|(i, (missing, viewers))| format!("{missing} of {viewers} on replica {}", i + 1))
+                .collect();
+            self.row(
+                label,
+                format_args!(
+                    "n={} ({}) sent {} UTC via replica {}: missed by {}",
+                    lost.lost_n,
+                    lost.lost_kind,
+                    utc_time_of_day(lost.lost_sent_us),
+                    lost.lost_via_replica,
+                    missed.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// The worst fan-out latency of the `what` sent in each second of the send phase; nothing when nothing was sent.
+    fn timeline(&mut self, what: &str, from_us: u64, timeline: &[Second]) {
+        if timeline.is_empty() {
+            return;
+        }
+        let worst: Vec<String> = timeline
+            .iter()
+            .map(|second| second.second_max_ms.map_or_else(|| "-".to_string(), |max| format!("{max:.0}")))
+            .collect();
+        self.row(
+            "by second",
+            format_args!(
+                "max fan-out ms of the {what} sent in each second from {} UTC: {}",
+                utc_time_of_day(from_us),
+                worst.join(" ")
+            ),
+        );
+    }
+
+    fn resyncs(&mut self, resyncs: u64, reasons: &BTreeMap<String, u64>) {
+        if resyncs == 0 {
+            self.row("resyncs", "none");
+        } else {
+            let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+            self.row("resyncs", format_args!("{resyncs} ({})", reasons.join(", ")));
+        }
+    }
+
+    /// Deliveries that match nothing expected; `failed` names what was sent (`updates`, `turns`) and counts the
+    /// deliveries of those whose request failed.
+    fn anomalies(&mut self, duplicates: u64, unmatched: u64, failed: (&str, u64), other_events: u64) {
+        let (what, received) = failed;
+        self.row(
+            "anomalies",
+            format_args!(
+                "{duplicates} duplicates, {unmatched} unmatched, {received} deliveries of failed {what}, \
+                 {other_events} other events"
+            ),
+        );
+    }
+
+    /// Every error kind with its count and the first explanation seen for it, or `none`.
+    fn errors(&mut self, errors: &BTreeMap<String, u64>, first_error: &BTreeMap<String, String>) {
+        if errors.is_empty() {
+            self.row("errors", "none");
+        }
+        for (key, count) in errors {
+            let first = first_error.get(key).map(String::as_str).unwrap_or("");
+            self.row("errors", format_args!("{key}: {count} (first: {first})"));
+        }
     }
 }
 
@@ -635,17 +673,10 @@ pub struct MixedTally {
 /// What a mixed run was asked to do and how its phases went, beside what it counted.
 #[derive(Clone, Copy, Debug)]
 pub struct MixedShapeSummary {
-    pub replicas: usize,
-    pub threads: u32,
-    pub viewers: u32,
+    pub spread: SpreadSummary,
     pub writers: u32,
-    pub duration: Duration,
-    pub drain: Duration,
-    /// From the first viewer connect to the last viewer open (or failure).
-    pub open_time: Duration,
     /// From the writers' start to the end of the last turn.
     pub write_time: Duration,
-    pub connections: u64,
     /// CPU time the load tester used over the whole run, setup included, and the run's wall time, to tell how much
     /// of the machine it took from the gateway.
     pub loadtest_cpu: Option<f64>,
@@ -718,15 +749,15 @@ impl MixedReport {
         let write_seconds = shape.write_time.as_secs_f64();
         MixedReport {
             scenario: "mixed",
-            replicas: shape.replicas,
-            threads: shape.threads,
-            viewers: shape.viewers,
+            replicas: shape.spread.replicas,
+            threads: shape.spread.threads,
+            viewers: shape.spread.viewers,
             writers: shape.writers,
             viewers_open: tally.viewers_open,
-            open_s: round(shape.open_time.as_secs_f64(), 3),
-            connections: shape.connections,
-            duration_s: shape.duration.as_secs_f64(),
-            drain_s: shape.drain.as_secs_f64(),
+            open_s: round(shape.spread.open_time.as_secs_f64(), 3),
+            connections: shape.spread.connections,
+            duration_s: shape.spread.duration.as_secs_f64(),
+            drain_s: shape.spread.drain.as_secs_f64(),
             write_s: round(write_seconds, 3),
             wall_s: round(shape.wall_time.as_secs_f64(), 3),
             loadtest_cpu_s: shape.loadtest_cpu.map(|cpu| round(cpu, 2)),
@@ -777,78 +808,62 @@ impl MixedReport {
     }
 
     pub fn table(&self) -> String {
-        let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "scenario      mixed: {} viewers on {} threads over {} replicas, {} writers",
-            self.viewers, self.threads, self.replicas, self.writers
+        let mut table = Table::default();
+        table.row(
+            "scenario",
+            format_args!(
+                "mixed: {} viewers on {} threads over {} replicas, {} writers",
+                self.viewers, self.threads, self.replicas, self.writers
+            ),
         );
-        let _ = writeln!(
-            out,
-            "viewers       {} of {} open after {:.2} s ({} connections opened in all)",
-            self.viewers_open, self.viewers, self.open_s, self.connections
+        table.viewers(self.viewers_open, self.viewers, self.open_s, self.connections);
+        table.row(
+            "turns",
+            format_args!(
+                "{} sent in {:.2} s ({:.2} s asked): {} ok, {} failed; {:.1} turns/s",
+                self.turns_sent, self.write_s, self.duration_s, self.turns_ok, self.turns_failed, self.turn_rate
+            ),
         );
-        let _ = writeln!(
-            out,
-            "turns         {} sent in {:.2} s ({:.2} s asked): {} ok, {} failed; {:.1} turns/s",
-            self.turns_sent, self.write_s, self.duration_s, self.turns_ok, self.turns_failed, self.turn_rate
-        );
-        let _ = writeln!(
-            out,
-            "turn ms       p50 {}  p90 {}  p99 {}  max {}  (request to end of stream)",
-            show(self.turn_p50_ms),
-            show(self.turn_p90_ms),
-            show(self.turn_p99_ms),
-            show(self.turn_max_ms)
-        );
-        let _ = writeln!(
-            out,
-            "first event   p50 {}  p99 {} ms  (request to first event)",
-            show(self.first_event_p50_ms),
-            show(self.first_event_p99_ms)
-        );
-        let _ = writeln!(
-            out,
-            "deliveries    {} expected, {} received, {} lost ({:.4}%) user messages; {} of {} answers, {} lost; \
-             counted {:.2} s after the last turn",
-            self.expected,
-            self.received,
-            self.lost,
-            self.lost_pct,
-            self.answers_received,
-            self.answers_expected,
-            self.answers_lost,
-            self.drain_s
+        let turn = [self.turn_p50_ms, self.turn_p90_ms, self.turn_p99_ms, self.turn_max_ms];
+        table.row("turn ms", format_args!("{}  (request to end of stream)", quantiles(&P50_P90_P99_MAX, &turn)));
+        let first_event = quantiles(&["p50", "p99"], &[self.first_event_p50_ms, self.first_event_p99_ms]);
+        table.row("first event", format_args!("{first_event} ms  (request to first event)"));
+        table.row(
+            "deliveries",
+            format_args!(
+                "{} expected, {} received, {} lost ({:.4}%) user messages; {} of {} answers, {} lost; \
+                 counted {:.2} s after the last turn",
+                self.expected,
+                self.received,
+                self.lost,
+                self.lost_pct,
+                self.answers_received,
+                self.answers_expected,
+                self.answers_lost,
+                self.drain_s
+            ),
         );
         if self.lost > 0 || self.answers_lost > 0 {
-            write_losses(&mut out, "lost turn", &self.lost_by_replica, &self.lost_turns);
+            table.losses("lost turn", &self.lost_by_replica, &self.lost_turns);
         }
-        let _ = writeln!(
-            out,
-            "fan-out ms    p50 {}  p90 {}  p99 {}  max {}  (user message sent to viewer receipt)",
-            show(self.fanout_p50_ms),
-            show(self.fanout_p90_ms),
-            show(self.fanout_p99_ms),
-            show(self.fanout_max_ms)
-        );
-        write_timeline(&mut out, "turns", self.writes_from_us, &self.timeline);
-        write_resyncs(&mut out, self.resyncs, &self.resync_reasons);
-        let _ = writeln!(
-            out,
-            "anomalies     {} duplicates, {} unmatched, {} deliveries of failed turns, {} other events",
-            self.duplicates, self.unmatched, self.received_for_failed_turns, self.other_events
-        );
-        write_errors(&mut out, &self.errors, &self.first_error);
+        let fanout = [self.fanout_p50_ms, self.fanout_p90_ms, self.fanout_p99_ms, self.fanout_max_ms];
+        let fanout = quantiles(&P50_P90_P99_MAX, &fanout);
+        table.row("fan-out ms", format_args!("{fanout}  (user message sent to viewer receipt)"));
+        table.timeline("turns", self.writes_from_us, &self.timeline);
+        table.resyncs(self.resyncs, &self.resync_reasons);
+        table.anomalies(self.duplicates, self.unmatched, ("turns", self.received_for_failed_turns), self.other_events);
+        table.errors(&self.errors, &self.first_error);
         if let Some(cpu) = self.loadtest_cpu_s {
-            let _ = writeln!(
-                out,
-                "load tester   {cpu:.2} s of CPU in {:.2} s of run (setup included): {:.2} CPUs on average",
-                self.wall_s,
-                if self.wall_s > 0.0 { cpu / self.wall_s } else { 0.0 }
+            let average = if self.wall_s > 0.0 { cpu / self.wall_s } else { 0.0 };
+            table.row(
+                "load tester",
+                format_args!(
+                    "{cpu:.2} s of CPU in {:.2} s of run (setup included): {average:.2} CPUs on average",
+                    self.wall_s
+                ),
             );
         }
-        out
+        table.0
     }
 }
 
@@ -928,7 +943,7 @@ mod tests {
             let target = if i % 2 == 0 { &mut a } else { &mut b };
             target.record_delivery(i * 1000);
         }
-        a.record_update(Duration::from_millis(4));
+        a.record_answered(Duration::from_millis(4), None);
         b.record_resync("lagged");
         b.record_error("stream", ErrorKind::BadStream, "closed");
         a.record_named_error("stream_closed".into(), "the server ended the stream");
@@ -943,16 +958,18 @@ mod tests {
             received_for_failed: 3,
         };
         let shape = FanoutShapeSummary {
-            replicas: 3,
-            threads: 2,
-            viewers: 10,
+            spread: SpreadSummary {
+                replicas: 3,
+                threads: 2,
+                viewers: 10,
+                duration: Duration::from_secs(2),
+                drain: Duration::from_secs(2),
+                open_time: Duration::from_millis(20),
+                connections: 13,
+            },
             rate: 5.0,
-            duration: Duration::from_secs(2),
-            drain: Duration::from_secs(2),
-            open_time: Duration::from_millis(20),
             send_time: Duration::from_secs(2),
             send_lag_max: Duration::from_micros(1500),
-            connections: 13,
         };
         let lost = Lost {
             lost_n: 7,
@@ -1001,7 +1018,7 @@ mod tests {
         let mut stats = FanoutStats::default();
         for i in 1..=10u64 {
             stats.record_delivery(i * 1000);
-            stats.record_turn(Duration::from_millis(i), Some(Duration::from_micros(i * 500)));
+            stats.record_answered(Duration::from_millis(i), Some(Duration::from_micros(i * 500)));
         }
         stats.record_error("turn", ErrorKind::Http(429), "429 Too Many Requests: thread_busy");
         let tally = MixedTally {
@@ -1015,15 +1032,17 @@ mod tests {
             received_for_failed: 2,
         };
         let shape = MixedShapeSummary {
-            replicas: 2,
-            threads: 2,
-            viewers: 4,
+            spread: SpreadSummary {
+                replicas: 2,
+                threads: 2,
+                viewers: 4,
+                duration: Duration::from_secs(5),
+                drain: Duration::from_secs(2),
+                open_time: Duration::from_millis(30),
+                connections: 12,
+            },
             writers: 2,
-            duration: Duration::from_secs(5),
-            drain: Duration::from_secs(2),
-            open_time: Duration::from_millis(30),
             write_time: Duration::from_secs(5),
-            connections: 12,
             loadtest_cpu: Some(1.5),
             wall_time: Duration::from_secs(8),
         };
@@ -1064,5 +1083,148 @@ mod tests {
         for key in ["lost", "received", "answers_lost", "errors_total", "fanout_p99_ms", "turn_rate", "turns_ok"] {
             assert_eq!(line.matches(&format!("\"{key}\":")).count(), 1, "{key} in {line}");
         }
+    }
+
+    /// Every table and JSON line a report prints, to the byte, for a busy run with errors, losses and resyncs and for a
+    /// quiet one: people read the tables, and scripts pick values out of the JSON lines with `sed`, so neither changes
+    /// unnoticed. After a change meant to alter them, `BLESS=1 cargo test -p chatkit-loadtest` rewrites the file.
+    #[test]
+    fn tables_and_json_lines_keep_their_format() {
+        let mut rendered = String::new();
+        let mut add = |name: &str, table: String, json_line: String| {
+            let _ = write!(rendered, "== {name}: table\n{table}== {name}: json\n{json_line}\n");
+        };
+
+        let mut busy = Stats::default();
+        for i in 1..=200u64 {
+            busy.record_ok(Duration::from_micros(i * 731), Some(Duration::from_micros(i * 97)));
+        }
+        busy.record_error(ErrorKind::Http(503), "503 Service Unavailable");
+        busy.record_error(ErrorKind::Timeout, "no answer in 10s");
+        busy.record_error(ErrorKind::BadStream, "the stream ended without thread.item.done");
+        let run = |scenario| RunShape {
+            scenario,
+            concurrency: 32,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            connections: 33,
+        };
+        let report = Report::new(run(Scenario::Turn), busy);
+        add("request, busy", report.table(), report.json_line());
+        let report = Report::new(run(Scenario::List), Stats::default());
+        add("request, quiet", report.table(), report.json_line());
+
+        let busy = || {
+            let mut busy = FanoutStats::default();
+            for i in 1..=300u64 {
+                busy.record_delivery(i * 417);
+                busy.record_answered(
+                    Duration::from_micros(i * 211),
+                    (i % 3 != 0).then(|| Duration::from_micros(i * 29)),
+                );
+            }
+            busy.record_resync("lagged");
+            busy.record_resync("lagged");
+            busy.record_resync("history_gap");
+            busy.duplicates = 2;
+            busy.unmatched = 1;
+            busy.other_events = 17;
+            busy.record_error("open", ErrorKind::Timeout, "no response head within 10s");
+            busy.record_named_error("stream_closed".into(), "the gateway ended the stream");
+            busy
+        };
+        let lost = |kind, n| Lost {
+            lost_n: n,
+            lost_kind: kind,
+            lost_sent_us: 1_764_000_000_000_000 + n * 12_345,
+            lost_via_replica: 1 + n as usize % 3,
+            lost_missing: vec![0, 1, 2],
+            lost_viewers: vec![3, 3, 4],
+        };
+        let detail = |kinds: [&'static str; 2]| LossDetail {
+            from_us: 1_764_000_000_000_000,
+            lost_by_replica: vec![0, 7, 14],
+            lost: (0..7).map(|n| lost(kinds[n as usize % 2], n)).collect(),
+            timeline: vec![
+                Second {
+                    second: 0,
+                    second_sent: 6,
+                    second_deliveries: 60,
+                    second_max_ms: Some(90.4),
+                    ..Second::default()
+                },
+                Second { second: 1, second_sent: 5, second_lost: 21, second_slow: 2, ..Second::default() },
+                Second {
+                    second: 2,
+                    second_sent: 5,
+                    second_deliveries: 50,
+                    second_max_ms: Some(101.6),
+                    ..Second::default()
+                },
+            ],
+        };
+        let spread = SpreadSummary {
+            replicas: 3,
+            threads: 10,
+            viewers: 100,
+            duration: Duration::from_secs(3),
+            drain: Duration::from_secs(2),
+            open_time: Duration::from_micros(123_456),
+            connections: 113,
+        };
+        let fanout_shape = FanoutShapeSummary {
+            spread,
+            rate: 5.0,
+            send_time: Duration::from_millis(3200),
+            send_lag_max: Duration::from_micros(1_500),
+        };
+        let fanout_tally = FanoutTally {
+            viewers_open: 99,
+            updates_sent: 16,
+            updates_ok: 15,
+            updates_failed: 1,
+            expected: 150,
+            received: 129,
+            received_for_failed: 4,
+        };
+        let report = FanoutReport::new(fanout_shape, fanout_tally, busy(), detail(["title", "lock"]));
+        add("fanout, busy", report.table(), report.json_line());
+        let quiet = FanoutTally { viewers_open: 100, received: 150, received_for_failed: 0, ..fanout_tally };
+        let report = FanoutReport::new(fanout_shape, quiet, FanoutStats::default(), LossDetail::default());
+        add("fanout, quiet", report.table(), report.json_line());
+
+        let mixed_shape = MixedShapeSummary {
+            spread: SpreadSummary { connections: 116, ..spread },
+            writers: 4,
+            write_time: Duration::from_millis(3010),
+            loadtest_cpu: Some(2.345),
+            wall_time: Duration::from_millis(5678),
+        };
+        let mixed_tally = MixedTally {
+            viewers_open: 99,
+            turns_sent: 301,
+            turns_ok: 300,
+            turns_failed: 1,
+            expected: 3000,
+            received: 2979,
+            answers_received: 2990,
+            received_for_failed: 9,
+        };
+        let report = MixedReport::new(mixed_shape, mixed_tally, busy(), detail(["user_message", "answer"]));
+        add("mixed, busy", report.table(), report.json_line());
+        let quiet_shape = MixedShapeSummary { loadtest_cpu: None, ..mixed_shape };
+        let quiet = MixedTally { received: 3000, answers_received: 3000, received_for_failed: 0, ..mixed_tally };
+        let report = MixedReport::new(quiet_shape, quiet, FanoutStats::default(), LossDetail::default());
+        add("mixed, quiet", report.table(), report.json_line());
+
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/reports.txt");
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(path, &rendered).expect("the golden file can be written");
+        }
+        let golden = std::fs::read_to_string(path).unwrap_or_default();
+        for (line, (got, want)) in rendered.lines().zip(golden.lines()).enumerate() {
+            assert_eq!(got, want, "line {} of {path} differs", line + 1);
+        }
+        assert_eq!(rendered.lines().count(), golden.lines().count(), "{path} has another number of lines");
     }
 }
