@@ -30,11 +30,11 @@ PLAN=(
     'Chromium                     | chromium_ok                                             | install_chromium                               | CHATKIT_CHROMIUM=chromium_path'
     'playwright-core              | playwright_ok                                           | npm_ci                                         |'
 )
-# Why each is needed: tests/replicas.rs and others start their own redis-server on free ports (the default instance is
+# Why each is needed: tests/integration/replicas.rs and others start their own redis-server on free ports (the default instance is
 # a convenience); the PostgreSQL store tests and the load test's postgres scenario make throwaway databases on
-# TEST_DATABASE_URL; tests/conformance.rs and tests/rest_api.rs validate with the reference SDK openai-chatkit;
-# tests/deploy.rs parses deploy/ with PyYAML, checks the Kubernetes manifests with kubernetes-validate and runs nginx
-# and promtool; tests/browser.rs drives the chat page in Debian's Chromium (no browser is ever downloaded) through
+# TEST_DATABASE_URL; tests/integration/conformance.rs and tests/integration/rest_api.rs validate with the reference SDK openai-chatkit;
+# tests/integration/deploy/ parses deploy/ with PyYAML, checks the Kubernetes manifests with kubernetes-validate and runs nginx
+# and promtool; tests/integration/browser.rs drives the chat page in Debian's Chromium (no browser is ever downloaded) through
 # playwright-core, pinned in tests/browser/package.json and package-lock.json.
 #
 # Settings (environment):
@@ -226,7 +226,7 @@ pip_install() {
     "$PY" -m pip install --quiet --disable-pip-version-check "$@"
 }
 
-# --- nginx and promtool, for tests/deploy.rs ---------------------------------------------------------------------- #
+# --- nginx and promtool, for tests/integration/deploy/ ---------------------------------------------------------------------- #
 # Their Debian packages are installed without recommends (prometheus would bring node-exporter), and no service of
 # theirs is started: the tests run the binaries themselves.
 nginx_bin() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; }; }

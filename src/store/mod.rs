@@ -8,7 +8,7 @@
 //! whoever asks: the protocol's `threads.list` and `items.list`, or the REST API.
 //!
 //! Backends are same-shaped modules (`memory`, `sqlite`, `postgres`), and one
-//! contract suite (`tests/store_contract.rs`) runs against each. `paging` holds
+//! contract suite (`tests/integration/store_contract.rs`) runs against each. `paging` holds
 //! the paging rules all of them share; `sql` the SQL the two SQL backends run,
 //! written once for both dialects.
 

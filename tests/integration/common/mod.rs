@@ -279,7 +279,7 @@ pub fn refused_with(events: &[Value], reason: &str) -> bool {
 }
 
 /// The test venv's python (openai-chatkit, the `openai` SDK, PyYAML, kubernetes-validate);
-/// `scripts/test.sh` makes it, or `CHATKIT_CONFORMANCE_PYTHON` names another.
+/// `scripts/provision.sh` (run by `scripts/test.sh`) makes it, or `CHATKIT_CONFORMANCE_PYTHON` names another.
 pub fn venv_python() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("CHATKIT_CONFORMANCE_PYTHON") {
         return std::path::PathBuf::from(path);
