@@ -1,6 +1,10 @@
 /*
  * The chat page of chatkit-gateway: a worked example of the public protocol.
  *
+ * One file on purpose, past the ~600 lines other sources keep to: the binary
+ * embeds it with `include_str!` and serves it as is, with no build step, and a
+ * page that loads one script needs no module loader.
+ *
  * Everything goes through `POST /chatkit` and the two viewer streams, read
  * with chatkit-live.js (`ChatKitLive.subscribe`):
  *

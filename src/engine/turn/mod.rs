@@ -1,17 +1,19 @@
 //! Streaming operations: validate and write what precedes the first event
-//! (`prepare`), then stream the response while persisting it (`run`).
+//! (`prepare`), then stream the response while persisting it (`run`, whose
+//! per-event work lives in `run.rs`).
 
-use std::panic::AssertUnwindSafe;
+mod run;
+
+use run::Run;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_util::{stream, FutureExt, StreamExt};
+use futures_util::{stream, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
-use super::pending::PendingItems;
-use super::{panic_message, Caller, Engine, EngineError, EngineResult};
-use crate::fanout::SnapshotChange;
+use super::{Caller, Engine, EngineError, EngineResult};
 use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::{
@@ -19,22 +21,13 @@ use crate::protocol::{
     StructuredInputRequest, StructuredInputStatus, StructuredInputSubmission, SubmissionStatus, ThreadItem,
     ThreadMetadata, ThreadStatus, ThreadStreamEvent, ToolCallStatus, UserMessage, UserMessageInput, DEFAULT_PAGE_SIZE,
 };
-use crate::responder::{EventStream, RespondInput, ResponderError, SharedThread};
-use crate::store::{Entity, ListQuery, StoreError, StoreResult};
+use crate::responder::{EventStream, RespondInput, SharedThread};
+use crate::store::{Entity, ListQuery};
 use crate::telemetry::metrics::METRICS;
 
 /// What the reference stores when a user cancels, so the next response does
 /// not continue the cancelled one.
 pub const CANCELLED_CONTEXT: &str = "The user cancelled the stream. Stop responding to the prior request.";
-
-/// A viewer joining mid-turn starts from a snapshot of the in-progress items.
-/// It is refreshed with every item event while the items are small; past
-/// this size, rewriting it per delta would make a long answer quadratic, so
-/// it is refreshed after `SNAPSHOT_EVERY_UPDATES` updates or `SNAPSHOT_EVERY`,
-/// and a joining viewer gets the updates since from the fan-out history.
-const SNAPSHOT_EAGER_BYTES: usize = 32 * 1024;
-const SNAPSHOT_EVERY_UPDATES: u32 = 16;
-const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 
 /// Cancels a running turn from outside its stream (another tab, an operator,
 /// a status change with `cancel_running`). Cloning shares the signal.
@@ -359,21 +352,7 @@ impl Engine {
         started: Instant,
     ) -> TurnOutcome {
         let PreparedTurn { user, thread, caller, prelude, work } = turn;
-        let (thread_id, saved_version) = (thread.id(), thread.version());
-        let pending = PendingItems::default();
-        let mut run = Run {
-            engine: self,
-            user,
-            thread_id,
-            thread,
-            sink,
-            cancel,
-            pending,
-            saved_version,
-            snapshot: SnapshotState { updates: 0, bytes: 0, at: Instant::now(), live: false },
-            started,
-            first_event: false,
-        };
+        let mut run = Run::new(self, user, thread, sink, cancel, started);
         for event in prelude {
             if !run.send(event).await {
                 return run.cancelled().await;
@@ -395,277 +374,6 @@ impl Engine {
             return run.cancelled().await;
         }
         run.drive(events).await
-    }
-}
-
-/// The state of one running turn.
-struct Run<'a> {
-    engine: &'a Engine,
-    user: UserId,
-    /// Fixed for the turn; kept here so that streaming events need not lock `thread`.
-    thread_id: String,
-    thread: SharedThread,
-    sink: mpsc::Sender<ThreadStreamEvent>,
-    cancel: CancelSignal,
-    pending: PendingItems,
-    /// The thread version last persisted; a newer one means the responder changed it.
-    saved_version: u64,
-    snapshot: SnapshotState,
-    /// When the turn started, for the time to its first responder event.
-    started: Instant,
-    first_event: bool,
-}
-
-/// When the in-progress snapshot was last published, and whether one is up.
-struct SnapshotState {
-    updates: u32,
-    /// The size of the last snapshot.
-    bytes: usize,
-    at: Instant,
-    live: bool,
-}
-
-enum Step {
-    Event(ThreadStreamEvent),
-    End,
-    Fail(ThreadStreamEvent),
-    ClientGone,
-}
-
-impl Run<'_> {
-    /// Announces an event to live viewers and sends it to the client; false
-    /// when the client has gone. Viewers get it either way.
-    async fn send(&mut self, event: ThreadStreamEvent) -> bool {
-        let snapshot = match &event {
-            ThreadStreamEvent::ItemAdded { .. }
-            | ThreadStreamEvent::ItemDone { .. }
-            | ThreadStreamEvent::ItemRemoved { .. }
-            | ThreadStreamEvent::ItemReplaced { .. } => self.snapshot_now(),
-            ThreadStreamEvent::ItemUpdated { .. } => {
-                self.snapshot.updates += 1;
-                if self.snapshot.bytes < SNAPSHOT_EAGER_BYTES
-                    || self.snapshot.updates >= SNAPSHOT_EVERY_UPDATES
-                    || self.snapshot.at.elapsed() >= SNAPSHOT_EVERY
-                {
-                    self.snapshot_now()
-                } else {
-                    SnapshotChange::Keep
-                }
-            }
-            _ => SnapshotChange::Keep,
-        };
-        self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
-        self.sink.send(event).await.is_ok()
-    }
-
-    /// The in-progress items as they stand, for viewers that join mid-turn.
-    fn snapshot_now(&mut self) -> SnapshotChange {
-        self.snapshot.updates = 0;
-        self.snapshot.at = Instant::now();
-        if self.pending.is_empty() {
-            if std::mem::take(&mut self.snapshot.live) {
-                SnapshotChange::Clear
-            } else {
-                SnapshotChange::Keep
-            }
-        } else {
-            self.snapshot.live = true;
-            match serde_json::to_string(self.pending.items()) {
-                Ok(items) => {
-                    self.snapshot.bytes = items.len();
-                    SnapshotChange::Set(items)
-                }
-                Err(error) => {
-                    tracing::error!(%error, "could not serialize in-progress items");
-                    SnapshotChange::Clear
-                }
-            }
-        }
-    }
-
-    /// Tells viewers how a turn that stopped early left its in-progress items:
-    /// kept messages are done, the rest removed, as the store has them.
-    async fn announce_abandoned(&mut self) {
-        let items = self.pending.items().to_vec();
-        let kept: Vec<String> = self.pending.non_empty_messages().map(|item| item.id.clone()).collect();
-        let last = items.len().saturating_sub(1);
-        for (index, item) in items.into_iter().enumerate() {
-            let event = if kept.contains(&item.id) {
-                ThreadStreamEvent::ItemDone { item }
-            } else {
-                ThreadStreamEvent::ItemRemoved { item_id: item.id }
-            };
-            let snapshot = if index == last { SnapshotChange::Clear } else { SnapshotChange::Keep };
-            self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
-        }
-        self.snapshot.live = false;
-    }
-
-    async fn drive(&mut self, mut events: EventStream) -> TurnOutcome {
-        let failure = loop {
-            let step = tokio::select! {
-                biased;
-                _ = self.sink.closed() => Step::ClientGone,
-                _ = self.cancel.cancelled() => Step::ClientGone,
-                next = AssertUnwindSafe(events.next()).catch_unwind() => match next {
-                    Ok(Some(Ok(event))) => Step::Event(event),
-                    Ok(None) => Step::End,
-                    Ok(Some(Err(error))) => Step::Fail(error_event(error)),
-                    Err(panic) => {
-                        tracing::error!(panic = %panic_message(&panic), "responder panicked during a turn");
-                        Step::Fail(ThreadStreamEvent::stream_error(true))
-                    }
-                },
-            };
-            let mut event = match step {
-                Step::Event(event) => {
-                    if !std::mem::replace(&mut self.first_event, true) {
-                        let name = self.engine.responder.name();
-                        let waited = self.started.elapsed().as_secs_f64();
-                        METRICS.turn_first_event.with_label_values(&[name]).observe(waited);
-                    }
-                    event
-                }
-                Step::End => break None,
-                Step::Fail(error) => break Some(error),
-                Step::ClientGone => {
-                    drop(events);
-                    return self.cancelled().await;
-                }
-            };
-            if let Err(error) = self.persist(&mut event).await {
-                tracing::error!(%error, "could not persist a turn event");
-                break Some(ThreadStreamEvent::stream_error(true));
-            }
-            let hidden = matches!(&event, ThreadStreamEvent::ItemDone { item } if item.is_hidden());
-            if !hidden && !self.send(event).await {
-                drop(events);
-                return self.cancelled().await;
-            }
-            match self.sync_thread().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    drop(events);
-                    return self.cancelled().await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "could not persist a thread change");
-                    break Some(ThreadStreamEvent::stream_error(true));
-                }
-            }
-        };
-        let outcome = match failure {
-            None => TurnOutcome::Completed,
-            Some(error) => {
-                // Keep what the user already saw streaming, so nothing shown is lost.
-                if let Err(error) = self.keep_partial_messages().await {
-                    tracing::error!(%error, "could not keep partial output of a failed turn");
-                }
-                self.announce_abandoned().await;
-                self.send(error).await;
-                TurnOutcome::Failed
-            }
-        };
-        if let Err(error) = self.sync_thread().await {
-            tracing::error!(%error, "could not persist a thread change");
-        }
-        outcome
-    }
-
-    /// Applies an event to the store as the reference does: done items are
-    /// added, removed items deleted, replaced items saved.
-    async fn persist(&mut self, event: &mut ThreadStreamEvent) -> StoreResult<()> {
-        let store = &self.engine.store;
-        match event {
-            ThreadStreamEvent::ItemAdded { item } => {
-                item.thread_id.clone_from(&self.thread_id);
-                self.pending.add(item.clone());
-            }
-            ThreadStreamEvent::ItemUpdated { item_id, update } => self.pending.apply(item_id, update),
-            ThreadStreamEvent::ItemDone { item } => {
-                item.thread_id.clone_from(&self.thread_id);
-                match store.add_item(&self.user, item).await {
-                    Err(StoreError::Duplicate { .. }) => store.save_item(&self.user, item).await?,
-                    other => other?,
-                }
-                self.pending.remove(&item.id);
-            }
-            ThreadStreamEvent::ItemRemoved { item_id } => {
-                match store.delete_item(&self.user, &self.thread_id, item_id).await {
-                    // Removing an item that was only streamed, never stored, is fine.
-                    Err(StoreError::NotFound { .. }) | Ok(()) => {}
-                    Err(other) => return Err(other),
-                }
-                self.pending.remove(item_id);
-            }
-            ThreadStreamEvent::ItemReplaced { item } => {
-                item.thread_id.clone_from(&self.thread_id);
-                store.save_item(&self.user, item).await?;
-                self.pending.remove(&item.id);
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Persists and announces a thread the responder changed. Returns false
-    /// when the client has gone.
-    async fn sync_thread(&mut self) -> StoreResult<bool> {
-        let version = self.thread.version();
-        if version == self.saved_version {
-            return Ok(true);
-        }
-        let snapshot = self.thread.snapshot();
-        self.engine.store.save_thread(&self.user, &snapshot).await?;
-        self.saved_version = version;
-        Ok(self.send(ThreadStreamEvent::ThreadUpdated { thread: snapshot.to_wire(Page::default()) }).await)
-    }
-
-    async fn keep_partial_messages(&self) -> StoreResult<()> {
-        for item in self.pending.non_empty_messages() {
-            self.engine.store.add_item(&self.user, item).await?;
-        }
-        Ok(())
-    }
-
-    /// The reference's cancellation semantics: keep non-empty pending
-    /// assistant messages and note the cancellation for the next response.
-    async fn cancelled(&mut self) -> TurnOutcome {
-        let thread_id = self.thread_id.clone();
-        tracing::info!(%thread_id, "turn cancelled; keeping partial output");
-        let note = ThreadItem::new(
-            new_id(IdKind::SdkHiddenContext),
-            thread_id,
-            ItemBody::SdkHiddenContext { content: CANCELLED_CONTEXT.to_string() },
-        );
-        let result = async {
-            self.keep_partial_messages().await?;
-            self.engine.store.add_item(&self.user, &note).await?;
-            self.sync_thread().await
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "could not persist a cancelled turn");
-        }
-        self.announce_abandoned().await;
-        TurnOutcome::Cancelled
-    }
-}
-
-fn error_event(error: ResponderError) -> ThreadStreamEvent {
-    match error {
-        ResponderError::Stream { code, allow_retry } => {
-            ThreadStreamEvent::Error(crate::protocol::ErrorEvent { code, message: None, allow_retry })
-        }
-        ResponderError::Custom { message, allow_retry } => ThreadStreamEvent::custom_error(message, allow_retry),
-        ResponderError::BadRequest(message) => ThreadStreamEvent::custom_error(message, false),
-        ResponderError::Unsupported(op) => {
-            ThreadStreamEvent::custom_error(format!("{op} is not supported by this gateway's responder"), false)
-        }
-        ResponderError::Internal(detail) => {
-            tracing::error!(%detail, "responder failed during a turn");
-            ThreadStreamEvent::stream_error(true)
-        }
     }
 }
 
