@@ -115,10 +115,10 @@ impl App {
         let admin = if !config.access.admin_keys.is_empty() {
             AdminAccess::Keys(config.access.admin_keys.clone())
         } else if addr.ip().is_loopback() {
-            tracing::warn!("admin API under /v1/ is open: no CHATKIT_ADMIN_KEYS and a loopback bind");
+            tracing::warn!("the /v1 API is open: no CHATKIT_ADMIN_KEYS and a loopback bind");
             AdminAccess::Open
         } else {
-            tracing::warn!("admin API under /v1/ is disabled (403): set CHATKIT_ADMIN_KEYS to enable it");
+            tracing::warn!("the /v1 API is disabled (403): set CHATKIT_ADMIN_KEYS to enable it");
             AdminAccess::Disabled
         };
         let closing = tokio::sync::watch::channel(false).0;

@@ -1,4 +1,4 @@
-//! The REST threads API under `/v1/chatkit/threads`: listings and their cursors,
+//! The `/v1` threads API under `/v1/chatkit/threads`: listings and their cursors,
 //! one thread, deletion through the thread's actor, items in the hosted API's
 //! shapes, parameter errors, admin keys, the OpenAPI document, and validation
 //! of every answer by the `openai` SDK's own types (`tests/conformance/validate_hosted.py`).
@@ -16,7 +16,7 @@ use chatkit_gateway::secret::Secret;
 use chatkit_gateway::store::{SqliteStore, Store};
 use serde_json::{json, Value};
 
-/// Answers of the REST API, recorded for the reference types: (kind, label, body).
+/// Answers of the `/v1` API, recorded for the reference types: (kind, label, body).
 type Recorded = Vec<(&'static str, String, Value)>;
 
 /// Sends a request to the `/v1` API with an optional admin key; the status and the JSON body.

@@ -1,4 +1,4 @@
-//! The admin API: thread status changes and cancellation through the thread's actor.
+//! The `/v1` API's thread actions: thread status changes and cancellation through the thread's actor.
 
 use crate::common::gated::*;
 use crate::common::*;

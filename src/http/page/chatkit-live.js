@@ -23,7 +23,7 @@
  * subscribes to its viewer stream and calls `chatkit.fetchUpdates()` after
  * each saved change (a message, an answer, a rename, a lock), after `resync`
  * and after every reconnect, so a turn sent in another tab, a status change
- * made through the admin API or a rename made on another replica shows at
+ * made through the /v1 API or a rename made on another replica shows at
  * once. Calls are coalesced: one at a time, at most one every `minInterval`
  * milliseconds, and none while this tab's own answer streams in.
  *
