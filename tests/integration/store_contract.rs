@@ -37,7 +37,7 @@ struct Backend {
     _database: Option<TestDatabase>,
 }
 
-fn memory_backend() -> Backend {
+async fn memory_backend() -> Backend {
     Backend { store: Arc::new(MemoryStore::new()), _dir: None, _database: None }
 }
 
@@ -1271,41 +1271,17 @@ async fn concurrent_threads_and_attachments(store: Arc<dyn Store>) {
 
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
-        mod memory {
+        contract!(@backend memory, memory_backend; $($check),*);
+        contract!(@backend sqlite_file, sqlite_file_backend; $($check),*);
+        contract!(@backend sqlite_memory, sqlite_memory_backend; $($check),*);
+        contract!(@backend postgres, postgres_backend; $($check),*);
+    };
+    (@backend $backend:ident, $open:ident; $($check:ident),*) => {
+        mod $backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
-                    let backend = super::memory_backend();
-                    super::$check(backend.store.clone()).await;
-                }
-            )*
-        }
-
-        mod sqlite_file {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let backend = super::sqlite_file_backend().await;
-                    super::$check(backend.store.clone()).await;
-                }
-            )*
-        }
-
-        mod sqlite_memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let backend = super::sqlite_memory_backend().await;
-                    super::$check(backend.store.clone()).await;
-                }
-            )*
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let backend = super::postgres_backend().await;
+                    let backend = super::$open().await;
                     super::$check(backend.store.clone()).await;
                 }
             )*
@@ -1435,22 +1411,60 @@ async fn migration_rows(path: &Path) -> Vec<(i64, String)> {
     rows.collect::<Result<_, _>>().unwrap()
 }
 
+/// Records written before a SQL store is closed, and checked after it is opened again.
+struct Kept {
+    user: UserId,
+    thread: ThreadMetadata,
+    item: ThreadItem,
+    attachment: Attachment,
+}
+
+impl Kept {
+    fn new() -> Kept {
+        let thread = new_thread();
+        let item = user_message(&thread.id, "persist me");
+        Kept { user: alice(), thread, item, attachment: new_attachment() }
+    }
+
+    async fn write(&self, store: &dyn Store) {
+        store.create_thread(&self.user, &self.thread).await.unwrap();
+        store.add_item(&self.user, &self.item).await.unwrap();
+        store.save_attachment(&self.user, &self.attachment).await.unwrap();
+    }
+
+    /// Every record reads back, and creation order survives the restart: a
+    /// new thread goes after the old one.
+    async fn check_reopened(&self, store: &dyn Store) {
+        let (user, thread) = (&self.user, &self.thread);
+        assert_eq!(&store.load_thread(user, &thread.id).await.unwrap(), thread);
+        assert_eq!(store.load_item(user, &thread.id, &self.item.id).await.unwrap(), self.item);
+        assert_eq!(store.load_attachment(user, &self.attachment.id).await.unwrap(), self.attachment);
+        let later = new_thread();
+        store.create_thread(user, &later).await.unwrap();
+        let listing = store.list_threads(Some(user), &first(10, Order::Asc)).await.unwrap();
+        assert_eq!(thread_ids(&listing), vec![thread.id.clone(), later.id.clone()]);
+    }
+}
+
+/// After the step to schema 2: the thread written under schema 1 reads back,
+/// and sessions can be stored and found.
+async fn keeps_thread_and_stores_sessions(store: &dyn Store, thread: &ThreadMetadata) {
+    assert_eq!(&store.load_thread(&alice(), &thread.id).await.unwrap(), thread);
+    let session = new_session("alice");
+    store.create_session(&session).await.unwrap();
+    assert_eq!(store.find_session(&session.secret_hash).await.unwrap(), session);
+}
+
 #[tokio::test]
 async fn reopening_a_sqlite_file_keeps_data_and_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keep.db");
     let url = sqlite_url(&path);
-    let user = alice();
-
-    let thread = new_thread();
-    let item = user_message(&thread.id, "persist me");
-    let attachment = new_attachment();
+    let records = Kept::new();
     {
         let store = SqliteStore::open(&url).await.unwrap();
         assert_eq!(store.schema_version().await.unwrap(), SqliteStore::SCHEMA_VERSION);
-        store.create_thread(&user, &thread).await.unwrap();
-        store.add_item(&user, &item).await.unwrap();
-        store.save_attachment(&user, &attachment).await.unwrap();
+        records.write(&store).await;
         store.close().await;
     }
     let applied = migration_rows(&path).await;
@@ -1458,14 +1472,7 @@ async fn reopening_a_sqlite_file_keeps_data_and_schema() {
 
     let store = SqliteStore::open(&url).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), SqliteStore::SCHEMA_VERSION);
-    assert_eq!(store.load_thread(&user, &thread.id).await.unwrap(), thread);
-    assert_eq!(store.load_item(&user, &thread.id, &item.id).await.unwrap(), item);
-    assert_eq!(store.load_attachment(&user, &attachment.id).await.unwrap(), attachment);
-    // Creation order survives the restart: new records go after the old ones.
-    let later = new_thread();
-    store.create_thread(&user, &later).await.unwrap();
-    let listing = store.list_threads(Some(&user), &first(10, Order::Asc)).await.unwrap();
-    assert_eq!(thread_ids(&listing), vec![thread.id.clone(), later.id.clone()]);
+    records.check_reopened(&store).await;
     store.close().await;
 
     // Re-opening applied nothing again: the same rows with the same timestamps.
@@ -1508,10 +1515,7 @@ async fn a_sqlite_database_of_schema_1_gains_sessions() {
 
     let store = SqliteStore::open(&url).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 2);
-    assert_eq!(store.load_thread(&alice(), &thread.id).await.unwrap(), thread);
-    let session = new_session("alice");
-    store.create_session(&session).await.unwrap();
-    assert_eq!(store.find_session(&session.secret_hash).await.unwrap(), session);
+    keeps_thread_and_stores_sessions(&store, &thread).await;
     store.close().await;
     assert_eq!(migration_rows(&path).await.len(), 2);
 }
@@ -1552,16 +1556,11 @@ async fn postgres_migration_rows(database: &TestDatabase) -> Vec<(i64, String)> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopening_a_postgres_database_keeps_data_and_schema() {
     let database = TestDatabase::create().await;
-    let user = alice();
-    let thread = new_thread();
-    let item = user_message(&thread.id, "persist me");
-    let attachment = new_attachment();
+    let records = Kept::new();
     {
         let store = PostgresStore::open(&database.url).await.unwrap();
         assert_eq!(store.schema_version().await.unwrap(), PostgresStore::SCHEMA_VERSION);
-        store.create_thread(&user, &thread).await.unwrap();
-        store.add_item(&user, &item).await.unwrap();
-        store.save_attachment(&user, &attachment).await.unwrap();
+        records.write(&store).await;
         store.close().await;
     }
     let applied = postgres_migration_rows(&database).await;
@@ -1569,13 +1568,7 @@ async fn reopening_a_postgres_database_keeps_data_and_schema() {
 
     let store = PostgresStore::open(&database.url).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), PostgresStore::SCHEMA_VERSION);
-    assert_eq!(store.load_thread(&user, &thread.id).await.unwrap(), thread);
-    assert_eq!(store.load_item(&user, &thread.id, &item.id).await.unwrap(), item);
-    assert_eq!(store.load_attachment(&user, &attachment.id).await.unwrap(), attachment);
-    let later = new_thread();
-    store.create_thread(&user, &later).await.unwrap();
-    let listing = store.list_threads(Some(&user), &first(10, Order::Asc)).await.unwrap();
-    assert_eq!(thread_ids(&listing), vec![thread.id.clone(), later.id.clone()]);
+    records.check_reopened(&store).await;
     store.close().await;
 
     // Re-opening applied nothing again: the same rows with the same timestamps.
@@ -1605,10 +1598,7 @@ async fn a_postgres_database_of_schema_1_gains_sessions() {
 
     let store = PostgresStore::open(&database.url).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 2);
-    assert_eq!(store.load_thread(&alice(), &thread.id).await.unwrap(), thread);
-    let session = new_session("alice");
-    store.create_session(&session).await.unwrap();
-    assert_eq!(store.find_session(&session.secret_hash).await.unwrap(), session);
+    keeps_thread_and_stores_sessions(&store, &thread).await;
     store.close().await;
     assert_eq!(postgres_migration_rows(&database).await.len(), 2);
 }
