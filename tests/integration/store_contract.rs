@@ -167,6 +167,21 @@ where
     }
 }
 
+/// Walks a listing of the 45 records `created` (in creation order) both ways
+/// in pages of 20: the pages are 20, 20 and 5 long, and hold the records in
+/// creation order and then in its reverse.
+async fn pages_of_20_both_ways<T, F, Fut>(mut load: F, id_of: fn(&T) -> String, created: &[String])
+where
+    F: FnMut(ListQuery) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, StoreError>>,
+{
+    let (asc, sizes) = walk(20, Order::Asc, &mut load, id_of).await;
+    assert_eq!((sizes, asc.as_slice()), (vec![20, 20, 5], created));
+    let (mut desc, sizes) = walk(20, Order::Desc, &mut load, id_of).await;
+    desc.reverse();
+    assert_eq!((sizes, desc.as_slice()), (vec![20, 20, 5], created));
+}
+
 fn hidden_context(thread_id: &str, note: &str) -> ThreadItem {
     ThreadItem::new(
         new_id(IdKind::Message),
@@ -469,14 +484,7 @@ async fn threads_page_through_45(store: Arc<dyn Store>) {
         let user = user.clone();
         async move { store.list_threads(Some(&user), &query).await }
     };
-    let (asc, sizes) = walk(20, Order::Asc, load, |(_, thread): &(UserId, ThreadMetadata)| thread.id.clone()).await;
-    assert_eq!(sizes, vec![20, 20, 5]);
-    assert_eq!(asc, created);
-    let (desc, sizes) = walk(20, Order::Desc, load, |(_, thread): &(UserId, ThreadMetadata)| thread.id.clone()).await;
-    assert_eq!(sizes, vec![20, 20, 5]);
-    let mut reversed = created.clone();
-    reversed.reverse();
-    assert_eq!(desc, reversed);
+    pages_of_20_both_ways(load, |(_, thread): &(UserId, ThreadMetadata)| thread.id.clone(), &created).await;
 }
 
 async fn items_page_through_45(store: Arc<dyn Store>) {
@@ -504,14 +512,7 @@ async fn items_page_through_45(store: Arc<dyn Store>) {
         let thread_id = thread.id.clone();
         async move { store.list_items(&user, &thread_id, &query).await }
     };
-    let (asc, sizes) = walk(20, Order::Asc, load, |item: &ThreadItem| item.id.clone()).await;
-    assert_eq!(sizes, vec![20, 20, 5]);
-    assert_eq!(asc, added);
-    let (desc, sizes) = walk(20, Order::Desc, load, |item: &ThreadItem| item.id.clone()).await;
-    assert_eq!(sizes, vec![20, 20, 5]);
-    let mut reversed = added.clone();
-    reversed.reverse();
-    assert_eq!(desc, reversed);
+    pages_of_20_both_ways(load, |item: &ThreadItem| item.id.clone(), &added).await;
 }
 
 async fn page_envelope_is_exact(store: Arc<dyn Store>) {
