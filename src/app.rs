@@ -94,9 +94,17 @@ impl App {
         store: Arc<dyn Store>,
         responder: Arc<dyn Responder>,
     ) -> Result<App, AppError> {
+        let base_path = config.web.base().map_err(AppError::Config)?;
+        let cors = web::Data::new(http::Cors::new(
+            config.web.origins().map_err(AppError::Config)?,
+            &user_header,
+            base_path.clone(),
+        ));
         let listener = TcpListener::bind(config.server.bind)?;
         let addr = listener.local_addr()?;
-        let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+        // An explicit public URL is the full external root; the default one
+        // is this listener, under the base path.
+        let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{addr}{base_path}"));
         let store_backend = store.backend();
         let store = Instrumented::wrap(store);
         let responder_name = responder.name();
@@ -141,14 +149,17 @@ impl App {
             auth,
             sessions,
         });
+        let routes = http::routes(&base_path);
         let mut server =
             HttpServer::new(move || {
                 actix_web::App::new()
+                    .wrap(actix_web::middleware::from_fn(http::cors_middleware))
                     .app_data(state.clone())
+                    .app_data(cors.clone())
                     .app_data(web::QueryConfig::default().error_handler(|error, _| {
                         ApiError::bad_request(format!("invalid query string: {error}")).into()
                     }))
-                    .configure(http::routes)
+                    .configure(routes.clone())
             })
             // Turn streams are many small writes; without this, Nagle's
             // algorithm and the client's delayed ACKs add ~40 ms to every turn.

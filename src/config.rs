@@ -38,6 +38,8 @@ pub struct Config {
     pub fanout: FanoutConfig,
     #[command(flatten)]
     pub model: ModelConfig,
+    #[command(flatten)]
+    pub web: WebConfig,
 }
 
 /// The HTTP server: where it listens, how it treats connections, how it stops.
@@ -229,6 +231,24 @@ pub struct ModelConfig {
     pub transcribe_model: String,
 }
 
+/// Browser pages on other origins, and serving under a path prefix.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Web")]
+pub struct WebConfig {
+    /// Origins whose pages may call `POST /chatkit`, the viewer streams and the
+    /// attachment routes (CORS), comma-separated exact origins
+    /// (`https://app.example.com,http://localhost:3000`). Unset: none; the
+    /// page, the probes and the `/v1` API are never opened.
+    #[arg(long, env = "CHATKIT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Path prefix every route is served under, behind a proxy that forwards it
+    /// (e.g. `/chat`: `/chat/chatkit`, `/chat/` the page). `/healthz`,
+    /// `/readyz` and `/metrics` answer at the root as well.
+    #[arg(long, env = "CHATKIT_BASE_PATH", default_value = "")]
+    pub base_path: String,
+}
+
 impl Config {
     /// Every setting at its default, without reading the environment: what an
     /// embedding program starts from.
@@ -286,6 +306,25 @@ impl FanoutConfig {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+}
+
+impl WebConfig {
+    /// The allowed origins, checked and written as browsers send them; empty entries are skipped.
+    pub fn origins(&self) -> Result<Vec<String>, String> {
+        let mut origins: Vec<String> = Vec::new();
+        for entry in self.allowed_origins.iter().filter(|entry| !entry.trim().is_empty()) {
+            let origin = crate::http::parse_origin(entry)?;
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        Ok(origins)
+    }
+
+    /// The base path, `""` for the root.
+    pub fn base(&self) -> Result<String, String> {
+        crate::http::parse_base_path(&self.base_path)
     }
 }
 
@@ -395,5 +434,21 @@ mod tests {
         let for_tests = Config::for_tests("d".into());
         assert_eq!((for_tests.server.bind.port(), for_tests.storage.database_url.as_str()), (0, "memory://"));
         assert_eq!(for_tests.fanout.viewer_buffer, defaults.fanout.viewer_buffer);
+        assert_eq!((defaults.web.base().unwrap().as_str(), defaults.web.origins().unwrap().len()), ("", 0));
+    }
+
+    #[test]
+    fn web_settings_are_checked() {
+        let web = |args: &[&str]| {
+            let mut all = vec!["chatkit-gateway"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().web
+        };
+        let config = web(&["--allowed-origins", "https://A.example,,http://localhost:3000,https://a.example:443"]);
+        assert_eq!(config.origins().unwrap(), ["https://a.example", "http://localhost:3000"]);
+        let error = web(&["--allowed-origins", "https://a.example/app"]).origins().unwrap_err();
+        assert!(error.contains("https://a.example/app"), "{error}");
+        assert_eq!(web(&["--base-path", "chat/"]).base().unwrap(), "/chat");
+        assert!(web(&["--base-path", "/a b"]).base().is_err());
     }
 }

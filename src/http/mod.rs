@@ -5,6 +5,7 @@
 
 mod attachments;
 mod chatkit;
+mod cors;
 mod error;
 mod page;
 mod v1;
@@ -25,6 +26,7 @@ use crate::sessions::{ActiveSession, AuthError, Sessions};
 use crate::telemetry::metrics::METRICS;
 use crate::thread::ThreadRegistry;
 
+pub use cors::{middleware as cors_middleware, parse_base_path, parse_origin, Cors};
 pub use error::ApiError;
 pub use v1::AdminAccess;
 
@@ -47,8 +49,32 @@ pub struct State {
     pub sessions: Arc<Sessions>,
 }
 
-/// Registers every route on an actix `App`.
-pub fn routes(config: &mut web::ServiceConfig) {
+/// Registers every route on an actix `App`, under `base_path` (`""` for the
+/// root, else as [`parse_base_path`] writes it). Under a prefix the probes and
+/// `/metrics` answer at the root as well, where orchestrators and scrapers
+/// look for them without knowing the prefix.
+pub fn routes(base_path: &str) -> impl Fn(&mut web::ServiceConfig) + Clone + 'static {
+    let base_path = base_path.to_string();
+    move |config| {
+        if base_path.is_empty() {
+            gateway_routes(config);
+        } else {
+            config
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics))
+                .service(
+                    web::scope(&base_path)
+                        // The page's URLs are relative, so it must be loaded from `<prefix>/`.
+                        .route("", web::get().to(page::to_folder))
+                        .configure(gateway_routes),
+                );
+        }
+        config.default_service(web::to(unknown_route));
+    }
+}
+
+fn gateway_routes(config: &mut web::ServiceConfig) {
     config
         .route("/chatkit", web::post().to(chatkit::handle))
         .route("/chatkit/attachments/{id}/upload", web::post().to(attachments::upload))
@@ -63,8 +89,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/", web::get().to(page::index))
         .route("/page/chat.js", web::get().to(page::script))
         .route("/page/chat.css", web::get().to(page::style))
-        .route("/chatkit-live.js", web::get().to(page::live))
-        .default_service(web::to(unknown_route));
+        .route("/chatkit-live.js", web::get().to(page::live));
 }
 
 async fn healthz() -> HttpResponse {

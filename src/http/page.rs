@@ -1,14 +1,15 @@
-//! The chat page at `GET /` and its assets, embedded in the binary.
+//! The chat page at `GET /` (or `GET <base path>/`) and its assets, embedded in the binary.
 //!
 //! The page speaks only the public protocol (`POST /chatkit` and the viewer
 //! streams), so it doubles as a worked example for integrators. Its script
 //! and style sheet are served under `/page/`; `/chatkit-live.js` is the small
 //! script that gives a ChatKit.js page live multi-tab sync, and the page uses
-//! it for its own streams too.
+//! it for its own streams too. Every URL the page uses is relative, so it
+//! works unchanged under `CHATKIT_BASE_PATH`.
 
 use actix_web::body::MessageBody;
-use actix_web::http::header::{CacheControl, CacheDirective};
-use actix_web::{web, HttpResponse};
+use actix_web::http::header::{CacheControl, CacheDirective, LOCATION};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AuthMode;
 use super::State;
@@ -36,6 +37,15 @@ pub async fn index(state: web::Data<State>) -> HttpResponse {
     // Header names are HTTP tokens, which need no escaping in an HTML attribute.
     let html = INDEX.replace("{{auth}}", auth).replace("{{user_header}}", state.user_header.as_str());
     asset(HTML, Some(PAGE_POLICY), html)
+}
+
+/// `GET <prefix>` under a base path: the page lives at `<prefix>/`, where its
+/// relative URLs resolve under the prefix.
+pub async fn to_folder(request: HttpRequest) -> HttpResponse {
+    let query = request.query_string();
+    let location =
+        if query.is_empty() { format!("{}/", request.path()) } else { format!("{}/?{query}", request.path()) };
+    HttpResponse::PermanentRedirect().insert_header((LOCATION, location)).finish()
 }
 
 /// `GET /page/chat.js`.

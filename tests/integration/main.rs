@@ -28,3 +28,4 @@ mod thread_actors;
 mod thread_admin;
 mod thread_status;
 mod viewers;
+mod web;

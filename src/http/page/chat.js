@@ -125,7 +125,7 @@
   async function post(type, params) {
     const headers = authHeaders();
     headers["content-type"] = "application/json";
-    const response = await fetch("/chatkit", { method: "POST", headers, body: JSON.stringify({ type, params }) });
+    const response = await fetch("chatkit", { method: "POST", headers, body: JSON.stringify({ type, params }) });
     if (!response.ok) {
       let message = `${type} failed: HTTP ${response.status}`;
       try {
@@ -339,7 +339,7 @@
   }
 
   function watchHistory() {
-    threadList.subscription = live.subscribe("/chatkit/events", {
+    threadList.subscription = live.subscribe("chatkit/events", {
       headers: authHeaders,
       onStatus: (state) => {
         ui.historyLive.dataset.state = state;
@@ -685,7 +685,7 @@
   }
 
   function watchThread(state) {
-    state.subscription = live.subscribe(`/chatkit/threads/${encodeURIComponent(state.id)}/events`, {
+    state.subscription = live.subscribe(`chatkit/threads/${encodeURIComponent(state.id)}/events`, {
       headers: authHeaders,
       onStatus: (streamState) => {
         if (state === current && !state.gone) {
