@@ -1,8 +1,10 @@
 //! End-to-end tests of the chat page (`GET /`) in headless Chromium: two tabs
 //! on one thread, a turn streaming from one into the other, a lock and a close
 //! through the status API, a rename in one tab seen in the other's history
-//! list, the same across two replicas sharing Redis, and chatkit-live.js
-//! driving a ChatKit.js element.
+//! list, the same across two replicas sharing Redis, chatkit-live.js
+//! driving a ChatKit.js element, and a page on another origin that streams a
+//! turn and a viewer stream when `CHATKIT_ALLOWED_ORIGINS` lists it and is
+//! refused by the browser otherwise.
 //!
 //! Each test starts the gateway and runs one scenario of
 //! `tests/browser/e2e.mjs` (playwright-core with Debian's Chromium) under a
@@ -97,6 +99,11 @@ fn artifacts(scenario: &str) -> PathBuf {
 
 /// Runs one scenario of `e2e.mjs` against the given gateways; fails with its log.
 fn run(scenario: &str, apps: &[&TestApp]) {
+    run_with(scenario, apps, &[]);
+}
+
+/// Runs one scenario with extra arguments for `e2e.mjs`.
+fn run_with(scenario: &str, apps: &[&TestApp], extra: &[&str]) {
     let browser = browser();
     let dir = artifacts(scenario);
     let log_path = dir.join("e2e.log");
@@ -107,6 +114,7 @@ fn run(scenario: &str, apps: &[&TestApp]) {
         command.arg("--base").arg(&app.base);
     }
     command
+        .args(extra)
         .arg("--artifacts")
         .arg(&dir)
         .env("CHATKIT_CHROMIUM", &browser.chromium)
@@ -175,6 +183,31 @@ fn two_tabs_on_two_replicas_sharing_redis_stay_in_sync() {
 fn chatkit_live_js_calls_fetch_updates_after_each_change() {
     let app = spawn(paced());
     run("chatkit-live", &[&app]);
+}
+
+/// The origin of a page the browser serves itself, other than the gateway's
+/// (`127.0.0.1`): `localhost`, so that both are on loopback.
+fn another_origin() -> String {
+    format!("http://localhost:{}", free_port())
+}
+
+#[test]
+fn a_page_on_an_allowed_origin_streams_a_turn_and_a_viewer_stream() {
+    let origin = another_origin();
+    let allowed = origin.clone();
+    let app = spawn(Spawn { configure: Box::new(move |config| config.web.allowed_origins = vec![allowed]), ..paced() });
+    run_with("cors", &[&app], &["--origin", &origin]);
+}
+
+#[test]
+fn the_browser_refuses_a_page_on_an_origin_not_allowed() {
+    let app = spawn(Spawn {
+        configure: Box::new(|config| config.web.allowed_origins = vec!["https://app.example.com".into()]),
+        ..paced()
+    });
+    run_with("cors-refused", &[&app], &["--origin", &another_origin()]);
+    let unset = spawn(paced());
+    run_with("cors-refused", &[&unset], &["--origin", &another_origin()]);
 }
 
 /// The page and its scripts come from the binary, with the identity settings filled in.
