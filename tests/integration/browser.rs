@@ -4,7 +4,7 @@
 //! list, the same across two replicas sharing Redis, chatkit-live.js
 //! driving a ChatKit.js element, and a page on another origin that streams a
 //! turn and a viewer stream when `CHATKIT_ALLOWED_ORIGINS` lists it and is
-//! refused by the browser otherwise.
+//! refused by the browser otherwise, and the page under `CHATKIT_BASE_PATH`.
 //!
 //! Each test starts the gateway and runs one scenario of
 //! `tests/browser/e2e.mjs` (playwright-core with Debian's Chromium) under a
@@ -183,6 +183,13 @@ fn two_tabs_on_two_replicas_sharing_redis_stay_in_sync() {
 fn chatkit_live_js_calls_fetch_updates_after_each_change() {
     let app = spawn(paced());
     run("chatkit-live", &[&app]);
+}
+
+#[test]
+fn the_page_works_under_a_base_path() {
+    let mut app = spawn(Spawn { configure: Box::new(|config| config.web.base_path = "/chat".into()), ..paced() });
+    app.base = format!("{}/chat", app.base);
+    run("turn", &[&app]);
 }
 
 /// The origin of a page the browser serves itself, other than the gateway's
