@@ -4,8 +4,8 @@
 //
 //   node tests/browser/e2e.mjs <scenario> --base <url> [--base <url>] --artifacts <dir> [--origin <origin>]
 //
-// `--origin` is the origin of the page the cross-origin scenarios open
-// (served by the browser itself, through a route), other than the gateway's.
+// `--origin` is the origin of the page the cross-origin scenarios
+// (`cross-origin.mjs`) serve on loopback, other than the gateway's.
 //
 // Chromium is Debian's (`CHATKIT_CHROMIUM`, default /usr/bin/chromium); no
 // browser is downloaded. Every wait is bounded; a failed wait names what it
