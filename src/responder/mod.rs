@@ -3,9 +3,11 @@
 //! The roles match the reference `ChatKitServer` methods (`respond`, `action`,
 //! `sync_action`, `add_feedback`, `transcribe`). The engine persists what a
 //! responder streams; a responder only produces events. Backends are
-//! same-shaped files: `echo` (built in, no network) and `openai` (any
-//! OpenAI-compatible Chat Completions server).
+//! same-shaped files: `echo` (built in, no network), `openai` (any
+//! OpenAI-compatible Chat Completions server) and `agent` (the integrator's own
+//! service over signed HTTP).
 
+mod agent;
 mod echo;
 mod openai;
 
@@ -23,6 +25,7 @@ use crate::protocol::{
 use crate::sessions::ActiveSession;
 use crate::store::Store;
 
+pub use agent::{AgentResponder, AgentSettings};
 pub use echo::EchoResponder;
 pub use openai::{ClientTool, ModelSettings, OpenAiResponder, DICTATION_TYPES};
 

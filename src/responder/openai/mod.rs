@@ -67,7 +67,7 @@ impl OpenAiResponder {
 }
 
 /// rustls needs one process-wide crypto provider; ring is the lean choice.
-fn install_tls_provider() {
+pub(super) fn install_tls_provider() {
     // Fails only when one is installed already, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
