@@ -17,8 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, TurnContext};
 use crate::ids::UserId;
-use crate::protocol::{Action, FeedbackKind, Order, SyncCustomActionResponse, ThreadItem, TranscriptionResult};
-use crate::store::ListQuery;
+use crate::protocol::{Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, TranscriptionResult};
 
 use call::{Caller, Failure};
 use events::Checker;
@@ -61,14 +60,7 @@ async fn turn_body(
     turn: &TurnContext,
     fields: Vec<(&str, Value)>,
 ) -> Result<Bytes, ResponderError> {
-    let query = ListQuery::first(caller.settings().history_items.max(1), Order::Desc);
-    let page = turn
-        .store
-        .list_items(&turn.user, &turn.thread.id(), &query)
-        .await
-        .map_err(|e| ResponderError::Internal(format!("cannot load the thread's items: {e}")))?;
-    let mut items = page.data;
-    items.reverse();
+    let items = turn.recent_items(caller.settings().history_items).await?;
     let thread = turn.thread.snapshot();
     let mut body = envelope(op, &turn.user);
     body.insert("locale".into(), json!(turn.locale));
