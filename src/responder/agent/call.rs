@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::settings::AgentSettings;
 use crate::responder::ResponderError;
+use crate::telemetry::metrics::METRICS;
 
 /// The longest error body read from the agent, so a broken agent cannot make the gateway buffer without end.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -60,6 +61,17 @@ impl Failure {
     /// The error event the user sees: retryable for what may pass (the agent down, busy or slow),
     /// not for requests the agent refuses or answers it cannot give.
     pub(super) fn into_error(self) -> ResponderError {
+        let kind = match &self {
+            Failure::Connect(_) => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Status { status: 429, .. } => "rate_limited",
+            Failure::Status { status, .. } if *status >= 500 => "server",
+            Failure::Status { .. } => "refused",
+            Failure::Broken(_) => "broken",
+            Failure::Idle => "idle",
+            Failure::Invalid(_) => "invalid",
+        };
+        METRICS.agent_errors.with_label_values(&[kind]).inc();
         let (message, allow_retry) = match self {
             Failure::Connect(detail) => {
                 tracing::warn!(%detail, "cannot reach the agent");
@@ -114,7 +126,8 @@ impl Caller {
     }
 
     /// One signed request; a success status is the only `Ok`.
-    async fn send(&self, body: &Bytes, accept: &str) -> Result<upstream_http::Response, Failure> {
+    async fn send(&self, op: &str, body: &Bytes, accept: &str) -> Result<upstream_http::Response, Failure> {
+        METRICS.agent_calls.with_label_values(&[op]).inc();
         let id = format!("msg_{:032x}", rand::rng().random::<u128>());
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let signature = self.settings.signer.sign(&id, timestamp, body);
@@ -174,9 +187,9 @@ impl Caller {
     }
 
     /// Opens an event stream and reads its first event (`None` when it ends without one).
-    pub(super) async fn open_stream(&self, body: Bytes) -> Result<(EventReader, Option<String>), Failure> {
+    pub(super) async fn open_stream(&self, op: &str, body: Bytes) -> Result<(EventReader, Option<String>), Failure> {
         self.retrying(|| async {
-            let response = self.send(&body, "text/event-stream").await?;
+            let response = self.send(op, &body, "text/event-stream").await?;
             let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
             if !kind.starts_with("text/event-stream") {
                 return Err(Failure::Invalid(format!("expected a text/event-stream answer, got `{kind}`")));
@@ -189,9 +202,9 @@ impl Caller {
     }
 
     /// Posts a body and reads a JSON answer (`null` for an empty body).
-    pub(super) async fn call_json(&self, body: Bytes) -> Result<Value, Failure> {
+    pub(super) async fn call_json(&self, op: &str, body: Bytes) -> Result<Value, Failure> {
         self.retrying(|| async {
-            let response = self.send(&body, "application/json").await?;
+            let response = self.send(op, &body, "application/json").await?;
             let bytes = response.bytes().await.map_err(Failure::from_http)?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Ok(Value::Null);

@@ -91,7 +91,7 @@ fn stream_op(
 ) -> EventStream {
     Box::pin(async_stream::try_stream! {
         let body = turn_body(&caller, op, &turn, fields).await?;
-        let (mut reader, first) = caller.open_stream(body).await.map_err(Failure::into_error)?;
+        let (mut reader, first) = caller.open_stream(op, body).await.map_err(Failure::into_error)?;
         let mut checker = Checker::new(turn.thread.clone());
         let idle = caller.settings().timeout;
         let mut next = first;
@@ -142,7 +142,7 @@ impl Responder for AgentResponder {
     ) -> Result<SyncCustomActionResponse, ResponderError> {
         let fields = vec![("action", json!(action)), ("sender", json!(sender))];
         let body = turn_body(&self.caller, "sync_action", &turn, fields).await?;
-        let answer = self.caller.call_json(body).await.map_err(Failure::into_error)?;
+        let answer = self.caller.call_json("sync_action", body).await.map_err(Failure::into_error)?;
         let mut answer: SyncCustomActionResponse = match answer {
             Value::Null => SyncCustomActionResponse::default(),
             other => serde_json::from_value(other).map_err(|e| {
@@ -172,14 +172,14 @@ impl Responder for AgentResponder {
         body.insert("thread".into(), json!({"id": thread_id}));
         body.insert("item_ids".into(), json!(item_ids));
         body.insert("feedback".into(), json!(kind));
-        self.caller.call_json(encode(body)).await.map_err(Failure::into_error)?;
+        self.caller.call_json("feedback", encode(body)).await.map_err(Failure::into_error)?;
         Ok(())
     }
 
     async fn transcribe(&self, user: &UserId, audio: AudioInput) -> Result<TranscriptionResult, ResponderError> {
         let mut body = envelope("transcribe", user);
         body.insert("audio".into(), json!({"mime_type": audio.mime_type, "data": STANDARD.encode(&audio.data)}));
-        let answer = self.caller.call_json(encode(body)).await.map_err(Failure::into_error)?;
+        let answer = self.caller.call_json("transcribe", encode(body)).await.map_err(Failure::into_error)?;
         serde_json::from_value(answer).map_err(|e| {
             Failure::Invalid(format!("the transcribe answer is not `{{\"text\": ...}}` ({e})")).into_error()
         })
