@@ -25,7 +25,7 @@ use crate::protocol::{
 use crate::sessions::ActiveSession;
 use crate::store::{ListQuery, Store};
 
-pub use agent::{AgentResponder, AgentSettings};
+pub use agent::{AgentResponder, AgentSettings, WIRE_SCHEMA as AGENT_WIRE_SCHEMA};
 pub use echo::EchoResponder;
 pub use openai::{ClientTool, ModelSettings, OpenAiResponder, DICTATION_TYPES};
 

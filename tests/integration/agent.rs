@@ -407,3 +407,50 @@ async fn a_model_and_an_agent_together_are_a_configuration_error() {
     };
     assert!(error.contains("CHATKIT_AGENT_URL") && error.contains("CHATKIT_MODEL"), "{error}");
 }
+
+#[tokio::test]
+async fn every_request_body_matches_the_served_json_schema() {
+    let a = start();
+    let widget = json!({"id": "wdg_1", "thread_id": "thr_agent", "created_at": "2026-01-01T00:00:00",
+        "type": "widget", "widget": {"type": "Card", "children": []}});
+    a.fake.push(Reply::stream(vec![json!({"type": "thread.item.done", "item": widget})]));
+    a.fake.push(Reply::stream(answer("msg_a1", &["Acted."])));
+    a.fake.push(Reply::json(200, json!({})));
+    a.fake.push(Reply::json(200, json!({})));
+    a.fake.push(Reply::json(200, json!({"text": "hi"})));
+    let (thread_id, _) = a.app.create_thread("alice", "hi").await;
+    let action = json!({"thread_id": thread_id, "item_id": "wdg_1", "action": {"type": "a"}});
+    a.app.stream("alice", "threads.custom_action", action.clone()).await;
+    a.app.call("alice", "threads.sync_custom_action", action).await;
+    let feedback = json!({"thread_id": thread_id, "item_ids": ["msg_a1"], "kind": "negative"});
+    a.app.call("alice", "items.feedback", feedback).await;
+    let audio = json!({"audio_base64": STANDARD.encode(b"x"), "mime_type": "audio/ogg"});
+    a.app.call("alice", "input.transcribe", audio).await;
+    let mut bodies = a.bodies();
+    let ops: Vec<&str> = bodies.iter().map(|body| body["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["respond", "action", "sync_action", "feedback", "transcribe"]);
+    // A body without its triggering item must fail, so that the check is known to check.
+    let mut broken = bodies[0].clone();
+    broken.as_object_mut().unwrap().remove("item");
+    bodies.push(broken);
+
+    let response = a.app.client.get(a.app.url("/agent/wire-schema.json")).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/schema+json");
+    let schema: Value = response.json().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.json"), schema.to_string()).unwrap();
+    std::fs::write(dir.path().join("bodies.json"), Value::Array(bodies).to_string()).unwrap();
+    let script = "import json, sys, jsonschema\n\
+        schema = json.load(open(sys.argv[1])); jsonschema.Draft202012Validator.check_schema(schema)\n\
+        validator = jsonschema.Draft202012Validator(schema)\n\
+        print(json.dumps([validator.is_valid(body) for body in json.load(open(sys.argv[2]))]))";
+    let output = std::process::Command::new(venv_python())
+        .args(["-c", script])
+        .arg(dir.path().join("schema.json"))
+        .arg(dir.path().join("bodies.json"))
+        .output()
+        .expect("python runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let valid: Vec<bool> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(valid, [true, true, true, true, true, false]);
+}

@@ -26,6 +26,9 @@ pub use settings::AgentSettings;
 /// The version of the wire format, sent in every request body.
 const WIRE_VERSION: u32 = 1;
 
+/// The JSON Schema of the request bodies, which the gateway serves for integrators.
+pub const WIRE_SCHEMA: &str = include_str!("wire-schema.json");
+
 pub struct AgentResponder {
     caller: Arc<Caller>,
 }
