@@ -454,3 +454,32 @@ async fn every_request_body_matches_the_served_json_schema() {
     let valid: Vec<bool> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(valid, [true, true, true, true, true, false]);
 }
+
+#[tokio::test]
+async fn another_tab_sees_the_agents_answer_and_its_title() {
+    let a = start();
+    a.fake.push(Reply::stream(answer("msg_a1", &["First."])));
+    let mut second = answer("msg_a2", &["Bonjour ", "Paris", "!"]);
+    second.push(json!({"type": "thread.updated", "thread": {"title": "Greetings From Paris"}}));
+    a.fake.push(Reply::stream(second));
+    let (thread_id, _) = a.app.create_thread("alice", "hi").await;
+    let mut tab = a.app.view_thread("alice", &thread_id).await;
+    let mut history = a.app.view_history("alice").await;
+    a.app.say("alice", &thread_id, "Say hello to Paris").await;
+    let frames = tab.until(|frame| frame.kind() == "thread.updated").await;
+    assert_eq!(crate::common::viewer::rebuilt_text(&frames, "msg_a2"), "Bonjour Paris!");
+    assert!(frames.iter().any(|frame| frame.kind() == "thread.item.updated"), "the answer streamed to the tab");
+    assert_eq!(frames.last().unwrap().data["thread"]["title"], "Greetings From Paris");
+    let seen = history.until(|frame| frame.kind() == "thread.updated").await;
+    assert_eq!(seen.last().unwrap().data["thread"]["title"], "Greetings From Paris");
+}
+
+#[tokio::test]
+async fn an_item_without_an_id_is_refused() {
+    let a = start();
+    a.fake.push(Reply::stream(answer("", &["Nameless."])));
+    let (thread_id, events) = a.app.create_thread("alice", "hi").await;
+    let error = turn_error(&events);
+    assert!(error["message"].as_str().unwrap().contains("empty id"), "{error}");
+    assert_eq!(a.app.items("alice", &thread_id).await.len(), 1, "nothing of the agent's is stored");
+}

@@ -49,6 +49,18 @@ impl Checker {
         }
         let event: ThreadStreamEvent = serde_json::from_value(value)
             .map_err(|e| invalid(format!("the event of type `{kind}` does not parse ({e})")))?;
+        let named = match &event {
+            ThreadStreamEvent::ItemAdded { item }
+            | ThreadStreamEvent::ItemDone { item }
+            | ThreadStreamEvent::ItemReplaced { item } => Some(item.id.as_str()),
+            ThreadStreamEvent::ItemUpdated { item_id, .. } | ThreadStreamEvent::ItemRemoved { item_id } => {
+                Some(item_id.as_str())
+            }
+            _ => None,
+        };
+        if named.is_some_and(|id| id.trim().is_empty()) {
+            return Err(invalid(format!("a `{kind}` event names an item with an empty id")));
+        }
         match &event {
             ThreadStreamEvent::ThreadCreated { .. } => {
                 return Err(invalid("`thread.created` is not an event an agent may send".into()))
