@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn every_family_is_named_once_with_the_prefix() {
         let names = METRICS.names();
-        assert_eq!(names.len(), 19, "{names:?}");
+        assert_eq!(names.len(), 21, "{names:?}");
         let unique: std::collections::HashSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
         for name in &names {
