@@ -476,3 +476,23 @@ async fn an_item_without_an_id_is_refused() {
     turn_error(&events, "empty id");
     assert_eq!(a.app.items("alice", &thread_id).await.len(), 1, "nothing of the agent's is stored");
 }
+
+#[tokio::test]
+async fn json_operations_report_agent_faults_with_the_agents_words_and_never_a_500() {
+    let a = start();
+    a.fake.push(Reply::stream(answer("msg_a1", &["Rate me."])));
+    let (thread_id, _) = a.app.create_thread("alice", "hi").await;
+    let feedback = json!({"thread_id": thread_id, "item_ids": ["msg_a1"], "kind": "positive"});
+    a.fake.push(Reply::error(422, "Feedback is closed for this thread."));
+    let (status, body) = a.app.try_call("alice", "items.feedback", feedback.clone()).await;
+    assert_eq!(status.as_u16(), 400, "{body}");
+    assert_eq!(body["error"]["message"], "Feedback is closed for this thread.");
+    // A failing agent is retried, then reported as unavailable (retryable), with what failed.
+    for _ in 0..3 {
+        a.fake.push(Reply::error(500, "boom"));
+    }
+    let (status, body) = a.app.try_call("alice", "items.feedback", feedback).await;
+    assert_eq!(status.as_u16(), 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("HTTP 500"), "{body}");
+    assert_eq!(a.fake.requests().len(), 1 + 1 + 3);
+}
