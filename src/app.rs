@@ -15,7 +15,7 @@ use crate::engine::{AttachmentFiles, Engine, EngineSettings};
 use crate::fanout::{self, FanoutError};
 use crate::http::AuthMode;
 use crate::http::{self, AdminAccess, ApiError};
-use crate::responder::{EchoResponder, OpenAiResponder, Responder};
+use crate::responder::{AgentResponder, EchoResponder, OpenAiResponder, Responder};
 use crate::sessions::Sessions;
 use crate::store::{self, Instrumented, Store, StoreError};
 use crate::thread::ThreadRegistry;
@@ -77,11 +77,22 @@ impl App {
             .map_err(|_| AppError::Config(format!("`{}` is not a valid header name", config.access.user_header)))?;
         std::fs::create_dir_all(&config.storage.data_dir)?;
         let store: Arc<dyn Store> = store::open_with_pool(&config.storage.database_url, config.storage.pg_pool).await?;
-        let responder: Arc<dyn Responder> = match config.model.settings().map_err(AppError::Config)? {
-            None => Arc::new(EchoResponder::new()),
-            Some(settings) => {
+        let model = config.model.settings().map_err(AppError::Config)?;
+        let agent = config.agent.settings().map_err(AppError::Config)?;
+        let responder: Arc<dyn Responder> = match (model, agent) {
+            (Some(_), Some(_)) => {
+                return Err(AppError::Config(
+                    "both a model (CHATKIT_MODEL or OPENAI_API_KEY) and an agent backend (CHATKIT_AGENT_URL) are set; set only one".into(),
+                ))
+            }
+            (None, None) => Arc::new(EchoResponder::new()),
+            (Some(settings), None) => {
                 tracing::info!(model = %settings.default_model, base_url = %settings.base_url, "model responder");
                 Arc::new(OpenAiResponder::new(settings).map_err(AppError::Config)?)
+            }
+            (None, Some(settings)) => {
+                tracing::info!(url = %settings.url, "agent backend responder");
+                Arc::new(AgentResponder::new(settings).map_err(AppError::Config)?)
             }
         };
         Self::build_with(config, user_header, store, responder)

@@ -11,7 +11,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
-use crate::responder::ModelSettings;
+use crate::responder::{AgentSettings, ModelSettings};
 use crate::secret::Secret;
 use crate::thread::ThreadSettings;
 
@@ -40,6 +40,8 @@ pub struct Config {
     pub model: ModelConfig,
     #[command(flatten)]
     pub web: WebConfig,
+    #[command(flatten)]
+    pub agent: AgentConfig,
 }
 
 /// The HTTP server: where it listens, how it treats connections, how it stops.
@@ -249,6 +251,29 @@ pub struct WebConfig {
     pub base_path: String,
 }
 
+/// An agent backend: the integrator's own service answers every operation over HTTP.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Agent backend")]
+pub struct AgentConfig {
+    /// URL of an agent backend (see "Your own agent behind the gateway" in README);
+    /// when set, it answers every operation instead of the model or echo responder.
+    #[arg(long, env = "CHATKIT_AGENT_URL")]
+    pub agent_url: Option<String>,
+
+    /// The Standard Webhooks secret (`whsec_<base64>`) that signs every request to
+    /// the agent; required with `CHATKIT_AGENT_URL`, never logged.
+    #[arg(long, env = "CHATKIT_AGENT_SECRET", hide_env_values = true)]
+    pub agent_secret: Option<Secret>,
+
+    /// How many of a thread's newest items each agent request carries, oldest first.
+    #[arg(long, env = "CHATKIT_AGENT_HISTORY_ITEMS", default_value_t = 20)]
+    pub agent_history_items: usize,
+
+    /// Seconds to wait for the agent: for its first event, and between two events.
+    #[arg(long, env = "CHATKIT_AGENT_TIMEOUT_SECS", default_value_t = 30)]
+    pub agent_timeout_secs: u64,
+}
+
 impl Config {
     /// Every setting at its default, without reading the environment: what an
     /// embedding program starts from.
@@ -371,6 +396,23 @@ impl ModelConfig {
     }
 }
 
+impl AgentConfig {
+    /// The agent backend's settings, or `None` when no agent URL is set.
+    pub fn settings(&self) -> Result<Option<AgentSettings>, String> {
+        let Some(url) = self.agent_url.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("CHATKIT_AGENT_URL must be an http:// or https:// URL; got `{url}`"));
+        }
+        let Some(secret) = &self.agent_secret else {
+            return Err("CHATKIT_AGENT_URL is set but CHATKIT_AGENT_SECRET is not: every request to the agent is signed with it (a `whsec_<base64>` secret)".into());
+        };
+        let timeout = Duration::from_secs(self.agent_timeout_secs.max(1));
+        AgentSettings::new(url.to_string(), secret, self.agent_history_items.max(1), timeout).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +455,26 @@ mod tests {
         assert!(parse(&["--model", "m", "--openai-api-key", "k", "--client-tools", "[{\"name\": \"x y\"}]"]).is_err());
         let printed = format!("{:?}", Config::try_parse_from(["c", "--openai-api-key", "sk-secret"]).unwrap());
         assert!(!printed.contains("sk-secret"), "{printed}");
+    }
+
+    #[test]
+    fn the_agent_backend_needs_a_url_and_a_signing_secret() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["chatkit-gateway"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().agent.settings()
+        };
+        assert!(parse(&[]).unwrap().is_none());
+        let error = parse(&["--agent-url", "http://127.0.0.1:9/agent"]).unwrap_err();
+        assert!(error.contains("CHATKIT_AGENT_SECRET"), "{error}");
+        let error = parse(&["--agent-url", "http://a/", "--agent-secret", "nope"]).unwrap_err();
+        assert!(error.contains("whsec_"), "{error}");
+        let error = parse(&["--agent-url", "ftp://a/", "--agent-secret", "whsec_MDEy"]).unwrap_err();
+        assert!(error.contains("http://"), "{error}");
+        let ok = parse(&["--agent-url", "http://a/", "--agent-secret", "whsec_MDEy"]).unwrap().unwrap();
+        assert_eq!((ok.history_items, ok.timeout), (20, Duration::from_secs(30)));
+        let printed = format!("{ok:?} {:?}", Config::try_parse_from(["c", "--agent-secret", "whsec_MDEy"]).unwrap());
+        assert!(!printed.contains("MDEy"), "{printed}");
     }
 
     #[test]

@@ -89,7 +89,8 @@ fn gateway_routes(config: &mut web::ServiceConfig) {
         .route("/", web::get().to(page::index))
         .route("/page/chat.js", web::get().to(page::script))
         .route("/page/chat.css", web::get().to(page::style))
-        .route("/chatkit-live.js", web::get().to(page::live));
+        .route("/chatkit-live.js", web::get().to(page::live))
+        .route("/agent/wire-schema.json", web::get().to(agent_wire_schema));
 }
 
 async fn healthz() -> HttpResponse {
@@ -140,6 +141,11 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// The JSON Schema of the requests the gateway sends to an agent backend, for integrators to check theirs against.
+async fn agent_wire_schema() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/schema+json").body(crate::responder::AGENT_WIRE_SCHEMA)
 }
 
 async fn unknown_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -3,9 +3,11 @@
 //! The roles match the reference `ChatKitServer` methods (`respond`, `action`,
 //! `sync_action`, `add_feedback`, `transcribe`). The engine persists what a
 //! responder streams; a responder only produces events. Backends are
-//! same-shaped files: `echo` (built in, no network) and `openai` (any
-//! OpenAI-compatible Chat Completions server).
+//! same-shaped files: `echo` (built in, no network), `openai` (any
+//! OpenAI-compatible Chat Completions server) and `agent` (the integrator's own
+//! service over signed HTTP).
 
+mod agent;
 mod echo;
 mod openai;
 
@@ -17,12 +19,13 @@ use futures_util::stream::{self, BoxStream};
 
 use crate::ids::UserId;
 use crate::protocol::{
-    Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, ThreadMetadata, ThreadStatus, ThreadStreamEvent,
+    Action, FeedbackKind, Order, SyncCustomActionResponse, ThreadItem, ThreadMetadata, ThreadStatus, ThreadStreamEvent,
     TranscriptionResult,
 };
 use crate::sessions::ActiveSession;
-use crate::store::Store;
+use crate::store::{ListQuery, Store};
 
+pub use agent::{AgentResponder, AgentSettings, WIRE_SCHEMA as AGENT_WIRE_SCHEMA};
 pub use echo::EchoResponder;
 pub use openai::{ClientTool, ModelSettings, OpenAiResponder, DICTATION_TYPES};
 
@@ -152,6 +155,21 @@ pub struct TurnContext {
     /// The client session the request came with, when sessions authenticate:
     /// its settings (titling, workflow state variables) apply to the turn.
     pub session: Option<Arc<ActiveSession>>,
+}
+
+impl TurnContext {
+    /// The thread's newest `count` items (at least one), oldest first, hidden context included.
+    pub async fn recent_items(&self, count: usize) -> Result<Vec<ThreadItem>, ResponderError> {
+        let query = ListQuery::first(count.max(1), Order::Desc);
+        let page = self
+            .store
+            .list_items(&self.user, &self.thread.id(), &query)
+            .await
+            .map_err(|e| ResponderError::Internal(format!("cannot load the thread's items: {e}")))?;
+        let mut items = page.data;
+        items.reverse();
+        Ok(items)
+    }
 }
 
 /// Recorded speech to transcribe.

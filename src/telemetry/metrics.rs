@@ -40,6 +40,8 @@ pub struct Metrics {
     pub model_calls: IntCounterVec,
     pub model_tokens: IntCounterVec,
     pub model_errors: IntCounterVec,
+    pub agent_calls: IntCounterVec,
+    pub agent_errors: IntCounterVec,
     pub store_duration: HistogramVec,
 }
 
@@ -135,6 +137,12 @@ impl Metrics {
                 &["model", "kind"],
             ),
             model_errors: counter("chatkit_model_errors_total", "Failed model calls, by kind.", &["kind"]),
+            agent_calls: counter(
+                "chatkit_agent_calls_total",
+                "Requests to the agent backend, retries included, by operation.",
+                &["op"],
+            ),
+            agent_errors: counter("chatkit_agent_errors_total", "Failed agent operations, by kind.", &["kind"]),
             store_duration: histogram(
                 "chatkit_store_operation_seconds",
                 "Store operations, by backend and operation.",
@@ -156,6 +164,12 @@ impl Metrics {
             ["connect", "timeout", "rate_limited", "server", "auth", "not_found", "rejected", "broken", "unreadable"]
         {
             metrics.model_errors.with_label_values(&[kind]);
+        }
+        for op in ["respond", "action", "sync_action", "feedback", "transcribe"] {
+            metrics.agent_calls.with_label_values(&[op]);
+        }
+        for kind in ["connect", "timeout", "rate_limited", "server", "refused", "broken", "idle", "invalid"] {
+            metrics.agent_errors.with_label_values(&[kind]);
         }
         for topic in ["thread", "user"] {
             metrics.fanout_published.with_label_values(&[topic]);
@@ -202,7 +216,7 @@ mod tests {
     #[test]
     fn every_family_is_named_once_with_the_prefix() {
         let names = METRICS.names();
-        assert_eq!(names.len(), 19, "{names:?}");
+        assert_eq!(names.len(), 21, "{names:?}");
         let unique: std::collections::HashSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
         for name in &names {

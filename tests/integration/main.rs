@@ -8,6 +8,7 @@
 
 mod common;
 
+mod agent;
 mod bad_input;
 mod browser;
 mod cancellation;

@@ -21,8 +21,7 @@ use serde_json::{json, Value};
 
 use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, TurnContext};
 use crate::ids::UserId;
-use crate::protocol::{ItemBody, Order, ThreadItem, TranscriptionResult, UserMessage};
-use crate::store::ListQuery;
+use crate::protocol::{ItemBody, ThreadItem, TranscriptionResult, UserMessage};
 
 pub use settings::{ClientTool, ModelSettings};
 use stream::{Chunk, Translator};
@@ -67,7 +66,7 @@ impl OpenAiResponder {
 }
 
 /// rustls needs one process-wide crypto provider; ring is the lean choice.
-fn install_tls_provider() {
+pub(super) fn install_tls_provider() {
     // Fails only when one is installed already, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -218,15 +217,7 @@ impl Inner {
 
     /// The newest `history_items` items of the thread, oldest first.
     async fn history(&self, turn: &TurnContext) -> Result<Vec<ThreadItem>, ResponderError> {
-        let query = ListQuery::first(self.settings.history_items.max(1), Order::Desc);
-        let page = turn
-            .store
-            .list_items(&turn.user, &turn.thread.id(), &query)
-            .await
-            .map_err(|e| ResponderError::Internal(format!("cannot load the thread's items: {e}")))?;
-        let mut items = page.data;
-        items.reverse();
-        Ok(items)
+        turn.recent_items(self.settings.history_items).await
     }
 
     fn system_prompt(&self, locale: Option<&str>) -> String {
