@@ -23,6 +23,7 @@ PLAN=(
     'openai-chatkit (venv)        | pip_has openai-chatkit==1.6.5 chatkit                   | pip_install openai-chatkit==1.6.5              |'
     'PyYAML (venv)                | pip_has PyYAML yaml                                     | pip_install PyYAML                             |'
     'kubernetes-validate (venv)   | pip_has kubernetes-validate==1.37.0 kubernetes_validate | pip_install kubernetes-validate==1.37.0        |'
+    'jsonschema (venv)            | pip_has jsonschema jsonschema                           | pip_install jsonschema                         |'
     'nginx                        | nginx_bin                                               | apt_install --no-install-recommends nginx      | CHATKIT_NGINX=nginx_path'
     'promtool                     | have promtool                                           | apt_install --no-install-recommends prometheus | CHATKIT_PROMTOOL=promtool_path'
     'Node.js and npm              | have node npm                                           | apt_install nodejs npm                         |'
@@ -34,7 +35,8 @@ PLAN=(
 # a convenience); the PostgreSQL store tests and the load test's postgres scenario make throwaway databases on
 # TEST_DATABASE_URL; tests/integration/conformance.rs and tests/integration/rest_api.rs validate with the reference SDK openai-chatkit;
 # tests/integration/deploy/ parses deploy/ with PyYAML, checks the Kubernetes manifests with kubernetes-validate and runs nginx
-# and promtool; tests/integration/browser.rs drives the chat page in Debian's Chromium (no browser is ever downloaded) through
+# and promtool; tests/integration/agent.rs checks the agent wire format's JSON Schema with jsonschema;
+# tests/integration/browser.rs drives the chat page in Debian's Chromium (no browser is ever downloaded) through
 # playwright-core, pinned in tests/browser/package.json and package-lock.json.
 #
 # Settings (environment):
