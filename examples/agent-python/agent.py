@@ -259,6 +259,7 @@ class ExampleAgent(ChatKitServer[dict]):
     async def _model_answer(self, thread: ThreadMetadata, context: dict) -> AsyncIterator[ThreadStreamEvent]:
         """Answers with an Agents SDK agent on an OpenAI-compatible endpoint (EXAMPLE_AGENT_MODEL_URL)."""
         from agents import Agent, OpenAIChatCompletionsModel, Runner, set_tracing_disabled
+        from agents.models.fake_id import FAKE_RESPONSES_ID
         from openai import AsyncOpenAI
 
         from chatkit.agents import AgentContext, simple_to_agent_input, stream_agent_response
@@ -270,7 +271,19 @@ class ExampleAgent(ChatKitServer[dict]):
         history = await self.store.load_thread_items(thread.id, None, 100, "asc", context)
         agent_context = AgentContext(thread=thread, store=self.store, request_context=context)
         result = Runner.run_streamed(agent, await simple_to_agent_input(history.data), context=agent_context)
+        # Chat Completions models give every item the placeholder id `__fake_id__`; the gateway stores
+        # items by id, so each item gets an id of its own here.
+        current: str | None = None
         async for event in stream_agent_response(agent_context, result):
+            item = getattr(event, "item", None)
+            if item is not None and item.id == FAKE_RESPONSES_ID:
+                if isinstance(event, ThreadItemAddedEvent) or current is None:
+                    current = self.store.generate_item_id("message", thread, context)
+                event = event.model_copy(update={"item": item.model_copy(update={"id": current})})
+                if not isinstance(event, ThreadItemAddedEvent):
+                    current = None
+            elif getattr(event, "item_id", None) == FAKE_RESPONSES_ID and current is not None:
+                event = event.model_copy(update={"item_id": current})
             yield event
 
     async def sync_action(
