@@ -15,6 +15,7 @@ mod cancellation;
 mod chatkit_ops;
 mod conformance;
 mod deploy;
+mod example_agent;
 mod fake_openai_selftest;
 mod metrics;
 mod model_responder;

@@ -293,6 +293,22 @@ pub fn venv_python() -> std::path::PathBuf {
     default
 }
 
+/// Runs the reference validator (`tests/conformance/validate.py`, openai-chatkit's own types) on a
+/// transcript of JSON lines; fails unless every line passes, and answers its report.
+pub fn check_conformance(transcript: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("transcript.jsonl");
+    std::fs::write(&path, transcript).expect("write the transcript");
+    let validator = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/validate.py");
+    let output =
+        std::process::Command::new(venv_python()).arg(&validator).arg(&path).output().expect("run the validator");
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("{report}");
+    assert!(output.status.success(), "the reference types reject what the server sent:\n{report}");
+    assert!(report.contains(" passed, 0 failed"), "{report}");
+    report
+}
+
 /// Waits (bounded) until `check` holds, polling.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
