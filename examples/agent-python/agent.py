@@ -476,6 +476,9 @@ def main() -> None:
     if not args.secret or not args.secret.startswith("whsec_"):
         parser.error("--secret (or CHATKIT_AGENT_SECRET) must be the gateway's whsec_… secret")
     logging.basicConfig(level=logging.INFO)
+    # One line per model request is noise next to the agent's own log.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     uvicorn.run(Adapter(args.secret), host=args.host, port=args.port, lifespan="off", log_level="warning")
 
 

@@ -182,6 +182,11 @@ async fn the_example_agent_refuses_a_wrong_signature_and_the_client_is_told() {
     assert_eq!(last["allow_retry"], false, "{last}");
     assert!(last["message"].as_str().is_some_and(|m| m.contains("signature does not match")), "{last}");
     assert!(app.items("carol", &tid).await.iter().all(|item| item["type"] != "assistant_message"));
+    // Unsigned, the agent answers 401 with a ChatKit-style error body.
+    let unsigned = app.client.post(&agent.url).body("{}").send().await.expect("the agent answers");
+    assert_eq!(unsigned.status().as_u16(), 401);
+    let body: Value = unsigned.json().await.expect("a JSON error body");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("not signed")), "{body}");
     check_conformance(&app.transcript_lines());
 }
 
