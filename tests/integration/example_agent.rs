@@ -162,6 +162,11 @@ async fn the_example_agent_locks_the_thread_on_handoff() {
     let agent = ExampleAgent::start().await;
     let app = gateway(&agent, SECRET);
     let (tid, _) = app.create_thread("bob", "hi").await;
+    // A retry reaches the agent as `respond` with the user's message again.
+    let first = app.items("bob", &tid).await[0]["id"].clone();
+    let retried = app.stream("bob", "threads.retry_after_item", json!({"thread_id": tid, "item_id": first})).await;
+    no_error(&retried);
+    assert!(deltas(&retried).starts_with("You said: hi."), "{retried:?}");
     let handoff = app.say("bob", &tid, "/handoff").await;
     no_error(&handoff);
     assert!(assistant_text(&handoff).contains("locked"), "{handoff:?}");
