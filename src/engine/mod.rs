@@ -180,6 +180,11 @@ impl Engine {
         &self.store
     }
 
+    /// Whether sessions of workflow `id` may be created (see `Responder::serves_workflow`).
+    pub fn serves_workflow(&self, id: &str) -> bool {
+        self.responder.serves_workflow(id)
+    }
+
     fn turn_context(&self, user: &UserId, thread: SharedThread, caller: Caller) -> TurnContext {
         TurnContext {
             user: user.clone(),
