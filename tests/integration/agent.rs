@@ -572,3 +572,19 @@ async fn a_failed_trial_opens_the_breaker_again_and_refusals_do_not_open_it() {
     turn_error(&a.app.say("alice", &thread_id, "seven").await, "failing repeatedly");
     assert_eq!(a.fake.requests().len(), 5, "one trial call per cool-down");
 }
+
+#[tokio::test]
+async fn an_agent_that_is_down_costs_a_fast_error_once_the_breaker_opens() {
+    let port = free_port();
+    let a = start_at(Some(format!("http://127.0.0.1:{port}/agent")), |settings| {
+        settings.breaker_threshold = 2;
+    });
+    let (thread_id, events) = a.app.create_thread("alice", "one").await;
+    turn_error(&events, "Could not reach the agent. Try again");
+    turn_error(&a.app.say("alice", &thread_id, "two").await, "Could not reach the agent. Try again");
+    // The default breaker cool-down (10 s) outlasts the rest of the test.
+    let started = Instant::now();
+    let error = turn_error(&a.app.say("alice", &thread_id, "three").await, "failing repeatedly");
+    assert!(started.elapsed() < Duration::from_millis(100), "no retries and backoff: {:?}", started.elapsed());
+    assert_eq!(error["allow_retry"], true);
+}
