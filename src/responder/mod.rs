@@ -202,6 +202,13 @@ pub trait Responder: Send + Sync + 'static {
         true
     }
 
+    /// The responder that answers the operations of `session` that carry no `TurnContext`
+    /// (feedback, dictation): a router's pick by the session's workflow; `None` for this one.
+    fn for_session(&self, session: Option<&ActiveSession>) -> Option<Arc<dyn Responder>> {
+        let _ = session;
+        None
+    }
+
     /// Streams the response to a user message, a tool output, a structured
     /// input or a retry.
     fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream;

@@ -17,6 +17,7 @@ use super::{
 use crate::ids::UserId;
 use crate::protocol::{Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, TranscriptionResult};
 use crate::secret::Secret;
+use crate::sessions::ActiveSession;
 
 /// What an entry of the workflows file does not say, taken from the gateway's own settings.
 #[derive(Clone)]
@@ -92,8 +93,12 @@ impl WorkflowRouter {
 
     /// The responder of a turn: its session's workflow's, else the default.
     fn pick(&self, turn: &TurnContext) -> Arc<dyn Responder> {
+        self.pick_for(turn.session.as_deref())
+    }
+
+    fn pick_for(&self, session: Option<&ActiveSession>) -> Arc<dyn Responder> {
         let routes = self.routes();
-        let workflow = turn.session.as_ref().map(|session| session.settings.workflow.id.as_str());
+        let workflow = session.map(|session| session.settings.workflow.id.as_str());
         match workflow.and_then(|id| routes.workflows.get(id)) {
             Some(responder) => responder.clone(),
             None => routes.default.clone(),
@@ -162,6 +167,10 @@ impl Responder for WorkflowRouter {
         self.routes().workflows.contains_key(id)
     }
 
+    fn for_session(&self, session: Option<&ActiveSession>) -> Option<Arc<dyn Responder>> {
+        Some(self.pick_for(session))
+    }
+
     fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream {
         self.pick(&turn).respond(turn, input)
     }
@@ -179,7 +188,8 @@ impl Responder for WorkflowRouter {
         self.pick(&turn).sync_action(turn, action, sender).await
     }
 
-    /// Feedback and dictation carry no session, so the default entry answers them.
+    /// The engine sends feedback and dictation to `for_session`'s pick; called here, without a
+    /// session, the default entry answers them.
     async fn add_feedback(
         &self,
         user: &UserId,

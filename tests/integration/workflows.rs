@@ -89,15 +89,26 @@ async fn two_workflows_reach_two_agents_and_unknown_workflows_are_refused() {
     s.a.push(Reply::stream(answer("msg_a", &["From ", "A."])));
     s.b.push(Reply::stream(answer("msg_b", &["From B."])));
     let (secret_a, secret_b) = (s.secret("wf_a").await, s.secret("wf_b").await);
-    assert_eq!(assistant_text(&s.turn(&secret_b, "to b").await), "From B.");
+    let events_b = s.turn(&secret_b, "to b").await;
+    assert_eq!(assistant_text(&events_b), "From B.");
     assert_eq!(assistant_text(&s.turn(&secret_a, "to a").await), "From A.");
     assert_eq!((s.a.requests().len(), s.b.requests().len()), (1, 1));
     assert_eq!((workflow_of(&s.a, 0), workflow_of(&s.b, 0)), (json!("wf_a"), json!("wf_b")));
 
+    // Feedback has no turn, and still reaches the agent of its session's workflow.
+    s.b.push(Reply::json(200, json!({})));
+    let thread_id = events_b[0]["thread"]["id"].clone();
+    let feedback =
+        request("items.feedback", json!({"thread_id": thread_id, "item_ids": ["msg_b"], "kind": "positive"}));
+    let response = s.app.client.post(s.app.url("/chatkit")).bearer_auth(&secret_b).json(&feedback).send().await;
+    assert_eq!(response.expect("request").status(), 200);
+    assert_eq!(s.b.requests()[1].json.as_ref().expect("a JSON body")["op"], "feedback");
+    assert_eq!((s.a.requests().len(), s.b.requests().len()), (1, 2));
+
     let (status, error) = s.create_session("wf_nobody").await;
     assert_eq!(status, 400, "{error}");
     assert!(error.to_string().contains("unknown workflow `wf_nobody`"), "{error}");
-    assert_eq!((s.a.requests().len(), s.b.requests().len()), (1, 1), "no agent was called");
+    assert_eq!((s.a.requests().len(), s.b.requests().len()), (1, 2), "no agent was called");
 }
 
 #[tokio::test]
