@@ -39,9 +39,14 @@ fn start(file_text: impl Fn(&FakeOpenAi, &FakeOpenAi) -> String) -> Setup {
     let (a, b) = (FakeOpenAi::start(), FakeOpenAi::start());
     let file = tempfile::NamedTempFile::new().expect("temp file");
     write(file.path(), &file_text(&a, &b));
+    // The model service, for `model` entries, is fake `b` too.
+    let mut config = chatkit_gateway::config::Config::for_tests("unused".into());
+    config.model.name = Some("env-model".into());
+    config.model.openai_base_url = b.base_url();
+    config.model.titles = false;
     let defaults = WorkflowDefaults {
         responder: Arc::new(EchoResponder::new()),
-        model: None,
+        model: config.model.settings().expect("valid model settings"),
         agent_history_items: 20,
         agent_timeout: Duration::from_secs(5),
     };
@@ -205,4 +210,16 @@ fn sighup_reloads_the_workflows_file_of_a_configured_gateway() {
     });
     let _ = stop_tx.send(());
     server.join().expect("the app thread");
+}
+
+#[tokio::test]
+async fn a_workflow_can_use_the_model_responder_with_its_own_model_and_instructions() {
+    let s = start(|_, _| {
+        "[workflows.wf_m]\nresponder = \"model\"\nmodel = \"wf-model\"\ninstructions = \"Be brief.\"\n".into()
+    });
+    s.b.push(Reply::text("wf-model", &["Brief."]));
+    let events = s.turn(&s.secret("wf_m").await, "hello").await;
+    assert_eq!(assistant_text(&events), "Brief.");
+    let body = s.b.requests()[0].json.clone().expect("a JSON body");
+    assert_eq!((&body["model"], &body["messages"][0]["content"]), (&json!("wf-model"), &json!("Be brief.")));
 }
