@@ -15,7 +15,7 @@ use crate::engine::{AttachmentFiles, Engine, EngineSettings};
 use crate::fanout::{self, FanoutError};
 use crate::http::AuthMode;
 use crate::http::{self, AdminAccess, ApiError};
-use crate::responder::{AgentResponder, EchoResponder, OpenAiResponder, Responder};
+use crate::responder::{AgentResponder, EchoResponder, OpenAiResponder, Responder, WorkflowDefaults, WorkflowRouter};
 use crate::sessions::Sessions;
 use crate::store::{self, Instrumented, Store, StoreError};
 use crate::thread::ThreadRegistry;
@@ -79,7 +79,7 @@ impl App {
         let store: Arc<dyn Store> = store::open_with_pool(&config.storage.database_url, config.storage.pg_pool).await?;
         let model = config.model.settings().map_err(AppError::Config)?;
         let agent = config.agent.settings().map_err(AppError::Config)?;
-        let responder: Arc<dyn Responder> = match (model, agent) {
+        let responder: Arc<dyn Responder> = match (model.clone(), agent) {
             (Some(_), Some(_)) => {
                 return Err(AppError::Config(
                     "both a model (CHATKIT_MODEL or OPENAI_API_KEY) and an agent backend (CHATKIT_AGENT_URL) are set; set only one".into(),
@@ -93,6 +93,25 @@ impl App {
             (None, Some(settings)) => {
                 tracing::info!(url = %settings.url, "agent backend responder");
                 Arc::new(AgentResponder::new(settings).map_err(AppError::Config)?)
+            }
+        };
+        let responder = match &config.agent.workflows {
+            None => responder,
+            Some(path) => {
+                let defaults = WorkflowDefaults {
+                    responder,
+                    model,
+                    agent_history_items: config.agent.agent_history_items.max(1),
+                    agent_timeout: Duration::from_secs(config.agent.agent_timeout_secs.max(1)),
+                };
+                let router = Arc::new(WorkflowRouter::load(path.clone(), defaults).map_err(AppError::Config)?);
+                tracing::info!(path = %path.display(), "workflows file: responders picked by workflow; SIGHUP reloads it");
+                let reloading = router.clone();
+                // The error of a bad file is logged by `reload`, which keeps the previous routes.
+                actix_web::rt::spawn(crate::shutdown::on_hangup(move || {
+                    let _ = reloading.reload();
+                }));
+                router
             }
         };
         Self::build_with(config, user_header, store, responder)

@@ -272,6 +272,12 @@ pub struct AgentConfig {
     /// Seconds to wait for the agent: for its first event, and between two events.
     #[arg(long, env = "CHATKIT_AGENT_TIMEOUT_SECS", default_value_t = 30)]
     pub agent_timeout_secs: u64,
+
+    /// A TOML file mapping sessions' `workflow.id` to the agent, model or echo
+    /// responder that answers them (see "Workflows pick responders" in README);
+    /// reloaded on SIGHUP.
+    #[arg(long, env = "CHATKIT_WORKFLOWS")]
+    pub workflows: Option<PathBuf>,
 }
 
 impl Config {

@@ -1,4 +1,4 @@
-//! The shutdown signal: a future that resolves on SIGTERM or Ctrl-C.
+//! The process signals: a future that resolves on SIGTERM or Ctrl-C, and the SIGHUP loop that reloads.
 
 /// Resolves when the process is asked to stop.
 pub async fn signal() {
@@ -26,4 +26,20 @@ pub async fn signal() {
         _ = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
         _ = terminate => tracing::info!("SIGTERM received; shutting down"),
     }
+}
+
+/// Calls `reload` on every SIGHUP, for as long as the process runs.
+pub async fn on_hangup(mut reload: impl FnMut()) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut stream) => {
+            while stream.recv().await.is_some() {
+                tracing::info!("SIGHUP received; reloading");
+                reload();
+            }
+        }
+        Err(error) => tracing::error!(%error, "cannot listen for SIGHUP"),
+    }
+    #[cfg(not(unix))]
+    let _ = &mut reload;
 }

@@ -180,6 +180,16 @@ impl Engine {
         &self.store
     }
 
+    /// The responder of the caller's session, for the operations without a `TurnContext`.
+    fn responder_for(&self, caller: &Caller) -> Arc<dyn Responder> {
+        self.responder.for_session(caller.session.as_deref()).unwrap_or_else(|| self.responder.clone())
+    }
+
+    /// Whether sessions of workflow `id` may be created (see `Responder::serves_workflow`).
+    pub fn serves_workflow(&self, id: &str) -> bool {
+        self.responder.serves_workflow(id)
+    }
+
     fn turn_context(&self, user: &UserId, thread: SharedThread, caller: Caller) -> TurnContext {
         TurnContext {
             user: user.clone(),
@@ -213,7 +223,8 @@ impl Engine {
             }
             Request::Feedback(params) => {
                 self.store.load_thread(user, &params.thread_id).await?;
-                guarded(self.responder.add_feedback(user, &params.thread_id, &params.item_ids, params.kind)).await?;
+                let responder = self.responder_for(caller);
+                guarded(responder.add_feedback(user, &params.thread_id, &params.item_ids, params.kind)).await?;
                 Ok(JsonAnswer::Empty)
             }
             Request::CreateAttachment(params) => {
@@ -241,7 +252,7 @@ impl Engine {
                     .decode(params.audio_base64.trim())
                     .map_err(|e| EngineError::BadRequest(format!("params.audio_base64 is not valid base64: {e}")))?;
                 let audio = AudioInput { data: data.into(), mime_type: params.mime_type };
-                Ok(JsonAnswer::Transcription(guarded(self.responder.transcribe(user, audio)).await?))
+                Ok(JsonAnswer::Transcription(guarded(self.responder_for(caller).transcribe(user, audio)).await?))
             }
             Request::SyncCustomAction(params) => {
                 let stored = self.store.load_thread(user, &params.thread_id).await?;

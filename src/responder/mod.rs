@@ -5,11 +5,12 @@
 //! responder streams; a responder only produces events. Backends are
 //! same-shaped files: `echo` (built in, no network), `openai` (any
 //! OpenAI-compatible Chat Completions server) and `agent` (the integrator's own
-//! service over signed HTTP).
+//! service over signed HTTP); `router` picks one of them by the session's workflow.
 
 mod agent;
 mod echo;
 mod openai;
+mod router;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,6 +29,7 @@ use crate::store::{ListQuery, Store};
 pub use agent::{AgentResponder, AgentSettings, WIRE_SCHEMA as AGENT_WIRE_SCHEMA};
 pub use echo::EchoResponder;
 pub use openai::{ClientTool, ModelSettings, OpenAiResponder, DICTATION_TYPES};
+pub use router::{WorkflowDefaults, WorkflowRouter};
 
 /// The events of a response, in order; an `Err` ends the response with an error event.
 pub type EventStream = BoxStream<'static, Result<ThreadStreamEvent, ResponderError>>;
@@ -192,6 +194,20 @@ impl AudioInput {
 pub trait Responder: Send + Sync + 'static {
     /// A short name for logs and metrics, e.g. `echo`.
     fn name(&self) -> &'static str;
+
+    /// Whether sessions of workflow `id` may be created: only a workflows file names the
+    /// workflows it serves, so every other responder serves them all.
+    fn serves_workflow(&self, id: &str) -> bool {
+        let _ = id;
+        true
+    }
+
+    /// The responder that answers the operations of `session` that carry no `TurnContext`
+    /// (feedback, dictation): a router's pick by the session's workflow; `None` for this one.
+    fn for_session(&self, session: Option<&ActiveSession>) -> Option<Arc<dyn Responder>> {
+        let _ = session;
+        None
+    }
 
     /// Streams the response to a user message, a tool output, a structured
     /// input or a retry.

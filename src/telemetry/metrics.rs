@@ -42,6 +42,9 @@ pub struct Metrics {
     pub model_errors: IntCounterVec,
     pub agent_calls: IntCounterVec,
     pub agent_errors: IntCounterVec,
+    /// 1 while an agent's circuit breaker is open (refusing calls), by agent.
+    pub agent_breaker_open: IntGaugeVec,
+    pub agent_breaker_opens: IntCounterVec,
     pub store_duration: HistogramVec,
 }
 
@@ -87,6 +90,13 @@ impl Metrics {
             .expect("gauge");
         registry.register(Box::new(open_streams.clone())).expect("unique metric");
         registered("chatkit_open_streams");
+        let agent_breaker_open = IntGaugeVec::new(
+            Opts::new("chatkit_agent_breaker_open", "1 while an agent's circuit breaker refuses calls, by agent."),
+            &["agent"],
+        )
+        .expect("gauge");
+        registry.register(Box::new(agent_breaker_open.clone())).expect("unique metric");
+        registered("chatkit_agent_breaker_open");
         let metrics = Metrics {
             requests: counter(
                 "chatkit_requests_total",
@@ -143,6 +153,12 @@ impl Metrics {
                 &["op"],
             ),
             agent_errors: counter("chatkit_agent_errors_total", "Failed agent operations, by kind.", &["kind"]),
+            agent_breaker_open,
+            agent_breaker_opens: counter(
+                "chatkit_agent_breaker_opens_total",
+                "Times an agent's circuit breaker opened (again after a failed trial call), by agent.",
+                &["agent"],
+            ),
             store_duration: histogram(
                 "chatkit_store_operation_seconds",
                 "Store operations, by backend and operation.",
@@ -168,9 +184,14 @@ impl Metrics {
         for op in ["respond", "action", "sync_action", "feedback", "transcribe"] {
             metrics.agent_calls.with_label_values(&[op]);
         }
-        for kind in ["connect", "timeout", "rate_limited", "server", "refused", "broken", "idle", "invalid"] {
+        for kind in
+            ["connect", "timeout", "rate_limited", "server", "refused", "broken", "idle", "invalid", "breaker_open"]
+        {
             metrics.agent_errors.with_label_values(&[kind]);
         }
+        // The agent of `CHATKIT_AGENT_URL` is labelled `default`; workflow agents add their own series.
+        metrics.agent_breaker_open.with_label_values(&["default"]);
+        metrics.agent_breaker_opens.with_label_values(&["default"]);
         for topic in ["thread", "user"] {
             metrics.fanout_published.with_label_values(&[topic]);
             metrics.fanout_delivered.with_label_values(&[topic]);
@@ -216,7 +237,7 @@ mod tests {
     #[test]
     fn every_family_is_named_once_with_the_prefix() {
         let names = METRICS.names();
-        assert_eq!(names.len(), 21, "{names:?}");
+        assert_eq!(names.len(), 23, "{names:?}");
         let unique: std::collections::HashSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
         for name in &names {

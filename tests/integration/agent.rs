@@ -15,9 +15,9 @@ use chatkit_gateway::secret::Secret;
 use serde_json::{json, Value};
 
 /// The signing secret every test configures (the example key of the Standard Webhooks specification).
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Bounds every wait on the fake agent.
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// A gateway whose responder is an `AgentResponder` posting to `fake`. The fake is dropped first, so that no turn
 /// can keep the gateway's shutdown waiting on an agent call.
@@ -47,6 +47,18 @@ fn start_at(url: Option<String>, tune: impl FnOnce(&mut AgentSettings)) -> Agent
 }
 
 impl Agent {
+    /// `chatkit_agent_breaker_open` and `chatkit_agent_breaker_opens_total` of the agent labelled
+    /// `breaker_opens_test`, as `/metrics` shows them.
+    async fn breaker_metrics(&self) -> (u64, u64) {
+        let metrics = self.app.client.get(self.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let value = |name: &str| {
+            let prefix = format!("{name}{{agent=\"breaker_opens_test\"}} ");
+            let line = metrics.lines().find_map(|line| line.strip_prefix(&prefix));
+            line.unwrap_or_else(|| panic!("no {prefix} in {metrics}")).parse::<u64>().unwrap()
+        };
+        (value("chatkit_agent_breaker_open"), value("chatkit_agent_breaker_opens_total"))
+    }
+
     /// The JSON bodies the agent received, in order.
     fn bodies(&self) -> Vec<Value> {
         self.fake.requests().into_iter().map(|request| request.json.expect("a JSON body")).collect()
@@ -74,7 +86,7 @@ fn done(id: &str, text: &str) -> Value {
 }
 
 /// A whole answer streamed in parts, as `openai-chatkit`'s `respond()` yields it.
-fn answer(id: &str, parts: &[&str]) -> Vec<Value> {
+pub(crate) fn answer(id: &str, parts: &[&str]) -> Vec<Value> {
     let mut events = vec![added(id)];
     events.extend(parts.iter().map(|part| delta(id, part)));
     events.push(done(id, &parts.concat()));
@@ -495,4 +507,84 @@ async fn json_operations_report_agent_faults_with_the_agents_words_and_never_a_5
     assert_eq!(status.as_u16(), 503, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("HTTP 500"), "{body}");
     assert_eq!(a.fake.requests().len(), 1 + 1 + 3);
+}
+
+#[tokio::test]
+async fn a_failing_agent_opens_the_breaker_then_a_trial_after_the_cool_down_closes_it() {
+    let a = start_at(None, |settings| {
+        settings.retries = 0;
+        settings.breaker_threshold = 2;
+        settings.breaker_cooldown = Duration::from_millis(600);
+        // Its own label, since the metrics are process-wide.
+        settings.name = "breaker_opens_test".into();
+    });
+    // Each failure takes the agent 200 ms, so a refusal that takes less never reached it.
+    for _ in 0..2 {
+        a.fake.push(Reply::error(503, "down").after(Duration::from_millis(200)));
+    }
+    let (thread_id, events) = a.app.create_thread("alice", "one").await;
+    turn_error(&events, "HTTP 503");
+    turn_error(&a.app.say("alice", &thread_id, "two").await, "HTTP 503");
+    assert_eq!(a.fake.requests().len(), 2);
+
+    assert_eq!(a.breaker_metrics().await, (1, 1), "open, and counted");
+    for text in ["three", "four"] {
+        let started = Instant::now();
+        let error = turn_error(&a.app.say("alice", &thread_id, text).await, "failing repeatedly");
+        assert!(started.elapsed() < Duration::from_millis(150), "fails fast: {:?}", started.elapsed());
+        assert_eq!(error["allow_retry"], true);
+    }
+    assert_eq!(a.fake.requests().len(), 2, "an open breaker does not call the agent");
+
+    // Back up after the cool-down: the trial call goes through and closes the breaker.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.fake.push(Reply::stream(answer("msg_b1", &["Back."])));
+    a.fake.push(Reply::stream(answer("msg_b2", &["Still here."])));
+    assert_eq!(assistant_text(&a.app.say("alice", &thread_id, "five").await), "Back.");
+    assert_eq!(assistant_text(&a.app.say("alice", &thread_id, "six").await), "Still here.");
+    assert_eq!(a.fake.requests().len(), 4);
+    assert_eq!(a.breaker_metrics().await, (0, 1), "closed");
+}
+
+#[tokio::test]
+async fn a_failed_trial_opens_the_breaker_again_and_refusals_do_not_open_it() {
+    let a = start_at(None, |settings| {
+        settings.retries = 0;
+        settings.breaker_threshold = 1;
+        settings.breaker_cooldown = Duration::from_millis(300);
+    });
+    // A 4xx means the agent is up: it never opens the breaker.
+    for _ in 0..3 {
+        a.fake.push(Reply::error(400, "Bad input."));
+    }
+    let (thread_id, events) = a.app.create_thread("alice", "one").await;
+    turn_error(&events, "Bad input.");
+    for text in ["two", "three"] {
+        turn_error(&a.app.say("alice", &thread_id, text).await, "Bad input.");
+    }
+    assert_eq!(a.fake.requests().len(), 3);
+    a.fake.push(Reply::error(500, "boom"));
+    turn_error(&a.app.say("alice", &thread_id, "four").await, "HTTP 500");
+    turn_error(&a.app.say("alice", &thread_id, "five").await, "failing repeatedly");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.fake.push(Reply::error(502, "still down"));
+    turn_error(&a.app.say("alice", &thread_id, "six").await, "HTTP 502");
+    turn_error(&a.app.say("alice", &thread_id, "seven").await, "failing repeatedly");
+    assert_eq!(a.fake.requests().len(), 5, "one trial call per cool-down");
+}
+
+#[tokio::test]
+async fn an_agent_that_is_down_costs_a_fast_error_once_the_breaker_opens() {
+    let port = free_port();
+    let a = start_at(Some(format!("http://127.0.0.1:{port}/agent")), |settings| {
+        settings.breaker_threshold = 2;
+    });
+    let (thread_id, events) = a.app.create_thread("alice", "one").await;
+    turn_error(&events, "Could not reach the agent. Try again");
+    turn_error(&a.app.say("alice", &thread_id, "two").await, "Could not reach the agent. Try again");
+    // The default breaker cool-down (10 s) outlasts the rest of the test.
+    let started = Instant::now();
+    let error = turn_error(&a.app.say("alice", &thread_id, "three").await, "failing repeatedly");
+    assert!(started.elapsed() < Duration::from_millis(100), "no retries and backoff: {:?}", started.elapsed());
+    assert_eq!(error["allow_retry"], true);
 }

@@ -31,3 +31,4 @@ mod thread_admin;
 mod thread_status;
 mod viewers;
 mod web;
+mod workflows;

@@ -32,7 +32,7 @@ impl V1Body for SessionCreateParams {
     request_body = SessionCreateParams,
     responses(
         (status = 200, description = "The new session, with its client secret (only here).", body = ChatSession),
-        (status = 400, description = "A bad field, named in the message.", body = ErrorResponse),
+        (status = 400, description = "A bad field, or a workflow the workflows file does not name, named in the message.", body = ErrorResponse),
         KeyErrors,
     )
 )]
@@ -41,6 +41,13 @@ pub(super) async fn create_session(
     V1Json(params): V1Json<SessionCreateParams>,
     state: web::Data<State>,
 ) -> Result<Json<ChatSession>, ApiError> {
+    // Only a workflows file names workflows; an empty id is left to the session's own checks.
+    let workflow = params.workflow.id.trim();
+    if !workflow.is_empty() && !state.engine.serves_workflow(workflow) {
+        return Err(ApiError::bad_request(format!(
+            "unknown workflow `{workflow}`: the workflows file (CHATKIT_WORKFLOWS) has no entry for it"
+        )));
+    }
     Ok(Json(state.sessions.create(params).await?))
 }
 

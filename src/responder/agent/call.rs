@@ -7,6 +7,7 @@ use bytes::Bytes;
 use rand::Rng;
 use serde_json::Value;
 
+use super::breaker::{Admit, Breaker};
 use super::settings::AgentSettings;
 use crate::responder::ResponderError;
 use crate::telemetry::metrics::METRICS;
@@ -29,6 +30,8 @@ pub(super) enum Failure {
     Idle,
     /// The agent answered something that breaks the protocol.
     Invalid(String),
+    /// The circuit breaker is open: the agent failed too often in a row, and was not called.
+    BreakerOpen,
 }
 
 impl Failure {
@@ -45,7 +48,7 @@ impl Failure {
         match self {
             Failure::Connect(_) | Failure::Timeout => true,
             Failure::Status { status, .. } => *status == 429 || *status >= 500,
-            Failure::Broken(_) | Failure::Idle | Failure::Invalid(_) => false,
+            Failure::Broken(_) | Failure::Idle | Failure::Invalid(_) | Failure::BreakerOpen => false,
         }
     }
 
@@ -70,6 +73,7 @@ impl Failure {
             Failure::Broken(_) => "broken",
             Failure::Idle => "idle",
             Failure::Invalid(_) => "invalid",
+            Failure::BreakerOpen => "breaker_open",
         };
         METRICS.agent_errors.with_label_values(&[kind]).inc();
         let (message, allow_retry) = match self {
@@ -97,6 +101,9 @@ impl Failure {
                 ("The agent's answer was cut off. Try again.".to_string(), true)
             }
             Failure::Idle => ("The agent stopped answering. Try again.".to_string(), true),
+            Failure::BreakerOpen => {
+                ("Could not reach the agent: it is failing repeatedly. Try again in a moment.".to_string(), true)
+            }
             Failure::Invalid(detail) => {
                 tracing::warn!(%detail, "the agent sent an answer the gateway refuses");
                 (format!("The agent sent an invalid answer: {detail}"), false)
@@ -110,6 +117,7 @@ impl Failure {
 pub(super) struct Caller {
     http: upstream_http::Client,
     settings: AgentSettings,
+    breaker: Breaker,
 }
 
 impl Caller {
@@ -118,7 +126,8 @@ impl Caller {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| format!("cannot build the HTTP client for the agent: {e}"))?;
-        Ok(Caller { http, settings })
+        let breaker = Breaker::new(&settings.name, settings.breaker_threshold, settings.breaker_cooldown);
+        Ok(Caller { http, settings, breaker })
     }
 
     pub(super) fn settings(&self) -> &AgentSettings {
@@ -157,6 +166,25 @@ impl Caller {
         Err(Failure::Status { status: status.as_u16(), message })
     }
 
+    /// Runs `attempt` behind the circuit breaker: refused at once while it is open; the outcome
+    /// (after the retries) tells the breaker whether the agent is up.
+    async fn guarded<T, F, Fut>(&self, attempt: F) -> Result<T, Failure>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        if self.breaker.admit() == Admit::Refuse {
+            return Err(Failure::BreakerOpen);
+        }
+        let result = self.retrying(attempt).await;
+        match &result {
+            // The failures that say the agent is down, overloaded or too slow are the retryable ones.
+            Err(failure) if failure.retryable() => self.breaker.failed(),
+            _ => self.breaker.succeeded(),
+        }
+        result
+    }
+
     /// Runs `attempt` with the retry policy: retryable failures are tried again after a pause that
     /// doubles, at most `retries` times, and never once the retry budget is spent.
     async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, Failure>
@@ -188,7 +216,7 @@ impl Caller {
 
     /// Opens an event stream and reads its first event (`None` when it ends without one).
     pub(super) async fn open_stream(&self, op: &str, body: Bytes) -> Result<(EventReader, Option<String>), Failure> {
-        self.retrying(|| async {
+        self.guarded(|| async {
             let response = self.send(op, &body, "text/event-stream").await?;
             let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
             if !kind.starts_with("text/event-stream") {
@@ -203,7 +231,7 @@ impl Caller {
 
     /// Posts a body and reads a JSON answer (`null` for an empty body).
     pub(super) async fn call_json(&self, op: &str, body: Bytes) -> Result<Value, Failure> {
-        self.retrying(|| async {
+        self.guarded(|| async {
             let response = self.send(op, &body, "application/json").await?;
             let bytes = response.bytes().await.map_err(Failure::from_http)?;
             if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -2,6 +2,7 @@
 //! signed HTTP requests (wire format version 1, documented in README), and streams its ChatKit
 //! events back to the engine.
 
+mod breaker;
 mod call;
 mod events;
 mod settings;

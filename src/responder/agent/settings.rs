@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ring::hmac;
 
+use super::breaker::{BREAKER_COOLDOWN, BREAKER_THRESHOLD};
 use crate::secret::Secret;
 
 /// Where the agent is and how the gateway talks to it.
@@ -24,10 +25,16 @@ pub struct AgentSettings {
     pub retry_backoff: Duration,
     /// No retry starts once this much time has passed since the first attempt.
     pub retry_budget: Duration,
+    /// The agent's label in logs and metrics (`default`, or its workflow's name).
+    pub name: String,
+    /// Failed calls in a row (down, 5xx, 429, timeout; after their retries) that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails calls at once before it lets a trial call through.
+    pub breaker_cooldown: Duration,
 }
 
 impl AgentSettings {
-    /// Settings with the standard retry policy: two retries, all within 10 s.
+    /// Settings with the standard retry policy (two retries, all within 10 s) and circuit breaker.
     pub fn new(url: String, secret: &Secret, history_items: usize, timeout: Duration) -> Result<Self, String> {
         Ok(AgentSettings {
             url,
@@ -37,6 +44,9 @@ impl AgentSettings {
             retries: 2,
             retry_backoff: Duration::from_millis(250),
             retry_budget: Duration::from_secs(10),
+            name: "default".into(),
+            breaker_threshold: BREAKER_THRESHOLD,
+            breaker_cooldown: BREAKER_COOLDOWN,
         })
     }
 }

@@ -1,0 +1,247 @@
+//! Workflows pick responders: the workflows file (`CHATKIT_WORKFLOWS`, TOML) maps a session's
+//! `workflow.id` to what answers its turns (an agent, the model responder or echo), with a default
+//! for everything else; reloaded on SIGHUP without touching running turns.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{
+    AgentResponder, AgentSettings, AudioInput, EchoResponder, EventStream, ModelSettings, OpenAiResponder,
+    RespondInput, Responder, ResponderError, TurnContext,
+};
+use crate::ids::UserId;
+use crate::protocol::{Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, TranscriptionResult};
+use crate::secret::Secret;
+use crate::sessions::ActiveSession;
+
+/// What an entry of the workflows file does not say, taken from the gateway's own settings.
+#[derive(Clone)]
+pub struct WorkflowDefaults {
+    /// Answers when the file has no `[default]` entry: the responder the environment configures.
+    pub responder: Arc<dyn Responder>,
+    /// The model service's connection settings, which `model` entries need (`None`: no model configured).
+    pub model: Option<ModelSettings>,
+    pub agent_history_items: usize,
+    pub agent_timeout: Duration,
+}
+
+/// The workflows file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowsFile {
+    default: Option<Entry>,
+    #[serde(default)]
+    workflows: HashMap<String, Entry>,
+}
+
+/// One responder of the file, chosen by its `responder` key.
+#[derive(Deserialize)]
+#[serde(tag = "responder", rename_all = "lowercase", deny_unknown_fields)]
+enum Entry {
+    // A struct variant, so that unknown keys are refused here too (a unit variant ignores them).
+    Echo {},
+    Model { model: Option<String>, instructions: Option<String> },
+    Agent { url: String, secret: String, history_items: Option<usize>, timeout_secs: Option<u64> },
+}
+
+/// The responders of one version of the file.
+struct Routes {
+    default: Arc<dyn Responder>,
+    workflows: HashMap<String, Arc<dyn Responder>>,
+}
+
+/// The responder that hands each operation to the responder of its session's workflow.
+pub struct WorkflowRouter {
+    path: PathBuf,
+    defaults: WorkflowDefaults,
+    /// Swapped whole on reload; a running turn holds what its responder needs, so it is untouched.
+    routes: RwLock<Arc<Routes>>,
+}
+
+impl WorkflowRouter {
+    /// Reads the file at `path`; any error in it names the file and the entry.
+    pub fn load(path: PathBuf, defaults: WorkflowDefaults) -> Result<WorkflowRouter, String> {
+        let routes = read(&path, &defaults)?;
+        Ok(WorkflowRouter { path, defaults, routes: RwLock::new(Arc::new(routes)) })
+    }
+
+    /// Reads the file again and routes new operations by it; a bad file keeps the current routes.
+    pub fn reload(&self) -> Result<(), String> {
+        match read(&self.path, &self.defaults) {
+            Ok(routes) => {
+                let count = routes.workflows.len();
+                *self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(routes);
+                tracing::info!(path = %self.path.display(), workflows = count, "workflows reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot reload the workflows file; keeping the previous one");
+                Err(error)
+            }
+        }
+    }
+
+    fn routes(&self) -> Arc<Routes> {
+        // The lock only guards swapping one `Arc` for another, which cannot leave it half done.
+        self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The responder of a turn: its session's workflow's, else the default.
+    fn pick(&self, turn: &TurnContext) -> Arc<dyn Responder> {
+        self.pick_for(turn.session.as_deref())
+    }
+
+    fn pick_for(&self, session: Option<&ActiveSession>) -> Arc<dyn Responder> {
+        let routes = self.routes();
+        let workflow = session.map(|session| session.settings.workflow.id.as_str());
+        match workflow.and_then(|id| routes.workflows.get(id)) {
+            Some(responder) => responder.clone(),
+            None => routes.default.clone(),
+        }
+    }
+}
+
+fn read(path: &PathBuf, defaults: &WorkflowDefaults) -> Result<Routes, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the workflows file {shown}: {e}"))?;
+    let file: WorkflowsFile =
+        toml::from_str(&text).map_err(|e| format!("the workflows file {shown} is invalid: {e}"))?;
+    let default = match file.default {
+        Some(entry) => build("default", entry, defaults)?,
+        None => defaults.responder.clone(),
+    };
+    let mut workflows = HashMap::new();
+    for (id, entry) in file.workflows {
+        let responder = build(&id, entry, defaults).map_err(|e| format!("the workflows file {shown}: {e}"))?;
+        workflows.insert(id, responder);
+    }
+    Ok(Routes { default, workflows })
+}
+
+/// Makes the responder of one entry.
+fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn Responder>, String> {
+    Ok(match entry {
+        Entry::Echo {} => Arc::new(EchoResponder::new()),
+        Entry::Model { model, instructions } => {
+            let Some(mut settings) = defaults.model.clone() else {
+                return Err(format!(
+                    "workflow `{id}` uses the model responder, but no model is configured (CHATKIT_MODEL or OPENAI_API_KEY)"
+                ));
+            };
+            if let Some(model) = model {
+                settings.allowed_models = vec![model.clone()];
+                settings.title_model = model.clone();
+                settings.default_model = model;
+            }
+            if let Some(instructions) = instructions {
+                settings.system_prompt = instructions;
+            }
+            Arc::new(OpenAiResponder::new(settings).map_err(|e| format!("workflow `{id}`: {e}"))?)
+        }
+        Entry::Agent { url, secret, history_items, timeout_secs } => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("workflow `{id}`: `url` must be an http:// or https:// URL; got `{url}`"));
+            }
+            let timeout = timeout_secs.map_or(defaults.agent_timeout, |secs| Duration::from_secs(secs.max(1)));
+            let history = history_items.unwrap_or(defaults.agent_history_items).max(1);
+            let mut settings = AgentSettings::new(url, &Secret::new(secret), history, timeout)
+                .map_err(|e| format!("workflow `{id}`: {e}"))?;
+            settings.name = id.to_string();
+            Arc::new(AgentResponder::new(settings).map_err(|e| format!("workflow `{id}`: {e}"))?)
+        }
+    })
+}
+
+#[async_trait]
+impl Responder for WorkflowRouter {
+    fn name(&self) -> &'static str {
+        "workflows"
+    }
+
+    fn serves_workflow(&self, id: &str) -> bool {
+        self.routes().workflows.contains_key(id)
+    }
+
+    fn for_session(&self, session: Option<&ActiveSession>) -> Option<Arc<dyn Responder>> {
+        Some(self.pick_for(session))
+    }
+
+    fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream {
+        self.pick(&turn).respond(turn, input)
+    }
+
+    fn action(&self, turn: TurnContext, action: Action, sender: Option<ThreadItem>) -> EventStream {
+        self.pick(&turn).action(turn, action, sender)
+    }
+
+    async fn sync_action(
+        &self,
+        turn: TurnContext,
+        action: Action,
+        sender: Option<ThreadItem>,
+    ) -> Result<SyncCustomActionResponse, ResponderError> {
+        self.pick(&turn).sync_action(turn, action, sender).await
+    }
+
+    /// The engine sends feedback and dictation to `for_session`'s pick; called here, without a
+    /// session, the default entry answers them.
+    async fn add_feedback(
+        &self,
+        user: &UserId,
+        thread_id: &str,
+        item_ids: &[String],
+        kind: FeedbackKind,
+    ) -> Result<(), ResponderError> {
+        let responder = self.routes().default.clone();
+        responder.add_feedback(user, thread_id, item_ids, kind).await
+    }
+
+    async fn transcribe(&self, user: &UserId, audio: AudioInput) -> Result<TranscriptionResult, ResponderError> {
+        let responder = self.routes().default.clone();
+        responder.transcribe(user, audio).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> WorkflowDefaults {
+        WorkflowDefaults {
+            responder: Arc::new(EchoResponder::new()),
+            model: None,
+            agent_history_items: 20,
+            agent_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn load(text: &str) -> Result<WorkflowRouter, String> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        WorkflowRouter::load(file.path().to_path_buf(), defaults())
+    }
+
+    #[test]
+    fn entries_are_checked_and_named_in_errors() {
+        let router = load(
+            "[default]\nresponder = \"echo\"\n[workflows.wf_a]\nresponder = \"agent\"\nurl = \"http://127.0.0.1:9/a\"\nsecret = \"whsec_MDEy\"\n",
+        )
+        .unwrap();
+        assert!(router.serves_workflow("wf_a") && !router.serves_workflow("wf_b"));
+        let error = load("[workflows.wf_m]\nresponder = \"model\"\n").err().unwrap();
+        assert!(error.contains("wf_m") && error.contains("no model is configured"), "{error}");
+        let error = load("[workflows.wf_x]\nresponder = \"agent\"\nurl = \"ftp://a\"\nsecret = \"whsec_MDEy\"\n")
+            .err()
+            .unwrap();
+        assert!(error.contains("wf_x") && error.contains("http://"), "{error}");
+        let error = load("[workflows.wf_y]\nresponder = \"echo\"\nurl = \"http://a\"\n").err().unwrap();
+        assert!(error.contains("url"), "an unknown key is refused: {error}");
+        let error = load("[workflows.wf_z]\nresponder = \"telepathy\"\n").err().unwrap();
+        assert!(error.contains("telepathy"), "{error}");
+    }
+}
