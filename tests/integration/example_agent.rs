@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::fake_openai::{FakeOpenAi, Reply, MODEL};
+use crate::common::redis::RedisServer;
+use crate::common::viewer::rebuilt_text;
 use crate::common::*;
 use chatkit_gateway::config::Config;
-use chatkit_gateway::responder::AgentResponder;
+use chatkit_gateway::responder::{AgentResponder, Responder};
 use chatkit_gateway::secret::Secret;
 use serde_json::{json, Value};
 
@@ -67,15 +69,19 @@ impl Drop for ExampleAgent {
     }
 }
 
-/// A gateway recording what it sends, whose agent backend is `agent`, signing with `secret`.
-fn gateway(agent: &ExampleAgent, secret: &str) -> TestApp {
+/// The agent responder of a gateway whose agent backend is `agent`, signing with `secret`.
+fn agent_responder(agent: &ExampleAgent, secret: &str) -> Arc<dyn Responder> {
     let mut config = Config::for_tests("unused".into());
     config.agent.agent_url = Some(agent.url.clone());
     config.agent.agent_secret = Some(Secret::new(secret));
     config.agent.agent_timeout_secs = 10;
     let settings = config.agent.settings().expect("valid agent settings").expect("an agent responder");
-    let responder = AgentResponder::new(settings).expect("responder builds");
-    spawn(Spawn { responder: Arc::new(responder), record: true, ..Spawn::default() })
+    Arc::new(AgentResponder::new(settings).expect("responder builds"))
+}
+
+/// A gateway recording what it sends, whose agent backend is `agent`, signing with `secret`.
+fn gateway(agent: &ExampleAgent, secret: &str) -> TestApp {
+    spawn(Spawn { responder: agent_responder(agent, secret), record: true, ..Spawn::default() })
 }
 
 /// The item a turn finished of `kind`.
@@ -213,4 +219,28 @@ async fn with_a_model_url_the_example_agent_streams_the_models_answer() {
     let items = app.items("dave", &tid).await;
     assert_eq!(items.last().expect("items")["content"][0]["text"], "Hello from the model.");
     check_conformance(&app.transcript_lines());
+}
+
+/// The agent's answer streams to a tab on another replica: two replicas share
+/// a store and a test Redis, the turn runs on the first, the tab views the
+/// thread on the second and sees the deltas as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_agents_answer_streams_to_a_viewer_on_another_replica() {
+    let agent = ExampleAgent::start().await;
+    let redis = RedisServer::start();
+    let replicas = redis.replicas(2, || Spawn { responder: agent_responder(&agent, SECRET), ..Spawn::default() });
+    let (one, two) = (&replicas[0], &replicas[1]);
+    let (tid, created) = one.create_thread("alice", "first").await;
+    no_error(&created);
+    let mut tab = two.view_thread("alice", &tid).await;
+
+    let events = one.say("alice", &tid, "across the replicas").await;
+    no_error(&events);
+    let answer = done_item(&events, "assistant_message");
+    let answer_id = answer["id"].as_str().expect("an answer id").to_string();
+    let frames = tab.until(|f| f.kind() == "thread.item.done" && f.data["item"]["id"] == json!(answer_id)).await;
+    let deltas = frames.iter().filter(|f| f.data["update"]["type"] == "assistant_message.content_part.text_delta");
+    assert!(deltas.count() > 3, "the other replica's tab sees the answer stream: {frames:?}");
+    assert_eq!(rebuilt_text(&frames, &answer_id), assistant_text(&events));
+    assert!(assistant_text(&events).starts_with("You said: across the replicas"), "{events:?}");
 }
