@@ -14,6 +14,7 @@
 #   USER_HEADER    header that names the user, given to both programs (x-user-id)
 #   READY_TIMEOUT  seconds to wait for the agent and each gateway to be ready (30)
 #   WORKERS        HTTP worker threads of the gateway (its default: one per CPU)
+#   HISTORY_ITEMS  thread items sent with each agent request (the gateway's default, 20)
 #   CARGO_TARGET_DIR is respected when set.
 #
 # Details of each run go to stderr; the machine line and the tables go to stdout.
@@ -69,6 +70,7 @@ lt_say "echo agent (pid ${lt_server_pids[0]}) on 127.0.0.1:$agent_port"
 # The echo agent does not verify signatures, but the gateway needs a secret to sign with.
 lt_gateway_env=(CHATKIT_AGENT_URL="http://127.0.0.1:$agent_port/agent"
     CHATKIT_AGENT_SECRET="whsec_$(head -c 32 /dev/urandom | base64)")
+if [[ -n ${HISTORY_ITEMS:-} ]]; then lt_gateway_env+=(CHATKIT_AGENT_HISTORY_ITEMS="$HISTORY_ITEMS"); fi
 lt_start_replicas 1 "sqlite://$lt_tmp/agent.db"
 lt_request_scenarios "http://127.0.0.1:${lt_ports[0]}" agent || {
     show_logs
