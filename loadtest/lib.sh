@@ -184,6 +184,8 @@ lt_create_database() {
 # lt_start_replicas COUNT DATABASE_URL [REDIS_URL]: starts COUNT gateways with the echo responder on free ports
 # (lt_ports), each with its own data directory and log ($lt_tmp/replica-N.log), and waits until every one answers
 # GET /readyz with 200: the store answers and, with Redis, the replica's subscriber is connected.
+# Settings in lt_gateway_env (NAME=VALUE words, such as an agent backend's URL) are given to each replica too.
+lt_gateway_env=()
 lt_start_replicas() {
     local count=$1 database_url=$2 redis_url=${3:-} i port
     lt_ports=()
@@ -193,11 +195,12 @@ lt_start_replicas() {
         lt_ports+=("$port")
         mkdir -p "$lt_tmp/data-$i"
         # Settings the caller's environment might hold that would change what is measured are cleared.
-        env -u REDIS_URL -u OPENAI_API_KEY -u CHATKIT_ADMIN_KEYS -u RUST_LOG \
+        env -u REDIS_URL -u OPENAI_API_KEY -u CHATKIT_ADMIN_KEYS -u RUST_LOG -u CHATKIT_AGENT_URL \
+            -u CHATKIT_AGENT_SECRET -u CHATKIT_WORKFLOWS \
             ${redis_url:+REDIS_URL="$redis_url"} DATABASE_URL="$database_url" CHATKIT_BIND="127.0.0.1:$port" \
             CHATKIT_DATA_DIR="$lt_tmp/data-$i" CHATKIT_LOG=warn CHATKIT_MODEL=echo CHATKIT_AUTH=header \
             CHATKIT_USER_HEADER="$USER_HEADER" CHATKIT_SHUTDOWN_GRACE_SECS=5 ${WORKERS:+CHATKIT_WORKERS="$WORKERS"} \
-            "$lt_gateway" >"$lt_tmp/replica-$i.log" 2>&1 &
+            "${lt_gateway_env[@]}" "$lt_gateway" >"$lt_tmp/replica-$i.log" 2>&1 &
         lt_server_pids+=($!)
     done
     local deadline=$((SECONDS + READY_TIMEOUT + 1)) pid

@@ -1,6 +1,7 @@
 //! `chatkit-loadtest`: drives local chatkit-gateway replicas with many virtual clients and viewers and reports
 //! throughput, latency and fan-out.
 
+mod agent_echo;
 mod cli;
 mod fanout;
 mod mixed;
@@ -31,6 +32,10 @@ use scenario::{Phases, Target, VirtualClient};
 const MAX_SHARDS: usize = 64;
 
 fn main() -> ExitCode {
+    // The echo agent is a server, not a load: it has its own options, read before the load's.
+    if std::env::args().nth(1).as_deref() == Some("agent-echo") {
+        return agent_echo_main();
+    }
     let args = Args::parse();
     // Each scenario checks its own options before anything starts.
     let plan = match args.scenario {
@@ -97,6 +102,32 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Options of `chatkit-loadtest agent-echo`.
+#[derive(Parser)]
+#[command(name = "chatkit-loadtest agent-echo")]
+struct AgentEchoArgs {
+    /// Loopback port to listen on.
+    #[arg(long)]
+    port: u16,
+}
+
+/// Runs the echo agent (see `agent_echo`) until the process is stopped.
+fn agent_echo_main() -> ExitCode {
+    let args = AgentEchoArgs::parse_from(std::env::args().skip(1));
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(agent_echo::serve(args.port)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("chatkit-loadtest: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// What the options ask for, checked.
