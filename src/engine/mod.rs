@@ -69,6 +69,10 @@ pub enum EngineError {
     /// The request could not be carried out now; nothing was written.
     #[error("{0}")]
     Unavailable(String),
+    /// What answers the gateway's requests (the integrator's agent, the model service) failed
+    /// in a way that may pass: down, busy or too slow. The message says which, for the user.
+    #[error("{0}")]
+    UpstreamFailed(String),
     #[error("store failed: {0}")]
     Store(StoreError),
     #[error("responder failed: {0}")]
@@ -91,9 +95,9 @@ impl From<ResponderError> for EngineError {
     fn from(error: ResponderError) -> Self {
         match error {
             ResponderError::BadRequest(message) => EngineError::BadRequest(message),
-            // A retryable failure (a model service down, rate limited) is the
-            // gateway's trouble, not a bad request.
-            ResponderError::Custom { message, allow_retry: true } => EngineError::Unavailable(message),
+            // A retryable failure (an agent or model service down, rate limited) is neither a
+            // bad request nor the gateway's own failure.
+            ResponderError::Custom { message, allow_retry: true } => EngineError::UpstreamFailed(message),
             ResponderError::Custom { message, .. } => EngineError::BadRequest(message),
             ResponderError::Unsupported(op) => {
                 EngineError::Unsupported(format!("{op} is not supported by this gateway's responder"))

@@ -148,6 +148,11 @@ impl From<EngineError> for ApiError {
             EngineError::Unsupported(message) => ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message),
             EngineError::Busy(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "thread_busy", message),
             EngineError::Unavailable(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+            // Not a 5xx: the gateway itself is well, and a proxy in front must not take it for down and
+            // route around it. 424 (Failed Dependency) says that what the request depended on failed.
+            EngineError::UpstreamFailed(message) => {
+                ApiError::new(StatusCode::FAILED_DEPENDENCY, "upstream_unavailable", message)
+            }
             EngineError::Store(inner) => {
                 tracing::error!(error = %inner, "store failure");
                 ApiError::new(

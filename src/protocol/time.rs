@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// A point in time, always held in UTC.
@@ -31,11 +31,33 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let naive = self.0.naive_utc();
-        if naive.nanosecond() / 1_000 == 0 {
-            write!(f, "{}", naive.format("%Y-%m-%dT%H:%M:%S"))
-        } else {
-            write!(f, "{}", naive.format("%Y-%m-%dT%H:%M:%S%.6f"))
+        let micros = naive.nanosecond() / 1_000;
+        if !(0..=9999).contains(&naive.year()) || micros >= 1_000_000 {
+            // Years of other widths and leap seconds are left to chrono.
+            return match micros {
+                0 => write!(f, "{}", naive.format("%Y-%m-%dT%H:%M:%S")),
+                _ => write!(f, "{}", naive.format("%Y-%m-%dT%H:%M:%S%.6f")),
+            };
         }
+        // Every item and event carries a timestamp, so they are written digit by digit rather
+        // than through chrono's format strings, which are parsed anew on each call.
+        let mut text = *b"0000-00-00T00:00:00.000000";
+        let mut put = |at: usize, width: usize, mut value: u32| {
+            for slot in text[at..at + width].iter_mut().rev() {
+                *slot = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, naive.year().unsigned_abs());
+        put(5, 2, naive.month());
+        put(8, 2, naive.day());
+        put(11, 2, naive.hour());
+        put(14, 2, naive.minute());
+        put(17, 2, naive.second());
+        put(20, 6, micros);
+        let end = if micros == 0 { 19 } else { text.len() };
+        // Only ASCII digits and separators were written.
+        f.write_str(std::str::from_utf8(&text[..end]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -126,6 +148,23 @@ mod tests {
         ] {
             let slow = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").unwrap().and_utc();
             assert_eq!(parse_naive(text.as_bytes()), Some(Timestamp(slow)), "{text}");
+        }
+    }
+
+    #[test]
+    fn writing_agrees_with_chrono() {
+        let now = Timestamp::now();
+        let texts = ["2026-11-23T14:16:35", "0001-01-01T00:00:00.000001", "9999-12-31T23:59:59.999999"];
+        let more = ["1999-01-01T00:00:00.123456789", "2026-11-23T15:16:35.5+01:00", "2026-11-23T14:16:35.000000999"];
+        let mut stamps: Vec<Timestamp> = texts.iter().chain(&more).map(|text| parse(text).unwrap()).collect();
+        stamps.push(now);
+        for stamp in stamps {
+            let naive = stamp.0.naive_utc();
+            let expected = match naive.nanosecond() / 1_000 {
+                0 => naive.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                _ => naive.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+            };
+            assert_eq!(stamp.to_string(), expected);
         }
     }
 }

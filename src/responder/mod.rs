@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
+use serde_json::value::RawValue;
 
 use crate::ids::UserId;
 use crate::protocol::{
@@ -171,6 +172,14 @@ impl TurnContext {
         let mut items = page.data;
         items.reverse();
         Ok(items)
+    }
+
+    /// The same items as the JSON they are stored as, for a responder that only forwards them.
+    pub async fn recent_items_json(&self, count: usize) -> Result<Vec<Box<RawValue>>, ResponderError> {
+        self.store
+            .recent_items_json(&self.user, &self.thread.id(), count.max(1))
+            .await
+            .map_err(|e| ResponderError::Internal(format!("cannot load the thread's items: {e}")))
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use serde_json::value::RawValue;
 
 use super::{ListQuery, SessionRecord, Store, StoreResult, UserId};
 use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
@@ -67,6 +68,10 @@ impl Store for Instrumented {
 
     async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Page<ThreadItem>> {
         self.timed("list_items", self.inner.list_items(user, thread_id, query)).await
+    }
+
+    async fn recent_items_json(&self, user: &UserId, thread_id: &str, count: usize) -> StoreResult<Vec<Box<RawValue>>> {
+        self.timed("recent_items_json", self.inner.recent_items_json(user, thread_id, count)).await
     }
 
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {

@@ -22,6 +22,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::value::RawValue;
 
 use crate::ids::UserId;
 use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata};
@@ -65,6 +66,11 @@ pub enum StoreError {
     /// The backend failed; the message is for logs, not for clients.
     #[error("store backend failed: {0}")]
     Backend(String),
+}
+
+/// A record as raw JSON, for `recent_items_json`.
+fn to_raw_json(item: &ThreadItem) -> StoreResult<Box<RawValue>> {
+    serde_json::value::to_raw_value(item).map_err(|err| StoreError::Backend(format!("cannot serialize record: {err}")))
 }
 
 impl StoreError {
@@ -157,6 +163,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of a thread's items, including hidden ones.
     async fn list_items(&self, user: &UserId, thread_id: &str, query: &ListQuery) -> StoreResult<Page<ThreadItem>>;
+    /// A thread's newest `count` items (hidden ones included), oldest first, as the JSON they are
+    /// stored as: for callers that only forward them (the agent responder), which then need not
+    /// parse and re-serialize them. This default serializes `list_items`; SQL backends hand over
+    /// their stored text.
+    async fn recent_items_json(&self, user: &UserId, thread_id: &str, count: usize) -> StoreResult<Vec<Box<RawValue>>> {
+        let page = self.list_items(user, thread_id, &ListQuery::first(count, Order::Desc)).await?;
+        let mut items = page.data.iter().map(to_raw_json).collect::<StoreResult<Vec<_>>>()?;
+        items.reverse();
+        Ok(items)
+    }
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem>;
     /// Appends a new item to its thread (`item.thread_id`).
     async fn add_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()>;

@@ -12,11 +12,14 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
+use serde_json::value::RawValue;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, Row};
 
 use super::paging::{effective_limit, finish_page, Listed, Window};
-use super::sql::{fetch_limit, found, pending_migrations, to_json, Dialect, SqlRow, Statements, SCHEMA_VERSION};
+use super::sql::{
+    fetch_limit, found, pending_migrations, raw_json, to_json, Dialect, SqlRow, Statements, SCHEMA_VERSION,
+};
 use super::{Entity, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET};
 use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
 
@@ -317,6 +320,32 @@ impl Store for PostgresStore {
             }
         }
         Ok(page)
+    }
+
+    async fn recent_items_json(&self, user: &UserId, thread_id: &str, count: usize) -> StoreResult<Vec<Box<RawValue>>> {
+        let rows = sqlx::query(SQL.items_window(false))
+            .bind(thread_id)
+            .bind(user.as_str())
+            .bind(i64::MIN)
+            .bind(i64::MAX)
+            .bind(i64::try_from(count).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        let mut items = rows.iter().map(|row| raw_json(row.text(0)?)).collect::<StoreResult<Vec<_>>>()?;
+        if items.is_empty() {
+            let known: bool = sqlx::query_scalar(&SQL.thread_exists)
+                .bind(thread_id)
+                .bind(user.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend_error)?;
+            if !known {
+                return Err(StoreError::not_found(Entity::Thread, thread_id));
+            }
+        }
+        items.reverse();
+        Ok(items)
     }
 
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {

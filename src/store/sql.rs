@@ -276,6 +276,12 @@ pub(super) fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|err| StoreError::Backend(format!("stored record does not parse: {err}")))
 }
 
+/// A stored JSON record as it is, checked to be JSON but not parsed into a type.
+pub(super) fn raw_json(text: &str) -> StoreResult<Box<serde_json::value::RawValue>> {
+    serde_json::value::RawValue::from_string(text.to_owned())
+        .map_err(|err| StoreError::Backend(format!("stored record is not JSON: {err}")))
+}
+
 /// The SQL `LIMIT` that fetches one row beyond the page, which tells whether more follow.
 pub(super) fn fetch_limit(limit: usize) -> i64 {
     i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)

@@ -499,12 +499,13 @@ async fn json_operations_report_agent_faults_with_the_agents_words_and_never_a_5
     let (status, body) = a.app.try_call("alice", "items.feedback", feedback.clone()).await;
     assert_eq!(status.as_u16(), 400, "{body}");
     assert_eq!(body["error"]["message"], "Feedback is closed for this thread.");
-    // A failing agent is retried, then reported as unavailable (retryable), with what failed.
+    // A failing agent is retried, then reported as a failed dependency (a 4xx, never a 5xx), with what failed.
     for _ in 0..3 {
         a.fake.push(Reply::error(500, "boom"));
     }
     let (status, body) = a.app.try_call("alice", "items.feedback", feedback).await;
-    assert_eq!(status.as_u16(), 503, "{body}");
+    assert_eq!(status.as_u16(), 424, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_unavailable", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("HTTP 500"), "{body}");
     assert_eq!(a.fake.requests().len(), 1 + 1 + 3);
 }

@@ -1,4 +1,5 @@
-//! Graceful shutdown of the real binary: SIGTERM lets a streaming turn finish
+//! Graceful shutdown of the real binary, answering through the model responder or an agent backend: SIGTERM
+//! lets a streaming turn finish
 //! (or cancels it past the grace period, keeping its partial answer), closes
 //! viewer streams with a reconnect hint, and loses nothing that was accepted.
 
@@ -28,8 +29,43 @@ impl Drop for Gateway {
     }
 }
 
-/// Starts the release-less test build of the binary on a free port, answering through `fake`.
-fn start(fake: &FakeOpenAi, grace_secs: u64) -> Gateway {
+/// What answers the turns: the model responder or an agent backend, both played by the fake server.
+#[derive(Clone, Copy)]
+enum Upstream {
+    Model,
+    Agent,
+}
+
+impl Upstream {
+    /// A reply that streams an assistant message in `parts`, pausing `delay` before each event after the first.
+    fn answer(self, parts: &[&str], delay: Duration) -> Reply {
+        let reply = match self {
+            Upstream::Model => Reply::stream(fake_openai::text_chunks(MODEL, parts)),
+            Upstream::Agent => Reply::stream(crate::agent::answer("msg_shutdown", parts)),
+        };
+        reply.delay(delay)
+    }
+
+    /// The environment that points the gateway at `fake` in this role.
+    fn env(self, fake: &FakeOpenAi) -> Vec<(&'static str, String)> {
+        match self {
+            Upstream::Model => vec![
+                ("OPENAI_BASE_URL", fake.base_url()),
+                ("OPENAI_API_KEY", "sk-shutdown".into()),
+                ("CHATKIT_MODEL", MODEL.into()),
+                ("CHATKIT_TITLES", "false".into()),
+            ],
+            Upstream::Agent => vec![
+                // The fake serves its scripted replies on the path the model client posts to.
+                ("CHATKIT_AGENT_URL", format!("{}/chat/completions", fake.base_url())),
+                ("CHATKIT_AGENT_SECRET", crate::agent::SECRET.into()),
+            ],
+        }
+    }
+}
+
+/// Starts the release-less test build of the binary on a free port, answering through `fake` as `upstream`.
+fn start(fake: &FakeOpenAi, upstream: Upstream, grace_secs: u64) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chatkit.db");
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatkit-gateway"))
@@ -38,10 +74,7 @@ fn start(fake: &FakeOpenAi, grace_secs: u64) -> Gateway {
         .env("CHATKIT_BIND", "127.0.0.1:0")
         .env("DATABASE_URL", format!("sqlite://{}", db.display()))
         .env("CHATKIT_DATA_DIR", dir.path().join("data"))
-        .env("OPENAI_BASE_URL", fake.base_url())
-        .env("OPENAI_API_KEY", "sk-shutdown")
-        .env("CHATKIT_MODEL", MODEL)
-        .env("CHATKIT_TITLES", "false")
+        .envs(upstream.env(fake))
         .env("CHATKIT_SHUTDOWN_GRACE_SECS", grace_secs.to_string())
         .env("CHATKIT_LOG", "info")
         .env("NO_COLOR", "1")
@@ -127,12 +160,12 @@ async fn rest(mut response: reqwest::Response) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_a_streaming_turn_finish_and_closes_viewers_with_a_retry_hint() {
+/// SIGTERM while a turn streams: the turn finishes within the grace period, viewers are told to reconnect, the
+/// process exits cleanly and the whole answer is stored.
+async fn check_turn_finishes_on_sigterm(upstream: Upstream) {
     let fake = FakeOpenAi::start();
-    let parts = ["one ", "two ", "three ", "four"];
-    fake.push(Reply::stream(fake_openai::text_chunks(MODEL, &parts)).delay(Duration::from_millis(250)));
-    let mut gateway = start(&fake, 20);
+    fake.push(upstream.answer(&["one ", "two ", "three ", "four"], Duration::from_millis(250)));
+    let mut gateway = start(&fake, upstream, 20);
     let mut history = viewer::open(&format!("{}/chatkit/events", gateway.base), "alice", None).await;
     let (turn, thread_id) = begin_turn(&gateway).await;
     gateway.terminate();
@@ -146,13 +179,14 @@ async fn sigterm_lets_a_streaming_turn_finish_and_closes_viewers_with_a_retry_hi
     assert_eq!(gateway.stored_assistant_text(&thread_id).await, ["one two three four"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_turn_longer_than_the_grace_period_is_cancelled_and_keeps_its_partial_answer() {
+/// SIGTERM while a turn longer than the grace period streams: it is cancelled when the grace period ends, and its
+/// partial answer is stored.
+async fn check_long_turn_is_cancelled_on_sigterm(upstream: Upstream) {
     let fake = FakeOpenAi::start();
     let parts: Vec<String> = (0..40).map(|n| format!("w{n} ")).collect();
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    fake.push(Reply::stream(fake_openai::text_chunks(MODEL, &parts)).delay(Duration::from_millis(200)));
-    let mut gateway = start(&fake, 1);
+    fake.push(upstream.answer(&parts, Duration::from_millis(200)));
+    let mut gateway = start(&fake, upstream, 1);
     let (turn, thread_id) = begin_turn(&gateway).await;
     gateway.terminate();
     let started = std::time::Instant::now();
@@ -164,4 +198,24 @@ async fn a_turn_longer_than_the_grace_period_is_cancelled_and_keeps_its_partial_
     let stored = gateway.stored_assistant_text(&thread_id).await;
     assert_eq!(stored.len(), 1, "the partial answer is kept: {stored:?}");
     assert!(stored[0].starts_with("w0 w1 "), "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_streaming_turn_finish_and_closes_viewers_with_a_retry_hint() {
+    check_turn_finishes_on_sigterm(Upstream::Model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_longer_than_the_grace_period_is_cancelled_and_keeps_its_partial_answer() {
+    check_long_turn_is_cancelled_on_sigterm(Upstream::Model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_agent_turn_finish() {
+    check_turn_finishes_on_sigterm(Upstream::Agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_turn_longer_than_the_grace_period_is_cancelled_and_keeps_its_partial_answer() {
+    check_long_turn_is_cancelled_on_sigterm(Upstream::Agent).await;
 }

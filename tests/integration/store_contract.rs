@@ -487,6 +487,40 @@ async fn threads_page_through_45(store: Arc<dyn Store>) {
     pages_of_20_both_ways(load, |(_, thread): &(UserId, ThreadMetadata)| thread.id.clone(), &created).await;
 }
 
+/// The newest items as stored JSON: oldest first, hidden ones included, equal to the parsed items, scoped like
+/// every other read.
+async fn recent_items_json_are_the_newest_as_stored(store: Arc<dyn Store>) {
+    let user = alice();
+    let thread = new_thread();
+    let neighbour = new_thread();
+    store.create_thread(&user, &thread).await.unwrap();
+    store.create_thread(&user, &neighbour).await.unwrap();
+    assert!(store.recent_items_json(&user, &thread.id, 5).await.unwrap().is_empty(), "a thread without items");
+    for n in 0..7 {
+        let item = match n {
+            3 => hidden_context(&thread.id, "between"),
+            _ => user_message(&thread.id, &format!("message {n}")),
+        };
+        store.add_item(&user, &item).await.unwrap();
+        store.add_item(&user, &user_message(&neighbour.id, "noise")).await.unwrap();
+    }
+    let all = store.list_items(&user, &thread.id, &first(100, Order::Asc)).await.unwrap().data;
+    let as_json = |items: &[ThreadItem]| items.iter().map(|item| serde_json::to_value(item).unwrap()).collect();
+    let recent = |count| {
+        let (store, user, thread_id) = (store.clone(), user.clone(), thread.id.clone());
+        async move {
+            let raw = store.recent_items_json(&user, &thread_id, count).await.unwrap();
+            raw.iter().map(|item| serde_json::from_str(item.get()).unwrap()).collect::<Vec<Value>>()
+        }
+    };
+    let expected: Vec<Value> = as_json(&all[2..]);
+    assert_eq!(recent(5).await, expected);
+    let expected: Vec<Value> = as_json(&all);
+    assert_eq!(recent(50).await, expected, "fewer items than asked for: all of them");
+    assert_not_found(store.recent_items_json(&bob(), &thread.id, 5).await, Entity::Thread);
+    assert_not_found(store.recent_items_json(&user, "thr_missing", 5).await, Entity::Thread);
+}
+
 async fn items_page_through_45(store: Arc<dyn Store>) {
     let user = alice();
     let thread = new_thread();
@@ -1301,6 +1335,7 @@ contract!(
     threads_list_per_user_in_creation_order,
     threads_page_through_45,
     items_page_through_45,
+    recent_items_json_are_the_newest_as_stored,
     page_envelope_is_exact,
     zero_limit_means_the_default_page_size,
     unknown_cursors_are_rejected,

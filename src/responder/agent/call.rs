@@ -255,7 +255,7 @@ impl EventReader {
     pub(super) async fn next(&mut self) -> Result<Option<String>, Failure> {
         loop {
             if let Some(frame) = self.take_frame() {
-                match frame_data(&frame) {
+                match frame_data(frame) {
                     Some(data) if data == "[DONE]" => {
                         self.ended = true;
                         self.buffer.clear();
@@ -285,14 +285,10 @@ impl EventReader {
     /// Removes one complete frame (up to a blank line) from the buffer.
     fn take_frame(&mut self) -> Option<String> {
         let text = &self.buffer;
-        let (end, skip) = (0..text.len()).find_map(|i| {
-            if text[i..].starts_with(b"\n\n") {
-                Some((i, 2))
-            } else if text[i..].starts_with(b"\r\n\r\n") {
-                Some((i, 4))
-            } else {
-                None
-            }
+        let (end, skip) = text.iter().enumerate().find_map(|(i, &byte)| match byte {
+            b'\n' if text.get(i + 1) == Some(&b'\n') => Some((i, 2)),
+            b'\r' if text[i..].starts_with(b"\r\n\r\n") => Some((i, 4)),
+            _ => None,
         })?;
         let frame = String::from_utf8_lossy(&text[..end]).into_owned();
         self.buffer.drain(..end + skip);
@@ -301,13 +297,23 @@ impl EventReader {
 }
 
 /// The data of one frame, its `data:` lines joined; `None` for a frame without data (a comment).
-fn frame_data(frame: &str) -> Option<String> {
-    let lines: Vec<&str> = frame
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|data| data.strip_prefix(' ').unwrap_or(data))
-        .collect();
-    (!lines.is_empty()).then(|| lines.join("\n"))
+fn frame_data(frame: String) -> Option<String> {
+    let mut lines = frame.lines().filter_map(|line| line.strip_prefix("data:"));
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        // The usual frame is one `data:` line, whose text needs no copy when it is the whole frame.
+        let data = first.strip_prefix(' ').unwrap_or(first);
+        return Some(if frame.len() == data.len() + 6 && frame.starts_with("data: ") {
+            let mut frame = frame;
+            frame.drain(..6);
+            frame
+        } else {
+            data.to_string()
+        });
+    };
+    let data: Vec<&str> =
+        [first, second].into_iter().chain(lines).map(|data| data.strip_prefix(' ').unwrap_or(data)).collect();
+    Some(data.join("\n"))
 }
 
 #[cfg(test)]
@@ -316,9 +322,13 @@ mod tests {
 
     #[test]
     fn frames_give_their_data_lines() {
-        assert_eq!(frame_data("event: x\ndata: {\"a\":\ndata: 1}").as_deref(), Some("{\"a\":\n1}"));
-        assert_eq!(frame_data(": heartbeat"), None);
-        assert_eq!(frame_data("data:[DONE]").as_deref(), Some("[DONE]"));
+        let data = |frame: &str| frame_data(frame.to_string());
+        assert_eq!(data("event: x\ndata: {\"a\":\ndata: 1}").as_deref(), Some("{\"a\":\n1}"));
+        assert_eq!(data(": heartbeat"), None);
+        assert_eq!(data("data:[DONE]").as_deref(), Some("[DONE]"));
+        assert_eq!(data("data: {\"a\": 1}").as_deref(), Some("{\"a\": 1}"));
+        assert_eq!(data("data:  two spaces").as_deref(), Some(" two spaces"));
+        assert_eq!(data("id: 7\ndata: x").as_deref(), Some("x"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the gateway accepts of an agent's event stream: every event parsed into the protocol's
 //! types, thread changes applied to the turn's thread, and updates only for items in progress.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use serde::Deserialize;
@@ -22,6 +23,19 @@ struct ThreadChange {
     metadata: Option<Map<String, Value>>,
 }
 
+/// The one field of an event read before the rest.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+}
+
+/// A `thread.updated` event as an agent sends it.
+#[derive(Deserialize)]
+struct ThreadUpdate {
+    thread: ThreadChange,
+}
+
 /// Checks one turn's events, in order.
 pub(super) struct Checker {
     thread: SharedThread,
@@ -38,16 +52,18 @@ impl Checker {
     /// error that ends the turn.
     pub(super) fn accept(&mut self, data: &str) -> Result<Option<ThreadStreamEvent>, ResponderError> {
         let invalid = |detail: String| Failure::Invalid(detail).into_error();
-        let value: Value = serde_json::from_str(data).map_err(|e| invalid(format!("an event is not JSON ({e})")))?;
-        let kind = value["type"].as_str().unwrap_or_default().to_string();
+        // The type is read first, without building a tree of the event; then the event is parsed once, into the type
+        // it names.
+        let head: Head<'_> = serde_json::from_str(data).map_err(|e| invalid(format!("an event is not JSON ({e})")))?;
+        let kind = head.kind.as_deref().unwrap_or_default();
         if kind == "thread.updated" {
-            let change: ThreadChange = serde_json::from_value(value["thread"].clone())
+            let update: ThreadUpdate = serde_json::from_str(data)
                 .map_err(|e| invalid(format!("a `thread.updated` event has a bad `thread` ({e})")))?;
-            self.apply(change).map_err(invalid)?;
+            self.apply(update.thread).map_err(invalid)?;
             // The engine persists the change and emits its own `thread.updated`.
             return Ok(None);
         }
-        let event: ThreadStreamEvent = serde_json::from_value(value)
+        let event: ThreadStreamEvent = serde_json::from_str(data)
             .map_err(|e| invalid(format!("the event of type `{kind}` does not parse ({e})")))?;
         let named = match &event {
             ThreadStreamEvent::ItemAdded { item }

@@ -14,11 +14,16 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
 use rand::Rng;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, TurnContext};
 use crate::ids::UserId;
-use crate::protocol::{Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, TranscriptionResult};
+use crate::protocol::hosted::Workflow;
+use crate::protocol::{
+    Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, ThreadStatus, Timestamp, TranscriptionResult,
+};
 
 use call::{Caller, Failure};
 use events::Checker;
@@ -41,12 +46,17 @@ impl AgentResponder {
     }
 }
 
+/// A new request id, for the agent's logs.
+fn request_id() -> String {
+    format!("req_{:032x}", rand::rng().random::<u128>())
+}
+
 /// The fields every request body starts with.
 fn envelope(op: &str, user: &UserId) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("version".into(), json!(WIRE_VERSION));
     body.insert("op".into(), json!(op));
-    body.insert("request_id".into(), json!(format!("req_{:032x}", rand::rng().random::<u128>())));
+    body.insert("request_id".into(), json!(request_id()));
     body.insert("user".into(), json!(user.as_str()));
     body
 }
@@ -56,34 +66,72 @@ fn encode(body: Map<String, Value>) -> Bytes {
     Bytes::from(serde_json::to_vec(&Value::Object(body)).unwrap_or_default())
 }
 
+/// The thread as a request body carries it.
+#[derive(Serialize)]
+struct ThreadView<'a> {
+    id: &'a str,
+    title: &'a Option<String>,
+    status: &'a ThreadStatus,
+    metadata: &'a Map<String, Value>,
+    created_at: &'a Timestamp,
+}
+
+/// An operation's own fields, written after the common ones.
+struct Fields<'a>(&'a [(&'a str, Value)]);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
+}
+
+/// The body of an operation on a thread, in the order of `envelope` and then the thread's part.
+/// It is written straight from borrowed parts: the history items go out as the store holds
+/// them, so a turn neither parses nor copies them into a JSON tree (this is the agent hop's hot path).
+#[derive(Serialize)]
+struct TurnBody<'a> {
+    version: u32,
+    op: &'a str,
+    request_id: String,
+    user: &'a str,
+    locale: &'a Option<String>,
+    thread: ThreadView<'a>,
+    items: &'a [Box<RawValue>],
+    workflow: Option<&'a Workflow>,
+    #[serde(flatten)]
+    fields: Fields<'a>,
+}
+
 /// The body of an operation on a thread: the envelope, the thread, its recent items, the locale
 /// and the session's workflow, then the operation's own fields.
 async fn turn_body(
     caller: &Caller,
     op: &str,
     turn: &TurnContext,
-    fields: Vec<(&str, Value)>,
+    fields: &[(&str, Value)],
 ) -> Result<Bytes, ResponderError> {
-    let items = turn.recent_items(caller.settings().history_items).await?;
+    let items = turn.recent_items_json(caller.settings().history_items).await?;
     let thread = turn.thread.snapshot();
-    let mut body = envelope(op, &turn.user);
-    body.insert("locale".into(), json!(turn.locale));
-    body.insert(
-        "thread".into(),
-        json!({
-            "id": thread.id,
-            "title": thread.title,
-            "status": thread.status,
-            "metadata": thread.metadata,
-            "created_at": thread.created_at,
-        }),
-    );
-    body.insert("items".into(), json!(items));
-    body.insert("workflow".into(), json!(turn.session.as_ref().map(|session| &session.settings.workflow)));
-    for (name, value) in fields {
-        body.insert(name.into(), value);
-    }
-    Ok(encode(body))
+    let body = TurnBody {
+        version: WIRE_VERSION,
+        op,
+        request_id: request_id(),
+        user: turn.user.as_str(),
+        locale: &turn.locale,
+        thread: ThreadView {
+            id: &thread.id,
+            title: &thread.title,
+            status: &thread.status,
+            metadata: &thread.metadata,
+            created_at: &thread.created_at,
+        },
+        items: &items,
+        workflow: turn.session.as_ref().map(|session| &session.settings.workflow),
+        fields: Fields(fields),
+    };
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| ResponderError::Internal(format!("cannot encode the agent request: {e}")))
 }
 
 /// Streams a respond or action operation: the agent's events, checked, until its stream ends.
@@ -94,7 +142,7 @@ fn stream_op(
     fields: Vec<(&'static str, Value)>,
 ) -> EventStream {
     Box::pin(async_stream::try_stream! {
-        let body = turn_body(&caller, op, &turn, fields).await?;
+        let body = turn_body(&caller, op, &turn, &fields).await?;
         let (mut reader, first) = caller.open_stream(op, body).await.map_err(Failure::into_error)?;
         let mut checker = Checker::new(turn.thread.clone());
         let idle = caller.settings().timeout;
@@ -145,7 +193,7 @@ impl Responder for AgentResponder {
         sender: Option<ThreadItem>,
     ) -> Result<SyncCustomActionResponse, ResponderError> {
         let fields = vec![("action", json!(action)), ("sender", json!(sender))];
-        let body = turn_body(&self.caller, "sync_action", &turn, fields).await?;
+        let body = turn_body(&self.caller, "sync_action", &turn, &fields).await?;
         let answer = self.caller.call_json("sync_action", body).await.map_err(Failure::into_error)?;
         let mut answer: SyncCustomActionResponse = match answer {
             Value::Null => SyncCustomActionResponse::default(),

@@ -3,11 +3,12 @@
 
 use async_trait::async_trait;
 use rusqlite::{ffi, params, Connection, Params, Row};
+use serde_json::value::RawValue;
 
 use super::{SqliteStore, SQL};
 use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 use crate::store::paging::{effective_limit, finish_page, Listed, Window};
-use crate::store::sql::{fetch_limit, found, to_json, SqlRow};
+use crate::store::sql::{fetch_limit, found, raw_json, to_json, SqlRow};
 use crate::store::{Entity, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET};
 
 pub(super) fn backend_error(err: rusqlite::Error) -> StoreError {
@@ -229,6 +230,27 @@ impl Store for SqliteStore {
                     return Err(StoreError::not_found(Entity::Thread, thread_id));
                 }
                 Ok(page)
+            })
+            .await
+    }
+
+    async fn recent_items_json(&self, user: &UserId, thread_id: &str, count: usize) -> StoreResult<Vec<Box<RawValue>>> {
+        let (thread_id, user) = (thread_id.to_owned(), user.0.clone());
+        let limit = i64::try_from(count).unwrap_or(i64::MAX);
+        self.workers
+            .read(move |conn| {
+                let mut statement = conn.prepare_cached(SQL.items_window(false)).map_err(backend_error)?;
+                let mut rows =
+                    statement.query(params![thread_id, user, i64::MIN, i64::MAX, limit]).map_err(backend_error)?;
+                let mut items = Vec::with_capacity(count.min(DEFAULT_PAGE_SIZE));
+                while let Some(row) = rows.next().map_err(backend_error)? {
+                    items.push(raw_json(row.text(0)?)?);
+                }
+                if items.is_empty() && !query_value::<bool>(conn, &SQL.thread_exists, params![thread_id, user])? {
+                    return Err(StoreError::not_found(Entity::Thread, thread_id));
+                }
+                items.reverse();
+                Ok(items)
             })
             .await
     }
