@@ -323,11 +323,9 @@ impl Store for PostgresStore {
     }
 
     async fn recent_items_json(&self, user: &UserId, thread_id: &str, count: usize) -> StoreResult<Vec<Box<RawValue>>> {
-        let rows = sqlx::query(SQL.items_window(false))
+        let rows = sqlx::query(&SQL.recent_items)
             .bind(thread_id)
             .bind(user.as_str())
-            .bind(i64::MIN)
-            .bind(i64::MAX)
             .bind(i64::try_from(count).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await

@@ -222,6 +222,9 @@ statements! {
         AND seq > ?3 AND seq < ?4 ORDER BY seq ASC LIMIT ?5";
     items_down = "SELECT data FROM items WHERE thread_id = ?1 AND user_id = ?2 \
         AND seq > ?3 AND seq < ?4 ORDER BY seq DESC LIMIT ?5";
+    /// A thread's newest items, newest first, for `recent_items_json`.
+    recent_items = "SELECT data FROM items WHERE thread_id = ?1 AND user_id = ?2 \
+        ORDER BY seq DESC LIMIT ?3";
 
     load_item = "SELECT data FROM items WHERE thread_id = ?1 AND id = ?2 AND user_id = ?3";
     /// Appends an item, but only to a thread the user owns: no row is inserted otherwise.
