@@ -107,8 +107,11 @@ async fn metrics(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(METRICS.render())
 }
 
-/// Ready when the store answers and, with Redis, fan-out is connected; the
-/// body names what is degraded.
+/// Ready when this replica can serve its own requests: the store answers and it
+/// is not shutting down. A lost Redis connection is a degraded mode, named in
+/// the body (and in `chatkit_redis_connected`), not unreadiness: every replica
+/// loses Redis at once, and a load balancer that removed them all would turn a
+/// Redis blip into a full outage.
 async fn readyz(state: web::Data<State>) -> HttpResponse {
     if *state.closing.borrow() {
         // Stopping: the load balancer should send new work elsewhere.
@@ -130,9 +133,14 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
             serde_json::json!({"backend": backend, "state": "disconnected", "error": why})
         }
     };
-    let ready = store["state"] == "ok" && health.is_ready();
+    let ready = store["state"] == "ok";
+    let status = match (ready, health.is_ready()) {
+        (true, true) => "ready",
+        (true, false) => "degraded",
+        (false, _) => "unavailable",
+    };
     let body = serde_json::json!({
-        "status": if ready { "ready" } else { "degraded" },
+        "status": status,
         "store": store,
         "fanout": fanout_state,
     });

@@ -320,9 +320,10 @@ async fn losing_redis_mid_turn_degrades_fanout_but_not_the_turn_and_it_recovers(
     let frame = next_of(&mut watcher, "resync").await;
     assert_eq!((frame.kind(), &frame.data), ("resync", &json!({"reason": "fanout"})), "{frame:?}");
     for app in [a, b, c] {
+        // Every replica loses Redis at once: each stays ready (its store answers), reporting the degraded fan-out.
         eventually("readyz reports the lost fan-out", || async {
             let (status, body) = readiness(app).await;
-            status == 503 && body["status"] == "degraded" && body["fanout"]["state"] == "disconnected"
+            status == 200 && body["status"] == "degraded" && body["fanout"]["state"] == "disconnected"
         })
         .await;
     }
@@ -336,7 +337,7 @@ async fn losing_redis_mid_turn_degrades_fanout_but_not_the_turn_and_it_recovers(
     redis.restart();
     let restarted = tokio::time::Instant::now();
     for app in [a, b, c] {
-        eventually("readyz is ready again", || async { readiness(app).await.0 == 200 }).await;
+        eventually("fan-out is connected again", || async { readiness(app).await.1["status"] == "ready" }).await;
     }
     // Fan-out works again: a fresh change reaches the viewer that stayed
     // connected, after at most a `resync` for what it missed.
@@ -500,7 +501,7 @@ async fn a_turn_that_outlives_a_redis_restart_keeps_its_lease_and_completes() {
     let lease = format!("{}:lease", chatkit_gateway::fanout::Topic::Thread(tid.clone()).channel());
     assert!(redis.exists(&lease), "the running turn holds the thread's lease");
     redis.kill();
-    eventually("A notices that Redis is gone", || async { readiness(a).await.0 == 503 }).await;
+    eventually("A notices that Redis is gone", || async { readiness(a).await.1["status"] == "degraded" }).await;
     // Redis comes back empty, without the lease: nobody else holds it, so the
     // turn takes it again rather than stop.
     redis.restart();

@@ -38,3 +38,31 @@ fn idle_connections_live_as_long_as_the_keep_alive_says() {
     // Well short of actix's own default of 5 s, so the setting is what closed it.
     assert!(idle >= Duration::from_millis(700) && idle < Duration::from_millis(3500), "closed after {idle:?}");
 }
+
+/// Readiness follows what this replica can serve: its store answering. A store that goes away makes it unready
+/// (503, naming the store); Redis loss does not (see `replicas`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_store() {
+    use crate::common::postgres::{admin_connection, admin_url, TestDatabase};
+    use chatkit_gateway::store::PostgresStore;
+    use std::sync::Arc;
+
+    let database = TestDatabase::create().await;
+    let store = PostgresStore::open(&database.url).await.expect("the store opens");
+    let app = spawn(Spawn { store: Some(Arc::new(store)), ..Spawn::default() });
+    let readiness = || async {
+        let response = app.client.get(app.url("/readyz")).send().await.expect("readyz answers");
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.expect("readyz answers JSON"))
+    };
+    let (status, body) = readiness().await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
+
+    let mut admin = admin_connection(&admin_url()).await;
+    let drop = format!("DROP DATABASE {} WITH (FORCE)", database.name);
+    sqlx::raw_sql(&drop).execute(&mut admin).await.expect("the database is dropped");
+    let (status, body) = readiness().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(body["store"]["state"], "unreachable", "{body}");
+}
