@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 
-use super::{ListQuery, SessionRecord, Store, StoreResult, UserId};
+use super::{Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreResult, UserId};
 use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
 use crate::telemetry::metrics::METRICS;
 
@@ -72,6 +72,20 @@ impl Store for Instrumented {
 
     async fn recent_items_json(&self, user: &UserId, thread_id: &str, count: usize) -> StoreResult<Vec<Box<RawValue>>> {
         self.timed("recent_items_json", self.inner.recent_items_json(user, thread_id, count)).await
+    }
+
+    async fn claim_thread(&self, thread_id: &str) -> StoreResult<Fence> {
+        self.timed("claim_thread", self.inner.claim_thread(thread_id)).await
+    }
+
+    async fn write_fenced(
+        &self,
+        user: &UserId,
+        thread_id: &str,
+        fence: Fence,
+        write: FencedWrite<'_>,
+    ) -> StoreResult<()> {
+        self.timed("write_fenced", self.inner.write_fenced(user, thread_id, fence, write)).await
     }
 
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {

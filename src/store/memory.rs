@@ -11,7 +11,9 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 
 use super::paging::{effective_limit, finish_page, Listed, Window};
-use super::{Entity, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET};
+use super::{
+    Entity, Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
+};
 use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
 
 /// A store that lives and dies with the process.
@@ -42,6 +44,8 @@ struct Inner {
 struct ThreadRecord {
     owner: UserId,
     seq: u64,
+    /// The newest fencing token claimed.
+    fence: i64,
     thread: ThreadMetadata,
     items: Items,
 }
@@ -88,6 +92,39 @@ impl Inner {
             _ => Err(StoreError::not_found(Entity::Thread, thread_id)),
         }
     }
+
+    fn save_thread(&mut self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
+        self.thread_mut(user, &thread.id)?.thread = thread.clone();
+        Ok(())
+    }
+
+    fn add_item(&mut self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
+        let seq = self.take_seq();
+        let items = &mut self.thread_mut(user, &item.thread_id)?.items;
+        if items.seq_by_id.contains_key(&item.id) {
+            return Err(StoreError::Duplicate { entity: Entity::Item, id: item.id.clone() });
+        }
+        items.seq_by_id.insert(item.id.clone(), seq);
+        items.by_seq.insert(seq, item.clone());
+        Ok(())
+    }
+
+    fn save_item(&mut self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
+        let seq = self.take_seq();
+        let items = &mut self.thread_mut(user, &item.thread_id)?.items;
+        // An existing item keeps its sequence number, hence its place in the thread.
+        let seq = *items.seq_by_id.entry(item.id.clone()).or_insert(seq);
+        items.by_seq.insert(seq, item.clone());
+        Ok(())
+    }
+
+    fn delete_item(&mut self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<()> {
+        let missing = || StoreError::not_found(Entity::Item, item_id);
+        let items = &mut self.thread_mut(user, thread_id).map_err(|_| missing())?.items;
+        let seq = items.seq_by_id.remove(item_id).ok_or_else(missing)?;
+        items.by_seq.remove(&seq);
+        Ok(())
+    }
 }
 
 /// Takes the page of `query` from `map`, where `seq_of` finds the records its
@@ -132,7 +169,7 @@ impl Store for MemoryStore {
         inner.threads_by_seq.insert(seq, thread.id.clone());
         inner.threads.insert(
             thread.id.clone(),
-            ThreadRecord { owner: user.clone(), seq, thread: thread.clone(), items: Items::default() },
+            ThreadRecord { owner: user.clone(), seq, fence: 0, thread: thread.clone(), items: Items::default() },
         );
         Ok(())
     }
@@ -148,9 +185,7 @@ impl Store for MemoryStore {
     }
 
     async fn save_thread(&self, user: &UserId, thread: &ThreadMetadata) -> StoreResult<()> {
-        let mut inner = self.write();
-        inner.thread_mut(user, &thread.id)?.thread = thread.clone();
-        Ok(())
+        self.write().save_thread(user, thread)
     }
 
     async fn delete_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<()> {
@@ -209,34 +244,43 @@ impl Store for MemoryStore {
     }
 
     async fn add_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
-        let mut inner = self.write();
-        let seq = inner.take_seq();
-        let items = &mut inner.thread_mut(user, &item.thread_id)?.items;
-        if items.seq_by_id.contains_key(&item.id) {
-            return Err(StoreError::Duplicate { entity: Entity::Item, id: item.id.clone() });
-        }
-        items.seq_by_id.insert(item.id.clone(), seq);
-        items.by_seq.insert(seq, item.clone());
-        Ok(())
+        self.write().add_item(user, item)
     }
 
     async fn save_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
-        let mut inner = self.write();
-        let seq = inner.take_seq();
-        let items = &mut inner.thread_mut(user, &item.thread_id)?.items;
-        // An existing item keeps its sequence number, hence its place in the thread.
-        let seq = *items.seq_by_id.entry(item.id.clone()).or_insert(seq);
-        items.by_seq.insert(seq, item.clone());
-        Ok(())
+        self.write().save_item(user, item)
     }
 
     async fn delete_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<()> {
+        self.write().delete_item(user, thread_id, item_id)
+    }
+
+    async fn claim_thread(&self, thread_id: &str) -> StoreResult<Fence> {
         let mut inner = self.write();
-        let missing = || StoreError::not_found(Entity::Item, item_id);
-        let items = &mut inner.thread_mut(user, thread_id).map_err(|_| missing())?.items;
-        let seq = items.seq_by_id.remove(item_id).ok_or_else(missing)?;
-        items.by_seq.remove(&seq);
-        Ok(())
+        let record =
+            inner.threads.get_mut(thread_id).ok_or_else(|| StoreError::not_found(Entity::Thread, thread_id))?;
+        record.fence += 1;
+        Ok(Fence(record.fence))
+    }
+
+    async fn write_fenced(
+        &self,
+        user: &UserId,
+        thread_id: &str,
+        fence: Fence,
+        write: FencedWrite<'_>,
+    ) -> StoreResult<()> {
+        // One lock covers the check and the write, as one statement does in SQL.
+        let mut inner = self.write();
+        if inner.thread(user, thread_id)?.fence > fence.0 {
+            return Err(StoreError::Fenced { thread_id: thread_id.to_owned() });
+        }
+        match write {
+            FencedWrite::AddItem(item) => inner.add_item(user, item),
+            FencedWrite::SaveItem(item) => inner.save_item(user, item),
+            FencedWrite::DeleteItem(item_id) => inner.delete_item(user, thread_id, item_id),
+            FencedWrite::SaveThread(thread) => inner.save_thread(user, thread),
+        }
     }
 
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()> {

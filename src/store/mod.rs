@@ -60,12 +60,37 @@ pub enum StoreError {
     /// A pagination cursor names no record of the listing.
     #[error("cursor `{0}` names no record of this listing")]
     UnknownCursor(String),
+    /// The thread was claimed by a newer job (another replica took it over): a write under an
+    /// older fence is refused, so that a stale holder cannot interleave with the new one.
+    #[error("thread `{thread_id}` was claimed by a newer job; this write under an older claim is refused")]
+    Fenced { thread_id: String },
     /// A record with this id already exists.
     #[error("{entity} `{id}` already exists")]
     Duplicate { entity: Entity, id: String },
     /// The backend failed; the message is for logs, not for clients.
     #[error("store backend failed: {0}")]
     Backend(String),
+}
+
+/// A thread's fencing token. Each job that changes a thread claims a new one from the store
+/// (`Store::claim_thread`, one higher than any before), and its writes carry it
+/// (`Store::write_fenced`): the store refuses a write whose token is older than the thread's
+/// newest, so a replica that lost the thread (paused past its lease, cut off from Redis) cannot
+/// write over the one that took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence(pub i64);
+
+/// A write to one thread that lands only while its fence is the thread's newest.
+#[derive(Clone, Copy, Debug)]
+pub enum FencedWrite<'a> {
+    /// As `add_item`.
+    AddItem(&'a ThreadItem),
+    /// As `save_item`.
+    SaveItem(&'a ThreadItem),
+    /// As `delete_item`, by the item's id.
+    DeleteItem(&'a str),
+    /// As `save_thread`.
+    SaveThread(&'a ThreadMetadata),
 }
 
 /// A record as raw JSON, for `recent_items_json`.
@@ -179,6 +204,19 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces an item in place, keeping its position; appends it when new.
     async fn save_item(&self, user: &UserId, item: &ThreadItem) -> StoreResult<()>;
     async fn delete_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<()>;
+
+    /// Takes a new fencing token on a thread, by id alone (the thread's actor claims it for each
+    /// job, whoever the thread belongs to): one higher than any claimed before.
+    async fn claim_thread(&self, thread_id: &str) -> StoreResult<Fence>;
+    /// Applies `write` to the user's thread only if `fence` is still its newest claim, in one
+    /// statement; `StoreError::Fenced` when a newer claim exists. Otherwise as the unfenced write.
+    async fn write_fenced(
+        &self,
+        user: &UserId,
+        thread_id: &str,
+        fence: Fence,
+        write: FencedWrite<'_>,
+    ) -> StoreResult<()>;
 
     /// Inserts or replaces an attachment.
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()>;

@@ -20,7 +20,9 @@ use super::paging::{effective_limit, finish_page, Listed, Window};
 use super::sql::{
     fetch_limit, found, pending_migrations, raw_json, to_json, Dialect, SqlRow, Statements, SCHEMA_VERSION,
 };
-use super::{Entity, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET};
+use super::{
+    Entity, Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
+};
 use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
 
 /// The store's SQL, rendered for PostgreSQL once per process.
@@ -362,6 +364,51 @@ impl Store for PostgresStore {
     async fn delete_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<()> {
         let query = sqlx::query(&SQL.delete_item).bind(thread_id).bind(item_id).bind(user.as_str());
         found(self.changed(query).await.map_err(backend_error)?, Entity::Item, item_id)
+    }
+
+    async fn claim_thread(&self, thread_id: &str) -> StoreResult<Fence> {
+        let query = sqlx::query(&SQL.claim_thread).bind(thread_id);
+        let fence = self.one(query, |row| row.integer(0)).await?;
+        fence.map(Fence).ok_or_else(|| StoreError::not_found(Entity::Thread, thread_id))
+    }
+
+    async fn write_fenced(
+        &self,
+        user: &UserId,
+        thread_id: &str,
+        fence: Fence,
+        write: FencedWrite<'_>,
+    ) -> StoreResult<()> {
+        let (query, missing, id) = match write {
+            FencedWrite::AddItem(item) | FencedWrite::SaveItem(item) => {
+                let sql = match write {
+                    FencedWrite::AddItem(_) => &SQL.fenced_insert_item,
+                    _ => &SQL.fenced_upsert_item,
+                };
+                let query = sqlx::query(sql).bind(&item.id).bind(thread_id).bind(user.as_str()).bind(to_json(item)?);
+                (query.bind(fence.0), Entity::Thread, item.id.as_str())
+            }
+            FencedWrite::DeleteItem(item_id) => {
+                let query = sqlx::query(&SQL.fenced_delete_item).bind(thread_id).bind(item_id).bind(user.as_str());
+                (query.bind(fence.0), Entity::Item, item_id)
+            }
+            FencedWrite::SaveThread(thread) => {
+                let query =
+                    sqlx::query(&SQL.fenced_update_thread).bind(thread_id).bind(user.as_str()).bind(to_json(thread)?);
+                (query.bind(fence.0), Entity::Thread, thread.id.as_str())
+            }
+        };
+        let changed = self.changed(query).await.map_err(|err| insert_error(err, Entity::Item, id, thread_id))?;
+        if changed {
+            return Ok(());
+        }
+        // Nothing changed: a newer claim, a missing thread, or (for a delete) a missing item.
+        let newest = self.one(sqlx::query(&SQL.thread_fence).bind(thread_id).bind(user.as_str()), |row| row.integer(0));
+        match newest.await? {
+            Some(newest) if newest > fence.0 => Err(StoreError::Fenced { thread_id: thread_id.to_owned() }),
+            Some(_) => Err(StoreError::not_found(missing, id)),
+            None => Err(StoreError::not_found(Entity::Thread, thread_id)),
+        }
     }
 
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()> {

@@ -139,6 +139,14 @@ CREATE TABLE sessions (
 );
 "#,
     },
+    // Fencing tokens: each job that changes a thread claims the next one, and the store refuses
+    // writes under an older one.
+    Migration {
+        version: 3,
+        sql: r#"
+ALTER TABLE threads ADD COLUMN fence {BIGINT} NOT NULL DEFAULT 0;
+"#,
+    },
 ];
 
 /// The schema version this build brings a database up to.
@@ -235,6 +243,21 @@ statements! {
         WHERE EXISTS (SELECT 1 FROM threads WHERE id = ?2 AND user_id = ?3) \
         ON CONFLICT (thread_id, id) DO UPDATE SET data = excluded.data";
     delete_item = "DELETE FROM items WHERE thread_id = ?1 AND id = ?2 AND user_id = ?3";
+
+    /// The next fencing token of a thread, by id alone.
+    claim_thread = "UPDATE threads SET fence = fence + 1 WHERE id = ?1 RETURNING fence";
+    /// A thread's newest fencing token, to tell a refused fenced write from a missing thread.
+    thread_fence = "SELECT fence FROM threads WHERE id = ?1 AND user_id = ?2";
+    /// The fenced writes: as their unfenced namesakes, but only while `fence` is at most the
+    /// given token (it is never lower than a token claimed, so: while no newer claim exists).
+    fenced_insert_item = "INSERT INTO items (id, thread_id, user_id, data) SELECT ?1, ?2, ?3, ?4 \
+        WHERE EXISTS (SELECT 1 FROM threads WHERE id = ?2 AND user_id = ?3 AND fence <= ?5)";
+    fenced_upsert_item = "INSERT INTO items (id, thread_id, user_id, data) SELECT ?1, ?2, ?3, ?4 \
+        WHERE EXISTS (SELECT 1 FROM threads WHERE id = ?2 AND user_id = ?3 AND fence <= ?5) \
+        ON CONFLICT (thread_id, id) DO UPDATE SET data = excluded.data";
+    fenced_delete_item = "DELETE FROM items WHERE thread_id = ?1 AND id = ?2 AND user_id = ?3 \
+        AND EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?3 AND fence <= ?4)";
+    fenced_update_thread = "UPDATE threads SET data = ?3 WHERE id = ?1 AND user_id = ?2 AND fence <= ?4";
 
     /// Inserts or replaces an attachment, but never one another user owns.
     upsert_attachment = "INSERT INTO attachments (id, user_id, data) VALUES (?1, ?2, ?3) \

@@ -21,7 +21,7 @@ use chatkit_gateway::protocol::{
     ThreadStatus, Timestamp, UserMessage, UserMessageContent, DEFAULT_PAGE_SIZE,
 };
 use chatkit_gateway::store::{
-    self, Entity, ListQuery, MemoryStore, PostgresStore, SessionRecord, SqliteStore, Store, StoreError,
+    self, Entity, FencedWrite, ListQuery, MemoryStore, PostgresStore, SessionRecord, SqliteStore, Store, StoreError,
 };
 use sqlx::Connection;
 
@@ -519,6 +519,59 @@ async fn recent_items_json_are_the_newest_as_stored(store: Arc<dyn Store>) {
     assert_eq!(recent(50).await, expected, "fewer items than asked for: all of them");
     assert_not_found(store.recent_items_json(&bob(), &thread.id, 5).await, Entity::Thread);
     assert_not_found(store.recent_items_json(&user, "thr_missing", 5).await, Entity::Thread);
+}
+
+/// Claims number a thread's jobs; a write under an older claim than the newest is refused and changes nothing, one
+/// under the newest lands as its unfenced namesake would.
+async fn fenced_writes_land_only_under_the_newest_claim(store: Arc<dyn Store>) {
+    let user = alice();
+    let mut thread = new_thread();
+    store.create_thread(&user, &thread).await.unwrap();
+    let older = store.claim_thread(&thread.id).await.unwrap();
+    let kept = user_message(&thread.id, "under the older claim");
+    store.write_fenced(&user, &thread.id, older, FencedWrite::AddItem(&kept)).await.unwrap();
+    let newer = store.claim_thread(&thread.id).await.unwrap();
+    assert!(newer.0 > older.0, "{newer:?} follows {older:?}");
+
+    let stale = user_message(&thread.id, "under the stale claim");
+    thread.title = Some("stale".into());
+    for write in [
+        FencedWrite::AddItem(&stale),
+        FencedWrite::SaveItem(&stale),
+        FencedWrite::DeleteItem(&kept.id),
+        FencedWrite::SaveThread(&thread),
+    ] {
+        let refused = store.write_fenced(&user, &thread.id, older, write).await;
+        assert!(matches!(&refused, Err(StoreError::Fenced { thread_id }) if *thread_id == thread.id), "{refused:?}");
+    }
+    let items = store.list_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
+    assert_eq!(item_ids(&items), [kept.id.clone()], "nothing of the stale writes landed");
+    assert_eq!(store.load_thread(&user, &thread.id).await.unwrap().title, None);
+
+    let mut saved = user_message(&thread.id, "under the newest claim");
+    store.write_fenced(&user, &thread.id, newer, FencedWrite::AddItem(&saved)).await.unwrap();
+    let duplicate = store.write_fenced(&user, &thread.id, newer, FencedWrite::AddItem(&saved)).await;
+    assert!(matches!(duplicate, Err(StoreError::Duplicate { .. })), "{duplicate:?}");
+    saved.body = user_message(&thread.id, "edited").body;
+    store.write_fenced(&user, &thread.id, newer, FencedWrite::SaveItem(&saved)).await.unwrap();
+    store.write_fenced(&user, &thread.id, newer, FencedWrite::DeleteItem(&kept.id)).await.unwrap();
+    assert_not_found(
+        store.write_fenced(&user, &thread.id, newer, FencedWrite::DeleteItem(&kept.id)).await,
+        Entity::Item,
+    );
+    thread.title = Some("newest".into());
+    store.write_fenced(&user, &thread.id, newer, FencedWrite::SaveThread(&thread)).await.unwrap();
+    let items = store.list_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
+    assert_eq!(item_ids(&items), [saved.id.clone()]);
+    assert_eq!(items.data[0].body, saved.body);
+    assert_eq!(store.load_thread(&user, &thread.id).await.unwrap().title.as_deref(), Some("newest"));
+
+    // Scoped like every other write; claims by id alone.
+    assert_not_found(
+        store.write_fenced(&bob(), &thread.id, newer, FencedWrite::SaveThread(&thread)).await,
+        Entity::Thread,
+    );
+    assert_not_found(store.claim_thread("thr_missing").await, Entity::Thread);
 }
 
 async fn items_page_through_45(store: Arc<dyn Store>) {
@@ -1336,6 +1389,7 @@ contract!(
     threads_page_through_45,
     items_page_through_45,
     recent_items_json_are_the_newest_as_stored,
+    fenced_writes_land_only_under_the_newest_claim,
     page_envelope_is_exact,
     zero_limit_means_the_default_page_size,
     unknown_cursors_are_rejected,
@@ -1529,11 +1583,22 @@ async fn an_unmigrated_database_is_brought_up_to_date() {
     store.create_thread(&alice(), &new_thread()).await.unwrap();
 }
 
+/// How to take each migration after the first back out of a current database, newest first, to make a database
+/// as schema 1 left it. A new migration must add its step here (the tests check that every one has one).
+const UNDO_AFTER_SCHEMA_1: &[(i64, &str)] = &[(3, "ALTER TABLE threads DROP COLUMN fence"), (2, "DROP TABLE sessions")];
+
+/// The SQL that turns a current database back into schema 1.
+fn back_to_schema_1(schema_version: i64) -> String {
+    let undone: Vec<i64> = UNDO_AFTER_SCHEMA_1.iter().map(|(version, _)| *version).collect();
+    assert_eq!(undone, (2..=schema_version).rev().collect::<Vec<_>>(), "every migration after 1 has an undo step");
+    let steps: Vec<&str> = UNDO_AFTER_SCHEMA_1.iter().map(|(_, sql)| *sql).collect();
+    format!("{}; DELETE FROM schema_migrations WHERE version > 1;", steps.join("; "))
+}
+
 #[tokio::test]
 async fn a_sqlite_database_of_schema_1_gains_sessions() {
     // Schema 2 adds the sessions table. A file as schema 1 left it is made by
-    // taking that step back out of a current one, with a thread in it.
-    assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
+    // taking the later steps back out of a current one, with a thread in it.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v1.db");
     let url = sqlite_url(&path);
@@ -1545,15 +1610,15 @@ async fn a_sqlite_database_of_schema_1_gains_sessions() {
     }
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE sessions; DELETE FROM schema_migrations WHERE version = 2;").unwrap();
+        conn.execute_batch(&back_to_schema_1(SqliteStore::SCHEMA_VERSION)).unwrap();
     }
     assert_eq!(migration_rows(&path).await.len(), 1);
 
     let store = SqliteStore::open(&url).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), SqliteStore::SCHEMA_VERSION);
     keeps_thread_and_stores_sessions(&store, &thread).await;
     store.close().await;
-    assert_eq!(migration_rows(&path).await.len(), 2);
+    assert_eq!(migration_rows(&path).await.len() as i64, SqliteStore::SCHEMA_VERSION);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1613,8 +1678,7 @@ async fn reopening_a_postgres_database_keeps_data_and_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_database_of_schema_1_gains_sessions() {
-    // As for SQLite: schema 1 is a current database with step 2 taken back out.
-    assert_eq!(PostgresStore::SCHEMA_VERSION, 2);
+    // As for SQLite: schema 1 is a current database with the later steps taken back out.
     let database = TestDatabase::create().await;
     let thread = new_thread();
     {
@@ -1624,19 +1688,16 @@ async fn a_postgres_database_of_schema_1_gains_sessions() {
     }
     {
         let mut conn = admin_connection(&database.url).await;
-        sqlx::raw_sql("DROP TABLE sessions; DELETE FROM schema_migrations WHERE version = 2;")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::raw_sql(&back_to_schema_1(PostgresStore::SCHEMA_VERSION)).execute(&mut conn).await.unwrap();
         let _ = conn.close().await;
     }
     assert_eq!(postgres_migration_rows(&database).await.len(), 1);
 
     let store = PostgresStore::open(&database.url).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), PostgresStore::SCHEMA_VERSION);
     keeps_thread_and_stores_sessions(&store, &thread).await;
     store.close().await;
-    assert_eq!(postgres_migration_rows(&database).await.len(), 2);
+    assert_eq!(postgres_migration_rows(&database).await.len() as i64, PostgresStore::SCHEMA_VERSION);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

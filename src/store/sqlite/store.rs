@@ -9,7 +9,9 @@ use super::{SqliteStore, SQL};
 use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 use crate::store::paging::{effective_limit, finish_page, Listed, Window};
 use crate::store::sql::{fetch_limit, found, raw_json, to_json, SqlRow};
-use crate::store::{Entity, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET};
+use crate::store::{
+    Entity, Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
+};
 
 pub(super) fn backend_error(err: rusqlite::Error) -> StoreError {
     StoreError::Backend(err.to_string())
@@ -293,6 +295,70 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 let changed = execute(conn, &SQL.delete_item, params![thread_id, id, user]).map_err(backend_error)?;
                 found(changed > 0, Entity::Item, id)
+            })
+            .await
+    }
+
+    async fn claim_thread(&self, thread_id: &str) -> StoreResult<Fence> {
+        let id = thread_id.to_owned();
+        self.workers
+            .write(move |conn| match query_one(conn, &SQL.claim_thread, params![id], |row| row.integer(0))? {
+                Some(fence) => Ok(Fence(fence)),
+                None => Err(StoreError::not_found(Entity::Thread, id)),
+            })
+            .await
+    }
+
+    async fn write_fenced(
+        &self,
+        user: &UserId,
+        thread_id: &str,
+        fence: Fence,
+        write: FencedWrite<'_>,
+    ) -> StoreResult<()> {
+        let (thread_id, user) = (thread_id.to_owned(), user.0.clone());
+        /// The three shapes of parameters the fenced statements take.
+        enum Shape {
+            Item { adds: bool },
+            Delete,
+            Thread,
+        }
+        // Serialized here, on the caller's thread, as the unfenced writes are.
+        let (shape, id, data, missing) = match write {
+            FencedWrite::AddItem(item) => (Shape::Item { adds: true }, item.id.clone(), to_json(item)?, Entity::Thread),
+            FencedWrite::SaveItem(item) => {
+                (Shape::Item { adds: false }, item.id.clone(), to_json(item)?, Entity::Thread)
+            }
+            FencedWrite::DeleteItem(item_id) => (Shape::Delete, item_id.to_owned(), String::new(), Entity::Item),
+            FencedWrite::SaveThread(thread) => (Shape::Thread, thread.id.clone(), to_json(thread)?, Entity::Thread),
+        };
+        self.workers
+            .write(move |conn| {
+                let changed = match shape {
+                    Shape::Item { adds } => {
+                        let sql = if adds { &SQL.fenced_insert_item } else { &SQL.fenced_upsert_item };
+                        execute(conn, sql, params![id, thread_id, user, data, fence.0]).map_err(|err| {
+                            if adds {
+                                insert_error(err, Entity::Item, &id)
+                            } else {
+                                backend_error(err)
+                            }
+                        })
+                    }
+                    Shape::Delete => execute(conn, &SQL.fenced_delete_item, params![thread_id, id, user, fence.0])
+                        .map_err(backend_error),
+                    Shape::Thread => execute(conn, &SQL.fenced_update_thread, params![thread_id, user, data, fence.0])
+                        .map_err(backend_error),
+                }?;
+                if changed > 0 {
+                    return Ok(());
+                }
+                // Nothing changed: a newer claim, a missing thread, or (for a delete) a missing item.
+                match query_one(conn, &SQL.thread_fence, params![thread_id, user], |row| row.integer(0))? {
+                    Some(newest) if newest > fence.0 => Err(StoreError::Fenced { thread_id }),
+                    Some(_) => Err(StoreError::not_found(missing, id)),
+                    None => Err(StoreError::not_found(Entity::Thread, thread_id)),
+                }
             })
             .await
     }
