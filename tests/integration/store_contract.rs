@@ -545,7 +545,7 @@ async fn fenced_writes_land_only_under_the_newest_claim(store: Arc<dyn Store>) {
         assert!(matches!(&refused, Err(StoreError::Fenced { thread_id }) if *thread_id == thread.id), "{refused:?}");
     }
     let items = store.list_items(&user, &thread.id, &first(10, Order::Asc)).await.unwrap();
-    assert_eq!(item_ids(&items), [kept.id.clone()], "nothing of the stale writes landed");
+    assert_eq!(item_ids(&items), vec![kept.id.clone()], "nothing of the stale writes landed");
     assert_eq!(store.load_thread(&user, &thread.id).await.unwrap().title, None);
 
     let mut saved = user_message(&thread.id, "under the newest claim");
