@@ -56,7 +56,7 @@ fn main() {
         let create = request(
             r#"{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"hi"}]}}}"#.into(),
         );
-        let turn = engine.prepare(&user, create).await.expect("create");
+        let turn = engine.prepare(&user, create, None).await.expect("create");
         let (direct_thread, actor_thread) = (turn.thread_id(), {
             let events = threads.turn(user.clone(), request(
                 r#"{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"hi"}]}}}"#.into(),
@@ -74,7 +74,7 @@ fn main() {
         for i in 0..TURNS {
             // Alternating keeps drift (store growth, CPU frequency) out of the difference.
             let started = Instant::now();
-            let turn = engine.prepare(&user, message(&direct_thread, "ping")).await.expect("prepare");
+            let turn = engine.prepare(&user, message(&direct_thread, "ping"), None).await.expect("prepare");
             let (sink, events) = mpsc::channel(64);
             let runner = engine.clone();
             tokio::spawn(async move { runner.run(turn, sink, CancelSignal::new()).await });

@@ -27,7 +27,7 @@ use crate::protocol::{
 };
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
 use crate::sessions::{ActiveSession, Sessions};
-use crate::store::{Entity, ListQuery, Store, StoreError};
+use crate::store::{Entity, Fence, ListQuery, Store, StoreError, Writes};
 use crate::telemetry::metrics::METRICS;
 
 pub use announce::Announcer;
@@ -86,6 +86,9 @@ impl From<StoreError> for EngineError {
             StoreError::UnknownCursor(id) => {
                 EngineError::BadRequest(format!("`after` names `{id}`, which is not part of this listing"))
             }
+            StoreError::Fenced { thread_id } => EngineError::Busy(format!(
+                "thread `{thread_id}` was taken over by another replica while this request ran; try again"
+            )),
             other => EngineError::Store(other),
         }
     }
@@ -194,11 +197,27 @@ impl Engine {
         self.responder.serves_workflow(id)
     }
 
-    fn turn_context(&self, user: &UserId, thread: SharedThread, caller: Caller) -> TurnContext {
+    /// The writes of a job on a thread, under `fence` when its actor claimed one.
+    fn writes(&self, fence: Option<Fence>) -> Writes {
+        Writes::new(self.store.clone(), fence)
+    }
+
+    /// Claims a new fence on a thread for the job about to run on it (see `Store::claim_thread`);
+    /// `None` for a thread that does not exist (yet): nothing else can write it.
+    pub async fn claim(&self, thread_id: &str) -> EngineResult<Option<Fence>> {
+        match self.store.claim_thread(thread_id).await {
+            Ok(fence) => Ok(Some(fence)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    fn turn_context(&self, user: &UserId, thread: SharedThread, caller: Caller, writes: Writes) -> TurnContext {
         TurnContext {
             user: user.clone(),
             thread,
             store: self.store.clone(),
+            writes,
             locale: caller.locale,
             session: caller.session,
         }
@@ -206,7 +225,16 @@ impl Engine {
 
     /// Answers an operation that responds with JSON. Streaming operations are
     /// refused here; they go through `prepare` and `run`.
-    pub async fn answer(&self, user: &UserId, request: Request, caller: &Caller) -> EngineResult<JsonAnswer> {
+    ///
+    /// `fence` is the fence the thread's actor claimed for this job, if any; the writes carry it.
+    pub async fn answer(
+        &self,
+        user: &UserId,
+        request: Request,
+        caller: &Caller,
+        fence: Option<Fence>,
+    ) -> EngineResult<JsonAnswer> {
+        let writes = self.writes(fence);
         match request {
             Request::GetThread(params) => Ok(JsonAnswer::Thread(self.full_thread(user, &params.thread_id).await?)),
             Request::ListThreads(params) => {
@@ -241,7 +269,7 @@ impl Engine {
             Request::UpdateThread(params) => {
                 let mut thread = self.store.load_thread(user, &params.thread_id).await?;
                 thread.title = Some(params.title);
-                self.store.save_thread(user, &thread).await?;
+                writes.save_thread(user, &thread).await?;
                 let thread = thread.to_wire(Page::default());
                 self.announce.thread_updated(user, &thread).await;
                 Ok(JsonAnswer::Thread(thread))
@@ -279,11 +307,11 @@ impl Engine {
                     }
                 }
                 let before = thread.version();
-                let turn = self.turn_context(user, thread.clone(), caller.clone());
+                let turn = self.turn_context(user, thread.clone(), caller.clone(), writes.clone());
                 let answer = guarded(self.responder.sync_action(turn, params.action, sender)).await?;
                 if thread.version() != before {
                     let snapshot = thread.snapshot();
-                    self.store.save_thread(user, &snapshot).await?;
+                    writes.save_thread(user, &snapshot).await?;
                     self.announce.thread_updated(user, &snapshot.to_wire(Page::default())).await;
                 }
                 Ok(JsonAnswer::SyncAction(answer))
@@ -294,10 +322,15 @@ impl Engine {
 
     /// Changes a thread's status on behalf of an operator (no user scope).
     /// Returns the owner too, so that the change can be announced to them.
-    pub async fn set_status(&self, thread_id: &str, status: ThreadStatus) -> EngineResult<(UserId, Thread)> {
+    pub async fn set_status(
+        &self,
+        thread_id: &str,
+        status: ThreadStatus,
+        fence: Option<Fence>,
+    ) -> EngineResult<(UserId, Thread)> {
         let (owner, mut thread) = self.store.find_thread(thread_id).await?;
         thread.status = status;
-        self.store.save_thread(&owner, &thread).await?;
+        self.writes(fence).save_thread(&owner, &thread).await?;
         let thread = thread.to_wire(Page::default());
         self.announce.thread_updated(&owner, &thread).await;
         Ok((owner, thread))

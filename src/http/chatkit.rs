@@ -56,7 +56,7 @@ async fn answer(
         let answer = if parsed.changes_thread() {
             state.threads.change(user, parsed, caller).await?
         } else {
-            state.engine.answer(&user, parsed, &caller).await?
+            state.engine.answer(&user, parsed, &caller, None).await?
         };
         return Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json_body(&answer)?));
     }

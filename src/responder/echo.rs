@@ -117,7 +117,7 @@ impl Responder for EchoResponder {
         let mut updated = widget_item(&sender.thread_id, count + 1);
         updated.id = sender.id.clone();
         updated.created_at = sender.created_at;
-        turn.store.save_item(&turn.user, &updated).await.map_err(|e| ResponderError::Internal(e.to_string()))?;
+        turn.writes.save_item(&turn.user, &updated).await.map_err(|e| ResponderError::Internal(e.to_string()))?;
         Ok(SyncCustomActionResponse { updated_item: Some(updated) })
     }
 

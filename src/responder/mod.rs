@@ -25,7 +25,7 @@ use crate::protocol::{
     TranscriptionResult,
 };
 use crate::sessions::ActiveSession;
-use crate::store::{ListQuery, Store};
+use crate::store::{ListQuery, Store, Writes};
 
 pub use agent::{AgentResponder, AgentSettings, WIRE_SCHEMA as AGENT_WIRE_SCHEMA};
 pub use echo::EchoResponder;
@@ -149,9 +149,11 @@ impl SharedThread {
 pub struct TurnContext {
     pub user: UserId,
     pub thread: SharedThread,
-    /// The store, for reading history and saving what a responder saves itself
-    /// (e.g. a widget updated by a sync action). Calls must pass `user`.
+    /// The store, for reading history. Calls must pass `user`.
     pub store: Arc<dyn Store>,
+    /// Writes to this thread of what a responder saves itself (e.g. a widget updated by a sync
+    /// action), under the job's fence. Calls must pass `user`.
+    pub writes: Writes,
     /// The user's preferred language, from the request's `Accept-Language`
     /// (its first tag, e.g. `fr-FR`), when it named one.
     pub locale: Option<String>,

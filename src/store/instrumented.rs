@@ -85,7 +85,14 @@ impl Store for Instrumented {
         fence: Fence,
         write: FencedWrite<'_>,
     ) -> StoreResult<()> {
-        self.timed("write_fenced", self.inner.write_fenced(user, thread_id, fence, write)).await
+        // Labelled as the write it is, fenced or not, so that dashboards see one operation.
+        let operation = match write {
+            FencedWrite::AddItem(_) => "add_item",
+            FencedWrite::SaveItem(_) => "save_item",
+            FencedWrite::DeleteItem(_) => "delete_item",
+            FencedWrite::SaveThread(_) => "save_thread",
+        };
+        self.timed(operation, self.inner.write_fenced(user, thread_id, fence, write)).await
     }
 
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {

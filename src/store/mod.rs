@@ -18,6 +18,7 @@ mod paging;
 mod postgres;
 mod sql;
 mod sqlite;
+mod writes;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub use instrumented::Instrumented;
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use writes::Writes;
 
 /// Which record a `NotFound` is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

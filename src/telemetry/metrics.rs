@@ -37,6 +37,8 @@ pub struct Metrics {
     pub fanout_latency: HistogramVec,
     pub redis_connected: IntGauge,
     pub redis_reconnects: IntCounter,
+    /// Turns stopped because their thread's fence moved on (another replica took it over).
+    pub turns_fenced: IntCounter,
     pub model_calls: IntCounterVec,
     pub model_tokens: IntCounterVec,
     pub model_errors: IntCounterVec,
@@ -140,6 +142,10 @@ impl Metrics {
             ),
             redis_connected: gauge("chatkit_redis_connected", "1 while the Redis fan-out connection is up."),
             redis_reconnects: single("chatkit_redis_reconnects_total", "Times the Redis fan-out connection came back."),
+            turns_fenced: single(
+                "chatkit_turns_fenced_total",
+                "Turns stopped because another replica took their thread over (a write under an older fence).",
+            ),
             model_calls: counter("chatkit_model_calls_total", "Calls to the model service, by model.", &["model"]),
             model_tokens: counter(
                 "chatkit_model_tokens_total",
@@ -237,7 +243,7 @@ mod tests {
     #[test]
     fn every_family_is_named_once_with_the_prefix() {
         let names = METRICS.names();
-        assert_eq!(names.len(), 23, "{names:?}");
+        assert_eq!(names.len(), 24, "{names:?}");
         let unique: std::collections::HashSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
         for name in &names {

@@ -87,6 +87,9 @@ pub(super) struct ActorSetup {
     pub engine: Arc<Engine>,
     /// Where the thread's lease comes from.
     pub coordination: Arc<dyn Coordination>,
+    /// Whether each job claims a fence on its thread, which its writes then carry: with
+    /// coordination between replicas, where a replica may lose a thread it is still writing.
+    pub fencing: bool,
     /// How long an actor lives without work.
     pub idle_timeout: Duration,
     /// The mailbox's capacity, above the registry's queue bound.
@@ -177,8 +180,21 @@ async fn run_job(setup: Arc<ActorSetup>, work: Arc<ActorWork>, thread_id: String
         }
     };
     let engine = &setup.engine;
+    // Claimed after the lease: a replica that lost the lease (paused past it, or without Redis)
+    // and still runs a job on this thread is refused its next write from here on.
+    let fence = match setup.fencing {
+        false => None,
+        true => match engine.claim(&thread_id).await {
+            Ok(fence) => fence,
+            Err(error) => {
+                tracing::warn!(%thread_id, %error, "refusing a job: cannot claim the thread");
+                job.refuse(error);
+                return;
+            }
+        },
+    };
     match job {
-        Job::Turn { user, request, caller, sink, started } => match engine.prepare(&user, request).await {
+        Job::Turn { user, request, caller, sink, started } => match engine.prepare(&user, request, fence).await {
             Err(error) => {
                 let _ = started.send(Err(error));
             }
@@ -190,12 +206,12 @@ async fn run_job(setup: Arc<ActorSetup>, work: Arc<ActorWork>, thread_id: String
                 run_turn(engine, &work, turn, sink, &lease).await;
             }
         },
-        Job::Run { turn, sink } => run_turn(engine, &work, turn, sink, &lease).await,
+        Job::Run { turn, sink } => run_turn(engine, &work, turn.with_fence(fence), sink, &lease).await,
         Job::Status { thread_id, status, answer } => {
-            let _ = answer.send(engine.set_status(&thread_id, status).await);
+            let _ = answer.send(engine.set_status(&thread_id, status, fence).await);
         }
         Job::Json { user, request, caller, answer } => {
-            let _ = answer.send(engine.answer(&user, request, &caller).await);
+            let _ = answer.send(engine.answer(&user, request, &caller, fence).await);
         }
     }
 }

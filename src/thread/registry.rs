@@ -98,8 +98,15 @@ impl ThreadRegistry {
     /// `coordination` gives the actors their threads' leases and carries
     /// cancel requests between replicas.
     pub fn new(engine: Arc<Engine>, coordination: Arc<dyn Coordination>, settings: ThreadSettings) -> Self {
-        let setup =
-            ActorSetup { engine, coordination, idle_timeout: settings.idle_timeout, mailbox: settings.queue_bound + 8 };
+        let setup = ActorSetup {
+            engine,
+            // With coordination between replicas, another replica may take a thread over (its lease
+            // expired while this one was paused, or Redis was away): every job then claims a fence.
+            fencing: coordination.name() != "local",
+            coordination,
+            idle_timeout: settings.idle_timeout,
+            mailbox: settings.queue_bound + 8,
+        };
         let state = Arc::new(RegistryState {
             setup: Arc::new(setup),
             queue_bound: settings.queue_bound,
@@ -156,7 +163,7 @@ impl ThreadRegistry {
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
             // A new thread: nothing can be queued on it yet, so it is prepared
             // here and only its run goes through the new thread's actor.
-            let turn = self.engine().prepare(&user, request).await?.with_caller(caller);
+            let turn = self.engine().prepare(&user, request, None).await?.with_caller(caller);
             let thread_id = turn.thread_id();
             if let Submit::Busy = self.submit(&thread_id, Job::Run { turn, sink: sink.clone() }) {
                 let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
@@ -179,7 +186,7 @@ impl ThreadRegistry {
     /// Runs a non-streaming operation that changes a thread in its order.
     pub async fn change(&self, user: UserId, request: Request, caller: Caller) -> EngineResult<JsonAnswer> {
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
-            return self.engine().answer(&user, request, &caller).await;
+            return self.engine().answer(&user, request, &caller, None).await;
         };
         self.ask(&thread_id, |answer| Job::Json { user, request, caller, answer }).await
     }

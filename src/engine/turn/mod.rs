@@ -22,7 +22,7 @@ use crate::protocol::{
     ThreadMetadata, ThreadStatus, ThreadStreamEvent, ToolCallStatus, UserMessage, UserMessageInput, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{EventStream, RespondInput, SharedThread};
-use crate::store::{Entity, ListQuery};
+use crate::store::{Entity, Fence, ListQuery, Writes};
 use crate::telemetry::metrics::METRICS;
 
 /// What the reference stores when a user cancels, so the next response does
@@ -85,6 +85,8 @@ pub struct PreparedTurn {
     /// Events sent before `stream_options`: `thread.created` and the user message.
     prelude: Vec<ThreadStreamEvent>,
     work: Work,
+    /// The fence of the job that runs the turn, which its writes carry.
+    fence: Option<Fence>,
 }
 
 enum Work {
@@ -110,6 +112,13 @@ impl PreparedTurn {
         self.caller = caller;
         self
     }
+
+    /// Runs the turn under the fence its job claimed (a turn prepared before its thread existed
+    /// runs under the fence claimed when it reaches the thread's actor).
+    pub fn with_fence(mut self, fence: Option<Fence>) -> Self {
+        self.fence = fence;
+        self
+    }
 }
 
 /// How a turn ended.
@@ -124,14 +133,17 @@ pub enum TurnOutcome {
 
 impl Engine {
     /// Validates a streaming request and makes the writes that precede its
-    /// first event. Errors here are answered with an HTTP status.
-    pub async fn prepare(&self, user: &UserId, request: Request) -> EngineResult<PreparedTurn> {
+    /// first event, under `fence` when the thread's actor claimed one. Errors
+    /// here are answered with an HTTP status.
+    pub async fn prepare(&self, user: &UserId, request: Request, fence: Option<Fence>) -> EngineResult<PreparedTurn> {
+        let writes = self.writes(fence);
         let turn = |thread: ThreadMetadata, prelude, work| PreparedTurn {
             user: user.clone(),
             thread: SharedThread::new(thread),
             caller: Caller::default(),
             prelude,
             work,
+            fence,
         };
         match request {
             Request::CreateThread(params) => {
@@ -139,7 +151,7 @@ impl Engine {
                 let thread = ThreadMetadata::new(new_id(IdKind::Thread));
                 self.store.create_thread(user, &thread).await?;
                 let created = ThreadStreamEvent::ThreadCreated { thread: thread.to_wire(Page::default()) };
-                let message = self.add_user_message(user, &thread, params.input, attachments).await?;
+                let message = self.add_user_message(&writes, user, &thread, params.input, attachments).await?;
                 let prelude = vec![created, ThreadStreamEvent::ItemDone { item: message.clone() }];
                 Ok(turn(thread, prelude, Work::Respond { first: None, input: RespondInput::UserMessage(message) }))
             }
@@ -151,7 +163,7 @@ impl Engine {
                     return Ok(turn(thread, vec![ThreadStreamEvent::custom_error(reason, false)], Work::Nothing));
                 }
                 let attachments = self.resolve_attachments(user, &params.input).await?;
-                let message = self.add_user_message(user, &thread, params.input, attachments).await?;
+                let message = self.add_user_message(&writes, user, &thread, params.input, attachments).await?;
                 let prelude = vec![ThreadStreamEvent::ItemDone { item: message.clone() }];
                 Ok(turn(thread, prelude, Work::Respond { first: None, input: RespondInput::UserMessage(message) }))
             }
@@ -178,8 +190,8 @@ impl Engine {
                     call.output = Some(params.result);
                     call.status = ToolCallStatus::Completed;
                 }
-                self.store.save_item(user, &call_item).await?;
-                self.drop_dangling_tool_calls(user, &thread.id).await?;
+                writes.save_item(user, &call_item).await?;
+                self.drop_dangling_tool_calls(&writes, user, &thread.id).await?;
                 Ok(turn(
                     thread,
                     vec![],
@@ -230,7 +242,7 @@ impl Engine {
                 // As in the reference, later items leave the store without
                 // `thread.item.removed` events: the client drops them itself.
                 for item in later {
-                    self.store.delete_item(user, &thread.id, &item.id).await?;
+                    writes.delete_item(user, &thread.id, &item.id).await?;
                 }
                 Ok(turn(thread, vec![], Work::Respond { first: None, input: RespondInput::Retry(message) }))
             }
@@ -266,6 +278,7 @@ impl Engine {
 
     async fn add_user_message(
         &self,
+        writes: &Writes,
         user: &UserId,
         thread: &ThreadMetadata,
         input: UserMessageInput,
@@ -284,18 +297,18 @@ impl Engine {
             inference_options: input.inference_options,
         };
         let item = ThreadItem::new(new_id(IdKind::Message), thread.id.clone(), ItemBody::UserMessage(message));
-        self.store.add_item(user, &item).await?;
+        writes.add_item(user, &item).await?;
         Ok(item)
     }
 
     /// Removes pending tool calls left among the newest items; there should be
     /// none, but a dangling one would confuse the next model call.
-    async fn drop_dangling_tool_calls(&self, user: &UserId, thread_id: &str) -> EngineResult<()> {
+    async fn drop_dangling_tool_calls(&self, writes: &Writes, user: &UserId, thread_id: &str) -> EngineResult<()> {
         let recent = self.store.list_items(user, thread_id, &ListQuery::first(DEFAULT_PAGE_SIZE, Order::Desc)).await?;
         for item in recent.data {
             if matches!(&item.body, ItemBody::ClientToolCall(call) if call.status == ToolCallStatus::Pending) {
                 tracing::warn!(thread_id, item_id = %item.id, "dropping a client tool call that never completed");
-                self.store.delete_item(user, thread_id, &item.id).await?;
+                writes.delete_item(user, thread_id, &item.id).await?;
             }
         }
         Ok(())
@@ -351,14 +364,15 @@ impl Engine {
         cancel: CancelSignal,
         started: Instant,
     ) -> TurnOutcome {
-        let PreparedTurn { user, thread, caller, prelude, work } = turn;
-        let mut run = Run::new(self, user, thread, sink, cancel, started);
+        let PreparedTurn { user, thread, caller, prelude, work, fence } = turn;
+        let writes = self.writes(fence);
+        let mut run = Run::new(self, user, thread, sink, cancel, started, writes.clone());
         for event in prelude {
             if !run.send(event).await {
                 return run.cancelled().await;
             }
         }
-        let context = self.turn_context(&run.user, run.thread.clone(), caller);
+        let context = self.turn_context(&run.user, run.thread.clone(), caller, writes);
         let events: EventStream = match work {
             Work::Nothing => return TurnOutcome::Completed,
             Work::Respond { first, input } => {

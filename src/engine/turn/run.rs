@@ -17,7 +17,7 @@ use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::{ItemBody, Page, ThreadItem, ThreadStreamEvent};
 use crate::responder::{EventStream, ResponderError, SharedThread};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult, Writes};
 use crate::telemetry::metrics::METRICS;
 
 /// A viewer joining mid-turn starts from a snapshot of the in-progress items.
@@ -45,6 +45,8 @@ pub(super) struct Run<'a> {
     /// When the turn started, for the time to its first responder event.
     started: Instant,
     first_event: bool,
+    /// The turn's writes, under its job's fence.
+    writes: Writes,
 }
 
 /// When the in-progress snapshot was last published, and whether one is up.
@@ -71,6 +73,7 @@ impl<'a> Run<'a> {
         sink: mpsc::Sender<ThreadStreamEvent>,
         cancel: CancelSignal,
         started: Instant,
+        writes: Writes,
     ) -> Self {
         let (thread_id, saved_version) = (thread.id(), thread.version());
         Run {
@@ -85,6 +88,7 @@ impl<'a> Run<'a> {
             snapshot: SnapshotState { updates: 0, bytes: 0, at: Instant::now(), live: false },
             started,
             first_event: false,
+            writes,
         }
     }
 
@@ -189,8 +193,7 @@ impl<'a> Run<'a> {
                 }
             };
             if let Err(error) = self.persist(&mut event).await {
-                tracing::error!(%error, "could not persist a turn event");
-                break Some(ThreadStreamEvent::stream_error(true));
+                break Some(persist_failed(error));
             }
             let hidden = matches!(&event, ThreadStreamEvent::ItemDone { item } if item.is_hidden());
             if !hidden && !self.send(event).await {
@@ -203,10 +206,7 @@ impl<'a> Run<'a> {
                     drop(events);
                     return self.cancelled().await;
                 }
-                Err(error) => {
-                    tracing::error!(%error, "could not persist a thread change");
-                    break Some(ThreadStreamEvent::stream_error(true));
-                }
+                Err(error) => break Some(persist_failed(error)),
             }
         };
         let outcome = match failure {
@@ -230,7 +230,7 @@ impl<'a> Run<'a> {
     /// Applies an event to the store as the reference does: done items are
     /// added, removed items deleted, replaced items saved.
     async fn persist(&mut self, event: &mut ThreadStreamEvent) -> StoreResult<()> {
-        let store = &self.engine.store;
+        let store = &self.writes;
         match event {
             ThreadStreamEvent::ItemAdded { item } => {
                 item.thread_id.clone_from(&self.thread_id);
@@ -271,14 +271,14 @@ impl<'a> Run<'a> {
             return Ok(true);
         }
         let snapshot = self.thread.snapshot();
-        self.engine.store.save_thread(&self.user, &snapshot).await?;
+        self.writes.save_thread(&self.user, &snapshot).await?;
         self.saved_version = version;
         Ok(self.send(ThreadStreamEvent::ThreadUpdated { thread: snapshot.to_wire(Page::default()) }).await)
     }
 
     async fn keep_partial_messages(&self) -> StoreResult<()> {
         for item in self.pending.non_empty_messages() {
-            self.engine.store.add_item(&self.user, item).await?;
+            self.writes.add_item(&self.user, item).await?;
         }
         Ok(())
     }
@@ -295,7 +295,7 @@ impl<'a> Run<'a> {
         );
         let result = async {
             self.keep_partial_messages().await?;
-            self.engine.store.add_item(&self.user, &note).await?;
+            self.writes.add_item(&self.user, &note).await?;
             self.sync_thread().await
         }
         .await;
@@ -306,6 +306,26 @@ impl<'a> Run<'a> {
         TurnOutcome::Cancelled
     }
 }
+
+/// The error event that ends a turn whose write failed. A write refused by the thread's fence
+/// means another replica took the thread over: the user may send again, and it will run there.
+fn persist_failed(error: StoreError) -> ThreadStreamEvent {
+    match error {
+        StoreError::Fenced { thread_id } => {
+            tracing::warn!(%thread_id, "a turn's write was refused: another replica took the thread over");
+            METRICS.turns_fenced.inc();
+            ThreadStreamEvent::custom_error(FENCED_MESSAGE, true)
+        }
+        other => {
+            tracing::error!(error = %other, "could not persist a turn event");
+            ThreadStreamEvent::stream_error(true)
+        }
+    }
+}
+
+/// What the user reads when another replica took the thread over during their turn.
+pub const FENCED_MESSAGE: &str =
+    "This conversation was taken over by another server while the answer was being written. Try again.";
 
 fn error_event(error: ResponderError) -> ThreadStreamEvent {
     match error {

@@ -205,7 +205,7 @@ impl Responder for AgentResponder {
         if let Some(item) = &mut answer.updated_item {
             // The updated item replaces the stored one, as the reference's handlers save it.
             item.thread_id = turn.thread.id();
-            turn.store
+            turn.writes
                 .save_item(&turn.user, item)
                 .await
                 .map_err(|e| ResponderError::Internal(format!("cannot save the agent's updated item: {e}")))?;
