@@ -17,6 +17,7 @@ mod conformance;
 mod deploy;
 mod example_agent;
 mod fake_openai_selftest;
+mod fencing;
 mod metrics;
 mod model_responder;
 mod replicas;

@@ -3,11 +3,10 @@
 //! (or cancels it past the grace period, keeping its partial answer), closes
 //! viewer streams with a reconnect hint, and loses nothing that was accepted.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::fake_openai::{self, FakeOpenAi, Reply, MODEL};
+use crate::common::process::GatewayProcess;
 use crate::common::viewer;
 use crate::common::*;
 use chatkit_gateway::ids::UserId;
@@ -15,18 +14,10 @@ use chatkit_gateway::protocol::Order;
 use chatkit_gateway::store::{ListQuery, SqliteStore, Store};
 use serde_json::{json, Value};
 
+/// A gateway process and the SQLite file it writes.
 struct Gateway {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
+    process: GatewayProcess,
     db: std::path::PathBuf,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// What answers the turns: the model responder or an agent backend, both played by the fake server.
@@ -64,55 +55,23 @@ impl Upstream {
     }
 }
 
-/// Starts the release-less test build of the binary on a free port, answering through `fake` as `upstream`.
+/// Starts the test build of the binary on a free port, answering through `fake` as `upstream`.
 fn start(fake: &FakeOpenAi, upstream: Upstream, grace_secs: u64) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("chatkit.db");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatkit-gateway"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CHATKIT_BIND", "127.0.0.1:0")
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("CHATKIT_DATA_DIR", dir.path().join("data"))
-        .envs(upstream.env(fake))
-        .env("CHATKIT_SHUTDOWN_GRACE_SECS", grace_secs.to_string())
-        .env("CHATKIT_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    // The start-up log names the address it bound.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("addr=") {
-                let addr: String = line[at + 5..].chars().take_while(|c| !c.is_whitespace()).collect();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the gateway logs its address");
-    Gateway { child, base: format!("http://{}", addr.trim_matches('"')), _dir: dir, db }
+    let mut env = upstream.env(fake);
+    env.push(("DATABASE_URL", "sqlite://{dir}/chatkit.db".into()));
+    env.push(("CHATKIT_SHUTDOWN_GRACE_SECS", grace_secs.to_string()));
+    let process = GatewayProcess::start(&env);
+    let db = process.dir.path().join("chatkit.db");
+    Gateway { process, db }
 }
 
 impl Gateway {
     fn terminate(&self) {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success());
+        self.process.signal("TERM");
     }
 
-    /// Waits (bounded) for the process to exit; its exit status.
     fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "the gateway did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.wait_exit(limit)
     }
 
     async fn stored_assistant_text(&self, thread_id: &str) -> Vec<String> {
@@ -136,7 +95,7 @@ async fn begin_turn(gateway: &Gateway) -> (reqwest::Response, String) {
     let body = request("threads.create", json!({"input": text_input("tell me")}));
     let client = reqwest::Client::new();
     let mut response = client
-        .post(format!("{}/chatkit", gateway.base))
+        .post(format!("{}/chatkit", gateway.process.base))
         .header("x-user-id", "alice")
         .header("content-type", "application/json")
         .body(body.to_string())
@@ -166,7 +125,7 @@ async fn check_turn_finishes_on_sigterm(upstream: Upstream) {
     let fake = FakeOpenAi::start();
     fake.push(upstream.answer(&["one ", "two ", "three ", "four"], Duration::from_millis(250)));
     let mut gateway = start(&fake, upstream, 20);
-    let mut history = viewer::open(&format!("{}/chatkit/events", gateway.base), "alice", None).await;
+    let mut history = viewer::open(&format!("{}/chatkit/events", gateway.process.base), "alice", None).await;
     let (turn, thread_id) = begin_turn(&gateway).await;
     gateway.terminate();
     let rest = rest(turn).await;

@@ -144,9 +144,13 @@ impl<'a> Run<'a> {
 
     /// Tells viewers how a turn that stopped early left its in-progress items:
     /// kept messages are done, the rest removed, as the store has them.
-    async fn announce_abandoned(&mut self) {
+    /// `kept` says whether the non-empty messages were stored; when not, every item is removed.
+    async fn announce_abandoned(&mut self, kept: bool) {
         let items = self.pending.items().to_vec();
-        let kept: Vec<String> = self.pending.non_empty_messages().map(|item| item.id.clone()).collect();
+        let kept: Vec<String> = match kept {
+            true => self.pending.non_empty_messages().map(|item| item.id.clone()).collect(),
+            false => Vec::new(),
+        };
         let last = items.len().saturating_sub(1);
         for (index, item) in items.into_iter().enumerate() {
             let event = if kept.contains(&item.id) {
@@ -212,11 +216,20 @@ impl<'a> Run<'a> {
         let outcome = match failure {
             None => TurnOutcome::Completed,
             Some(error) => {
-                // Keep what the user already saw streaming, so nothing shown is lost.
-                if let Err(error) = self.keep_partial_messages().await {
-                    tracing::error!(%error, "could not keep partial output of a failed turn");
-                }
-                self.announce_abandoned().await;
+                // Keep what the user already saw streaming, so nothing shown is lost; unless the
+                // thread was taken over, when nothing more of this turn may be written.
+                let fenced = is_fenced(&error);
+                let kept = match fenced {
+                    true => false,
+                    false => match self.keep_partial_messages().await {
+                        Ok(()) => true,
+                        Err(error) => {
+                            tracing::error!(%error, "could not keep partial output of a failed turn");
+                            false
+                        }
+                    },
+                };
+                self.announce_abandoned(kept).await;
                 self.send(error).await;
                 TurnOutcome::Failed
             }
@@ -299,10 +312,19 @@ impl<'a> Run<'a> {
             self.sync_thread().await
         }
         .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "could not persist a cancelled turn");
+        match result {
+            Err(error @ StoreError::Fenced { .. }) => {
+                // The turn stopped because another replica took the thread over (its lease was
+                // lost): nothing of it was kept, and a client still listening is told to retry.
+                let error = persist_failed(error);
+                self.announce_abandoned(false).await;
+                let _ = self.sink.send(error).await;
+                return TurnOutcome::Failed;
+            }
+            Err(error) => tracing::error!(%error, "could not persist a cancelled turn"),
+            Ok(_) => {}
         }
-        self.announce_abandoned().await;
+        self.announce_abandoned(true).await;
         TurnOutcome::Cancelled
     }
 }
@@ -321,6 +343,11 @@ fn persist_failed(error: StoreError) -> ThreadStreamEvent {
             ThreadStreamEvent::stream_error(true)
         }
     }
+}
+
+/// Whether an error event is the one `persist_failed` makes for a refused (fenced) write.
+fn is_fenced(event: &ThreadStreamEvent) -> bool {
+    matches!(event, ThreadStreamEvent::Error(error) if error.message.as_deref() == Some(FENCED_MESSAGE))
 }
 
 /// What the user reads when another replica took the thread over during their turn.

@@ -330,6 +330,7 @@ where
 pub mod fake_openai;
 pub mod gated;
 pub mod postgres;
+pub mod process;
 pub mod redis;
 pub mod scripted;
 pub mod viewer;
