@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatkit_gateway::engine::{AttachmentFiles, CancelSignal, Engine, EngineSettings};
+use chatkit_gateway::blobs::DirBlobs;
+use chatkit_gateway::engine::{CancelSignal, Engine, EngineSettings};
 use chatkit_gateway::fanout::{self, FanoutSettings};
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::{Request, ThreadStreamEvent};
@@ -43,7 +44,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let data = std::env::temp_dir().join(format!("chatkit-bench-{}", std::process::id()));
-    let files = AttachmentFiles::new(&data);
+    let files = Arc::new(DirBlobs::new(data.clone()));
     actix::System::new().block_on(async move {
         let settings = EngineSettings { public_url: "http://127.0.0.1".into(), max_upload_bytes: 1 << 20 };
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

@@ -10,8 +10,9 @@ use std::time::Duration;
 use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpServer};
 
+use crate::blobs;
 use crate::config::Config;
-use crate::engine::{AttachmentFiles, Engine, EngineSettings};
+use crate::engine::{Engine, EngineSettings};
 use crate::fanout::{self, FanoutError};
 use crate::http::AuthMode;
 use crate::http::{self, AdminAccess, ApiError};
@@ -67,6 +68,24 @@ pub struct App {
     addr: SocketAddr,
     engine: Arc<Engine>,
     threads: ThreadRegistry,
+    /// How long uploads no message holds are kept, and how often the sweeper
+    /// that expires them runs (while the app serves).
+    sweep: (Duration, Duration),
+}
+
+/// Expires uploads no message holds, one bounded pass every `every`, until the
+/// app stops. A failed pass is logged and the next one tries again.
+async fn sweep_uploads(engine: Arc<Engine>, ttl: Duration, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match engine.sweep_uploads(ttl).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired uploads no message holds"),
+            Err(err) => tracing::warn!(error = %err, "expiring uploads failed; trying again at the next pass"),
+        }
+    }
 }
 
 impl App {
@@ -137,6 +156,10 @@ impl App {
         let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{addr}{base_path}"));
         let store_backend = store.backend();
         let store = Instrumented::wrap(store);
+        let blob_location = config.storage.blob_location(store_backend).map_err(AppError::Config)?;
+        let blobs = blobs::open(&blob_location, store.clone(), &config.storage.s3_options())
+            .map_err(|err| AppError::Config(err.to_string()))?;
+        let blob_backend = blobs.backend();
         let responder_name = responder.name();
         let fanout = fanout::open(config.fanout.redis_url.as_ref().map(|url| url.expose()), config.fanout.settings())?;
         let fanout_name = fanout.bus.name();
@@ -146,7 +169,7 @@ impl App {
             responder,
             fanout.bus,
             sessions.clone(),
-            AttachmentFiles::new(&config.storage.data_dir),
+            blobs,
             EngineSettings { public_url, max_upload_bytes: config.storage.max_upload_bytes },
         ));
         let threads = ThreadRegistry::new(engine.clone(), fanout.coordination, config.threads.settings());
@@ -210,8 +233,16 @@ impl App {
             server = server.workers(workers.max(1));
         }
         let server = server.listen(listener)?.run();
-        tracing::info!(%addr, store = store_backend, responder = responder_name, fanout = fanout_name, "listening");
-        Ok(App { server, closing, grace: config.server.shutdown_grace(), addr, engine, threads })
+        let sweep = (config.storage.upload_ttl(), config.storage.upload_sweep());
+        tracing::info!(
+            %addr,
+            store = store_backend,
+            blobs = blob_backend,
+            responder = responder_name,
+            fanout = fanout_name,
+            "listening"
+        );
+        Ok(App { server, closing, grace: config.server.shutdown_grace(), addr, engine, threads, sweep })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -231,6 +262,8 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
         let server = self.server;
+        let (ttl, every) = self.sweep;
+        let _sweeper = AbortOnDrop(actix_web::rt::spawn(sweep_uploads(self.engine.clone(), ttl, every)));
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result,
@@ -250,5 +283,14 @@ impl App {
                 result
             }
         }
+    }
+}
+
+/// Stops a background task when the app stops serving.
+struct AbortOnDrop(actix_web::rt::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

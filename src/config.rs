@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
+use crate::blobs::{BlobLocation, S3Options};
 use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
 use crate::responder::{AgentSettings, ModelSettings};
@@ -102,6 +103,72 @@ pub struct StorageConfig {
     /// Largest attachment accepted by `attachments.create` and its upload, in bytes.
     #[arg(long, env = "CHATKIT_MAX_UPLOAD_BYTES", default_value_t = 20 * 1024 * 1024)]
     pub max_upload_bytes: u64,
+
+    /// Where attachment bytes are kept: `s3://bucket/prefix` (S3-compatible
+    /// storage; credentials, region and endpoint from the AWS variables),
+    /// `database` (the store's database), a directory (`file:///path` or a path)
+    /// or `memory://`. Default: `database` with a PostgreSQL store, else the data directory.
+    #[arg(long, env = "CHATKIT_BLOB_URL")]
+    pub blob_url: Option<String>,
+
+    /// Seconds an upload no message holds is kept before it expires (record and bytes).
+    #[arg(long, env = "CHATKIT_UPLOAD_TTL_SECS", default_value_t = 24 * 60 * 60)]
+    pub upload_ttl_secs: u64,
+
+    /// Seconds between two passes of the sweeper that deletes expired uploads
+    /// (each pass deletes at most 100).
+    #[arg(long, env = "CHATKIT_UPLOAD_SWEEP_SECS", default_value_t = 60)]
+    pub upload_sweep_secs: u64,
+
+    /// Region of the S3 bucket (with an `s3://` blob URL).
+    #[arg(long = "s3-region", env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+
+    /// S3-compatible endpoint other than AWS's, e.g. `http://127.0.0.1:9000`.
+    #[arg(long = "s3-endpoint", env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Allow a plain-HTTP S3 endpoint.
+    #[arg(long = "s3-allow-http", env = "AWS_ALLOW_HTTP", default_value_t = false)]
+    pub s3_allow_http: bool,
+
+    /// S3 access key id.
+    #[arg(long = "s3-access-key-id", env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<Secret>,
+
+    /// S3 secret access key.
+    #[arg(long = "s3-secret-access-key", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<Secret>,
+}
+
+impl StorageConfig {
+    /// Where attachment bytes go: `CHATKIT_BLOB_URL`, else the store's database
+    /// for PostgreSQL (shared by the replicas), else the data directory.
+    pub fn blob_location(&self, store_backend: &str) -> Result<BlobLocation, String> {
+        match &self.blob_url {
+            Some(url) => BlobLocation::parse(url),
+            None if store_backend == "postgres" => Ok(BlobLocation::Database),
+            None => Ok(BlobLocation::Directory(self.data_dir.clone())),
+        }
+    }
+
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            region: self.s3_region.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            allow_http: self.s3_allow_http,
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+        }
+    }
+
+    pub fn upload_ttl(&self) -> Duration {
+        Duration::from_secs(self.upload_ttl_secs)
+    }
+
+    pub fn upload_sweep(&self) -> Duration {
+        Duration::from_secs(self.upload_sweep_secs.max(1))
+    }
 }
 
 /// Who may call: how users are identified, and the keys of the `/v1` API.

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the code map and the invariants between modules.
 
 pub mod app;
+pub mod blobs;
 pub mod config;
 pub mod engine;
 pub mod fanout;

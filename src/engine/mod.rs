@@ -19,6 +19,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use futures_util::FutureExt;
 
+use crate::blobs::BlobStore;
 use crate::fanout::{Bus, CatchUp, FanoutError, Health, Subscription, Topic};
 use crate::ids::UserId;
 use crate::protocol::{
@@ -31,7 +32,7 @@ use crate::store::{Entity, Fence, ListQuery, Store, StoreError, Writes};
 use crate::telemetry::metrics::METRICS;
 
 pub use announce::Announcer;
-pub use attachments::{AttachmentContent, AttachmentFiles};
+pub use attachments::{AttachmentContent, Upload, SWEEP_BATCH};
 pub use turn::{refusal, CancelSignal, PreparedTurn, TurnOutcome};
 
 /// Who is asking, beyond the user: what the responder and the session rules need.
@@ -75,6 +76,9 @@ pub enum EngineError {
     UpstreamFailed(String),
     #[error("store failed: {0}")]
     Store(StoreError),
+    /// The blob store failed (a name taken is a `Conflict` instead).
+    #[error("blob store failed: {0}")]
+    Blobs(crate::blobs::BlobError),
     #[error("responder failed: {0}")]
     Responder(String),
 }
@@ -157,7 +161,8 @@ pub struct Engine {
     stats: EngineStats,
     store: Arc<dyn Store>,
     responder: Arc<dyn Responder>,
-    files: AttachmentFiles,
+    /// Attachment bytes.
+    blobs: Arc<dyn BlobStore>,
     settings: EngineSettings,
     /// Carries the announcements and the viewers' subscriptions.
     bus: Arc<dyn Bus>,
@@ -172,11 +177,11 @@ impl Engine {
         responder: Arc<dyn Responder>,
         bus: Arc<dyn Bus>,
         sessions: Arc<Sessions>,
-        files: AttachmentFiles,
+        blobs: Arc<dyn BlobStore>,
         settings: EngineSettings,
     ) -> Self {
         let announce = Announcer::new(bus.clone());
-        Engine { stats: EngineStats::default(), store, responder, files, settings, bus, announce, sessions }
+        Engine { stats: EngineStats::default(), store, responder, blobs, settings, bus, announce, sessions }
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -220,6 +225,7 @@ impl Engine {
             writes,
             locale: caller.locale,
             session: caller.session,
+            blobs: self.blobs.clone(),
         }
     }
 
@@ -275,7 +281,11 @@ impl Engine {
                 Ok(JsonAnswer::Thread(thread))
             }
             Request::DeleteThread(params) => {
+                // The attachments are found before the thread goes, and deleted after,
+                // so that a failure in between leaves no message without its bytes.
+                let attachments = self.store.thread_attachments(user, &params.thread_id).await?;
                 self.store.delete_thread(user, &params.thread_id).await?;
+                self.delete_thread_attachments(user, &attachments).await?;
                 self.announce.thread_deleted(user, &params.thread_id).await;
                 Ok(JsonAnswer::Empty)
             }

@@ -161,6 +161,14 @@ impl From<EngineError> for ApiError {
                     "the gateway's store is unavailable",
                 )
             }
+            EngineError::Blobs(inner) => {
+                tracing::error!(error = %inner, "blob store failure");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "blob_store_unavailable",
+                    "the gateway's attachment storage is unavailable",
+                )
+            }
             EngineError::Responder(detail) => {
                 tracing::error!(%detail, "responder failure");
                 ApiError::internal()

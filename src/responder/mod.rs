@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 use serde_json::value::RawValue;
 
+use crate::blobs::BlobStore;
 use crate::ids::UserId;
 use crate::protocol::{
     Action, FeedbackKind, Order, SyncCustomActionResponse, ThreadItem, ThreadMetadata, ThreadStatus, ThreadStreamEvent,
@@ -160,9 +161,21 @@ pub struct TurnContext {
     /// The client session the request came with, when sessions authenticate:
     /// its settings (titling, workflow state variables) apply to the turn.
     pub session: Option<Arc<ActiveSession>>,
+    /// Where attachment bytes are kept, for a responder that hands them on.
+    pub blobs: Arc<dyn BlobStore>,
 }
 
 impl TurnContext {
+    /// An uploaded attachment's bytes, `None` when there are none (not uploaded,
+    /// or expired). A failing blob store is an internal error.
+    pub async fn attachment_bytes(&self, attachment_id: &str) -> Result<Option<Bytes>, ResponderError> {
+        match self.blobs.get(&crate::blobs::attachment_name(attachment_id)).await {
+            Ok(bytes) => Ok(bytes),
+            Err(crate::blobs::BlobError::InvalidName(_)) => Ok(None),
+            Err(err) => Err(ResponderError::Internal(format!("cannot read attachment `{attachment_id}`: {err}"))),
+        }
+    }
+
     /// The thread's newest `count` items (at least one), oldest first, hidden context included.
     pub async fn recent_items(&self, count: usize) -> Result<Vec<ThreadItem>, ResponderError> {
         let query = ListQuery::first(count.max(1), Order::Desc);

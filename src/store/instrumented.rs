@@ -123,6 +123,30 @@ impl Store for Instrumented {
         self.timed("delete_attachment", self.inner.delete_attachment(user, attachment_id)).await
     }
 
+    async fn thread_attachments(&self, user: &UserId, thread_id: &str) -> StoreResult<Vec<String>> {
+        self.timed("thread_attachments", self.inner.thread_attachments(user, thread_id)).await
+    }
+
+    async fn stale_uploads(&self, before: i64, limit: usize) -> StoreResult<Vec<(UserId, String)>> {
+        self.timed("stale_uploads", self.inner.stale_uploads(before, limit)).await
+    }
+
+    async fn expire_upload(&self, user: &UserId, attachment_id: &str) -> StoreResult<bool> {
+        self.timed("expire_upload", self.inner.expire_upload(user, attachment_id)).await
+    }
+
+    async fn put_blob(&self, name: &str, bytes: &[u8]) -> StoreResult<bool> {
+        self.timed("put_blob", self.inner.put_blob(name, bytes)).await
+    }
+
+    async fn get_blob(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.timed("get_blob", self.inner.get_blob(name)).await
+    }
+
+    async fn delete_blob(&self, name: &str) -> StoreResult<()> {
+        self.timed("delete_blob", self.inner.delete_blob(name)).await
+    }
+
     async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
         self.timed("create_session", self.inner.create_session(session)).await
     }

@@ -34,6 +34,10 @@ struct Inner {
     threads_by_seq: BTreeMap<u64, String>,
     /// Every attachment by id, with its owner.
     attachments: HashMap<String, (UserId, Attachment)>,
+    /// When each attachment was first saved, in Unix seconds.
+    attachments_created: HashMap<String, i64>,
+    /// Blob bytes by name.
+    blobs: HashMap<String, Vec<u8>>,
     /// Every session by id.
     sessions: HashMap<String, SessionRecord>,
     /// Session ids by the hash of their client secret.
@@ -291,6 +295,7 @@ impl Store for MemoryStore {
             Some((owner, _)) if owner != user => Err(StoreError::not_found(Entity::Attachment, &attachment.id)),
             _ => {
                 inner.attachments.insert(attachment.id.clone(), (user.clone(), attachment.clone()));
+                inner.attachments_created.entry(attachment.id.clone()).or_insert_with(super::unix_now);
                 Ok(())
             }
         }
@@ -308,10 +313,65 @@ impl Store for MemoryStore {
         match inner.attachments.get(attachment_id) {
             Some((owner, _)) if owner == user => {
                 inner.attachments.remove(attachment_id);
+                inner.attachments_created.remove(attachment_id);
                 Ok(())
             }
             _ => Err(StoreError::not_found(Entity::Attachment, attachment_id)),
         }
+    }
+
+    async fn thread_attachments(&self, user: &UserId, thread_id: &str) -> StoreResult<Vec<String>> {
+        let inner = self.read();
+        let held = inner
+            .attachments
+            .values()
+            .filter(|(owner, attachment)| owner == user && attachment.thread_id.as_deref() == Some(thread_id));
+        Ok(held.map(|(_, attachment)| attachment.id.clone()).collect())
+    }
+
+    async fn stale_uploads(&self, before: i64, limit: usize) -> StoreResult<Vec<(UserId, String)>> {
+        let inner = self.read();
+        let mut stale: Vec<(i64, UserId, String)> = inner
+            .attachments
+            .values()
+            .filter(|(_, attachment)| attachment.thread_id.is_none())
+            .filter_map(|(owner, attachment)| {
+                let created = *inner.attachments_created.get(&attachment.id)?;
+                (created < before).then(|| (created, owner.clone(), attachment.id.clone()))
+            })
+            .collect();
+        stale.sort();
+        Ok(stale.into_iter().take(limit).map(|(_, owner, id)| (owner, id)).collect())
+    }
+
+    async fn expire_upload(&self, user: &UserId, attachment_id: &str) -> StoreResult<bool> {
+        let mut inner = self.write();
+        match inner.attachments.get(attachment_id) {
+            Some((owner, attachment)) if owner == user && attachment.thread_id.is_none() => {
+                inner.attachments.remove(attachment_id);
+                inner.attachments_created.remove(attachment_id);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn put_blob(&self, name: &str, bytes: &[u8]) -> StoreResult<bool> {
+        let mut inner = self.write();
+        if inner.blobs.contains_key(name) {
+            return Ok(false);
+        }
+        inner.blobs.insert(name.to_owned(), bytes.to_vec());
+        Ok(true)
+    }
+
+    async fn get_blob(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.read().blobs.get(name).cloned())
+    }
+
+    async fn delete_blob(&self, name: &str) -> StoreResult<()> {
+        self.write().blobs.remove(name);
+        Ok(())
     }
 
     async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {

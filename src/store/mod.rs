@@ -158,6 +158,13 @@ pub struct SessionRecord {
     pub settings: serde_json::Value,
 }
 
+/// The current time in Unix seconds, the creation time of attachments.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// The id a `NotFound` names when a session was looked up by its secret's hash,
 /// which must not end up in errors or logs.
 pub const SESSION_BY_SECRET: &str = "(by secret)";
@@ -220,10 +227,26 @@ pub trait Store: Send + Sync + 'static {
         write: FencedWrite<'_>,
     ) -> StoreResult<()>;
 
-    /// Inserts or replaces an attachment.
+    /// Inserts or replaces an attachment. Its `thread_id` tells whether a message
+    /// holds it; the first save's time is its creation time.
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()>;
     async fn load_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<Attachment>;
     async fn delete_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<()>;
+    /// The ids of the attachments bound to a thread (saved with its `thread_id`).
+    async fn thread_attachments(&self, user: &UserId, thread_id: &str) -> StoreResult<Vec<String>>;
+    /// Up to `limit` attachments no message holds, created before `before`
+    /// (Unix seconds), oldest first, with their owners: uploads left to expire.
+    async fn stale_uploads(&self, before: i64, limit: usize) -> StoreResult<Vec<(UserId, String)>>;
+    /// Deletes an attachment only while no message holds it, telling whether it did:
+    /// an upload attached while it was being expired stays.
+    async fn expire_upload(&self, user: &UserId, attachment_id: &str) -> StoreResult<bool>;
+
+    /// Stores bytes under a new name (the database blob backend); `false`, and
+    /// nothing changed, when the name is taken.
+    async fn put_blob(&self, name: &str, bytes: &[u8]) -> StoreResult<bool>;
+    async fn get_blob(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Deletes a blob; a missing one is not an error.
+    async fn delete_blob(&self, name: &str) -> StoreResult<()>;
 
     /// Stores a new session; `Duplicate` when its id or secret hash exists.
     async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;

@@ -412,8 +412,12 @@ impl Store for PostgresStore {
     }
 
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()> {
-        let query =
-            sqlx::query(&SQL.upsert_attachment).bind(&attachment.id).bind(user.as_str()).bind(to_json(attachment)?);
+        let query = sqlx::query(&SQL.upsert_attachment)
+            .bind(&attachment.id)
+            .bind(user.as_str())
+            .bind(to_json(attachment)?)
+            .bind(attachment.thread_id.as_deref())
+            .bind(super::unix_now());
         // No row changed: the id belongs to another user's attachment, which stays
         // untouched and is reported as missing so that its existence does not leak.
         found(self.changed(query).await.map_err(backend_error)?, Entity::Attachment, &attachment.id)
@@ -429,6 +433,36 @@ impl Store for PostgresStore {
     async fn delete_attachment(&self, user: &UserId, attachment_id: &str) -> StoreResult<()> {
         let query = sqlx::query(&SQL.delete_attachment).bind(attachment_id).bind(user.as_str());
         found(self.changed(query).await.map_err(backend_error)?, Entity::Attachment, attachment_id)
+    }
+
+    async fn thread_attachments(&self, user: &UserId, thread_id: &str) -> StoreResult<Vec<String>> {
+        let query = sqlx::query_scalar(&SQL.thread_attachments).bind(thread_id).bind(user.as_str());
+        query.fetch_all(&self.pool).await.map_err(backend_error)
+    }
+
+    async fn stale_uploads(&self, before: i64, limit: usize) -> StoreResult<Vec<(UserId, String)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let query = sqlx::query_as::<_, (String, String)>(&SQL.stale_uploads).bind(before).bind(limit);
+        let rows = query.fetch_all(&self.pool).await.map_err(backend_error)?;
+        Ok(rows.into_iter().map(|(user, id)| (UserId(user), id)).collect())
+    }
+
+    async fn expire_upload(&self, user: &UserId, attachment_id: &str) -> StoreResult<bool> {
+        let query = sqlx::query(&SQL.expire_upload).bind(attachment_id).bind(user.as_str());
+        self.changed(query).await.map_err(backend_error)
+    }
+
+    async fn put_blob(&self, name: &str, bytes: &[u8]) -> StoreResult<bool> {
+        self.changed(sqlx::query(&SQL.insert_blob).bind(name).bind(bytes)).await.map_err(backend_error)
+    }
+
+    async fn get_blob(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        let query = sqlx::query_scalar(&SQL.load_blob).bind(name);
+        query.fetch_optional(&self.pool).await.map_err(backend_error)
+    }
+
+    async fn delete_blob(&self, name: &str) -> StoreResult<()> {
+        self.changed(sqlx::query(&SQL.delete_blob).bind(name)).await.map(drop).map_err(backend_error)
     }
 
     async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {

@@ -42,6 +42,8 @@ const SPELLINGS: &[(&str, &str, &str)] = &[
     // When a migration was applied: ISO 8601 text in SQLite, a timestamp in PostgreSQL.
     ("{APPLIED_AT}", "TEXT NOT NULL", "TIMESTAMPTZ NOT NULL DEFAULT now()"),
     ("{NOW}", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", "now()"),
+    // Bytes: SQLite's BLOB, PostgreSQL's BYTEA.
+    ("{BYTES}", "BLOB", "BYTEA"),
 ];
 
 impl Dialect {
@@ -145,6 +147,23 @@ CREATE TABLE sessions (
         version: 3,
         sql: r#"
 ALTER TABLE threads ADD COLUMN fence {BIGINT} NOT NULL DEFAULT 0;
+"#,
+    },
+    // Attachment bytes in the database (the blob store of a PostgreSQL
+    // deployment), and the columns that find a thread's attachments and the
+    // uploads never attached to a message. Rows from before this step have
+    // neither: they are left to their thread's deletion by id, and never expire.
+    Migration {
+        version: 4,
+        sql: r#"
+CREATE TABLE blobs (
+    name TEXT PRIMARY KEY,
+    data {BYTES} NOT NULL
+);
+ALTER TABLE attachments ADD COLUMN thread_id TEXT;
+ALTER TABLE attachments ADD COLUMN created_at {BIGINT};
+CREATE INDEX attachments_by_thread ON attachments (thread_id, user_id);
+CREATE INDEX attachments_unattached ON attachments (created_at) WHERE thread_id IS NULL;
 "#,
     },
 ];
@@ -259,11 +278,25 @@ statements! {
         AND EXISTS (SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?3 AND fence <= ?4)";
     fenced_update_thread = "UPDATE threads SET data = ?3 WHERE id = ?1 AND user_id = ?2 AND fence <= ?4";
 
-    /// Inserts or replaces an attachment, but never one another user owns.
-    upsert_attachment = "INSERT INTO attachments (id, user_id, data) VALUES (?1, ?2, ?3) \
-        ON CONFLICT (id) DO UPDATE SET data = excluded.data WHERE attachments.user_id = excluded.user_id";
+    /// Inserts or replaces an attachment, but never one another user owns. Its
+    /// creation time (`?5`, Unix seconds) is the first save's.
+    upsert_attachment = "INSERT INTO attachments (id, user_id, data, thread_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+        ON CONFLICT (id) DO UPDATE SET data = excluded.data, thread_id = excluded.thread_id \
+        WHERE attachments.user_id = excluded.user_id";
+    /// The attachments bound to a thread's messages.
+    thread_attachments = "SELECT id FROM attachments WHERE thread_id = ?1 AND user_id = ?2";
+    /// Uploads never attached to a message, created before `?1`, oldest first, at most `?2`.
+    stale_uploads = "SELECT user_id, id FROM attachments WHERE thread_id IS NULL AND created_at < ?1 \
+        ORDER BY created_at LIMIT ?2";
+    /// Deletes an upload only while no message holds it.
+    expire_upload = "DELETE FROM attachments WHERE id = ?1 AND user_id = ?2 AND thread_id IS NULL";
     load_attachment = "SELECT data FROM attachments WHERE id = ?1 AND user_id = ?2";
     delete_attachment = "DELETE FROM attachments WHERE id = ?1 AND user_id = ?2";
+
+    /// Stores a blob under a new name; a taken name changes no row.
+    insert_blob = "INSERT INTO blobs (name, data) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
+    load_blob = "SELECT data FROM blobs WHERE name = ?1";
+    delete_blob = "DELETE FROM blobs WHERE name = ?1";
 
     insert_session = "INSERT INTO sessions (id, secret_hash, user_id, created_at, expires_at, cancelled, settings) \
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";

@@ -10,6 +10,7 @@ mod common;
 
 mod agent;
 mod bad_input;
+mod blob_contract;
 mod browser;
 mod cancellation;
 mod chatkit_ops;
@@ -24,6 +25,7 @@ mod replicas;
 mod responder_failures;
 mod rest_api;
 mod sessions;
+mod shared_attachments;
 mod shutdown;
 mod smoke;
 mod store_contract;

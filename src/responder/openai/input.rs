@@ -1,12 +1,16 @@
 //! Thread items as Chat Completions messages, converted as the reference's
 //! `simple_to_agent_input` converts them for the Agents SDK.
 
+use std::collections::HashMap;
+
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::protocol::{
-    ItemBody, StructuredInput, StructuredInputRequest, StructuredInputStatus, Task, ThreadItem, ToolCallStatus,
-    UserMessage, UserMessageContent,
+    AttachmentKind, ItemBody, StructuredInput, StructuredInputRequest, StructuredInputStatus, Task, ThreadItem,
+    ToolCallStatus, UserMessage, UserMessageContent,
 };
+use crate::responder::{ResponderError, TurnContext};
 
 /// What the reference tells the model about `@`-mentions.
 const TAG_GUIDE: &str = "# User-provided context for @-mentions\n\
@@ -16,13 +20,43 @@ const TAG_GUIDE: &str = "# User-provided context for @-mentions\n\
 /// Converts thread items, oldest first, into messages. Pending client tool
 /// calls are left out (the model cannot see a call without its output), and
 /// quoted text counts only on the last item, as in the reference.
+#[cfg(test)]
 pub fn to_messages(items: &[ThreadItem]) -> Vec<Value> {
+    to_messages_with(items, &Images::new())
+}
+
+/// Uploaded images by attachment id, as `data:` URLs the model reads.
+pub type Images = HashMap<String, String>;
+
+/// As `to_messages`, with the images of the user's messages given to the model
+/// (those `images` holds; any other attachment is named in the text).
+pub fn to_messages_with(items: &[ThreadItem], images: &Images) -> Vec<Value> {
     let mut messages = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let is_last = index + 1 == items.len();
-        convert(item, is_last, &mut messages);
+        convert(item, is_last, images, &mut messages);
     }
     messages
+}
+
+/// Reads the bytes of the image attachments of the user's messages among
+/// `items`, as `data:` URLs. An image whose bytes are gone is left out (the
+/// model is told of it by name).
+pub async fn load_images(turn: &TurnContext, items: &[ThreadItem]) -> Result<Images, ResponderError> {
+    let mut images = Images::new();
+    for item in items {
+        let ItemBody::UserMessage(message) = &item.body else { continue };
+        for attachment in &message.attachments {
+            if !matches!(attachment.kind, AttachmentKind::Image { .. }) || images.contains_key(&attachment.id) {
+                continue;
+            }
+            if let Some(bytes) = turn.attachment_bytes(&attachment.id).await? {
+                let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                images.insert(attachment.id.clone(), format!("data:{};base64,{data}", attachment.mime_type));
+            }
+        }
+    }
+    Ok(images)
 }
 
 fn user(text: impl Into<String>) -> Value {
@@ -33,9 +67,9 @@ fn hidden(content: &str) -> Value {
     user(format!("Hidden context for the agent (not shown to the user):\n<HiddenContext>\n{content}\n</HiddenContext>"))
 }
 
-fn convert(item: &ThreadItem, is_last: bool, out: &mut Vec<Value>) {
+fn convert(item: &ThreadItem, is_last: bool, images: &Images, out: &mut Vec<Value>) {
     match &item.body {
-        ItemBody::UserMessage(message) => user_message(message, is_last, out),
+        ItemBody::UserMessage(message) => user_message(message, is_last, images, out),
         ItemBody::AssistantMessage { content } => {
             let text: String = content.iter().map(|part| part.text.as_str()).collect();
             out.push(json!({"role": "assistant", "content": text}));
@@ -79,7 +113,7 @@ fn convert(item: &ThreadItem, is_last: bool, out: &mut Vec<Value>) {
     }
 }
 
-fn user_message(message: &UserMessage, is_last: bool, out: &mut Vec<Value>) {
+fn user_message(message: &UserMessage, is_last: bool, images: &Images, out: &mut Vec<Value>) {
     let mut text = String::new();
     let mut tags: Vec<(&str, &serde_json::Map<String, Value>)> = Vec::new();
     for part in &message.content {
@@ -94,11 +128,21 @@ fn user_message(message: &UserMessage, is_last: bool, out: &mut Vec<Value>) {
             }
         }
     }
-    // The model cannot open the files; it learns they are there.
+    // The model sees the images whose bytes were read; of other files it learns
+    // only that they are there.
+    let mut parts = Vec::new();
     for attachment in &message.attachments {
         text.push_str(&format!("\n[The user attached `{}` ({})]", attachment.name, attachment.mime_type));
+        if let Some(url) = images.get(&attachment.id) {
+            parts.push(json!({"type": "image_url", "image_url": {"url": url, "detail": "auto"}}));
+        }
     }
-    out.push(user(text));
+    if parts.is_empty() {
+        out.push(user(text));
+    } else {
+        parts.insert(0, json!({"type": "text", "text": text}));
+        out.push(json!({"role": "user", "content": parts}));
+    }
     if is_last {
         if let Some(quoted) = &message.quoted_text {
             out.push(user(format!("The user is referring to this in particular: \n{quoted}")));

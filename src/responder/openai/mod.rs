@@ -350,7 +350,8 @@ impl Responder for OpenAiResponder {
                 system.push_str(&format!("\n\nSession state variables: {}", Value::Object(variables.clone())));
             }
             let mut messages = vec![json!({"role": "system", "content": system})];
-            messages.extend(input::to_messages(&items));
+            let images = input::load_images(&turn, &items).await?;
+            messages.extend(input::to_messages_with(&items, &images));
             let request = inner.request(&model, messages, tool_choice.as_deref());
             let (mut upstream, first) = inner.open(&request).await.map_err(|f| f.into_error(&model))?;
             let mut translator = Translator::new(turn.thread.id(), settings.clone());

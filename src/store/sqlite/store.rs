@@ -10,7 +10,8 @@ use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE
 use crate::store::paging::{effective_limit, finish_page, Listed, Window};
 use crate::store::sql::{fetch_limit, found, raw_json, to_json, SqlRow};
 use crate::store::{
-    Entity, Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
+    unix_now, Entity, Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId,
+    SESSION_BY_SECRET,
 };
 
 pub(super) fn backend_error(err: rusqlite::Error) -> StoreError {
@@ -365,11 +366,13 @@ impl Store for SqliteStore {
 
     async fn save_attachment(&self, user: &UserId, attachment: &Attachment) -> StoreResult<()> {
         let (id, user, data) = (attachment.id.clone(), user.0.clone(), to_json(attachment)?);
+        let (thread_id, now) = (attachment.thread_id.clone(), unix_now());
         self.workers
             .write(move |conn| {
                 // No row changed: the id belongs to another user's attachment, which stays
                 // untouched and is reported as missing so that its existence does not leak.
-                let changed = execute(conn, &SQL.upsert_attachment, params![id, user, data]).map_err(backend_error)?;
+                let row = params![id, user, data, thread_id, now];
+                let changed = execute(conn, &SQL.upsert_attachment, row).map_err(backend_error)?;
                 found(changed > 0, Entity::Attachment, id)
             })
             .await
@@ -392,6 +395,58 @@ impl Store for SqliteStore {
                 let changed = execute(conn, &SQL.delete_attachment, params![id, user]).map_err(backend_error)?;
                 found(changed > 0, Entity::Attachment, id)
             })
+            .await
+    }
+
+    async fn thread_attachments(&self, user: &UserId, thread_id: &str) -> StoreResult<Vec<String>> {
+        let (thread_id, user) = (thread_id.to_owned(), user.0.clone());
+        self.workers
+            .read(move |conn| {
+                let mut statement = conn.prepare_cached(&SQL.thread_attachments).map_err(backend_error)?;
+                let rows = statement.query_map(params![thread_id, user], |row| row.get(0)).map_err(backend_error)?;
+                rows.collect::<rusqlite::Result<Vec<String>>>().map_err(backend_error)
+            })
+            .await
+    }
+
+    async fn stale_uploads(&self, before: i64, limit: usize) -> StoreResult<Vec<(UserId, String)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.workers
+            .read(move |conn| {
+                let mut statement = conn.prepare_cached(&SQL.stale_uploads).map_err(backend_error)?;
+                let rows = statement
+                    .query_map(params![before, limit], |row| Ok((UserId(row.get(0)?), row.get(1)?)))
+                    .map_err(backend_error)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend_error)
+            })
+            .await
+    }
+
+    async fn expire_upload(&self, user: &UserId, attachment_id: &str) -> StoreResult<bool> {
+        let (id, user) = (attachment_id.to_owned(), user.0.clone());
+        self.workers
+            .write(move |conn| Ok(execute(conn, &SQL.expire_upload, params![id, user]).map_err(backend_error)? > 0))
+            .await
+    }
+
+    async fn put_blob(&self, name: &str, bytes: &[u8]) -> StoreResult<bool> {
+        let (name, bytes) = (name.to_owned(), bytes.to_vec());
+        self.workers
+            .write(move |conn| Ok(execute(conn, &SQL.insert_blob, params![name, bytes]).map_err(backend_error)? > 0))
+            .await
+    }
+
+    async fn get_blob(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        let name = name.to_owned();
+        self.workers
+            .read(move |conn| query_one(conn, &SQL.load_blob, params![name], |row| row.get(0).map_err(backend_error)))
+            .await
+    }
+
+    async fn delete_blob(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.workers
+            .write(move |conn| execute(conn, &SQL.delete_blob, params![name]).map(drop).map_err(backend_error))
             .await
     }
 
