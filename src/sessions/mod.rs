@@ -68,21 +68,36 @@ impl ActiveSession {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     Allowed,
-    /// Over the limit; the seconds until the current minute ends.
+    /// Over the limit; the seconds (rounded up) until the oldest request of the
+    /// last minute is a minute old, when one more may go.
     Limited {
         retry_after: u64,
     },
 }
 
+/// The time rate limits count with, in Unix milliseconds: the system clock,
+/// or one a test moves.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The window `max_requests_per_1_minute` counts in.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
 pub struct Sessions {
     store: Arc<dyn Store>,
-    /// Carries rate-limit counters and session ends between replicas.
+    /// Carries rate-limit windows and session ends between replicas.
     coordination: Arc<dyn Coordination>,
+    clock: Clock,
 }
 
 impl Sessions {
     pub fn new(store: Arc<dyn Store>, coordination: Arc<dyn Coordination>) -> Self {
-        Sessions { store, coordination }
+        Sessions { store, coordination, clock: Arc::new(|| chrono::Utc::now().timestamp_millis()) }
+    }
+
+    /// The same, with rate limits counted on `clock` (tests move it across a minute).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub async fn create(&self, params: SessionCreateParams) -> Result<ChatSession, SessionError> {
@@ -142,16 +157,16 @@ impl Sessions {
         Ok(ActiveSession { id: record.id, user: UserId(record.user), expires_at: record.expires_at, settings })
     }
 
-    /// Counts a request against the session's per-minute limit, across replicas.
+    /// Counts a request against the session's limit, across replicas: at most
+    /// `max_requests_per_1_minute` requests in any 60 seconds (a sliding
+    /// window, so no burst gets twice the limit through around a clock
+    /// minute's boundary). A refused request is not counted.
     pub async fn admit(&self, session: &ActiveSession) -> Admission {
-        let now = unix_now();
-        let minute = now / 60;
-        let key = format!("rate:{}:{minute}", session.id);
-        let count = self.coordination.incr(&key, Duration::from_secs(120)).await;
-        if count > u64::from(session.settings.rate_limits.max_requests_per_1_minute) {
-            Admission::Limited { retry_after: u64::try_from(60 - now % 60).unwrap_or(60).max(1) }
-        } else {
-            Admission::Allowed
+        let limit = session.settings.rate_limits.max_requests_per_1_minute;
+        let key = format!("session:{}", session.id);
+        match self.coordination.admit_window(&key, limit, RATE_WINDOW, (self.clock)()).await {
+            Ok(()) => Admission::Allowed,
+            Err(wait) => Admission::Limited { retry_after: wait.as_millis().div_ceil(1000).max(1) as u64 },
         }
     }
 

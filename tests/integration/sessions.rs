@@ -2,6 +2,7 @@
 //! streams, their expiry and cancellation, their settings and rate limits.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
@@ -9,9 +10,11 @@ use crate::common::redis::RedisServer;
 use crate::common::viewer::{self, Viewer};
 use crate::common::*;
 use chatkit_gateway::config::Config;
+use chatkit_gateway::fanout::{Coordination, FanoutSettings, LocalFanout, RedisFanout};
 use chatkit_gateway::http::AuthMode;
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::secret::Secret;
+use chatkit_gateway::sessions::{Admission, Sessions};
 use serde_json::{json, Value};
 
 /// Everything the gateway logs in this test binary, to check that no secret leaks.
@@ -99,15 +102,6 @@ async fn new_thread(app: &TestApp, secret: &str, text: &str) -> String {
     let (status, _, body) = call_with(app, secret, "threads.create", json!({"input": text_input(text)})).await;
     assert_eq!(status, 200, "{body}");
     parse_sse(&body)[0]["thread"]["id"].as_str().unwrap().to_string()
-}
-
-/// Rate limits count per clock minute: a test that needs its requests in one
-/// minute starts early in one.
-async fn avoid_minute_boundary() {
-    let second = chrono::Utc::now().timestamp() % 60;
-    if second > 45 {
-        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
-    }
 }
 
 fn error_code(body: &str) -> String {
@@ -251,7 +245,6 @@ async fn past_the_rate_limit_requests_get_429_and_write_nothing() {
     .await;
     assert_eq!(session["max_requests_per_1_minute"], 3);
     let secret = session["client_secret"].as_str().unwrap();
-    avoid_minute_boundary().await;
     let first = new_thread(&app, secret, "one").await;
     let second = new_thread(&app, secret, "two").await;
     let third = new_thread(&app, secret, "three").await;
@@ -277,13 +270,64 @@ async fn the_rate_limit_holds_across_replicas() {
         create(a, json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 4}}))
             .await;
     let secret = session["client_secret"].as_str().unwrap();
-    avoid_minute_boundary().await;
     let mut statuses = Vec::new();
     for n in 0..6 {
         let app = if n % 2 == 0 { a } else { b };
         statuses.push(call_with(app, secret, "threads.list", json!({})).await.0);
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "four in all, wherever they land");
+}
+
+/// `replicas` share one session's rate limit (4 a minute) on a clock the test
+/// moves: a burst straddling a minute's boundary, as the fixed per-minute
+/// windows this replaced would have let through twice, gets the limit once;
+/// a whole minute after the first request, requests go again.
+async fn check_sliding_window(replicas: &[Arc<dyn Coordination>]) {
+    let store: Arc<dyn chatkit_gateway::store::Store> = Arc::new(chatkit_gateway::store::MemoryStore::new());
+    let now = Arc::new(AtomicI64::new(1_800_000_000_000 + 59_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let sessions: Vec<Sessions> = replicas
+        .iter()
+        .map(|coordination| Sessions::new(store.clone(), coordination.clone()).with_clock(clock.clone()))
+        .collect();
+    let params = json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 4}});
+    let created = sessions[0].create(serde_json::from_value(params).unwrap()).await.unwrap();
+    let session = sessions[0].authenticate(&created.client_secret).await.unwrap();
+    // A burst of 10 over two seconds, across the boundary at 1_800_000_060_000, on every replica in turn.
+    let mut admitted = Vec::new();
+    for n in 0..10usize {
+        now.fetch_add(200, Ordering::SeqCst);
+        admitted.push(sessions[n % sessions.len()].admit(&session).await);
+    }
+    let allowed = admitted.iter().filter(|a| **a == Admission::Allowed).count();
+    assert_eq!(allowed, 4, "the limit once across the minute's boundary: {admitted:?}");
+    assert_eq!(admitted[9], Admission::Limited { retry_after: 59 }, "the first request leaves the window 58.2 s on");
+    // 59.9 s after the first request: still limited; at 60 s one more goes.
+    now.store(1_800_000_000_000 + 59_200 + 59_900, Ordering::SeqCst);
+    assert_eq!(sessions[0].admit(&session).await, Admission::Limited { retry_after: 1 });
+    now.fetch_add(100, Ordering::SeqCst);
+    assert_eq!(sessions[sessions.len() - 1].admit(&session).await, Admission::Allowed);
+    assert!(matches!(sessions[0].admit(&session).await, Admission::Limited { .. }));
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_a_sliding_window_in_process() {
+    let local: Arc<dyn Coordination> = Arc::new(LocalFanout::new(FanoutSettings::default()));
+    check_sliding_window(&[local]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_is_a_sliding_window_across_replicas_on_redis() {
+    let redis = RedisServer::start();
+    let replica =
+        || -> Arc<dyn Coordination> { Arc::new(RedisFanout::open(&redis.url(), FanoutSettings::default()).unwrap()) };
+    check_sliding_window(&[replica(), replica()]).await;
+    // The window lives in Redis, under a key whose hash tag names the session.
+    let keys = redis.command(&["KEYS", "ck:window:{session:cksess_*}"]);
+    assert_eq!(keys, "*1", "one window key, in Redis: {keys}");
 }
 
 /// Answers with what the turn's session carried: its workflow state variables.
