@@ -4,8 +4,9 @@
 //!
 //! Secrets are random and stored only as SHA-256 hashes. Sessions live in the
 //! store, so every replica knows them; rate-limit counters and "session ended"
-//! notices go through the fan-out, so they hold across replicas too. This
-//! module knows nothing of HTTP.
+//! notices go through the fan-out, so they hold across replicas too. A
+//! background sweeper deletes expired sessions from the store in bounded
+//! batches. This module knows nothing of HTTP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,22 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// The window `max_requests_per_1_minute` counts in.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// How the background sweeper deletes expired sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepSettings {
+    /// Between passes.
+    pub every: Duration,
+    /// Sessions one pass deletes at most, so that no pass holds the store long.
+    pub batch: usize,
+    /// How long an expired session is kept first, so that its secret is still
+    /// answered "expired" rather than "unknown" for a while.
+    pub keep_expired: Duration,
+}
+
+/// The pause before the next pass when a pass deleted a whole batch, so that
+/// a backlog drains soon without one pass doing unbounded work.
+const BACKLOG_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct Sessions {
     store: Arc<dyn Store>,
@@ -168,6 +185,43 @@ impl Sessions {
             Ok(()) => Admission::Allowed,
             Err(wait) => Admission::Limited { retry_after: wait.as_millis().div_ceil(1000).max(1) as u64 },
         }
+    }
+
+    /// Deletes up to `batch` sessions that expired `keep_expired` or longer
+    /// ago; returns how many went.
+    pub async fn sweep(&self, settings: &SweepSettings) -> Result<usize, StoreError> {
+        let kept = i64::try_from(settings.keep_expired.as_secs()).unwrap_or(i64::MAX);
+        let expired_by = ((self.clock)() / 1000).saturating_sub(kept);
+        self.store.delete_expired_sessions(expired_by, settings.batch).await
+    }
+
+    /// Runs `sweep` in the background, every `settings.every` (sooner while
+    /// whole batches go), for as long as these sessions live.
+    pub fn start_sweeper(self: &Arc<Self>, settings: SweepSettings) {
+        let sessions = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut pause = settings.every;
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(sessions) = sessions.upgrade() else { return };
+                pause = match sessions.sweep(&settings).await {
+                    Ok(deleted) => {
+                        if deleted > 0 {
+                            tracing::info!(deleted, "expired sessions deleted");
+                        }
+                        if deleted >= settings.batch {
+                            BACKLOG_PAUSE.min(settings.every)
+                        } else {
+                            settings.every
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot delete expired sessions; trying again next pass");
+                        settings.every
+                    }
+                };
+            }
+        });
     }
 
     /// Ids of sessions cancelled on any replica, for closing their streams.

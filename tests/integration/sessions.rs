@@ -278,6 +278,37 @@ async fn the_rate_limit_holds_across_replicas() {
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "four in all, wherever they land");
 }
 
+#[tokio::test]
+async fn expired_sessions_are_deleted_in_the_background() {
+    capture_logs();
+    let app = spawn(Spawn {
+        configure: Box::new(|config| {
+            session_auth(config);
+            config.access.session_sweep_secs = 1;
+            config.access.session_keep_expired_secs = 0;
+        }),
+        ..Default::default()
+    });
+    let short = create(&app, json!({"user": "alice", "workflow": {"id": "w"}, "expires_after": 1})).await;
+    let (long_id, long_secret) = session_for(&app, "bob").await;
+    let short_id = short["id"].as_str().unwrap().to_string();
+    assert!(app.store.load_session(&short_id).await.is_ok());
+    // Bounded polling: the session expires after a second, and a pass runs every second.
+    let mut deleted = false;
+    for _ in 0..200 {
+        if app.store.load_session(&short_id).await.is_err() {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(deleted, "the expired session was deleted from the store");
+    let (status, _, body) = call_with(&app, short["client_secret"].as_str().unwrap(), "threads.list", json!({})).await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "invalid_client_secret"), "a deleted session is unknown");
+    assert!(app.store.load_session(&long_id).await.is_ok(), "a live session stays");
+    assert_eq!(call_with(&app, &long_secret, "threads.list", json!({})).await.0, 200);
+}
+
 /// `replicas` share one session's rate limit (4 a minute) on a clock the test
 /// moves: a burst straddling a minute's boundary, as the fixed per-minute
 /// windows this replaced would have let through twice, gets the limit once;

@@ -880,6 +880,32 @@ async fn cancelling_a_session_is_idempotent_and_persists(store: Arc<dyn Store>) 
     assert_eq!(store.load_session(&bystander.id).await.unwrap(), bystander);
 }
 
+async fn expired_sessions_are_deleted_in_bounded_batches(store: Arc<dyn Store>) {
+    // Five sessions expiring at 100..=104, one at 200, and one cancelled at 101.
+    let mut sessions = Vec::new();
+    for expires_at in [103, 100, 200, 104, 102, 101] {
+        let mut session = new_session("alice");
+        session.expires_at = expires_at;
+        store.create_session(&session).await.unwrap();
+        sessions.push(session);
+    }
+    store.cancel_session(&sessions[5].id).await.unwrap();
+    let gone = |store: &Arc<dyn Store>, session: &SessionRecord| {
+        let (store, id) = (store.clone(), session.id.clone());
+        async move { matches!(store.load_session(&id).await, Err(StoreError::NotFound { .. })) }
+    };
+    assert_eq!(store.delete_expired_sessions(99, 10).await.unwrap(), 0, "none expired by 99");
+    // A batch of two takes the earliest expiries: 100 and 101 (the cancelled one).
+    assert_eq!(store.delete_expired_sessions(104, 2).await.unwrap(), 2);
+    assert!(gone(&store, &sessions[1]).await && gone(&store, &sessions[5]).await);
+    assert!(!gone(&store, &sessions[4]).await, "102 waits for the next batch");
+    assert_not_found(store.find_session(&sessions[1].secret_hash).await, Entity::Session);
+    assert_eq!(store.delete_expired_sessions(104, 10).await.unwrap(), 3, "102, 103 and 104");
+    assert_eq!(store.delete_expired_sessions(104, 10).await.unwrap(), 0);
+    assert_eq!(store.load_session(&sessions[2].id).await.unwrap(), sessions[2], "200 is kept");
+    assert_eq!(store.find_session(&sessions[2].secret_hash).await.unwrap(), sessions[2]);
+}
+
 async fn admin_threads_page_after_in_both_orders(store: Arc<dyn Store>) {
     let created = seed_interleaved_threads(&store, 13).await;
     let all: Vec<String> = created.iter().map(|(_, id)| id.clone()).collect();
@@ -1350,6 +1376,7 @@ contract!(
     sessions_reject_duplicate_ids_and_secrets,
     missing_sessions_are_not_found,
     cancelling_a_session_is_idempotent_and_persists,
+    expired_sessions_are_deleted_in_bounded_batches,
     admin_threads_page_after_in_both_orders,
     admin_threads_page_before_in_both_orders,
     admin_threads_between_two_cursors,
@@ -1504,7 +1531,8 @@ async fn reopening_a_sqlite_file_keeps_data_and_schema() {
         store.close().await;
     }
     let applied = migration_rows(&path).await;
-    assert_eq!(applied.len() as i64, SqliteStore::SCHEMA_VERSION);
+    // Versions may skip numbers (each change in flight has its own); the newest is the schema's.
+    assert_eq!(applied.last().map(|(version, _)| *version), Some(SqliteStore::SCHEMA_VERSION));
 
     let store = SqliteStore::open(&url).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), SqliteStore::SCHEMA_VERSION);
@@ -1531,9 +1559,10 @@ async fn an_unmigrated_database_is_brought_up_to_date() {
 
 #[tokio::test]
 async fn a_sqlite_database_of_schema_1_gains_sessions() {
-    // Schema 2 adds the sessions table. A file as schema 1 left it is made by
-    // taking that step back out of a current one, with a thread in it.
-    assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
+    // Schema 2 adds the sessions table (and 5 its expiry index). A file as
+    // schema 1 left it is made by taking those steps back out of a current one,
+    // with a thread in it.
+    assert_eq!(SqliteStore::SCHEMA_VERSION, 5);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v1.db");
     let url = sqlite_url(&path);
@@ -1545,15 +1574,22 @@ async fn a_sqlite_database_of_schema_1_gains_sessions() {
     }
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE sessions; DELETE FROM schema_migrations WHERE version = 2;").unwrap();
+        conn.execute_batch("DROP TABLE sessions; DELETE FROM schema_migrations WHERE version >= 2;").unwrap();
     }
     assert_eq!(migration_rows(&path).await.len(), 1);
 
     let store = SqliteStore::open(&url).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 5);
     keeps_thread_and_stores_sessions(&store, &thread).await;
     store.close().await;
-    assert_eq!(migration_rows(&path).await.len(), 2);
+    assert_eq!(migration_rows(&path).await.iter().map(|(version, _)| *version).collect::<Vec<_>>(), [1, 2, 5]);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let indexed: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'sessions_by_expiry'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(indexed, 1, "migration 5 indexes sessions by expiry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1600,7 +1636,8 @@ async fn reopening_a_postgres_database_keeps_data_and_schema() {
         store.close().await;
     }
     let applied = postgres_migration_rows(&database).await;
-    assert_eq!(applied.len() as i64, PostgresStore::SCHEMA_VERSION);
+    // Versions may skip numbers (each change in flight has its own); the newest is the schema's.
+    assert_eq!(applied.last().map(|(version, _)| *version), Some(PostgresStore::SCHEMA_VERSION));
 
     let store = PostgresStore::open(&database.url).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), PostgresStore::SCHEMA_VERSION);
@@ -1613,8 +1650,8 @@ async fn reopening_a_postgres_database_keeps_data_and_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_database_of_schema_1_gains_sessions() {
-    // As for SQLite: schema 1 is a current database with step 2 taken back out.
-    assert_eq!(PostgresStore::SCHEMA_VERSION, 2);
+    // As for SQLite: schema 1 is a current database with steps 2 and 5 taken back out.
+    assert_eq!(PostgresStore::SCHEMA_VERSION, 5);
     let database = TestDatabase::create().await;
     let thread = new_thread();
     {
@@ -1624,7 +1661,7 @@ async fn a_postgres_database_of_schema_1_gains_sessions() {
     }
     {
         let mut conn = admin_connection(&database.url).await;
-        sqlx::raw_sql("DROP TABLE sessions; DELETE FROM schema_migrations WHERE version = 2;")
+        sqlx::raw_sql("DROP TABLE sessions; DELETE FROM schema_migrations WHERE version >= 2;")
             .execute(&mut conn)
             .await
             .unwrap();
@@ -1633,10 +1670,18 @@ async fn a_postgres_database_of_schema_1_gains_sessions() {
     assert_eq!(postgres_migration_rows(&database).await.len(), 1);
 
     let store = PostgresStore::open(&database.url).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 5);
     keeps_thread_and_stores_sessions(&store, &thread).await;
     store.close().await;
-    assert_eq!(postgres_migration_rows(&database).await.len(), 2);
+    let versions: Vec<i64> = postgres_migration_rows(&database).await.into_iter().map(|(version, _)| version).collect();
+    assert_eq!(versions, [1, 2, 5]);
+    let mut conn = admin_connection(&database.url).await;
+    let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'sessions_by_expiry'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    assert_eq!(indexed, 1, "migration 5 indexes sessions by expiry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1654,7 +1699,8 @@ async fn concurrent_postgres_migrators_both_open() {
     a.create_thread(&alice(), &thread).await.unwrap();
     assert_eq!(b.load_thread(&alice(), &thread.id).await.unwrap(), thread);
     assert_eq!(c.schema_version().await.unwrap(), PostgresStore::SCHEMA_VERSION);
-    assert_eq!(postgres_migration_rows(&database).await.len() as i64, PostgresStore::SCHEMA_VERSION);
+    let applied = postgres_migration_rows(&database).await;
+    assert_eq!(applied.last().map(|(version, _)| *version), Some(PostgresStore::SCHEMA_VERSION));
     for store in [a, b, c] {
         store.close().await;
     }
