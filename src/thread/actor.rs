@@ -178,7 +178,7 @@ async fn run_job(setup: Arc<ActorSetup>, work: Arc<ActorWork>, thread_id: String
     };
     let engine = &setup.engine;
     match job {
-        Job::Turn { user, request, caller, sink, started } => match engine.prepare(&user, request).await {
+        Job::Turn { user, request, caller, sink, started } => match engine.prepare_for(&user, request, &caller).await {
             Err(error) => {
                 let _ = started.send(Err(error));
             }

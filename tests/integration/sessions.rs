@@ -416,6 +416,68 @@ async fn session_settings_shape_what_the_user_gets() {
     assert!(body.contains("disabled"), "{body}");
 }
 
+/// One page of `threads.list`: ids, `has_more`, `after`.
+async fn page_with(app: &TestApp, secret: &str, params: Value) -> (Vec<String>, bool, Option<String>) {
+    let (status, _, body) = call_with(app, secret, "threads.list", params).await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let ids = page["data"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    (ids, page["has_more"].as_bool().unwrap(), page["after"].as_str().map(str::to_string))
+}
+
+/// `history.recent_threads`: the session reaches only the user's newest
+/// threads, in `threads.list` and in every operation on a thread.
+#[tokio::test]
+async fn recent_threads_limits_what_the_session_reaches() {
+    let app = spawn_sessions();
+    let (_, all) = session_for(&app, "alice").await;
+    let oldest = new_thread(&app, &all, "one").await;
+    let middle = new_thread(&app, &all, "two").await;
+    let newest = new_thread(&app, &all, "three").await;
+    let limited = create(
+        &app,
+        json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 100},
+               "chatkit_configuration": {"history": {"recent_threads": 2}}}),
+    )
+    .await;
+    assert_eq!(limited["chatkit_configuration"]["history"], json!({"enabled": true, "recent_threads": 2}));
+    let secret = limited["client_secret"].as_str().unwrap();
+    assert_eq!(
+        page_with(&app, secret, json!({"order": "desc"})).await,
+        (vec![newest.clone(), middle.clone()], false, None)
+    );
+    assert_eq!(
+        page_with(&app, secret, json!({"order": "asc"})).await,
+        (vec![middle.clone(), newest.clone()], false, None)
+    );
+    assert_eq!(
+        page_with(&app, secret, json!({"order": "desc", "limit": 1})).await,
+        (vec![newest.clone()], true, Some(newest.clone()))
+    );
+    assert_eq!(
+        page_with(&app, secret, json!({"order": "desc", "limit": 1, "after": newest})).await,
+        (vec![middle.clone()], false, None)
+    );
+    let (status, _, body) = call_with(&app, secret, "threads.list", json!({"after": oldest})).await;
+    assert_eq!(status, 400, "an older thread is no cursor of this listing: {body}");
+    // The older thread is out of reach, as another user's would be; the recent ones are not.
+    for (op, params) in [
+        ("threads.get_by_id", json!({"thread_id": oldest})),
+        ("items.list", json!({"thread_id": oldest})),
+        ("threads.add_user_message", json!({"thread_id": oldest, "input": text_input("again")})),
+        ("threads.update", json!({"thread_id": oldest, "title": "renamed"})),
+    ] {
+        let (status, _, body) = call_with(&app, secret, op, params).await;
+        assert_eq!(status, 404, "{op}: {body}");
+    }
+    assert_eq!(call_with(&app, secret, "threads.get_by_id", json!({"thread_id": middle})).await.0, 200);
+    // A new thread is the newest: it pushes the middle one out.
+    let fourth = new_thread(&app, secret, "four").await;
+    assert_eq!(page_with(&app, secret, json!({"order": "desc"})).await.0, [fourth.clone(), newest.clone()]);
+    assert_eq!(call_with(&app, secret, "items.list", json!({"thread_id": middle})).await.0, 404);
+    assert_eq!(list_threads(&app, &all).await.len(), 4, "a session without the limit sees every thread");
+}
+
 #[tokio::test]
 async fn titling_can_be_turned_off_per_session() {
     let app = spawn_sessions();
