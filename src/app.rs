@@ -164,6 +164,9 @@ impl App {
         let fanout = fanout::open(config.fanout.redis_url.as_ref().map(|url| url.expose()), config.fanout.settings())?;
         let fanout_name = fanout.bus.name();
         let sessions = Arc::new(Sessions::new(store.clone(), fanout.coordination.clone()));
+        if let Some(sweep) = config.access.sweep() {
+            sessions.start_sweeper(sweep);
+        }
         let engine = Arc::new(Engine::new(
             store,
             responder,

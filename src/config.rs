@@ -14,6 +14,7 @@ use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
 use crate::responder::{AgentSettings, ModelSettings};
 use crate::secret::Secret;
+use crate::sessions::SweepSettings;
 use crate::thread::ThreadSettings;
 
 /// The model used when an API key is set and `CHATKIT_MODEL` is not.
@@ -193,6 +194,33 @@ pub struct AccessConfig {
     /// and refused (403) on any other.
     #[arg(long, env = "CHATKIT_ADMIN_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub admin_keys: Vec<Secret>,
+
+    /// Seconds between passes of the background sweeper that deletes expired
+    /// sessions from the store (every replica runs one); 0 turns it off.
+    #[arg(long, env = "CHATKIT_SESSION_SWEEP_SECS", default_value_t = 60)]
+    pub session_sweep_secs: u64,
+
+    /// Expired sessions one sweeper pass deletes at most; a full batch is
+    /// followed by another pass a second later.
+    #[arg(long, env = "CHATKIT_SESSION_SWEEP_BATCH", default_value_t = 500)]
+    pub session_sweep_batch: usize,
+
+    /// Seconds an expired session is kept before the sweeper deletes it, so
+    /// that its secret is still answered `session_expired` meanwhile (then
+    /// `invalid_client_secret`).
+    #[arg(long, env = "CHATKIT_SESSION_KEEP_EXPIRED_SECS", default_value_t = 3600)]
+    pub session_keep_expired_secs: u64,
+}
+
+impl AccessConfig {
+    /// The settings of the expired-session sweeper; `None` when it is off.
+    pub fn sweep(&self) -> Option<SweepSettings> {
+        (self.session_sweep_secs > 0).then(|| SweepSettings {
+            every: Duration::from_secs(self.session_sweep_secs),
+            batch: self.session_sweep_batch.max(1),
+            keep_expired: Duration::from_secs(self.session_keep_expired_secs),
+        })
+    }
 }
 
 /// The thread actors.

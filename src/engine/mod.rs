@@ -23,8 +23,8 @@ use crate::blobs::BlobStore;
 use crate::fanout::{Bus, CatchUp, FanoutError, Health, Subscription, Topic};
 use crate::ids::UserId;
 use crate::protocol::{
-    Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem, ThreadStatus,
-    TranscriptionResult, DEFAULT_PAGE_SIZE,
+    Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem,
+    ThreadMetadata, ThreadStatus, TranscriptionResult, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
 use crate::sessions::{ActiveSession, Sessions};
@@ -241,6 +241,9 @@ impl Engine {
         fence: Option<Fence>,
     ) -> EngineResult<JsonAnswer> {
         let writes = self.writes(fence);
+        if let Some(thread_id) = request.thread_id() {
+            self.check_recent(user, thread_id, caller).await?;
+        }
         match request {
             Request::GetThread(params) => Ok(JsonAnswer::Thread(self.full_thread(user, &params.thread_id).await?)),
             Request::ListThreads(params) => {
@@ -249,6 +252,9 @@ impl Engine {
                 if history.is_some_and(|history| !history.enabled) {
                     // The session's history is off: the user sees no earlier threads.
                     return Ok(JsonAnswer::Threads(Page::default()));
+                }
+                if let Some(recent) = self.recent_threads(user, caller).await? {
+                    return Ok(JsonAnswer::Threads(page_of_recent(recent, &query)?));
                 }
                 let page = self.store.list_threads(Some(user), &query).await?;
                 Ok(JsonAnswer::Threads(page.map(|(_, thread)| thread.to_wire(Page::default()))))
@@ -330,6 +336,44 @@ impl Engine {
         }
     }
 
+    /// As `prepare`, for a caller whose session may limit which threads it
+    /// reaches (`history.recent_threads`).
+    pub async fn prepare_for(
+        &self,
+        user: &UserId,
+        request: Request,
+        caller: &Caller,
+        fence: Option<Fence>,
+    ) -> EngineResult<PreparedTurn> {
+        if let Some(thread_id) = request.thread_id() {
+            self.check_recent(user, thread_id, caller).await?;
+        }
+        self.prepare(user, request, fence).await
+    }
+
+    /// The user's threads a session's `history.recent_threads` leaves it,
+    /// newest first; `None` when the caller's session sets no such limit.
+    async fn recent_threads(&self, user: &UserId, caller: &Caller) -> EngineResult<Option<Vec<ThreadMetadata>>> {
+        let history = caller.session.as_ref().map(|s| &s.settings.chatkit_configuration.history);
+        let Some(count) = history.and_then(|history| history.recent_threads) else { return Ok(None) };
+        if count == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let newest = ListQuery::first(count as usize, Order::Desc);
+        Ok(Some(self.store.list_threads(Some(user), &newest).await?.data.into_iter().map(|(_, t)| t).collect()))
+    }
+
+    /// A thread beyond the session's `recent_threads` newest is as missing as
+    /// another user's: the hosted API gives such a session access to those only.
+    async fn check_recent(&self, user: &UserId, thread_id: &str, caller: &Caller) -> EngineResult<()> {
+        match self.recent_threads(user, caller).await? {
+            Some(recent) if !recent.iter().any(|thread| thread.id == thread_id) => {
+                Err(StoreError::not_found(Entity::Thread, thread_id).into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Changes a thread's status on behalf of an operator (no user scope).
     /// Returns the owner too, so that the change can be announced to them.
     pub async fn set_status(
@@ -386,6 +430,28 @@ impl Engine {
 
 /// Turns listing parameters into a store query: a missing or zero limit means
 /// the default page size, as in the reference.
+/// A page of `threads.list` read from the session's recent threads (newest
+/// first) rather than the store, with the store's paging rules: `after` keeps
+/// what follows its thread in the listing's order, and names the page's last
+/// thread when more follow.
+fn page_of_recent(mut recent: Vec<ThreadMetadata>, query: &ListQuery) -> EngineResult<Page<Thread>> {
+    if matches!(query.order, Order::Asc) {
+        recent.reverse();
+    }
+    let start = match &query.after {
+        None => 0,
+        Some(after) => match recent.iter().position(|thread| &thread.id == after) {
+            Some(at) => at + 1,
+            None => return Err(StoreError::UnknownCursor(after.clone()).into()),
+        },
+    };
+    let rest = &recent[start..];
+    let has_more = rest.len() > query.limit;
+    let data: Vec<Thread> = rest.iter().take(query.limit).map(|thread| thread.to_wire(Page::default())).collect();
+    let after = if has_more { data.last().map(|thread| thread.id.clone()) } else { None };
+    Ok(Page { data, has_more, after })
+}
+
 fn page_query(params: &ListParams) -> EngineResult<ListQuery> {
     let limit = match params.limit {
         None | Some(0) => DEFAULT_PAGE_SIZE,

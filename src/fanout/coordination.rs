@@ -1,7 +1,8 @@
 //! Coordination between replicas beside the message bus: the per-thread
-//! [`Lease`], cancel requests, shared counters and session ends, behind the
-//! [`Coordination`] trait.
+//! [`Lease`], cancel requests, shared counters, sliding-window rate limits and
+//! session ends, behind the [`Coordination`] trait.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +69,16 @@ pub trait Coordination: Backend {
     /// unreachable it counts on this replica alone.
     async fn incr(&self, key: &str, ttl: Duration) -> u64;
 
+    /// Admits one event of `key` under a sliding window shared by every
+    /// replica: at most `limit` admitted events in any `window`, the event
+    /// counted at `now_ms` (Unix milliseconds, the caller's clock, so that
+    /// tests can move it). An admitted event is counted; a refused one is not,
+    /// and gets the time until the oldest counted event leaves the window.
+    /// `key` names what is limited (`session:<id>`); the Redis backend makes it
+    /// the hash tag of its key, so that a Redis Cluster keeps it on one shard.
+    /// With Redis unreachable it counts on this replica alone.
+    async fn admit_window(&self, key: &str, limit: u32, window: Duration, now_ms: i64) -> Result<(), Duration>;
+
     /// Tells every replica that a client session ended (cancelled), so that
     /// its open viewer streams close.
     async fn end_session(&self, session_id: &str);
@@ -96,5 +107,55 @@ impl LocalCounters {
         }
         entry.0 += 1;
         entry.0
+    }
+}
+
+/// Sliding windows kept on this replica: the in-process backend's, and the
+/// Redis backend's while Redis is away. Each holds the times of its admitted
+/// events, at most `limit` of them.
+#[derive(Default)]
+pub(super) struct LocalWindows {
+    windows: DashMap<String, VecDeque<i64>>,
+}
+
+impl LocalWindows {
+    pub(super) fn admit(&self, key: &str, limit: u32, window: Duration, now_ms: i64) -> Result<(), Duration> {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let floor = now_ms.saturating_sub(window_ms);
+        if self.windows.len() > 10_000 {
+            // Bounded: windows whose every event has left go whenever the map grows large.
+            self.windows.retain(|_, times| times.back().is_some_and(|newest| *newest > floor));
+        }
+        let mut times = self.windows.entry(key.to_string()).or_default();
+        // An event at `floor` or earlier is a whole window old: it no longer counts.
+        while times.front().is_some_and(|oldest| *oldest <= floor) {
+            times.pop_front();
+        }
+        if times.len() < limit as usize {
+            times.push_back(now_ms);
+            return Ok(());
+        }
+        let oldest = times.iter().copied().min().unwrap_or(now_ms);
+        Err(Duration::from_millis(u64::try_from(oldest.saturating_add(window_ms) - now_ms).unwrap_or(0).max(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst straddling a minute boundary: the fixed per-minute windows this
+    /// replaced let the limit through on each side of it.
+    #[test]
+    fn a_window_admits_the_limit_in_any_window_length() {
+        let windows = LocalWindows::default();
+        let minute = Duration::from_secs(60);
+        let admitted =
+            |key: &str, from: i64| (0..5).filter(|n| windows.admit(key, 3, minute, from + n).is_ok()).count();
+        assert_eq!(admitted("session:a", 59_500), 3);
+        assert_eq!(admitted("session:a", 60_500), 0, "one second later, past the minute's boundary");
+        assert_eq!(windows.admit("session:a", 3, minute, 119_000), Err(Duration::from_millis(500)));
+        assert_eq!(admitted("session:a", 119_500), 3, "a whole window after the first burst");
+        assert_eq!(admitted("session:b", 60_500), 3, "another key has its own window");
     }
 }

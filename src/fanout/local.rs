@@ -10,7 +10,7 @@ use crate::telemetry::metrics::METRICS;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use super::coordination::LocalCounters;
+use super::coordination::{LocalCounters, LocalWindows};
 use super::{
     now_us, sequence_base, Backend, Bus, CatchUp, Coordination, Delivery, FanoutError, FanoutSettings, Health, Hub,
     Lease, MessageKind, SequencedMessage, Snapshot, SnapshotChange, Subscription, Topic,
@@ -34,6 +34,7 @@ pub struct LocalFanout {
     topics: Arc<DashMap<String, Arc<Mutex<TopicState>>>>,
     cancels: broadcast::Sender<String>,
     counters: LocalCounters,
+    windows: LocalWindows,
     session_ends: broadcast::Sender<String>,
 }
 
@@ -51,6 +52,7 @@ impl LocalFanout {
             topics,
             cancels: broadcast::channel(16).0,
             counters: LocalCounters::default(),
+            windows: LocalWindows::default(),
             session_ends: broadcast::channel(256).0,
         }
     }
@@ -146,6 +148,10 @@ impl Coordination for LocalFanout {
 
     async fn incr(&self, key: &str, ttl: Duration) -> u64 {
         self.counters.incr(key, ttl)
+    }
+
+    async fn admit_window(&self, key: &str, limit: u32, window: Duration, now_ms: i64) -> Result<(), Duration> {
+        self.windows.admit(key, limit, window, now_ms)
     }
 
     async fn end_session(&self, session_id: &str) {

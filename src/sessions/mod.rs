@@ -4,8 +4,9 @@
 //!
 //! Secrets are random and stored only as SHA-256 hashes. Sessions live in the
 //! store, so every replica knows them; rate-limit counters and "session ended"
-//! notices go through the fan-out, so they hold across replicas too. This
-//! module knows nothing of HTTP.
+//! notices go through the fan-out, so they hold across replicas too. A
+//! background sweeper deletes expired sessions from the store in bounded
+//! batches. This module knows nothing of HTTP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,21 +69,52 @@ impl ActiveSession {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     Allowed,
-    /// Over the limit; the seconds until the current minute ends.
+    /// Over the limit; the seconds (rounded up) until the oldest request of the
+    /// last minute is a minute old, when one more may go.
     Limited {
         retry_after: u64,
     },
 }
 
+/// The time rate limits count with, in Unix milliseconds: the system clock,
+/// or one a test moves.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The window `max_requests_per_1_minute` counts in.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// How the background sweeper deletes expired sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepSettings {
+    /// Between passes.
+    pub every: Duration,
+    /// Sessions one pass deletes at most, so that no pass holds the store long.
+    pub batch: usize,
+    /// How long an expired session is kept first, so that its secret is still
+    /// answered "expired" rather than "unknown" for a while.
+    pub keep_expired: Duration,
+}
+
+/// The pause before the next pass when a pass deleted a whole batch, so that
+/// a backlog drains soon without one pass doing unbounded work.
+const BACKLOG_PAUSE: Duration = Duration::from_secs(1);
+
 pub struct Sessions {
     store: Arc<dyn Store>,
-    /// Carries rate-limit counters and session ends between replicas.
+    /// Carries rate-limit windows and session ends between replicas.
     coordination: Arc<dyn Coordination>,
+    clock: Clock,
 }
 
 impl Sessions {
     pub fn new(store: Arc<dyn Store>, coordination: Arc<dyn Coordination>) -> Self {
-        Sessions { store, coordination }
+        Sessions { store, coordination, clock: Arc::new(|| chrono::Utc::now().timestamp_millis()) }
+    }
+
+    /// The same, with rate limits counted on `clock` (tests move it across a minute).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub async fn create(&self, params: SessionCreateParams) -> Result<ChatSession, SessionError> {
@@ -142,17 +174,54 @@ impl Sessions {
         Ok(ActiveSession { id: record.id, user: UserId(record.user), expires_at: record.expires_at, settings })
     }
 
-    /// Counts a request against the session's per-minute limit, across replicas.
+    /// Counts a request against the session's limit, across replicas: at most
+    /// `max_requests_per_1_minute` requests in any 60 seconds (a sliding
+    /// window, so no burst gets twice the limit through around a clock
+    /// minute's boundary). A refused request is not counted.
     pub async fn admit(&self, session: &ActiveSession) -> Admission {
-        let now = unix_now();
-        let minute = now / 60;
-        let key = format!("rate:{}:{minute}", session.id);
-        let count = self.coordination.incr(&key, Duration::from_secs(120)).await;
-        if count > u64::from(session.settings.rate_limits.max_requests_per_1_minute) {
-            Admission::Limited { retry_after: u64::try_from(60 - now % 60).unwrap_or(60).max(1) }
-        } else {
-            Admission::Allowed
+        let limit = session.settings.rate_limits.max_requests_per_1_minute;
+        let key = format!("session:{}", session.id);
+        match self.coordination.admit_window(&key, limit, RATE_WINDOW, (self.clock)()).await {
+            Ok(()) => Admission::Allowed,
+            Err(wait) => Admission::Limited { retry_after: wait.as_millis().div_ceil(1000).max(1) as u64 },
         }
+    }
+
+    /// Deletes up to `batch` sessions that expired `keep_expired` or longer
+    /// ago; returns how many went.
+    pub async fn sweep(&self, settings: &SweepSettings) -> Result<usize, StoreError> {
+        let kept = i64::try_from(settings.keep_expired.as_secs()).unwrap_or(i64::MAX);
+        let expired_by = ((self.clock)() / 1000).saturating_sub(kept);
+        self.store.delete_expired_sessions(expired_by, settings.batch).await
+    }
+
+    /// Runs `sweep` in the background, every `settings.every` (sooner while
+    /// whole batches go), for as long as these sessions live.
+    pub fn start_sweeper(self: &Arc<Self>, settings: SweepSettings) {
+        let sessions = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut pause = settings.every;
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(sessions) = sessions.upgrade() else { return };
+                pause = match sessions.sweep(&settings).await {
+                    Ok(deleted) => {
+                        if deleted > 0 {
+                            tracing::info!(deleted, "expired sessions deleted");
+                        }
+                        if deleted >= settings.batch {
+                            BACKLOG_PAUSE.min(settings.every)
+                        } else {
+                            settings.every
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot delete expired sessions; trying again next pass");
+                        settings.every
+                    }
+                };
+            }
+        });
     }
 
     /// Ids of sessions cancelled on any replica, for closing their streams.

@@ -163,6 +163,10 @@ impl Store for Instrumented {
         self.timed("cancel_session", self.inner.cancel_session(session_id)).await
     }
 
+    async fn delete_expired_sessions(&self, expired_by: i64, limit: usize) -> StoreResult<usize> {
+        self.timed("delete_expired_sessions", self.inner.delete_expired_sessions(expired_by, limit)).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.timed("ping", self.inner.ping()).await
     }

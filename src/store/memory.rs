@@ -406,6 +406,24 @@ impl Store for MemoryStore {
         Ok(session.clone())
     }
 
+    async fn delete_expired_sessions(&self, expired_by: i64, limit: usize) -> StoreResult<usize> {
+        let mut inner = self.write();
+        let mut expired: Vec<(i64, String)> = inner
+            .sessions
+            .values()
+            .filter(|session| session.expires_at <= expired_by)
+            .map(|session| (session.expires_at, session.id.clone()))
+            .collect();
+        expired.sort_unstable();
+        expired.truncate(limit);
+        for (_, id) in &expired {
+            if let Some(session) = inner.sessions.remove(id) {
+                inner.sessions_by_secret.remove(&session.secret_hash);
+            }
+        }
+        Ok(expired.len())
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }

@@ -256,6 +256,11 @@ pub trait Store: Send + Sync + 'static {
     async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord>;
     /// Marks a session cancelled (idempotent) and returns it.
     async fn cancel_session(&self, session_id: &str) -> StoreResult<SessionRecord>;
+    /// Deletes at most `limit` sessions whose `expires_at` is at or before
+    /// `expired_by` (Unix seconds), earliest first, and returns how many went:
+    /// bounded work for the background sweeper, which calls it again while
+    /// whole batches go.
+    async fn delete_expired_sessions(&self, expired_by: i64, limit: usize) -> StoreResult<usize>;
 
     /// Checks that the backend answers, for readiness.
     async fn ping(&self) -> StoreResult<()>;

@@ -494,6 +494,13 @@ impl Store for PostgresStore {
         self.one(query, SqlRow::session).await?.ok_or_else(|| StoreError::not_found(Entity::Session, session_id))
     }
 
+    async fn delete_expired_sessions(&self, expired_by: i64, limit: usize) -> StoreResult<usize> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let query = sqlx::query(&SQL.delete_expired_sessions).bind(expired_by).bind(limit);
+        let deleted = query.execute(&self.pool).await.map_err(backend_error)?.rows_affected();
+        Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         let _: i32 = sqlx::query_scalar(&SQL.ping).fetch_one(&self.pool).await.map_err(backend_error)?;
         Ok(())

@@ -166,6 +166,14 @@ CREATE INDEX attachments_by_thread ON attachments (thread_id, user_id);
 CREATE INDEX attachments_unattached ON attachments (created_at) WHERE thread_id IS NULL;
 "#,
     },
+    // Expired sessions are deleted in the background, oldest expiry first:
+    // the index lets each pass find its batch without a scan.
+    Migration {
+        version: 5,
+        sql: r#"
+CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+"#,
+    },
 ];
 
 /// The schema version this build brings a database up to.
@@ -303,6 +311,10 @@ statements! {
     load_session = concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = ?1");
     find_session = concat!("SELECT ", session_columns!(), " FROM sessions WHERE secret_hash = ?1");
     cancel_session = concat!("UPDATE sessions SET cancelled = {TRUE} WHERE id = ?1 RETURNING ", session_columns!());
+    /// Deletes at most `?2` sessions that expired at or before `?1`, the
+    /// earliest expiries first, found along `sessions_by_expiry`.
+    delete_expired_sessions = "DELETE FROM sessions WHERE id IN \
+        (SELECT id FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
 }
 
 impl Statements {

@@ -194,18 +194,20 @@ async fn run_job(setup: Arc<ActorSetup>, work: Arc<ActorWork>, thread_id: String
         },
     };
     match job {
-        Job::Turn { user, request, caller, sink, started } => match engine.prepare(&user, request, fence).await {
-            Err(error) => {
-                let _ = started.send(Err(error));
+        Job::Turn { user, request, caller, sink, started } => {
+            match engine.prepare_for(&user, request, &caller, fence).await {
+                Err(error) => {
+                    let _ = started.send(Err(error));
+                }
+                Ok(turn) => {
+                    let turn = turn.with_caller(caller);
+                    // Run even if the caller is gone: its input is already stored,
+                    // and the closed sink makes the run keep it as a cancelled turn.
+                    let _ = started.send(Ok(()));
+                    run_turn(engine, &work, turn, sink, &lease).await;
+                }
             }
-            Ok(turn) => {
-                let turn = turn.with_caller(caller);
-                // Run even if the caller is gone: its input is already stored,
-                // and the closed sink makes the run keep it as a cancelled turn.
-                let _ = started.send(Ok(()));
-                run_turn(engine, &work, turn, sink, &lease).await;
-            }
-        },
+        }
         Job::Run { turn, sink } => run_turn(engine, &work, turn.with_fence(fence), sink, &lease).await,
         Job::Status { thread_id, status, answer } => {
             let _ = answer.send(engine.set_status(&thread_id, status, fence).await);

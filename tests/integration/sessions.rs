@@ -2,6 +2,7 @@
 //! streams, their expiry and cancellation, their settings and rate limits.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
@@ -9,9 +10,11 @@ use crate::common::redis::RedisServer;
 use crate::common::viewer::{self, Viewer};
 use crate::common::*;
 use chatkit_gateway::config::Config;
+use chatkit_gateway::fanout::{Coordination, FanoutSettings, LocalFanout, RedisFanout};
 use chatkit_gateway::http::AuthMode;
 use chatkit_gateway::responder::{EventStream, RespondInput, Responder, TurnContext};
 use chatkit_gateway::secret::Secret;
+use chatkit_gateway::sessions::{Admission, Sessions};
 use serde_json::{json, Value};
 
 /// Everything the gateway logs in this test binary, to check that no secret leaks.
@@ -99,15 +102,6 @@ async fn new_thread(app: &TestApp, secret: &str, text: &str) -> String {
     let (status, _, body) = call_with(app, secret, "threads.create", json!({"input": text_input(text)})).await;
     assert_eq!(status, 200, "{body}");
     parse_sse(&body)[0]["thread"]["id"].as_str().unwrap().to_string()
-}
-
-/// Rate limits count per clock minute: a test that needs its requests in one
-/// minute starts early in one.
-async fn avoid_minute_boundary() {
-    let second = chrono::Utc::now().timestamp() % 60;
-    if second > 45 {
-        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
-    }
 }
 
 fn error_code(body: &str) -> String {
@@ -251,7 +245,6 @@ async fn past_the_rate_limit_requests_get_429_and_write_nothing() {
     .await;
     assert_eq!(session["max_requests_per_1_minute"], 3);
     let secret = session["client_secret"].as_str().unwrap();
-    avoid_minute_boundary().await;
     let first = new_thread(&app, secret, "one").await;
     let second = new_thread(&app, secret, "two").await;
     let third = new_thread(&app, secret, "three").await;
@@ -277,13 +270,95 @@ async fn the_rate_limit_holds_across_replicas() {
         create(a, json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 4}}))
             .await;
     let secret = session["client_secret"].as_str().unwrap();
-    avoid_minute_boundary().await;
     let mut statuses = Vec::new();
     for n in 0..6 {
         let app = if n % 2 == 0 { a } else { b };
         statuses.push(call_with(app, secret, "threads.list", json!({})).await.0);
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "four in all, wherever they land");
+}
+
+#[tokio::test]
+async fn expired_sessions_are_deleted_in_the_background() {
+    capture_logs();
+    let app = spawn(Spawn {
+        configure: Box::new(|config| {
+            session_auth(config);
+            config.access.session_sweep_secs = 1;
+            config.access.session_keep_expired_secs = 0;
+        }),
+        ..Default::default()
+    });
+    let short = create(&app, json!({"user": "alice", "workflow": {"id": "w"}, "expires_after": 1})).await;
+    let (long_id, long_secret) = session_for(&app, "bob").await;
+    let short_id = short["id"].as_str().unwrap().to_string();
+    assert!(app.store.load_session(&short_id).await.is_ok());
+    // Bounded polling: the session expires after a second, and a pass runs every second.
+    let mut deleted = false;
+    for _ in 0..200 {
+        if app.store.load_session(&short_id).await.is_err() {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(deleted, "the expired session was deleted from the store");
+    let (status, _, body) = call_with(&app, short["client_secret"].as_str().unwrap(), "threads.list", json!({})).await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "invalid_client_secret"), "a deleted session is unknown");
+    assert!(app.store.load_session(&long_id).await.is_ok(), "a live session stays");
+    assert_eq!(call_with(&app, &long_secret, "threads.list", json!({})).await.0, 200);
+}
+
+/// `replicas` share one session's rate limit (4 a minute) on a clock the test
+/// moves: a burst straddling a minute's boundary, as the fixed per-minute
+/// windows this replaced would have let through twice, gets the limit once;
+/// a whole minute after the first request, requests go again.
+async fn check_sliding_window(replicas: &[Arc<dyn Coordination>]) {
+    let store: Arc<dyn chatkit_gateway::store::Store> = Arc::new(chatkit_gateway::store::MemoryStore::new());
+    let now = Arc::new(AtomicI64::new(1_800_000_000_000 + 59_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let sessions: Vec<Sessions> = replicas
+        .iter()
+        .map(|coordination| Sessions::new(store.clone(), coordination.clone()).with_clock(clock.clone()))
+        .collect();
+    let params = json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 4}});
+    let created = sessions[0].create(serde_json::from_value(params).unwrap()).await.unwrap();
+    let session = sessions[0].authenticate(&created.client_secret).await.unwrap();
+    // A burst of 10 over two seconds, across the boundary at 1_800_000_060_000, on every replica in turn.
+    let mut admitted = Vec::new();
+    for n in 0..10usize {
+        now.fetch_add(200, Ordering::SeqCst);
+        admitted.push(sessions[n % sessions.len()].admit(&session).await);
+    }
+    let allowed = admitted.iter().filter(|a| **a == Admission::Allowed).count();
+    assert_eq!(allowed, 4, "the limit once across the minute's boundary: {admitted:?}");
+    assert_eq!(admitted[9], Admission::Limited { retry_after: 59 }, "the first request leaves the window 58.2 s on");
+    // 59.9 s after the first request: still limited; at 60 s one more goes.
+    now.store(1_800_000_000_000 + 59_200 + 59_900, Ordering::SeqCst);
+    assert_eq!(sessions[0].admit(&session).await, Admission::Limited { retry_after: 1 });
+    now.fetch_add(100, Ordering::SeqCst);
+    assert_eq!(sessions[sessions.len() - 1].admit(&session).await, Admission::Allowed);
+    assert!(matches!(sessions[0].admit(&session).await, Admission::Limited { .. }));
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_a_sliding_window_in_process() {
+    let local: Arc<dyn Coordination> = Arc::new(LocalFanout::new(FanoutSettings::default()));
+    check_sliding_window(&[local]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_is_a_sliding_window_across_replicas_on_redis() {
+    let redis = RedisServer::start();
+    let replica =
+        || -> Arc<dyn Coordination> { Arc::new(RedisFanout::open(&redis.url(), FanoutSettings::default()).unwrap()) };
+    check_sliding_window(&[replica(), replica()]).await;
+    // The window lives in Redis, under a key whose hash tag names the session.
+    let keys = redis.command(&["KEYS", "ck:window:{session:cksess_*}"]);
+    assert_eq!(keys, "*1", "one window key, in Redis: {keys}");
 }
 
 /// Answers with what the turn's session carried: its workflow state variables.
@@ -339,6 +414,68 @@ async fn session_settings_shape_what_the_user_gets() {
     let (status, _, body) = call_with(&app, &plain, "attachments.create", attach(10)).await;
     assert_eq!(status, 403, "uploads are off unless the session enables them: {body}");
     assert!(body.contains("disabled"), "{body}");
+}
+
+/// One page of `threads.list`: ids, `has_more`, `after`.
+async fn page_with(app: &TestApp, secret: &str, params: Value) -> (Vec<String>, bool, Option<String>) {
+    let (status, _, body) = call_with(app, secret, "threads.list", params).await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let ids = page["data"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    (ids, page["has_more"].as_bool().unwrap(), page["after"].as_str().map(str::to_string))
+}
+
+/// `history.recent_threads`: the session reaches only the user's newest
+/// threads, in `threads.list` and in every operation on a thread.
+#[tokio::test]
+async fn recent_threads_limits_what_the_session_reaches() {
+    let app = spawn_sessions();
+    let (_, all) = session_for(&app, "alice").await;
+    let oldest = new_thread(&app, &all, "one").await;
+    let middle = new_thread(&app, &all, "two").await;
+    let newest = new_thread(&app, &all, "three").await;
+    let limited = create(
+        &app,
+        json!({"user": "alice", "workflow": {"id": "w"}, "rate_limits": {"max_requests_per_1_minute": 100},
+               "chatkit_configuration": {"history": {"recent_threads": 2}}}),
+    )
+    .await;
+    assert_eq!(limited["chatkit_configuration"]["history"], json!({"enabled": true, "recent_threads": 2}));
+    let secret = limited["client_secret"].as_str().unwrap();
+    assert_eq!(
+        page_with(&app, secret, json!({"order": "desc"})).await,
+        (vec![newest.clone(), middle.clone()], false, None)
+    );
+    assert_eq!(
+        page_with(&app, secret, json!({"order": "asc"})).await,
+        (vec![middle.clone(), newest.clone()], false, None)
+    );
+    assert_eq!(
+        page_with(&app, secret, json!({"order": "desc", "limit": 1})).await,
+        (vec![newest.clone()], true, Some(newest.clone()))
+    );
+    assert_eq!(
+        page_with(&app, secret, json!({"order": "desc", "limit": 1, "after": newest})).await,
+        (vec![middle.clone()], false, None)
+    );
+    let (status, _, body) = call_with(&app, secret, "threads.list", json!({"after": oldest})).await;
+    assert_eq!(status, 400, "an older thread is no cursor of this listing: {body}");
+    // The older thread is out of reach, as another user's would be; the recent ones are not.
+    for (op, params) in [
+        ("threads.get_by_id", json!({"thread_id": oldest})),
+        ("items.list", json!({"thread_id": oldest})),
+        ("threads.add_user_message", json!({"thread_id": oldest, "input": text_input("again")})),
+        ("threads.update", json!({"thread_id": oldest, "title": "renamed"})),
+    ] {
+        let (status, _, body) = call_with(&app, secret, op, params).await;
+        assert_eq!(status, 404, "{op}: {body}");
+    }
+    assert_eq!(call_with(&app, secret, "threads.get_by_id", json!({"thread_id": middle})).await.0, 200);
+    // A new thread is the newest: it pushes the middle one out.
+    let fourth = new_thread(&app, secret, "four").await;
+    assert_eq!(page_with(&app, secret, json!({"order": "desc"})).await.0, [fourth.clone(), newest.clone()]);
+    assert_eq!(call_with(&app, secret, "items.list", json!({"thread_id": middle})).await.0, 404);
+    assert_eq!(list_threads(&app, &all).await.len(), 4, "a session without the limit sees every thread");
 }
 
 #[tokio::test]

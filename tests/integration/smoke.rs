@@ -35,9 +35,10 @@ fn idle_connections_live_as_long_as_the_keep_alive_says() {
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).expect("the server closes the idle connection");
     let idle = idle_since.elapsed();
-    // Well short of actix's own default of 5 s, so the setting is what closed it. The lower bound leaves room for
-    // actix's coarse timer (it has closed after as little as 0.7 s of a 1 s keep-alive here).
-    assert!(idle >= Duration::from_millis(400) && idle < Duration::from_millis(3500), "closed after {idle:?}");
+    // Well short of actix's own default of 5 s, so the setting is what closed it. Actix reckons
+    // the deadline from a clock it refreshes every 500 ms, so it may come up to 500 ms early:
+    // how early depends on where that tick falls, which any other task on the runtime shifts.
+    assert!(idle >= Duration::from_millis(480) && idle < Duration::from_millis(3500), "closed after {idle:?}");
 }
 
 /// Readiness follows what this replica can serve: its store answering. A store that goes away makes it unready

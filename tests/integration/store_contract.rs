@@ -965,6 +965,32 @@ async fn cancelling_a_session_is_idempotent_and_persists(store: Arc<dyn Store>) 
     assert_eq!(store.load_session(&bystander.id).await.unwrap(), bystander);
 }
 
+async fn expired_sessions_are_deleted_in_bounded_batches(store: Arc<dyn Store>) {
+    // Five sessions expiring at 100..=104, one at 200, and one cancelled at 101.
+    let mut sessions = Vec::new();
+    for expires_at in [103, 100, 200, 104, 102, 101] {
+        let mut session = new_session("alice");
+        session.expires_at = expires_at;
+        store.create_session(&session).await.unwrap();
+        sessions.push(session);
+    }
+    store.cancel_session(&sessions[5].id).await.unwrap();
+    let gone = |store: &Arc<dyn Store>, session: &SessionRecord| {
+        let (store, id) = (store.clone(), session.id.clone());
+        async move { matches!(store.load_session(&id).await, Err(StoreError::NotFound { .. })) }
+    };
+    assert_eq!(store.delete_expired_sessions(99, 10).await.unwrap(), 0, "none expired by 99");
+    // A batch of two takes the earliest expiries: 100 and 101 (the cancelled one).
+    assert_eq!(store.delete_expired_sessions(104, 2).await.unwrap(), 2);
+    assert!(gone(&store, &sessions[1]).await && gone(&store, &sessions[5]).await);
+    assert!(!gone(&store, &sessions[4]).await, "102 waits for the next batch");
+    assert_not_found(store.find_session(&sessions[1].secret_hash).await, Entity::Session);
+    assert_eq!(store.delete_expired_sessions(104, 10).await.unwrap(), 3, "102, 103 and 104");
+    assert_eq!(store.delete_expired_sessions(104, 10).await.unwrap(), 0);
+    assert_eq!(store.load_session(&sessions[2].id).await.unwrap(), sessions[2], "200 is kept");
+    assert_eq!(store.find_session(&sessions[2].secret_hash).await.unwrap(), sessions[2]);
+}
+
 async fn admin_threads_page_after_in_both_orders(store: Arc<dyn Store>) {
     let created = seed_interleaved_threads(&store, 13).await;
     let all: Vec<String> = created.iter().map(|(_, id)| id.clone()).collect();
@@ -1437,6 +1463,7 @@ contract!(
     sessions_reject_duplicate_ids_and_secrets,
     missing_sessions_are_not_found,
     cancelling_a_session_is_idempotent_and_persists,
+    expired_sessions_are_deleted_in_bounded_batches,
     admin_threads_page_after_in_both_orders,
     admin_threads_page_before_in_both_orders,
     admin_threads_between_two_cursors,
@@ -1619,6 +1646,7 @@ async fn an_unmigrated_database_is_brought_up_to_date() {
 /// How to take each migration after the first back out of a current database, newest first, to make a database
 /// as schema 1 left it. A new migration must add its step here (the tests check that every one has one).
 const UNDO_AFTER_SCHEMA_1: &[(i64, &str)] = &[
+    (5, "DROP INDEX sessions_by_expiry"),
     (
         4,
         "DROP INDEX attachments_by_thread; DROP INDEX attachments_unattached; \
@@ -1660,6 +1688,13 @@ async fn a_sqlite_database_of_schema_1_gains_sessions() {
     keeps_thread_and_stores_sessions(&store, &thread).await;
     store.close().await;
     assert_eq!(migration_rows(&path).await.len() as i64, SqliteStore::SCHEMA_VERSION);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let indexed: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'sessions_by_expiry'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(indexed, 1, "migration 5 indexes sessions by expiry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1739,6 +1774,13 @@ async fn a_postgres_database_of_schema_1_gains_sessions() {
     keeps_thread_and_stores_sessions(&store, &thread).await;
     store.close().await;
     assert_eq!(postgres_migration_rows(&database).await.len() as i64, PostgresStore::SCHEMA_VERSION);
+    let mut conn = admin_connection(&database.url).await;
+    let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'sessions_by_expiry'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    assert_eq!(indexed, 1, "migration 5 indexes sessions by expiry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

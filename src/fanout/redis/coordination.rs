@@ -1,6 +1,6 @@
 //! The Redis backend's coordination: thread leases with fencing tokens,
 //! renewed while held; cancel requests and session ends on the control
-//! channel; counters shared by every replica.
+//! channel; counters and sliding-window rate limits shared by every replica.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,6 +47,31 @@ const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
+
+/// KEYS: the window's sorted set (members: admitted events, scores: their
+/// times in ms). ARGV: now ms, window ms, limit, a member unique to this event.
+/// Forgets the events a whole window old, then admits and records this one if
+/// fewer than the limit remain (0), else answers the milliseconds until the
+/// oldest leaves the window (at least 1). The set lives one window past its
+/// newest event.
+const WINDOW_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now - window))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+";
+
+/// The sorted set of a sliding window: `key` is its hash tag, so that every
+/// key of one session (or user) would live on one Redis Cluster shard.
+fn window_key(key: &str) -> String {
+    format!("ck:window:{{{key}}}")
+}
 
 /// A thread's lease key and its fencing-token counter, beside the thread topic's keys.
 fn lease_keys(thread_id: &str) -> [String; 2] {
@@ -156,6 +181,33 @@ impl Coordination for RedisFanout {
             Err(error) => {
                 tracing::warn!(%error, "counting on this replica alone while Redis is away");
                 self.fallback_counters.incr(key, ttl)
+            }
+        }
+    }
+
+    async fn admit_window(&self, key: &str, limit: u32, window: Duration, now_ms: i64) -> Result<(), Duration> {
+        let waited = async {
+            let mut conn = self.connection.get().await?;
+            // Unique per event, so that two events of the same millisecond both count.
+            let member = format!("{now_ms}-{:016x}", rand::random::<u64>());
+            let result: Result<u64, RedisError> = redis::cmd("EVAL")
+                .arg(WINDOW_SCRIPT)
+                .arg(1)
+                .arg(window_key(key))
+                .arg(now_ms)
+                .arg(window.as_millis() as u64)
+                .arg(limit)
+                .arg(member)
+                .query_async(&mut conn)
+                .await;
+            self.connection.checked(result).await
+        };
+        match waited.await {
+            Ok(0) => Ok(()),
+            Ok(wait_ms) => Err(Duration::from_millis(wait_ms)),
+            Err(error) => {
+                tracing::warn!(%error, "rate limiting on this replica alone while Redis is away");
+                self.fallback_windows.admit(key, limit, window, now_ms)
             }
         }
     }

@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, mpsc};
 use self::bus::{publisher, Publication, PUBLISH_QUEUE};
 use self::connection::{CommandConnection, ConnectionStatus};
 use self::subscriber::{Subscriber, SubscriberCommand};
-use super::coordination::LocalCounters;
+use super::coordination::{LocalCounters, LocalWindows};
 use super::{Backend, FanoutError, FanoutSettings, Health, Hub};
 
 /// The channel replicas send each other control messages on.
@@ -60,6 +60,8 @@ pub struct RedisFanout {
     session_ends: broadcast::Sender<String>,
     /// Counts while Redis is away.
     fallback_counters: LocalCounters,
+    /// The sliding windows counted on this replica while Redis is away.
+    fallback_windows: LocalWindows,
     /// Names this replica as a lease holder.
     replica: String,
 }
@@ -102,6 +104,7 @@ impl RedisFanout {
             cancels,
             session_ends,
             fallback_counters: LocalCounters::default(),
+            fallback_windows: LocalWindows::default(),
             replica,
         })
     }

@@ -502,6 +502,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete_expired_sessions(&self, expired_by: i64, limit: usize) -> StoreResult<usize> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.workers
+            .write(move |conn| {
+                execute(conn, &SQL.delete_expired_sessions, params![expired_by, limit]).map_err(backend_error)
+            })
+            .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.workers.read(|conn| query_value::<i64>(conn, &SQL.ping, [])).await?;
         Ok(())
