@@ -208,6 +208,17 @@ impl PostgresStore {
         Ok(query.execute(&self.pool).await?.rows_affected() > 0)
     }
 
+    /// `NotFound` unless the user owns the thread: for a read that found no rows.
+    async fn thread_known(&self, user: &UserId, thread_id: &str) -> StoreResult<()> {
+        let known: bool = sqlx::query_scalar(&SQL.thread_exists)
+            .bind(thread_id)
+            .bind(user.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        found(known, Entity::Thread, thread_id)
+    }
+
     /// Appends an item with `insert_item`, or writes it with `upsert_item`:
     /// both insert only into a thread the user owns.
     async fn write_item(&self, sql: &'static str, user: &UserId, item: &ThreadItem) -> StoreResult<()> {
@@ -311,15 +322,7 @@ impl Store for PostgresStore {
         if page.data.is_empty() && !query.has_cursor() {
             // Without cursors no rows may also mean a missing or foreign thread,
             // which only then is worth a second statement.
-            let known: bool = sqlx::query_scalar(&SQL.thread_exists)
-                .bind(thread_id)
-                .bind(user.as_str())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(backend_error)?;
-            if !known {
-                return Err(StoreError::not_found(Entity::Thread, thread_id));
-            }
+            self.thread_known(user, thread_id).await?;
         }
         Ok(page)
     }
@@ -334,15 +337,7 @@ impl Store for PostgresStore {
             .map_err(backend_error)?;
         let mut items = rows.iter().map(|row| raw_json(row.text(0)?)).collect::<StoreResult<Vec<_>>>()?;
         if items.is_empty() {
-            let known: bool = sqlx::query_scalar(&SQL.thread_exists)
-                .bind(thread_id)
-                .bind(user.as_str())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(backend_error)?;
-            if !known {
-                return Err(StoreError::not_found(Entity::Thread, thread_id));
-            }
+            self.thread_known(user, thread_id).await?;
         }
         items.reverse();
         Ok(items)
