@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared pieces of the load-test scripts (run.sh, fanout.sh, scenarios.sh, reference/run.sh): building the binaries,
+# Shared pieces of the load-test scripts (run.sh, fanout.sh, scenarios.sh, chaos.sh, reference/run.sh): building the binaries,
 # free loopback ports, a private Redis, a throwaway PostgreSQL database, gateway replicas or another server under test
 # and their readiness, the open-files limit, running the load tester and reading its report, and the cleanup that stops
 # everything started here and drops every database made here, on exit, failure and Ctrl-C alike. Everything listens on

@@ -7,8 +7,9 @@
 # and the variables it exports for the tests: TEST_DATABASE_URL, CHATKIT_CONFORMANCE_PYTHON, CHATKIT_NGINX,
 # CHATKIT_PROMTOOL, CHATKIT_CHROMIUM). Then the conformance validator's self-test, cargo fmt --check,
 # clippy -D warnings and cargo test --workspace. With no arguments it also runs the load test in CI mode
-# (loadtest/scenarios.sh --ci) and the chaos run in CI mode (loadtest/chaos.sh --ci), on binaries built with the tests' own feature resolution, so that no dependency is
-# compiled twice. The last line gives the totals of every test binary.
+# (loadtest/scenarios.sh --ci) and the chaos run in CI mode (loadtest/chaos.sh --ci), on binaries built with the
+# tests' own feature resolution, so that no dependency is compiled twice. The last line gives the totals of every
+# test binary.
 #
 # Works on a fresh Debian 12 machine with the Rust toolchain, python3 and root; safe to run again (a second run only
 # runs the checks and tests).
