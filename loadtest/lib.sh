@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared pieces of the load-test scripts (run.sh, fanout.sh, scenarios.sh, reference/run.sh): building the binaries,
+# Shared pieces of the load-test scripts (run.sh, fanout.sh, scenarios.sh, chaos.sh, reference/run.sh): building the binaries,
 # free loopback ports, a private Redis, a throwaway PostgreSQL database, gateway replicas or another server under test
 # and their readiness, the open-files limit, running the load tester and reading its report, and the cleanup that stops
 # everything started here and drops every database made here, on exit, failure and Ctrl-C alike. Everything listens on
@@ -132,6 +132,8 @@ lt_teardown() {
     local pid database
     lt_stop "$lt_loadtest_pid"
     lt_loadtest_pid=
+    # A paused replica (the chaos run stops them) is woken first, so that it can hear SIGTERM.
+    for pid in "${lt_server_pids[@]}"; do kill -CONT "$pid" 2>/dev/null || true; done
     for pid in "${lt_server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${lt_server_pids[@]}"; do lt_stop "$pid"; done
     lt_server_pids=()
@@ -151,10 +153,11 @@ lt_cleanup() {
     if [[ -n $lt_tmp ]]; then rm -rf "$lt_tmp"; fi
 }
 
-# lt_start_redis: starts a private Redis without persistence on a free port (lt_redis_port) and waits until it answers.
+# lt_start_redis [PORT]: starts a private Redis without persistence on a free port, or on PORT (to restart it where
+# the replicas look for it), sets lt_redis_port and waits until it answers.
 lt_start_redis() {
     command -v "$REDIS_SERVER" >/dev/null || lt_die "$REDIS_SERVER is needed and not found"
-    lt_free_port lt_redis_port
+    if [[ -n ${1:-} ]]; then lt_redis_port=$1; else lt_free_port lt_redis_port; fi
     "$REDIS_SERVER" --bind 127.0.0.1 --port "$lt_redis_port" --save '' --appendonly no --dir "$lt_tmp" \
         --maxclients 1000 >"$lt_tmp/redis.log" 2>&1 &
     lt_redis_pid=$!
@@ -193,15 +196,8 @@ lt_start_replicas() {
     for i in $(seq "$first" $((first + count - 1))); do
         lt_free_port port
         lt_ports+=("$port")
-        mkdir -p "$lt_tmp/data-$i"
-        # Settings the caller's environment might hold that would change what is measured are cleared.
-        env -u REDIS_URL -u OPENAI_API_KEY -u CHATKIT_ADMIN_KEYS -u RUST_LOG -u CHATKIT_AGENT_URL \
-            -u CHATKIT_AGENT_SECRET -u CHATKIT_WORKFLOWS \
-            ${redis_url:+REDIS_URL="$redis_url"} DATABASE_URL="$database_url" CHATKIT_BIND="127.0.0.1:$port" \
-            CHATKIT_DATA_DIR="$lt_tmp/data-$i" CHATKIT_LOG=warn CHATKIT_MODEL=echo CHATKIT_AUTH=header \
-            CHATKIT_USER_HEADER="$USER_HEADER" CHATKIT_SHUTDOWN_GRACE_SECS=5 ${WORKERS:+CHATKIT_WORKERS="$WORKERS"} \
-            "${lt_gateway_env[@]}" "$lt_gateway" >"$lt_tmp/replica-$i.log" 2>&1 &
-        lt_server_pids+=($!)
+        lt_spawn_replica "$i" "$port" "$database_url" "$redis_url"
+        lt_server_pids+=("$lt_spawned")
     done
     local deadline=$((SECONDS + READY_TIMEOUT + 1)) pid
     for i in $(seq "$first" $((first + count - 1))); do
@@ -210,6 +206,23 @@ lt_start_replicas() {
         lt_await "replica $i on 127.0.0.1:$port" "$pid" "$lt_tmp/replica-$i.log" "$deadline" lt_ready "$port"
         lt_say "replica $i (pid $pid) ready on 127.0.0.1:$port"
     done
+}
+
+# lt_spawn_replica I PORT DATABASE_URL [REDIS_URL]: starts replica I (its data directory and its log, appended to,
+# $lt_tmp/replica-I.log) on PORT without waiting for it, and sets lt_spawned to its pid. lt_start_replicas uses it, and
+# a script restarting a replica where the clients look for it.
+lt_spawned=
+lt_spawn_replica() {
+    local i=$1 port=$2 database_url=$3 redis_url=${4:-}
+    mkdir -p "$lt_tmp/data-$i"
+    # Settings the caller's environment might hold that would change what is measured are cleared.
+    env -u REDIS_URL -u OPENAI_API_KEY -u CHATKIT_ADMIN_KEYS -u RUST_LOG -u CHATKIT_AGENT_URL \
+        -u CHATKIT_AGENT_SECRET -u CHATKIT_WORKFLOWS \
+        ${redis_url:+REDIS_URL="$redis_url"} DATABASE_URL="$database_url" CHATKIT_BIND="127.0.0.1:$port" \
+        CHATKIT_DATA_DIR="$lt_tmp/data-$i" CHATKIT_LOG=warn CHATKIT_MODEL=echo CHATKIT_AUTH=header \
+        CHATKIT_USER_HEADER="$USER_HEADER" CHATKIT_SHUTDOWN_GRACE_SECS=5 ${WORKERS:+CHATKIT_WORKERS="$WORKERS"} \
+        "${lt_gateway_env[@]}" "$lt_gateway" >>"$lt_tmp/replica-$i.log" 2>&1 &
+    lt_spawned=$!
 }
 
 # lt_await WHAT PID LOG DEADLINE CHECK...: waits until CHECK succeeds. When process PID exits first, or SECONDS reaches

@@ -83,6 +83,12 @@ pub struct Args {
     /// [default: 120s].
     #[arg(long, value_parser = parse_duration)]
     pub setup_timeout: Option<Duration>,
+
+    /// Mixed: after the run, read every thread from this PostgreSQL database (the replicas' own) and check that each
+    /// turn a client saw complete is stored exactly once, in order and not interleaved with another, and that every
+    /// viewer received each message or a `resync`; prints that check's table and fails when it does not hold.
+    #[arg(long, value_name = "POSTGRES_URL")]
+    pub check_store: Option<String>,
 }
 
 /// The most viewer streams one run opens; each takes a socket in this process and one in a gateway.
@@ -119,6 +125,8 @@ pub struct FanoutShape {
 pub struct MixedShape {
     pub spread: Spread,
     pub writers: u32,
+    /// The database to check the run against afterwards (`--check-store`).
+    pub check_store: Option<String>,
 }
 
 impl Args {
@@ -132,6 +140,7 @@ impl Args {
             ("--drain", self.drain.is_some()),
             ("--open-concurrency", self.open_concurrency.is_some()),
             ("--setup-timeout", self.setup_timeout.is_some()),
+            ("--check-store", self.check_store.is_some()),
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
@@ -189,8 +198,8 @@ impl Args {
 
     /// The fanout run the options describe.
     pub fn fanout_shape(&self) -> Result<FanoutShape, String> {
-        if self.writers.is_some() {
-            return Err("--writers belongs to --scenario mixed; fanout sends updates at --rate".into());
+        if self.writers.is_some() || self.check_store.is_some() {
+            return Err("--writers and --check-store belong to --scenario mixed; fanout sends updates at --rate".into());
         }
         Ok(FanoutShape { spread: self.spread(1000, 10_000)?, rate: self.rate.unwrap_or(200.0) })
     }
@@ -200,7 +209,14 @@ impl Args {
         if self.rate.is_some() {
             return Err("--rate belongs to --scenario fanout; mixed writers send turns back to back".into());
         }
-        Ok(MixedShape { spread: self.spread(100, 1000)?, writers: self.writers.unwrap_or(8) })
+        let check_store = self.check_store.clone();
+        if check_store
+            .as_deref()
+            .is_some_and(|url| !url.starts_with("postgres://") && !url.starts_with("postgresql://"))
+        {
+            return Err("--check-store takes a postgres:// URL".into());
+        }
+        Ok(MixedShape { spread: self.spread(100, 1000)?, writers: self.writers.unwrap_or(8), check_store })
     }
 }
 

@@ -2,6 +2,7 @@
 //! throughput, latency and fan-out.
 
 mod agent_echo;
+mod chaos;
 mod cli;
 mod fanout;
 mod mixed;
@@ -63,14 +64,28 @@ fn main() -> ExitCode {
         }
     };
     let header = args.user_header.clone();
+    // Set when `--check-store` found the store or the viewers short of what the run promised.
+    let mut check_failed = false;
     let result = match plan {
         Plan::Fanout(shape) => runtime.block_on(fanout::run(shape, header, args.timeout)).map(|report| {
             let measured = report.measured();
             (report.table(), report.json_line(), measured)
         }),
-        Plan::Mixed(shape) => runtime.block_on(mixed::run(shape, header, args.timeout)).map(|report| {
+        Plan::Mixed(shape) => runtime.block_on(mixed::run(shape, header, args.timeout)).map(|(report, checked)| {
             let measured = report.measured();
-            (report.table(), report.json_line(), measured)
+            let (mut table, mut json_line) = (report.table(), report.json_line());
+            if let Some(checked) = checked {
+                table.push_str(&checked.table());
+                // The JSON line is one flat object: the check's fields go in before its closing brace.
+                if json_line.ends_with('}') {
+                    json_line.pop();
+                    json_line.push(',');
+                    json_line.push_str(&checked.json_fields());
+                    json_line.push('}');
+                }
+                check_failed = !checked.passed();
+            }
+            (table, json_line, measured)
         }),
         Plan::Requests(endpoint) => {
             let target = Target {
@@ -99,6 +114,10 @@ fn main() -> ExitCode {
     // A run that measured nothing (no request succeeded; no viewer opened or nothing was answered) should fail a script.
     if !measured {
         eprintln!("chatkit-loadtest: nothing was measured (no success, or no viewer open)");
+        return ExitCode::FAILURE;
+    }
+    if check_failed {
+        eprintln!("chatkit-loadtest: the store check failed (see its table)");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -24,30 +24,32 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::chaos::{self, StoreCheck};
 use crate::cli::{MixedShape, Spread};
-use crate::multi::{self, Answer, Load, Losses, Net, Progress, Sent, Thread, Viewer};
+use crate::multi::{self, Answer, Load, Losses, Net, Progress, Sent, Thread, Viewer, ViewerEnd};
 use crate::replicas::{cpu_seconds, lock, now_us};
+use crate::report::ErrorKind;
 use crate::report::{LossDetail, MixedReport, MixedShapeSummary, MixedTally};
-use crate::scenario::{user_input, Expect};
+use crate::scenario::{user_input, Expect, Outcome};
 
 /// What every marker starts with.
-const MARKER_PREFIX: &str = "mixed k=";
+pub(crate) const MARKER_PREFIX: &str = "mixed k=";
 
 /// The text of turn `turn` of thread `thread`, sent at `sent_us`.
-fn marker(thread: usize, turn: usize, sent_us: u64) -> String {
+pub(crate) fn marker(thread: usize, turn: usize, sent_us: u64) -> String {
     format!("{MARKER_PREFIX}{thread}.{turn} t={sent_us}")
 }
 
 /// What a marker names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Mark {
-    thread: usize,
-    turn: usize,
-    sent_us: u64,
+pub(crate) struct Mark {
+    pub(crate) thread: usize,
+    pub(crate) turn: usize,
+    pub(crate) sent_us: u64,
 }
 
 /// The marker in `text`, wherever it starts (the echo answer puts `echo: ` before it).
-fn find_marker(text: &str) -> Option<Mark> {
+pub(crate) fn find_marker(text: &str) -> Option<Mark> {
     let rest = &text[text.find(MARKER_PREFIX)? + MARKER_PREFIX.len()..];
     let (key, rest) = rest.split_once(" t=")?;
     let (thread, turn) = key.split_once('.')?;
@@ -59,13 +61,31 @@ fn find_marker(text: &str) -> Option<Mark> {
 #[derive(Debug)]
 pub struct Turn {
     /// Its user message: when it was sent, and which viewers received it.
-    sent: Sent,
+    pub(crate) sent: Sent,
     /// Viewers that received its finished answer, by replica.
     answered: Vec<u32>,
+    /// When its answer ended, in unix microseconds (0 while it runs).
+    pub(crate) ended_us: u64,
+    /// Whether it failed with an `error` event that allows a retry (the turn was refused, not broken).
+    pub(crate) retryable: bool,
+}
+
+impl Turn {
+    /// A turn of one replica as the store check's tests need it: sent at `sent_us`, ended at `ended_us`.
+    #[cfg(test)]
+    pub(crate) fn answered(n: u64, sent_us: u64, answer: Answer, ended_us: u64, retryable: bool) -> Self {
+        let mut sent = Sent::new(n, 0, sent_us, 1);
+        sent.answer = answer;
+        Turn { sent, answered: vec![0], ended_us, retryable }
+    }
 }
 
 /// Runs the whole scenario and reports it; an error means setup failed and nothing was measured.
-pub async fn run(shape: MixedShape, user_header: HeaderName, timeout: Duration) -> Result<MixedReport, String> {
+pub async fn run(
+    shape: MixedShape,
+    user_header: HeaderName,
+    timeout: Duration,
+) -> Result<(MixedReport, Option<StoreCheck>), String> {
     let (started, cpu_before) = (Instant::now(), cpu_seconds());
     let finished = multi::run(&shape, user_header, timeout).await?;
     let net = &finished.net;
@@ -77,7 +97,12 @@ pub async fn run(shape: MixedShape, user_header: HeaderName, timeout: Duration) 
         loadtest_cpu: cpu_seconds().zip(cpu_before).map(|(after, before)| after - before),
         wall_time: started.elapsed(),
     };
-    Ok(MixedReport::new(summary, tally, finished.stats, detail))
+    let viewer_ends = std::mem::take(&mut *lock(&net.viewer_ends));
+    let checked = match &shape.check_store {
+        Some(url) => Some(chaos::check(url, &finished.threads, &viewer_ends).await?),
+        None => None,
+    };
+    Ok((MixedReport::new(summary, tally, finished.stats, detail), checked))
 }
 
 impl Load for MixedShape {
@@ -159,6 +184,16 @@ impl Load for MixedShape {
             latency_us
         };
         viewer.record_delivery(latency_us);
+    }
+
+    fn finish(viewer: &mut Viewer<Self>) {
+        let end = ViewerEnd {
+            thread: viewer.thread,
+            replica: viewer.replica,
+            seen: std::mem::take(&mut viewer.seen),
+            last_cut_us: viewer.last_cut_us,
+        };
+        lock(&viewer.net.viewer_ends).push(end);
     }
 
     fn deliveries(p: &Progress) -> String {
@@ -261,7 +296,8 @@ async fn send_turn(net: &Net, threads: &[Thread<Vec<Turn>>], n: u64) {
         let slot = turns.len();
         let sent_us = now_us();
         let replicas = net.pool.count();
-        turns.push(Turn { sent: Sent::new(n, replica, sent_us, replicas), answered: vec![0; replicas] });
+        let sent = Sent::new(n, replica, sent_us, replicas);
+        turns.push(Turn { sent, answered: vec![0; replicas], ended_us: 0, retryable: false });
         (slot, marker(index, slot, sent_us))
     };
     let body = json!({
@@ -270,8 +306,11 @@ async fn send_turn(net: &Net, threads: &[Thread<Vec<Turn>>], n: u64) {
     });
     net.progress.sent.fetch_add(1, Ordering::Relaxed);
     let outcome = net.pool.post(replica, "/chatkit", &thread.user, &body, Expect::Turn).await;
+    let retryable = matches!(outcome, Outcome::Failed(ErrorKind::Retryable, _));
     let answer = net.record_answer(index, thread.viewers_total(), outcome, "turn");
-    lock(&thread.book)[slot].sent.answer = answer;
+    let mut turns = lock(&thread.book);
+    let turn = &mut turns[slot];
+    (turn.sent.answer, turn.ended_us, turn.retryable) = (answer, now_us(), retryable);
 }
 
 /// Counts what the books say once every turn has ended and every viewer has stopped: deliveries expected and
@@ -328,7 +367,7 @@ mod tests {
         let threads = (0..2)
             .map(|t| Thread::new(format!("thr_{t}"), HeaderValue::from_static("mixed-0"), 1, Vec::new()))
             .collect();
-        Viewer { net, threads: Arc::new(threads), index: 0, thread, replica: 0, seen: Vec::new() }
+        Viewer { net, threads: Arc::new(threads), index: 0, thread, replica: 0, seen: Vec::new(), last_cut_us: 0 }
     }
 
     #[test]
@@ -360,7 +399,7 @@ mod tests {
         for (turn, sent_us) in [(0u64, 5u64), (1, 7)] {
             let mut sent = Sent::new(turn, 0, sent_us, 1);
             sent.answer = Answer::Ok;
-            lock(&thread.book).push(Turn { sent, answered: vec![0] });
+            lock(&thread.book).push(Turn { sent, answered: vec![0], ended_us: 0, retryable: false });
         }
         let user = |turn: usize, sent_us: u64| {
             format!(

@@ -65,6 +65,8 @@ pub trait Load: Send + Sync + Sized + 'static {
     fn observe(viewer: &mut Viewer<Self>, data: &[u8], received_us: u64);
     /// The delivery counts the progress line shows during the send phase and the drain.
     fn deliveries(progress: &Progress) -> String;
+    /// Called once when a viewer's stream is over, to keep what the scenario checks after the run.
+    fn finish(_viewer: &mut Viewer<Self>) {}
 }
 
 /// Whether a request of the send phase was answered, and how.
@@ -163,6 +165,19 @@ pub struct Net {
     pub sends_from_us: AtomicU64,
     pub progress: Progress,
     shards: Vec<Mutex<FanoutStats>>,
+    /// What each viewer had received when its stream was over, kept by the scenarios that check it after the run.
+    pub viewer_ends: Mutex<Vec<ViewerEnd>>,
+}
+
+/// What one viewer had received of its thread when its stream was over.
+#[derive(Debug)]
+pub struct ViewerEnd {
+    pub thread: usize,
+    pub replica: usize,
+    /// The scenario's record of what it received, per message of its thread's book.
+    pub seen: Vec<u8>,
+    /// See `Viewer::last_cut_us`.
+    pub last_cut_us: u64,
 }
 
 impl Net {
@@ -173,6 +188,7 @@ impl Net {
             sends_from_us: AtomicU64::new(0),
             progress: Progress::default(),
             shards: (0..shard_count).map(|_| Mutex::new(FanoutStats::default())).collect(),
+            viewer_ends: Mutex::new(Vec::new()),
         }
     }
 
@@ -345,6 +361,7 @@ async fn open_viewers<L: Load>(
                 thread,
                 replica: (thread + (v / thread_count) as usize) % net.pool.count(),
                 seen: L::Seen::default(),
+                last_cut_us: 0,
             }
         })
         .collect();
@@ -364,6 +381,10 @@ pub struct Viewer<L: Load> {
     pub thread: usize,
     pub replica: usize,
     pub seen: L::Seen,
+    /// When it last received `event: resync`, in unix microseconds (0 if never); `u64::MAX` once its stream ended
+    /// before the run did. A viewer missed nothing it need account for when every message it lacks was sent before
+    /// this moment.
+    pub last_cut_us: u64,
 }
 
 impl<L: Load> Viewer<L> {
@@ -419,10 +440,18 @@ impl<L: Load> Listener for Viewer<L> {
             b"resync" => {
                 let reason = serde_json::from_slice::<ResyncData>(data).ok().and_then(|data| data.reason);
                 self.net.progress.resyncs.fetch_add(1, Ordering::Relaxed);
+                self.last_cut_us = self.last_cut_us.max(received_us);
                 self.shard().record_resync(reason.as_deref().unwrap_or("unknown"));
             }
             _ => self.shard().other_events += 1,
         }
+    }
+
+    fn finish(&mut self, ended: bool) {
+        if ended {
+            self.last_cut_us = u64::MAX;
+        }
+        L::finish(self);
     }
 }
 

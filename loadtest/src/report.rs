@@ -22,6 +22,9 @@ pub enum ErrorKind {
     BadStream,
     /// A JSON answer was not what the scenario expects.
     BadBody,
+    /// A turn's stream ended with an `error` event that allows a retry, such as the one a replica sends when another
+    /// took its thread over.
+    Retryable,
 }
 
 impl ErrorKind {
@@ -33,6 +36,7 @@ impl ErrorKind {
             ErrorKind::Transport => "transport".into(),
             ErrorKind::BadStream => "bad_stream".into(),
             ErrorKind::BadBody => "bad_body".into(),
+            ErrorKind::Retryable => "retryable_error".into(),
         }
     }
 }

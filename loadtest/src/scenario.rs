@@ -313,7 +313,11 @@ async fn read_stream(response: Response<Incoming>, expect: Expect, start: Instan
         _ => check.turn_problem(),
     };
     let outcome = match problem {
-        Some(problem) => Outcome::Failed(ErrorKind::BadStream, format!("{problem} ({} events)", check.events)),
+        Some(problem) => {
+            let kind =
+                if check.retryable_error && check.malformed == 0 { ErrorKind::Retryable } else { ErrorKind::BadStream };
+            Outcome::Failed(kind, format!("{problem} ({} events)", check.events))
+        }
         None => Outcome::Ok { latency, ttfb, first_event, thread_id: check.thread_id },
     };
     (outcome, true)

@@ -119,6 +119,9 @@ struct EventHead<'a> {
     thread: Option<IdOnly>,
     #[serde(default, borrow)]
     item: Option<KindOnly<'a>>,
+    /// Set on `error` events: whether the user may simply send again.
+    #[serde(default)]
+    allow_retry: bool,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +142,9 @@ pub struct StreamCheck {
     pub stream_options: bool,
     pub assistant_done: bool,
     pub error_event: bool,
+    /// Whether every `error` event allowed a retry (such as a write refused because another replica took the thread
+    /// over), so that the turn is refused rather than failed.
+    pub retryable_error: bool,
     /// The id from a `thread.created` event, if one came.
     pub thread_id: Option<String>,
     /// Events whose data was not a JSON object with a string `type`.
@@ -158,7 +164,10 @@ impl StreamCheck {
         };
         match (&*head.kind, head.thread, head.item) {
             ("stream_options", ..) => self.stream_options = true,
-            ("error", ..) => self.error_event = true,
+            ("error", ..) => {
+                self.retryable_error = head.allow_retry && (self.retryable_error || !self.error_event);
+                self.error_event = true;
+            }
             ("thread.item.done", _, Some(item)) if item.kind == "assistant_message" => self.assistant_done = true,
             ("thread.created", Some(thread), _) => self.thread_id = Some(thread.id),
             _ => {}
@@ -292,6 +301,10 @@ mod tests {
 
         let with_error = format!("{GOOD_CREATE}data: {{\"type\":\"error\",\"code\":\"stream.error\"}}\n\n");
         assert_eq!(check_of(&with_error).turn_problem(), Some("stream has an error event"));
+        assert!(!check_of(&with_error).retryable_error);
+        let retryable =
+            format!("{GOOD_CREATE}data: {{\"type\":\"error\",\"code\":\"custom\",\"allow_retry\":true}}\n\n");
+        assert!(check_of(&retryable).retryable_error);
 
         let garbage = format!("{GOOD_CREATE}data: not json\n\n");
         assert!(check_of(&garbage).turn_problem().unwrap().contains("not a JSON object"));

@@ -41,6 +41,8 @@ pub trait Listener: Send + 'static {
     fn record_error(&self, key: String, detail: &str);
     /// Records one event: its name (empty for a plain `data:` event), its data and when its chunk arrived.
     fn observe(&mut self, name: &[u8], data: &[u8], received_us: u64);
+    /// Called once when the stream is over: `ended` when it ended before the run told it to stop.
+    fn finish(&mut self, ended: bool);
 }
 
 /// Starts every listener's stream, at most `open_concurrency` opening at once, and waits until each has opened or
@@ -140,10 +142,11 @@ async fn watch_stream<L: Listener>(
             },
         }
     };
-    if let Some((key, detail)) = ended {
+    if let Some((key, detail)) = &ended {
         listener.progress().streams_ended.fetch_add(1, Ordering::Relaxed);
-        listener.record_error(key.to_string(), &detail);
+        listener.record_error(key.to_string(), detail);
     }
+    listener.finish(ended.is_some());
     // The connection lives as long as the stream was read, then closes with it.
     drop(connection);
 }
