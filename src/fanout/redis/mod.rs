@@ -15,6 +15,9 @@
 //! `bus.rs` publishes and catches viewers up, `subscriber.rs` holds the
 //! subscriber connection, `coordination.rs` has the leases, cancel requests,
 //! counters and session ends, and `connection.rs` the command connections.
+//! On a Redis Cluster (`cluster.rs`) the same runs with every key of a thread
+//! on one shard (hash tags), topics on sharded pub/sub and the control channel
+//! on classic pub/sub.
 //! The keys, scripts and channel names are the wire format between replicas:
 //! replicas of different versions share them.
 
