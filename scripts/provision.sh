@@ -33,7 +33,7 @@ PLAN=(
     'playwright-core              | playwright_ok                                           | npm_ci                                         |'
 )
 # Why each is needed: tests/integration/replicas.rs and others start their own redis-server on free ports (the default instance is
-# a convenience); the PostgreSQL store tests and the load test's postgres scenario make throwaway databases on
+# a convenience; tests/integration/redis_cluster.rs makes a six-node Redis Cluster of them with redis-cli, Redis 7 or later); the PostgreSQL store tests and the load test's postgres scenario make throwaway databases on
 # TEST_DATABASE_URL; tests/integration/conformance.rs and tests/integration/rest_api.rs validate with the reference SDK openai-chatkit;
 # tests/integration/deploy/ parses deploy/ with PyYAML, checks the Kubernetes manifests with kubernetes-validate and runs nginx
 # and promtool; tests/integration/agent.rs checks the agent wire format's JSON Schema with jsonschema;

@@ -21,6 +21,7 @@ mod fake_openai_selftest;
 mod fencing;
 mod metrics;
 mod model_responder;
+mod redis_cluster;
 mod replicas;
 mod responder_failures;
 mod rest_api;

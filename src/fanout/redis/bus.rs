@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::{CommandConnection, ConnectionStatus};
+use super::connection::{AnyConnection, CommandConnection, ConnectionStatus};
 use super::subscriber::SubscriberCommand;
 use super::{RedisFanout, CONTROL, RESYNC_NOTICE};
 use crate::fanout::bus::unsequenced;
@@ -31,9 +31,14 @@ const NOTICE_RETRY: Duration = Duration::from_millis(100);
 /// viewer to resync.
 const MAX_LOST_CHANNELS: usize = 1024;
 
+/// The publish script, with the command that publishes (`PUBLISH`, or
+/// `SPUBLISH` on a cluster, where the channel shares the keys' hash tag).
 /// KEYS: sequence, history, snapshot. ARGV: channel, unsequenced message,
 /// sequence base, history length, ttl ms, snapshot op (`k`, `s`, `c`), snapshot.
-const PUBLISH_SCRIPT: &str = r"
+macro_rules! publish_script {
+    ($publish:literal) => {
+        concat!(
+            r"
 local seq = redis.call('INCR', KEYS[1])
 if seq == 1 then
   redis.call('SET', KEYS[1], ARGV[3])
@@ -51,9 +56,19 @@ if ARGV[6] == 's' then
 elseif ARGV[6] == 'c' then
   redis.call('DEL', KEYS[3])
 end
-redis.call('PUBLISH', ARGV[1], message)
+redis.call('",
+            $publish,
+            r"', ARGV[1], message)
 return 1
-";
+"
+        )
+    };
+}
+
+/// The script on one Redis server; unchanged from earlier releases.
+const PUBLISH_SCRIPT: &str = publish_script!("PUBLISH");
+/// The script on a Redis Cluster: sharded pub/sub.
+const SPUBLISH_SCRIPT: &str = publish_script!("SPUBLISH");
 
 pub(super) struct Publication {
     channel: String,
@@ -115,7 +130,9 @@ pub(super) async fn publisher(
     status: Arc<ConnectionStatus>,
     mut queue: mpsc::Receiver<Publication>,
     settings: FanoutSettings,
+    sharded: bool,
 ) {
+    let script = if sharded { SPUBLISH_SCRIPT } else { PUBLISH_SCRIPT };
     let ttl_ms = settings.history_ttl.as_millis() as u64;
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     let mut dropped = DroppedChannels::default();
@@ -142,11 +159,20 @@ pub(super) async fn publisher(
                 continue;
             }
         };
-        let mut pipe = redis::pipe();
+        // One pipeline on one server, led by the notices; on a cluster, the
+        // notices first, then one pipeline per channel (a pipeline must stay
+        // on one shard), sent together, each in order.
+        let mut notices = redis::pipe();
         for notice in dropped.notices() {
-            pipe.cmd("PUBLISH").arg(CONTROL).arg(notice).ignore();
+            notices.cmd("PUBLISH").arg(CONTROL).arg(notice).ignore();
         }
-        let channels: Vec<String> = batch.iter().map(|publication| publication.channel.clone()).collect();
+        let mut pipes: Vec<(Vec<String>, redis::Pipeline)> = Vec::new();
+        let mut notices_sent = true;
+        if !sharded {
+            pipes.push((Vec::new(), notices));
+        } else if !notices.is_empty() {
+            notices_sent = send(&connection, &status, &mut conn, &notices, 0).await;
+        }
         for publication in batch.drain(..) {
             let [seq, history, snapshot] = keys(&publication.channel);
             let (op, items) = match publication.snapshot {
@@ -154,8 +180,17 @@ pub(super) async fn publisher(
                 SnapshotChange::Set(items) => ("s", items),
                 SnapshotChange::Clear => ("c", String::new()),
             };
+            let index = match pipes.iter().position(|(channels, _)| !sharded || channels[0] == publication.channel) {
+                Some(index) => index,
+                None => {
+                    pipes.push((Vec::new(), redis::pipe()));
+                    pipes.len() - 1
+                }
+            };
+            let (channels, pipe) = &mut pipes[index];
+            channels.push(publication.channel.clone());
             pipe.cmd("EVAL")
-                .arg(PUBLISH_SCRIPT)
+                .arg(script)
                 .arg(3)
                 .arg(seq)
                 .arg(history)
@@ -169,15 +204,41 @@ pub(super) async fn publisher(
                 .arg(items)
                 .ignore();
         }
-        match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => dropped.clear(),
-            Err(error) => {
-                // Some of the pipeline may have gone through; resyncing too many viewers is harmless.
-                tracing::warn!(%error, "fan-out publication failed");
-                status.dropped_publications.fetch_add(channels.len() as u64, Ordering::Relaxed);
+        let sends = pipes.iter().map(|(channels, pipe)| {
+            let (connection, status, mut conn) = (connection.clone(), status.clone(), conn.clone());
+            async move { pipe.is_empty() || send(&connection, &status, &mut conn, pipe, channels.len()).await }
+        });
+        let results = futures_util::future::join_all(sends).await;
+        if !sharded {
+            notices_sent = results.first().copied().unwrap_or(true);
+        }
+        if notices_sent {
+            dropped.clear();
+        }
+        for ((channels, _), sent) in pipes.into_iter().zip(results) {
+            if !sent {
                 dropped.add(channels);
-                connection.failed(&error).await;
             }
+        }
+    }
+}
+
+/// Sends one pipeline of publications (`count` of them) and says whether Redis took it.
+async fn send(
+    connection: &CommandConnection,
+    status: &ConnectionStatus,
+    conn: &mut AnyConnection,
+    pipe: &redis::Pipeline,
+    count: usize,
+) -> bool {
+    match pipe.query_async::<()>(conn).await {
+        Ok(()) => true,
+        Err(error) => {
+            // Some of the pipeline may have gone through; resyncing too many viewers is harmless.
+            tracing::warn!(%error, "fan-out publication failed");
+            status.dropped_publications.fetch_add(count as u64, Ordering::Relaxed);
+            connection.failed(&error).await;
+            false
         }
     }
 }

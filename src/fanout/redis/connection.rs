@@ -1,12 +1,15 @@
 //! The Redis connections' shared status and the command connections, which
-//! reopen on demand with backoff after a failure.
+//! reopen on demand with backoff after a failure, to one Redis server or to a
+//! Redis Cluster (whose connection follows slot moves and failovers itself).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::fanout::FanoutError;
 use crate::telemetry::metrics::METRICS;
@@ -35,10 +38,76 @@ impl ConnectionStatus {
     }
 }
 
+/// Where Redis is: one server, or the nodes of a Redis Cluster to learn its shards from.
+#[derive(Clone)]
+pub(super) enum RedisClient {
+    Single(redis::Client),
+    /// The client for commands, and the seed nodes the subscriber builds its own client from.
+    Cluster {
+        commands: Box<ClusterClient>,
+        nodes: Vec<String>,
+    },
+}
+
+impl RedisClient {
+    /// Whether this is a Redis Cluster, whose topic channels are sharded.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisClient::Cluster { .. })
+    }
+
+    async fn connect(&self) -> Result<AnyConnection, RedisError> {
+        match self {
+            RedisClient::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                Ok(AnyConnection::Single(client.get_multiplexed_async_connection_with_config(&config).await?))
+            }
+            RedisClient::Cluster { commands, .. } => Ok(AnyConnection::Cluster(commands.get_async_connection().await?)),
+        }
+    }
+}
+
+/// A command connection to one server or to a cluster; commands run on it
+/// alike, and the cluster's are routed to the shard of their keys.
+#[derive(Clone)]
+pub(super) enum AnyConnection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for AnyConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            AnyConnection::Single(conn) => conn.req_packed_command(cmd),
+            AnyConnection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            AnyConnection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            AnyConnection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConnection::Single(conn) => conn.get_db(),
+            AnyConnection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
 /// A multiplexed command connection, reopened on demand after a failure.
 pub(super) struct CommandConnection {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    client: RedisClient,
+    conn: tokio::sync::Mutex<Option<AnyConnection>>,
     /// No reconnection attempt before this instant, so a dead Redis costs
     /// callers nothing between attempts.
     next_try: Mutex<Instant>,
@@ -46,7 +115,7 @@ pub(super) struct CommandConnection {
 }
 
 impl CommandConnection {
-    pub fn new(client: &redis::Client) -> Arc<CommandConnection> {
+    pub fn new(client: &RedisClient) -> Arc<CommandConnection> {
         Arc::new(CommandConnection {
             client: client.clone(),
             conn: tokio::sync::Mutex::new(None),
@@ -55,7 +124,7 @@ impl CommandConnection {
         })
     }
 
-    pub async fn get(&self) -> Result<MultiplexedConnection, FanoutError> {
+    pub async fn get(&self) -> Result<AnyConnection, FanoutError> {
         let mut conn = self.conn.lock().await;
         if let Some(conn) = conn.as_ref() {
             return Ok(conn.clone());
@@ -66,10 +135,7 @@ impl CommandConnection {
                 return Err(FanoutError::Unavailable("Redis is unreachable; retrying shortly".into()));
             }
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        match self.client.get_multiplexed_async_connection_with_config(&config).await {
+        match self.client.connect().await {
             Ok(fresh) => {
                 *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = MIN_BACKOFF;
                 *conn = Some(fresh.clone());

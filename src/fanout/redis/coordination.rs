@@ -138,15 +138,24 @@ impl Coordination for RedisFanout {
     async fn request_cancel(&self, thread_id: &str) -> bool {
         let Ok(mut conn) = self.connection.get().await else { return false };
         let [lease_key, _] = lease_keys(thread_id);
-        let result: Result<((), Option<String>), RedisError> = redis::pipe()
-            .cmd("PUBLISH")
-            .arg(CONTROL)
-            .arg(format!("{CANCEL_REQUEST}{thread_id}"))
-            .ignore()
-            .get(&lease_key)
-            .query_async(&mut conn)
-            .await
-            .map(|(holder,): (Option<String>,)| ((), holder));
+        let request = format!("{CANCEL_REQUEST}{thread_id}");
+        let result: Result<((), Option<String>), RedisError> = if self.sharded {
+            // A cluster pipeline must stay on one node: the publication goes on its own.
+            match redis::cmd("PUBLISH").arg(CONTROL).arg(&request).query_async::<()>(&mut conn).await {
+                Ok(()) => redis::cmd("GET").arg(&lease_key).query_async(&mut conn).await.map(|holder| ((), holder)),
+                Err(error) => Err(error),
+            }
+        } else {
+            redis::pipe()
+                .cmd("PUBLISH")
+                .arg(CONTROL)
+                .arg(&request)
+                .ignore()
+                .get(&lease_key)
+                .query_async(&mut conn)
+                .await
+                .map(|(holder,): (Option<String>,)| ((), holder))
+        };
         match result {
             Ok(((), holder)) => holder.is_some_and(|holder| !holder.starts_with(&format!("{}:", self.replica))),
             Err(error) => {

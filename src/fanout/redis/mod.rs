@@ -15,10 +15,14 @@
 //! `bus.rs` publishes and catches viewers up, `subscriber.rs` holds the
 //! subscriber connection, `coordination.rs` has the leases, cancel requests,
 //! counters and session ends, and `connection.rs` the command connections.
+//! On a Redis Cluster (`cluster.rs`) the same runs with every key of a thread
+//! on one shard (hash tags), topics on sharded pub/sub and the control channel
+//! on classic pub/sub.
 //! The keys, scripts and channel names are the wire format between replicas:
 //! replicas of different versions share them.
 
 mod bus;
+mod cluster;
 mod connection;
 mod coordination;
 mod subscriber;
@@ -64,13 +68,17 @@ pub struct RedisFanout {
     fallback_windows: LocalWindows,
     /// Names this replica as a lease holder.
     replica: String,
+    /// Redis Cluster: topics go over sharded pub/sub, and each command and
+    /// pipeline touches the keys of one hash tag only.
+    sharded: bool,
 }
 
 impl RedisFanout {
     /// Parses the URL and starts the publisher and subscriber tasks; it does
     /// not wait for Redis, which may come up later. Must run inside a tokio runtime.
     pub fn open(url: &str, settings: FanoutSettings) -> Result<Self, FanoutError> {
-        let client = redis::Client::open(url).map_err(|e| FanoutError::Config(format!("REDIS_URL: {e}")))?;
+        let client = cluster::client(url)?;
+        let sharded = client.is_cluster();
         let (empty_tx, empty_rx) = mpsc::channel(COMMAND_QUEUE);
         let hub = Hub::new(settings.viewer_buffer, Some(empty_tx));
         // Publications get a connection of their own: leases, catch-ups and
@@ -82,7 +90,7 @@ impl RedisFanout {
         let (subscriber, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let cancels = broadcast::channel(256).0;
         let session_ends = broadcast::channel(256).0;
-        tokio::spawn(publisher(publish_connection.clone(), status.clone(), publication_rx, settings.clone()));
+        tokio::spawn(publisher(publish_connection.clone(), status.clone(), publication_rx, settings.clone(), sharded));
         let task = Subscriber {
             client,
             connections: [connection.clone(), publish_connection],
@@ -106,6 +114,7 @@ impl RedisFanout {
             fallback_counters: LocalCounters::default(),
             fallback_windows: LocalWindows::default(),
             replica,
+            sharded,
         })
     }
 }

@@ -12,14 +12,14 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::connection::{
-    CommandConnection, ConnectionStatus, CONNECT_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF, RESPONSE_TIMEOUT,
+    CommandConnection, ConnectionStatus, RedisClient, CONNECT_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF, RESPONSE_TIMEOUT,
 };
 use super::{CANCEL_REQUEST, CONTROL, RESYNC_NOTICE, SESSION_ENDED};
 use crate::fanout::{Delivery, Hub, SequencedMessage};
 use crate::telemetry::metrics::METRICS;
 
 /// How often subscriptions without local viewers are dropped.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// What the rest of the backend asks of the subscriber task.
 pub(super) enum SubscriberCommand {
@@ -29,7 +29,7 @@ pub(super) enum SubscriberCommand {
 
 /// The subscriber task, with what it shares with the rest of the backend.
 pub(super) struct Subscriber {
-    pub client: redis::Client,
+    pub client: RedisClient,
     /// The command and publication connections, told to reconnect at once when this one does.
     pub connections: [Arc<CommandConnection>; 2],
     pub hub: Arc<Hub>,
@@ -42,13 +42,30 @@ pub(super) struct Subscriber {
 impl Subscriber {
     /// Holds the subscriber connection: follows local viewers' channels, hands
     /// messages to the hub, and reconnects with backoff.
-    pub async fn run(self, mut commands: mpsc::Receiver<SubscriberCommand>, mut emptied: mpsc::Receiver<String>) {
+    pub async fn run(self, commands: mpsc::Receiver<SubscriberCommand>, emptied: mpsc::Receiver<String>) {
+        let client = match &self.client {
+            RedisClient::Single(client) => client.clone(),
+            RedisClient::Cluster { nodes, .. } => {
+                let nodes = nodes.clone();
+                return self.run_cluster(nodes, commands, emptied).await;
+            }
+        };
+        self.run_single(client, commands, emptied).await
+    }
+
+    /// The subscriber connection to one Redis server.
+    async fn run_single(
+        self,
+        client: redis::Client,
+        mut commands: mpsc::Receiver<SubscriberCommand>,
+        mut emptied: mpsc::Receiver<String>,
+    ) {
         let hub = &self.hub;
         let status = &self.status;
         let mut backoff = MIN_BACKOFF;
         let mut connected_before = false;
         loop {
-            let connected = match tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await {
+            let connected = match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
                 Ok(result) => result.map_err(|e| e.to_string()),
                 Err(_) => Err("timed out connecting to Redis".to_string()),
             };
@@ -81,19 +98,7 @@ impl Subscriber {
                 continue;
             }
             backoff = MIN_BACKOFF;
-            status.subscribed.store(true, Ordering::SeqCst);
-            METRICS.redis_connected.set(1);
-            if connected_before {
-                status.reconnects.fetch_add(1, Ordering::Relaxed);
-                METRICS.redis_reconnects.inc();
-                tracing::info!("Redis fan-out reconnected");
-                for connection in &self.connections {
-                    connection.retry_now();
-                }
-                // Whatever was published while the connection was down is lost to
-                // these viewers: they must refetch.
-                hub.resync_all();
-            }
+            self.came_back(connected_before);
             connected_before = true;
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             sweep.tick().await;
@@ -165,9 +170,27 @@ impl Subscriber {
         }
     }
 
+    /// The subscriber connection is up: after a loss, the command connections
+    /// retry at once and viewers resync.
+    pub(super) fn came_back(&self, after_loss: bool) {
+        self.status.subscribed.store(true, Ordering::SeqCst);
+        METRICS.redis_connected.set(1);
+        if after_loss {
+            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+            METRICS.redis_reconnects.inc();
+            tracing::info!("Redis fan-out reconnected");
+            for connection in &self.connections {
+                connection.retry_now();
+            }
+            // Whatever was published while the connection was down is lost to
+            // these viewers: they must refetch.
+            self.hub.resync_all();
+        }
+    }
+
     /// Hands on a message from Redis: a control message to its receivers, a
     /// topic's message to the hub.
-    fn received(&self, channel: &str, payload: &str) {
+    pub(super) fn received(&self, channel: &str, payload: &str) {
         if channel == CONTROL {
             if let Some(thread_id) = payload.strip_prefix(CANCEL_REQUEST) {
                 let _ = self.cancels.send(thread_id.to_string());

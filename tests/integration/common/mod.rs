@@ -333,6 +333,7 @@ pub mod moto;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 pub mod scripted;
 pub mod viewer;
 

@@ -24,16 +24,24 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Arguments beyond the defaults (cluster mode, for `RedisCluster`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits (bounded) until it answers.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with extra arguments on a free port and waits (bounded) until it answers.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|arg| arg.to_string()).collect();
         let mut failures = Vec::new();
         for _ in 0..10 {
             let port = crate::common::free_port();
             let dir = tempfile::tempdir().expect("temp dir for redis-server");
-            let mut server = RedisServer { port, dir, child: None };
+            let mut server = RedisServer { port, dir, child: None, extra: extra.clone() };
             match server.launch() {
                 Ok(()) => return server,
                 // Another test may have taken the port between the check and the launch.
@@ -43,25 +51,17 @@ impl RedisServer {
         panic!("could not start redis-server: {failures:#?}");
     }
 
-    /// The server's URL, `redis://127.0.0.1:<port>`.
     /// `count` replicas of one gateway on loopback: apps sharing one in-memory
     /// store and this server for fan-out, each spawned as `spawn` describes.
     pub fn replicas(&self, count: usize, spawn: impl Fn() -> Spawn) -> Vec<TestApp> {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        (0..count)
-            .map(|_| {
-                let mut replica = spawn();
-                let (configure, url) = (replica.configure, self.url());
-                replica.configure = Box::new(move |config| {
-                    configure(config);
-                    config.fanout.redis_url = Some(Secret::new(url));
-                });
-                replica.store = Some(store.clone());
-                crate::common::spawn(replica)
-            })
-            .collect()
+        replicas_on(&self.url(), count, spawn)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's URL, `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -120,6 +120,7 @@ impl RedisServer {
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(errors))
@@ -150,6 +151,24 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `count` replicas of one gateway on loopback: apps sharing one in-memory
+/// store and the Redis at `url` for fan-out, each spawned as `spawn` describes.
+pub fn replicas_on(url: &str, count: usize, spawn: impl Fn() -> Spawn) -> Vec<TestApp> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    (0..count)
+        .map(|_| {
+            let mut replica = spawn();
+            let (configure, url) = (replica.configure, url.to_string());
+            replica.configure = Box::new(move |config| {
+                configure(config);
+                config.fanout.redis_url = Some(Secret::new(url));
+            });
+            replica.store = Some(store.clone());
+            crate::common::spawn(replica)
+        })
+        .collect()
 }
 
 /// The process id of the Redis server answering on `port`, if one answers.
