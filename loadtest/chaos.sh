@@ -35,30 +35,14 @@ LT_NAME=chaos.sh
 # shellcheck source=loadtest/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ci=${LOADTEST_CI:-}
-for arg in "$@"; do
-    case $arg in
-        --ci) ci=1 ;;
-        -h | --help)
-            sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-            exit 0
-            ;;
-        *)
-            echo "$LT_NAME: unknown argument \`$arg\`; use --ci or --help" >&2
-            exit 2
-            ;;
-    esac
-done
-if [[ -n $ci && $ci != 0 ]]; then
-    ci=1
+lt_ci_args "${BASH_SOURCE[0]}" "$@"
+if [[ $ci == 1 ]]; then
     DURATION=${DURATION:-20s}
     INTERVAL=${INTERVAL:-3}
     THREADS=${THREADS:-6}
     VIEWERS=${VIEWERS:-12}
     WRITERS=${WRITERS:-2}
     PROFILE=${PROFILE:-test}
-else
-    ci=
 fi
 SEED=${SEED:-14}
 DURATION=${DURATION:-60s}

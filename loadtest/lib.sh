@@ -94,6 +94,29 @@ lt_raise_fd_limit() {
         "(hard $(ulimit -Hn)) and cannot be raised from here"
 }
 
+# lt_ci_args SCRIPT ARGS...: reads the arguments of a script that has a short CI mode: sets `ci` to 1 for `--ci` (or
+# a LOADTEST_CI other than 0), to empty otherwise; prints SCRIPT's header comment for `--help` and exits; refuses any
+# other argument (exit 2).
+lt_ci_args() {
+    local script=$1 arg
+    shift
+    ci=${LOADTEST_CI:-}
+    for arg in "$@"; do
+        case $arg in
+            --ci) ci=1 ;;
+            -h | --help)
+                sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$script"
+                exit 0
+                ;;
+            *)
+                echo "$LT_NAME: unknown argument \`$arg\`; use --ci or --help" >&2
+                exit 2
+                ;;
+        esac
+    done
+    if [[ -n $ci && $ci != 0 ]]; then ci=1; else ci=; fi
+}
+
 # lt_free_port VAR: sets VAR to a free loopback port. A port is taken when something accepts a connection on it; a
 # random one that refuses, and that this script has not handed out yet, is free (a race with another program
 # remains possible but unlikely). The ports stay below 32000, out of the kernel's usual ephemeral range

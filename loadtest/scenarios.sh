@@ -49,30 +49,14 @@ LT_NAME=scenarios.sh
 # shellcheck source=loadtest/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ci=${LOADTEST_CI:-}
-for arg in "$@"; do
-    case $arg in
-        --ci) ci=1 ;;
-        -h | --help)
-            sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-            exit 0
-            ;;
-        *)
-            echo "$LT_NAME: unknown argument \`$arg\`; use --ci or --help" >&2
-            exit 2
-            ;;
-    esac
-done
-if [[ -n $ci && $ci != 0 ]]; then
-    ci=1
+lt_ci_args "${BASH_SOURCE[0]}" "$@"
+if [[ $ci == 1 ]]; then
     THREADS=${THREADS:-10}
     VIEWERS=${VIEWERS:-20}
     WRITERS=${WRITERS:-2}
     DURATION=${DURATION:-10s}
     SETUP_TIMEOUT=${SETUP_TIMEOUT:-30s}
     PROFILE=${PROFILE:-test}
-else
-    ci=
 fi
 SCENARIOS=${SCENARIOS:-sqlite postgres}
 THREADS=${THREADS:-100}

@@ -19,8 +19,8 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ProtocolVersion, PushInfo, PushKind, RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::{RedisClient, CONNECT_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF, RESPONSE_TIMEOUT};
-use super::subscriber::{Subscriber, SubscriberCommand, SWEEP_EVERY};
+use super::connection::{RedisClient, CONNECT_TIMEOUT, MIN_BACKOFF, RESPONSE_TIMEOUT};
+use super::subscriber::{wait_out, Subscriber, SubscriberCommand, SWEEP_EVERY};
 use super::CONTROL;
 use crate::fanout::{Delivery, FanoutError};
 
@@ -139,16 +139,7 @@ impl Subscriber {
                 Ok(conn) => conn,
                 Err(error) => {
                     status.down(&error);
-                    let pause = tokio::time::sleep(backoff);
-                    tokio::pin!(pause);
-                    loop {
-                        tokio::select! {
-                            _ = &mut pause => break,
-                            Some(SubscriberCommand::Subscribe(_, ack)) = commands.recv() => { let _ = ack.send(()); }
-                            Some(_) = emptied.recv() => {}
-                        }
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = wait_out(backoff, &mut commands, &mut emptied).await;
                     continue;
                 }
             };

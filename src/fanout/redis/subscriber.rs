@@ -22,6 +22,26 @@ use crate::telemetry::metrics::METRICS;
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// What the rest of the backend asks of the subscriber task.
+/// Waits out one back-off pause while the subscriber cannot connect, and answers the doubled
+/// pause for the next failure. Viewers joining meanwhile are acknowledged at once: their channel
+/// is in the hub, so they are served when the connection returns, with a `resync` then.
+pub(super) async fn wait_out(
+    backoff: Duration,
+    commands: &mut mpsc::Receiver<SubscriberCommand>,
+    emptied: &mut mpsc::Receiver<String>,
+) -> Duration {
+    let pause = tokio::time::sleep(backoff);
+    tokio::pin!(pause);
+    loop {
+        tokio::select! {
+            _ = &mut pause => break,
+            Some(SubscriberCommand::Subscribe(_, ack)) = commands.recv() => { let _ = ack.send(()); }
+            Some(_) = emptied.recv() => {}
+        }
+    }
+    (backoff * 2).min(MAX_BACKOFF)
+}
+
 pub(super) enum SubscriberCommand {
     /// Subscribe to the channel, then acknowledge.
     Subscribe(String, oneshot::Sender<()>),
@@ -73,18 +93,7 @@ impl Subscriber {
                 Ok(pubsub) => pubsub,
                 Err(error) => {
                     status.down(&error);
-                    // Viewers joining now are served when the connection returns:
-                    // their channel is in the hub, and they get a `resync` then.
-                    let pause = tokio::time::sleep(backoff);
-                    tokio::pin!(pause);
-                    loop {
-                        tokio::select! {
-                            _ = &mut pause => break,
-                            Some(SubscriberCommand::Subscribe(_, ack)) = commands.recv() => { let _ = ack.send(()); }
-                            Some(_) = emptied.recv() => {}
-                        }
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = wait_out(backoff, &mut commands, &mut emptied).await;
                     continue;
                 }
             };
