@@ -49,8 +49,6 @@ echo "Loads: $LATENCY_CLIENTS and $SATURATING_CLIENTS clients, $DURATION measure
 lt_build release
 lt_init
 
-agent_listens() (exec 3<>"/dev/tcp/127.0.0.1/$1")
-
 # Shows the end of every log of this run, for a run that failed.
 show_logs() {
     local log
@@ -60,29 +58,16 @@ show_logs() {
     done
 }
 
-# start_agent: starts the echo agent on a free port and points the next gateway at it.
-start_agent() {
-    local agent_port=
-    lt_free_port agent_port
-    "$lt_loadtest" agent-echo --port "$agent_port" >"$lt_tmp/agent.log" 2>&1 &
-    # Kept with the servers under test, so that the cleanup stops it too.
-    lt_server_pids+=($!)
-    lt_await "the echo agent on 127.0.0.1:$agent_port" "${lt_server_pids[0]}" "$lt_tmp/agent.log" \
-        $((SECONDS + READY_TIMEOUT + 1)) agent_listens "$agent_port"
-    lt_say "echo agent (pid ${lt_server_pids[0]}) on 127.0.0.1:$agent_port"
-    # The echo agent does not verify signatures, but the gateway needs a secret to sign with.
-    lt_gateway_env=(CHATKIT_AGENT_URL="http://127.0.0.1:$agent_port/agent"
-        CHATKIT_AGENT_SECRET="whsec_$(head -c 32 /dev/urandom | base64)")
-    if [[ -n ${HISTORY_ITEMS:-} ]]; then lt_gateway_env+=(CHATKIT_AGENT_HISTORY_ITEMS="$HISTORY_ITEMS"); fi
-}
-
 # measure RESPONDER ROUND: one gateway answering with RESPONDER (echo or agent), under both loads. Each run's report
 # lands in "$lt_tmp/RESPONDER CLIENTS #ROUND-turn.json", and its row in lt_rows.
 errors=0
 measure() {
     local responder=$1 round=$2 clients
     lt_gateway_env=()
-    if [[ $responder == agent ]]; then start_agent; fi
+    if [[ $responder == agent ]]; then
+        lt_start_echo_agent
+        if [[ -n ${HISTORY_ITEMS:-} ]]; then lt_gateway_env+=(CHATKIT_AGENT_HISTORY_ITEMS="$HISTORY_ITEMS"); fi
+    fi
     lt_start_replicas 1 "sqlite://$lt_tmp/$responder-$round.db"
     for clients in "$LATENCY_CLIENTS" "$SATURATING_CLIENTS"; do
         CONCURRENCY=$clients lt_request_scenarios "http://127.0.0.1:${lt_ports[0]}" "$responder $clients #$round" || {

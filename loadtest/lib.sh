@@ -9,6 +9,7 @@
 # It reads these settings from the environment:
 #   PG_URL         PostgreSQL server to create databases on (postgres://postgres@127.0.0.1:5432)
 #   REDIS_SERVER   redis-server binary (/usr/bin/redis-server, else the one on PATH)
+#   REDIS_CLI      redis-cli binary, which makes a Redis Cluster (redis-cli)
 #   READY_TIMEOUT  seconds to wait for Redis and for each replica (30)
 #   USER_HEADER    header that names the user, given to the gateway (x-user-id)
 #   WORKERS        HTTP worker threads per replica (the gateway's default: one per CPU)
@@ -24,6 +25,8 @@ if [[ -z ${REDIS_SERVER:-} ]]; then
     if [[ -x /usr/bin/redis-server ]]; then REDIS_SERVER=/usr/bin/redis-server; else REDIS_SERVER=redis-server; fi
 fi
 
+REDIS_CLI=${REDIS_CLI:-redis-cli}
+
 lt_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 lt_target_dir=${CARGO_TARGET_DIR:-$lt_root/target}
 
@@ -34,6 +37,9 @@ lt_loadtest_pid=
 lt_server_pids=()
 lt_redis_pid=
 lt_redis_port=
+# The nodes of a private Redis Cluster, by index: their pids and ports.
+lt_cluster_pids=()
+lt_cluster_ports=()
 lt_databases=()
 lt_ports=()
 # Ports handed out so far, so that two replicas started back to back never get the same one.
@@ -162,6 +168,10 @@ lt_teardown() {
     lt_server_pids=()
     lt_stop "$lt_redis_pid"
     lt_redis_pid=
+    for pid in "${lt_cluster_pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${lt_cluster_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    lt_cluster_pids=()
+    lt_cluster_ports=()
     for database in "${lt_databases[@]}"; do
         psql "$PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 ||
             lt_say "could not drop the database $database; drop it by hand"
@@ -185,16 +195,131 @@ lt_start_redis() {
         --maxclients 1000 >"$lt_tmp/redis.log" 2>&1 &
     lt_redis_pid=$!
     lt_await "Redis on 127.0.0.1:$lt_redis_port" "$lt_redis_pid" "$lt_tmp/redis.log" $((SECONDS + READY_TIMEOUT + 1)) \
-        lt_redis_answers
+        lt_redis_answers "$lt_redis_port"
     lt_say "Redis (pid $lt_redis_pid) on 127.0.0.1:$lt_redis_port"
 }
 
+# lt_redis_answers PORT: whether the Redis on PORT answers PING.
 lt_redis_answers() (
-    exec 3<>"/dev/tcp/127.0.0.1/$lt_redis_port" || exit 1
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
     printf 'PING\r\n' >&3
     IFS= read -r -t 2 reply <&3 || exit 1
     [[ $reply == +PONG* ]]
 )
+
+# lt_start_redis_cluster: starts a private Redis Cluster of six nodes on free ports (three masters with a replica
+# each, made by `redis-cli --cluster create`) and waits until every node reports it ready. A node timeout of one
+# second lets a replica take over a killed master within a few seconds, and the cluster keeps serving the other
+# shards meanwhile (`cluster-require-full-coverage no`).
+lt_start_redis_cluster() {
+    command -v "$REDIS_CLI" >/dev/null || lt_die "$REDIS_CLI is needed to make a Redis Cluster and not found"
+    local i port addresses=()
+    for i in 0 1 2 3 4 5; do
+        lt_free_port port
+        lt_cluster_ports[i]=$port
+        lt_spawn_cluster_node "$i"
+        addresses+=("127.0.0.1:$port")
+    done
+    for i in 0 1 2 3 4 5; do lt_await_cluster_node "$i"; done
+    "$REDIS_CLI" --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes >"$lt_tmp/cluster-create.log" 2>&1 ||
+        {
+            cat "$lt_tmp/cluster-create.log" >&2
+            lt_die "redis-cli --cluster create failed"
+        }
+    lt_settle_cluster "every node of the new cluster sees all slots served" "" lt_cluster_whole
+    lt_say "Redis Cluster on 127.0.0.1 ports ${lt_cluster_ports[*]}"
+}
+
+# lt_spawn_cluster_node I: starts cluster node I on its port without waiting; a restarted node keeps its directory,
+# and so its nodes.conf, and rejoins the cluster it was part of.
+lt_spawn_cluster_node() {
+    local i=$1
+    mkdir -p "$lt_tmp/cluster-$i"
+    "$REDIS_SERVER" --bind 127.0.0.1 --port "${lt_cluster_ports[i]}" --save '' --appendonly no \
+        --dir "$lt_tmp/cluster-$i" --maxclients 1000 --cluster-enabled yes --cluster-config-file nodes.conf \
+        --cluster-node-timeout 1000 --cluster-require-full-coverage no --cluster-replica-validity-factor 0 \
+        >>"$lt_tmp/cluster-$i.log" 2>&1 &
+    lt_cluster_pids[i]=$!
+}
+
+# lt_await_cluster_node I: waits until cluster node I answers PING.
+lt_await_cluster_node() {
+    local i=$1
+    lt_await "Redis Cluster node $i on 127.0.0.1:${lt_cluster_ports[i]}" "${lt_cluster_pids[i]}" \
+        "$lt_tmp/cluster-$i.log" $((SECONDS + READY_TIMEOUT + 1)) lt_redis_answers "${lt_cluster_ports[i]}"
+}
+
+# lt_redis_cluster_url: the REDIS_URL the replicas get, `redis+cluster://` and three seed nodes.
+lt_redis_cluster_url() {
+    echo "redis+cluster://127.0.0.1:${lt_cluster_ports[0]},127.0.0.1:${lt_cluster_ports[1]},127.0.0.1:${lt_cluster_ports[2]}"
+}
+
+# lt_cluster_masters [DEAD_PORT]: prints "PORT SLOTS" for each master that a live node (other than DEAD_PORT) sees
+# alive and serving slots.
+lt_cluster_masters() {
+    local dead=${1:-} port
+    for port in "${lt_cluster_ports[@]}"; do
+        [[ $port != "$dead" ]] || continue
+        lt_redis_answers "$port" 2>/dev/null || continue
+        "$REDIS_CLI" -p "$port" cluster nodes 2>/dev/null | awk '
+            $3 ~ /master/ && $3 !~ /fail/ && NF >= 9 {
+                split($2, address, /[:@]/)
+                slots = 0
+                for (i = 9; i <= NF; i++) {
+                    if ($i ~ /^\[/) continue
+                    n = split($i, range, "-")
+                    slots += (n == 2) ? range[2] - range[1] + 1 : 1
+                }
+                print address[2], slots
+            }'
+        return 0
+    done
+}
+
+# lt_cluster_whole [DEAD_PORT]: whether live masters other than DEAD_PORT serve all 16384 slots, and every live node
+# says cluster_state:ok.
+lt_cluster_whole() {
+    local dead=${1:-} port
+    [[ $(lt_cluster_masters "$dead" | awk -v dead="$dead" '$1 != dead { s += $2 } END { print s + 0 }') == 16384 ]] ||
+        return 1
+    for port in "${lt_cluster_ports[@]}"; do
+        [[ $port != "$dead" ]] || continue
+        "$REDIS_CLI" -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+    done
+}
+
+# lt_settle_cluster WHAT DEAD_PORT CHECK: waits (READY_TIMEOUT at most) until CHECK DEAD_PORT succeeds.
+lt_settle_cluster() {
+    local what=$1 dead=$2 check=$3 deadline=$((SECONDS + READY_TIMEOUT + 1))
+    until "$check" "$dead"; do
+        ((SECONDS < deadline)) || lt_die "Redis Cluster: not within ${READY_TIMEOUT}s: $what"
+        sleep 0.2
+    done
+}
+
+# lt_start_echo_agent [DELAY_MS]: starts the load tester's echo agent (`chatkit-loadtest agent-echo`) on a free port,
+# waiting DELAY_MS before each answer, and points the replicas started next at it (lt_gateway_env). It is kept with
+# the servers under test, so that the cleanup stops it too.
+lt_start_echo_agent() {
+    local delay=${1:-0} agent_port= pid
+    lt_free_port agent_port
+    "$lt_loadtest" agent-echo --port "$agent_port" --delay-ms "$delay" >"$lt_tmp/agent.log" 2>&1 &
+    pid=$!
+    lt_server_pids+=("$pid")
+    lt_await "the echo agent on 127.0.0.1:$agent_port" "$pid" "$lt_tmp/agent.log" $((SECONDS + READY_TIMEOUT + 1)) \
+        lt_listens "$agent_port"
+    if ((delay > 0)); then
+        lt_say "echo agent (pid $pid) on 127.0.0.1:$agent_port, answering after $delay ms"
+    else
+        lt_say "echo agent (pid $pid) on 127.0.0.1:$agent_port"
+    fi
+    # The echo agent does not verify signatures, but the gateway needs a secret to sign with.
+    lt_gateway_env+=(CHATKIT_AGENT_URL="http://127.0.0.1:$agent_port/agent"
+        CHATKIT_AGENT_SECRET="whsec_$(head -c 32 /dev/urandom | base64)")
+}
+
+# lt_listens PORT: whether something accepts connections on the loopback PORT.
+lt_listens() (exec 3<>"/dev/tcp/127.0.0.1/$1")
 
 # lt_create_database VAR: creates a fresh PostgreSQL database, dropped on exit, and sets VAR to its URL.
 lt_create_database() {

@@ -7,9 +7,9 @@
 # and the variables it exports for the tests: TEST_DATABASE_URL, CHATKIT_CONFORMANCE_PYTHON, CHATKIT_NGINX,
 # CHATKIT_PROMTOOL, CHATKIT_CHROMIUM). Then the conformance validator's self-test, cargo fmt --check,
 # clippy -D warnings and cargo test --workspace. With no arguments it also runs the load test in CI mode
-# (loadtest/scenarios.sh --ci) and the chaos run in CI mode (loadtest/chaos.sh --ci), on binaries built with the
-# tests' own feature resolution, so that no dependency is compiled twice. The last line gives the totals of every
-# test binary.
+# (loadtest/scenarios.sh --ci) and the chaos run in CI mode (loadtest/chaos.sh --ci, on one Redis and on a Redis
+# Cluster), on binaries built with the tests' own feature resolution, so that no dependency is compiled twice. The
+# last line gives the totals of every test binary.
 #
 # Works on a fresh Debian 12 machine with the Rust toolchain, python3 and root; safe to run again (a second run only
 # runs the checks and tests).
@@ -51,12 +51,15 @@ if [ "$#" -eq 0 ]; then
     # the load tester's own binary is compiled, no dependency a second time.
     step "load test, CI mode (loadtest/scenarios.sh --ci)"
     PG_URL="${TEST_DATABASE_URL%/*}" bash loadtest/scenarios.sh --ci
-    # The chaos run in CI mode (about 25 s on the same binaries): replicas killed,
-    # paused past their lease and Redis restarted under the mixed load, then every
+    # The chaos run in CI mode (about 30 s each on the same binaries), on one Redis
+    # and on a Redis Cluster: replicas killed, paused past their lease and Redis
+    # restarted (or a cluster master killed) under the mixed load, then every
     # thread read back from PostgreSQL; it fails on a lost or duplicated turn, an
     # interleaved or reordered thread, or a message a viewer missed unannounced.
     step "chaos run, CI mode (loadtest/chaos.sh --ci)"
     PG_URL="${TEST_DATABASE_URL%/*}" bash loadtest/chaos.sh --ci
+    step "chaos run on a Redis Cluster, CI mode (REDIS_MODE=cluster loadtest/chaos.sh --ci)"
+    PG_URL="${TEST_DATABASE_URL%/*}" REDIS_MODE=cluster bash loadtest/chaos.sh --ci
 fi
 
 step "all tests passed"

@@ -1,13 +1,14 @@
-//! `chatkit-loadtest agent-echo --port N`: a minimal agent backend (wire format v1) that answers
-//! `respond` with the events the built-in echo responder makes, to measure the cost of the agent hop.
+//! `chatkit-loadtest agent-echo --port N [--delay-ms D]`: a minimal agent backend (wire format v1) that answers
+//! `respond` with the events the built-in echo responder makes, to measure the cost of the agent hop (and, with a
+//! delay, to give the chaos run turns slow enough to be interrupted).
 //!
 //! It is a small HTTP/1.1 server on a tokio listener, bound to 127.0.0.1 only, that keeps connections
 //! alive as the gateway's agent client expects. It does not verify the Standard Webhooks signature:
 //! it serves only a benchmark on loopback, and a real agent must verify it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -20,24 +21,24 @@ const MAX_REQUEST: usize = 4 * 1024 * 1024;
 /// Numbers the assistant messages, so that each has an id of its own.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Listens on 127.0.0.1:`port` until the process is stopped.
-pub async fn serve(port: u16) -> Result<(), String> {
+/// Listens on 127.0.0.1:`port` until the process is stopped, waiting `delay` before each answer.
+pub async fn serve(port: u16, delay: Duration) -> Result<(), String> {
     let listener =
         TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     eprintln!("chatkit-loadtest: echo agent listening on 127.0.0.1:{port}");
-    run(listener).await
+    run(listener, delay).await
 }
 
-async fn run(listener: TcpListener) -> Result<(), String> {
+async fn run(listener: TcpListener, delay: Duration) -> Result<(), String> {
     loop {
         let (stream, _) = listener.accept().await.map_err(|e| format!("cannot accept a connection: {e}"))?;
-        tokio::spawn(connection(stream));
+        tokio::spawn(connection(stream, delay));
     }
 }
 
 /// Answers the requests of one keep-alive connection in turn, until the peer closes it or sends
 /// something this server does not read.
-async fn connection(mut stream: TcpStream) {
+async fn connection(mut stream: TcpStream, delay: Duration) {
     let _ = stream.set_nodelay(true);
     let mut buffer = Vec::with_capacity(8192);
     loop {
@@ -66,6 +67,9 @@ async fn connection(mut stream: TcpStream) {
             Err(e) => response(400, "application/json", &error_json(&format!("the body is not JSON ({e})"))),
         };
         buffer.drain(..head_end + length);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         if stream.write_all(&answer).await.is_err() || close {
             return;
         }
@@ -215,7 +219,7 @@ mod tests {
     async fn answers_respond_with_echo_events_on_one_connection() {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(run(listener));
+        tokio::spawn(run(listener, Duration::ZERO));
         let mut stream = TcpStream::connect(address).await.unwrap();
         let request = json!({"version": 1, "op": "respond", "thread": {"id": "thr_1"}, "item": {
             "type": "user_message", "id": "msg_u", "thread_id": "thr_1", "created_at": "2026-12-06T15:00:00",
@@ -262,6 +266,25 @@ mod tests {
             assert!(head.starts_with("http/1.1 400"), "{head}");
             assert!(body.contains("only `respond`"), "{body}");
         };
-        tokio::time::timeout(std::time::Duration::from_secs(10), test).await.expect("the agent answered in time");
+        tokio::time::timeout(Duration::from_secs(10), test).await.expect("the agent answered in time");
+    }
+
+    #[tokio::test]
+    async fn waits_the_delay_before_each_answer() {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let delay = Duration::from_millis(300);
+        tokio::spawn(run(listener, delay));
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let request = json!({"version": 1, "op": "respond", "thread": {"id": "thr_1"}, "item": {
+            "type": "user_message", "id": "msg_u", "thread_id": "thr_1", "created_at": "2026-12-06T15:00:00",
+            "content": [{"type": "input_text", "text": "slowly"}]}});
+        let started = std::time::Instant::now();
+        let (head, body) = tokio::time::timeout(Duration::from_secs(10), exchange(&mut stream, &request.to_string()))
+            .await
+            .expect("the agent answered in time");
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(body.contains("echo: slowly"), "{body}");
+        assert!(started.elapsed() >= delay, "answered after {:?}, before the {delay:?} delay", started.elapsed());
     }
 }

@@ -66,6 +66,12 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_WRITERS as i64))]
     pub writers: Option<u32>,
 
+    /// Mixed: each writer sends all its turns through one replica (writer `w` through replica
+    /// `w mod replicas`) instead of through the replicas in turn, so that a paused replica holds
+    /// up only its own writers; the chaos run uses it.
+    #[arg(long)]
+    pub pin_writers: bool,
+
     /// Fanout: thread updates sent per second, for `--duration` [default: 200].
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
@@ -125,6 +131,8 @@ pub struct FanoutShape {
 pub struct MixedShape {
     pub spread: Spread,
     pub writers: u32,
+    /// Whether each writer keeps to one replica (`--pin-writers`).
+    pub pin_writers: bool,
     /// The database to check the run against afterwards (`--check-store`).
     pub check_store: Option<String>,
 }
@@ -141,6 +149,7 @@ impl Args {
             ("--open-concurrency", self.open_concurrency.is_some()),
             ("--setup-timeout", self.setup_timeout.is_some()),
             ("--check-store", self.check_store.is_some()),
+            ("--pin-writers", self.pin_writers),
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
@@ -198,8 +207,11 @@ impl Args {
 
     /// The fanout run the options describe.
     pub fn fanout_shape(&self) -> Result<FanoutShape, String> {
-        if self.writers.is_some() || self.check_store.is_some() {
-            return Err("--writers and --check-store belong to --scenario mixed; fanout sends updates at --rate".into());
+        if self.writers.is_some() || self.check_store.is_some() || self.pin_writers {
+            return Err(
+                "--writers, --pin-writers and --check-store belong to --scenario mixed; fanout sends updates at --rate"
+                    .into(),
+            );
         }
         Ok(FanoutShape { spread: self.spread(1000, 10_000)?, rate: self.rate.unwrap_or(200.0) })
     }
@@ -216,7 +228,12 @@ impl Args {
         {
             return Err("--check-store takes a postgres:// URL".into());
         }
-        Ok(MixedShape { spread: self.spread(100, 1000)?, writers: self.writers.unwrap_or(8), check_store })
+        Ok(MixedShape {
+            spread: self.spread(100, 1000)?,
+            writers: self.writers.unwrap_or(8),
+            pin_writers: self.pin_writers,
+            check_store,
+        })
     }
 }
 
@@ -444,6 +461,11 @@ mod tests {
         assert_eq!(shape.spread.replicas.len(), 2);
         assert_eq!((shape.spread.threads, shape.spread.viewers, shape.writers), (100, 1000, 3));
         assert_eq!(shape.spread.drain, Duration::from_secs(1));
+        assert!(!shape.pin_writers, "writers go through the replicas in turn unless pinned");
+        let pinned = Args::parse_from(["chatkit-loadtest", "--scenario", "mixed", "--pin-writers"]);
+        assert!(pinned.mixed_shape().unwrap().pin_writers);
+        let pinned_fanout = Args::parse_from(["chatkit-loadtest", "--scenario", "fanout", "--pin-writers"]);
+        assert!(pinned_fanout.fanout_shape().is_err(), "fanout has no writers to pin");
         let with_rate = Args::parse_from(["chatkit-loadtest", "--scenario", "mixed", "--rate", "5"]);
         assert!(with_rate.mixed_shape().is_err());
         let long_drain = Args::parse_from(["chatkit-loadtest", "--scenario", "mixed", "--drain", "2m"]);

@@ -16,6 +16,7 @@ mod viewers;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
@@ -130,6 +131,11 @@ struct AgentEchoArgs {
     /// Loopback port to listen on.
     #[arg(long)]
     port: u16,
+
+    /// Milliseconds to wait before answering each `respond`, as a model that thinks would; the
+    /// chaos run uses it so that its turns last long enough to be caught mid-way.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    delay_ms: u64,
 }
 
 /// Runs the echo agent (see `agent_echo`) until the process is stopped.
@@ -139,7 +145,7 @@ fn agent_echo_main() -> ExitCode {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
-        .and_then(|runtime| runtime.block_on(agent_echo::serve(args.port)));
+        .and_then(|runtime| runtime.block_on(agent_echo::serve(args.port, Duration::from_millis(args.delay_ms))));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

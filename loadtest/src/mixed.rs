@@ -272,11 +272,17 @@ async fn write(net: &Arc<Net>, threads: &Arc<Vec<Thread<Vec<Turn>>>>, shape: &Mi
     let end = start + shape.spread.duration;
     let next = Arc::new(AtomicU64::new(0));
     let mut writers = JoinSet::new();
-    for _ in 0..shape.writers {
+    for writer in 0..shape.writers {
         let (net, threads, next) = (Arc::clone(net), Arc::clone(threads), Arc::clone(&next));
+        let pinned = shape.pin_writers.then(|| writer as usize % net.pool.count());
         writers.spawn(async move {
             while Instant::now() < end {
-                send_turn(&net, &threads, next.fetch_add(1, Ordering::Relaxed)).await;
+                let answer = send_turn(&net, &threads, next.fetch_add(1, Ordering::Relaxed), pinned).await;
+                // A client whose turn failed (its replica killed, say) waits a moment before the next, as a real
+                // one would, rather than spinning on refused connections.
+                if answer != Answer::Ok {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
             }
         });
     }
@@ -284,12 +290,16 @@ async fn write(net: &Arc<Net>, threads: &Arc<Vec<Thread<Vec<Turn>>>>, shape: &Mi
     start.elapsed()
 }
 
-/// Sends turn `n`: to thread `n mod threads`, through the replicas in turn, so that each thread hears from every
-/// replica even when the replica count divides the thread count.
-async fn send_turn(net: &Net, threads: &[Thread<Vec<Turn>>], n: u64) {
+/// How long a writer waits after a failed turn before it sends the next.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Sends turn `n`: to thread `n mod threads`, through the `pinned` replica or else through the replicas in turn, so
+/// that each thread hears from every replica even when the replica count divides the thread count. Answers how it
+/// ended.
+async fn send_turn(net: &Net, threads: &[Thread<Vec<Turn>>], n: u64, pinned: Option<usize>) -> Answer {
     let count = threads.len() as u64;
     let index = (n % count) as usize;
-    let replica = ((n + n / count) % net.pool.count() as u64) as usize;
+    let replica = pinned.unwrap_or(((n + n / count) % net.pool.count() as u64) as usize);
     let thread = &threads[index];
     let (slot, text) = {
         let mut turns = lock(&thread.book);
@@ -311,6 +321,7 @@ async fn send_turn(net: &Net, threads: &[Thread<Vec<Turn>>], n: u64) {
     let mut turns = lock(&thread.book);
     let turn = &mut turns[slot];
     (turn.sent.answer, turn.ended_us, turn.retryable) = (answer, now_us(), retryable);
+    answer
 }
 
 /// Counts what the books say once every turn has ended and every viewer has stopped: deliveries expected and

@@ -139,3 +139,52 @@ async fn a_killed_master_fails_over_and_fanout_resumes_with_a_resync_and_no_lost
     let last = items.last().unwrap();
     assert_eq!(last["id"], json!(last_id), "the delivered answer is the last one stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_whose_slot_moves_to_another_master_keeps_its_viewers_and_its_turns() {
+    let cluster = RedisCluster::start();
+    let replicas = cluster.replicas(2, Spawn::default);
+    let [a, b] = &replicas[..] else { unreachable!() };
+    let (tid, _) = a.create_thread("alice", "hello").await;
+    let mut viewer = b.view_thread("alice", &tid).await;
+    let first = answer_of(&a.say("alice", &tid, "before").await);
+    viewer.until(|f| done_with(f, first["id"].as_str().unwrap())).await;
+    let fence_key = format!("ck:{{t:{tid}}}:fence");
+    let fence_before: u64 = cluster.cli(&["get", &fence_key]).parse().expect("a fence on the old shard");
+
+    // Reshard the thread's slot: its channel, lease, fence and history all move, since they
+    // share the thread's hash tag.
+    let (from, to) = cluster.move_slot_of(&format!("ck:{{t:{tid}}}"));
+    assert_ne!(from, to);
+
+    // Turns keep running on the new shard, and their fences keep counting up from the moved one.
+    let mut sent = vec!["before".to_string()];
+    let mut delivered = false;
+    for attempt in 0..10 {
+        let text = format!("after the move {attempt}");
+        let events = a.say("alice", &tid, &text).await;
+        let answer = answer_of(&events);
+        assert_eq!(text_of(&answer), format!("echo: {text}"), "the turn ran: {events:?}");
+        sent.push(text);
+        let answer_id = answer["id"].as_str().unwrap().to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(frame) = tokio::time::timeout_at(deadline, viewer.next()).await {
+            if done_with(&frame, &answer_id) {
+                delivered = true;
+                break;
+            }
+        }
+        if delivered {
+            break;
+        }
+    }
+    assert!(delivered, "a turn after the slot moved reached the viewer on the other replica");
+    let fence_after: u64 = cluster.cli(&["get", &fence_key]).parse().expect("a fence on the new shard");
+    assert!(
+        fence_after > fence_before,
+        "the fence moved with the slot and kept counting: {fence_before} then {fence_after}"
+    );
+    let items = b.items("alice", &tid).await;
+    let asked: Vec<String> = items.iter().filter(|i| i["type"] == "user_message").map(text_of).collect();
+    assert_eq!(asked[1..], sent[..], "every turn was kept, in order");
+}

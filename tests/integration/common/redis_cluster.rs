@@ -89,6 +89,39 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no master holds slot {slot}"))
     }
 
+    /// Moves the slot of `key`, with every key in it, from its master to another master, as
+    /// `redis-cli --cluster reshard` moves slots: the target imports, the source migrates, the keys
+    /// are sent over with MIGRATE, then every master learns the slot's new owner. Answers the
+    /// ports of the old and the new owner.
+    pub fn move_slot_of(&self, key: &str) -> (u16, u16) {
+        let slot = self.cli(&["cluster", "keyslot", key]);
+        let from = self.master_of(key);
+        let masters: Vec<u16> = self.masters().into_iter().map(|(port, _)| port).collect();
+        let to = *masters.iter().find(|port| **port != from).expect("another master");
+        let id = |port: u16| node_cli(port, &["cluster", "myid"]);
+        let (from_id, to_id) = (id(from), id(to));
+        assert_eq!(node_cli(to, &["cluster", "setslot", &slot, "importing", &from_id]), "OK");
+        assert_eq!(node_cli(from, &["cluster", "setslot", &slot, "migrating", &to_id]), "OK");
+        loop {
+            let keys = node_cli(from, &["cluster", "getkeysinslot", &slot, "100"]);
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["migrate", "127.0.0.1"];
+            let port = to.to_string();
+            args.extend([port.as_str(), "", "0", "5000", "keys"]);
+            args.extend(keys.lines());
+            assert_eq!(node_cli(from, &args), "OK", "MIGRATE of {keys:?}");
+        }
+        // The new owner first, as redis-cli does, so that no master points the slot at a node
+        // that does not yet know it owns it.
+        for port in std::iter::once(to).chain(masters.iter().copied().filter(|port| *port != to)) {
+            assert_eq!(node_cli(port, &["cluster", "setslot", &slot, "node", &to_id]), "OK");
+        }
+        self.settle("every node sees the slot's new owner", |cluster| cluster.master_of(key) == to);
+        (from, to)
+    }
+
     /// Kills (SIGKILL) the node on `port`.
     pub fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|node| node.port() == port).expect("a node of the cluster");
@@ -146,6 +179,12 @@ impl RedisCluster {
         }
         masters
     }
+}
+
+/// Runs `redis-cli` against the node on `port` alone (no redirections) and returns its output.
+fn node_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new(cli()).args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 fn cli() -> String {
