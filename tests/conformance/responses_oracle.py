@@ -156,13 +156,15 @@ class OracleServer(ChatKitServer[None]):
         super().__init__(MemoryStore())
         self.model = model
         tools: list[Any] = [client_tool(name) for name in client_tools]
-        # The Agents SDK refuses an image_generation_call from a model whose agent lacks the hosted tool.
+        # The Agents SDK refuses an image_generation_call from a model whose agent lacks the hosted tool. Its settings
+        # only go to the model, which the replay ignores.
         tools.append(ImageGenerationTool(tool_config={"type": "image_generation", "partial_images": 2}))
         self.agent = Agent[AgentContext](
             name="Assistant",
             instructions="You are a helpful assistant.",
             model=model,
             tools=tools,
+            # "run_llm_again" is the Agents SDK's default.
             tool_use_behavior=StopAtTools(stop_at_tool_names=client_tools) if client_tools else "run_llm_again",
         )
 
