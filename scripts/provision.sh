@@ -21,6 +21,8 @@ PLAN=(
     'PostgreSQL trust auth        | local_pg pg_trusts                                      | trust_pg                                       | TEST_DATABASE_URL=database_url'
     'Python venv                  | venv_ok                                                 | make_venv                                      | CHATKIT_CONFORMANCE_PYTHON=venv_python'
     'openai-chatkit (venv)        | pip_has openai-chatkit==1.6.5 chatkit                   | pip_install openai-chatkit==1.6.5              |'
+    'openai (venv)                | pip_has openai==3.0.0 openai                            | pip_install openai==3.0.0                      |'
+    'openai-agents (venv)         | pip_has openai-agents==0.24.0 agents                    | pip_install openai-agents==0.24.0              |'
     'PyYAML (venv)                | pip_has PyYAML yaml                                     | pip_install PyYAML                             |'
     'kubernetes-validate (venv)   | pip_has kubernetes-validate==1.37.0 kubernetes_validate | pip_install kubernetes-validate==1.37.0        |'
     'jsonschema (venv)            | pip_has jsonschema jsonschema                           | pip_install jsonschema                         |'
@@ -35,6 +37,12 @@ PLAN=(
 # Why each is needed: tests/integration/replicas.rs and others start their own redis-server on free ports (the default instance is
 # a convenience; tests/integration/redis_cluster.rs makes a six-node Redis Cluster of them with redis-cli, Redis 7 or later); the PostgreSQL store tests and the load test's postgres scenario make throwaway databases on
 # TEST_DATABASE_URL; tests/integration/conformance.rs and tests/integration/rest_api.rs validate with the reference SDK openai-chatkit;
+# tests/integration/responses_oracle.rs runs openai-chatkit's Agents SDK mapping (tests/conformance/responses_oracle.py) on
+# pinned openai and openai-agents: openai 3.1.0 and later type the `annotation` of `response.output_text.annotation.added`
+# with classes of that event's own module, which openai-chatkit 1.6.5's TypeAdapter for the output-text annotations
+# refuses, so every cited answer ends in a `stream.error`; 3.0.0 still leaves it untyped, and 0.24.0 (the example agent's
+# pin) is an openai-agents that accepts it. The reference's own lock (openai 2.34.0, openai-agents 0.15.3) gives the
+# same oracle output on every fixture; that pair is not used because 0.24.0 is what examples/agent-python pins.
 # tests/integration/deploy/ parses deploy/ with PyYAML, checks the Kubernetes manifests with kubernetes-validate and runs nginx
 # and promtool; tests/integration/agent.rs checks the agent wire format's JSON Schema with jsonschema;
 # tests/integration/blob_contract.rs and shared_attachments.rs run moto's S3-compatible server (python -m moto.server);
