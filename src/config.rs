@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use crate::blobs::{BlobLocation, S3Options};
 use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
-use crate::responder::{AgentSettings, ModelSettings};
+use crate::responder::{parse_hosted_tools, AgentSettings, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use crate::secret::Secret;
 use crate::sessions::SweepSettings;
 use crate::thread::ThreadSettings;
@@ -330,6 +330,23 @@ pub struct ModelConfig {
     /// The model that transcribes dictation (`input.transcribe`).
     #[arg(long, env = "CHATKIT_TRANSCRIBE_MODEL", default_value = "gpt-4o-mini-transcribe")]
     pub transcribe_model: String,
+
+    /// The API turns go through: `responses` (OpenAI's Responses API: hosted tools, reasoning
+    /// summaries, generated images) or `chat` (Chat Completions, which OpenAI-compatible servers
+    /// speak). Default: `responses` when `OPENAI_BASE_URL` is OpenAI's, else `chat`.
+    #[arg(long, env = "CHATKIT_MODEL_API")]
+    pub model_api: Option<String>,
+
+    /// Hosted tools (Responses API): a JSON array of tool objects as the Responses API takes
+    /// them (`web_search`, `file_search` with `vector_store_ids`, `code_interpreter`,
+    /// `image_generation`), or `@path` to a file holding one.
+    #[arg(long, env = "CHATKIT_HOSTED_TOOLS")]
+    pub hosted_tools: Option<String>,
+
+    /// Reasoning summaries asked of reasoning models (Responses API): `auto`, `concise` or
+    /// `detailed`; unset asks for none (other models refuse the parameter).
+    #[arg(long, env = "CHATKIT_REASONING_SUMMARY")]
+    pub reasoning_summary: Option<String>,
 }
 
 /// Browser pages on other origins, and serving under a path prefix.
@@ -483,7 +500,32 @@ impl ModelConfig {
             Some(spec) if !spec.trim().is_empty() => ModelSettings::parse_client_tools(spec)?,
             _ => Vec::new(),
         };
+        let api = match self.model_api.as_deref().map(str::trim).filter(|api| !api.is_empty()) {
+            Some(api) => ModelApi::parse(api)?,
+            None if on_openai => ModelApi::Responses,
+            None => ModelApi::Chat,
+        };
+        let hosted_tools = match &self.hosted_tools {
+            Some(spec) if !spec.trim().is_empty() => parse_hosted_tools(spec)?,
+            _ => Vec::new(),
+        };
+        if !hosted_tools.is_empty() && api == ModelApi::Chat {
+            return Err("CHATKIT_HOSTED_TOOLS needs the Responses API; CHATKIT_MODEL_API is `chat`".into());
+        }
+        let reasoning_summary = match self.reasoning_summary.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(level) if REASONING_SUMMARIES.contains(&level) => Some(level.to_string()),
+            Some(other) => {
+                return Err(format!(
+                    "CHATKIT_REASONING_SUMMARY must be one of {}; got `{other}`",
+                    REASONING_SUMMARIES.join(", ")
+                ))
+            }
+        };
         Ok(Some(ModelSettings {
+            api,
+            hosted_tools,
+            reasoning_summary,
             api_key: self.openai_api_key.clone(),
             base_url: self.openai_base_url.clone(),
             title_model: self.title_model.clone().unwrap_or_else(|| model.clone()),

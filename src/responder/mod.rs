@@ -30,7 +30,9 @@ use crate::store::{ListQuery, Store, Writes};
 
 pub use agent::{AgentResponder, AgentSettings, WIRE_SCHEMA as AGENT_WIRE_SCHEMA};
 pub use echo::EchoResponder;
-pub use openai::{ClientTool, ModelSettings, OpenAiResponder, DICTATION_TYPES};
+pub use openai::{
+    parse_hosted_tools, ClientTool, ModelApi, ModelSettings, OpenAiResponder, DICTATION_TYPES, REASONING_SUMMARIES,
+};
 pub use router::{WorkflowDefaults, WorkflowRouter};
 
 /// The events of a response, in order; an `Err` ends the response with an error event.
