@@ -598,6 +598,17 @@ mod tests {
             parse(&["--model", "llama3", "--openai-base-url", "http://127.0.0.1:11434/v1", "--models", "a,llama3,b"]);
         let local = local.unwrap().unwrap();
         assert_eq!(local.allowed_models, ["llama3", "a", "b"]);
+        assert_eq!((with_key.api, local.api), (ModelApi::Responses, ModelApi::Chat), "the API follows the base URL");
+        let local_responses = parse(&["--model", "m", "--openai-base-url", "http://h/v1", "--model-api", "responses"]);
+        assert_eq!(local_responses.unwrap().unwrap().api, ModelApi::Responses);
+        let error =
+            parse(&["--openai-api-key", "k", "--model-api", "chat", "--hosted-tools", r#"[{"type": "web_search"}]"#])
+                .unwrap_err();
+        assert!(error.contains("CHATKIT_HOSTED_TOOLS") && error.contains("chat"), "{error}");
+        let error = parse(&["--openai-api-key", "k", "--hosted-tools", r#"[{"type": "mind_reading"}]"#]).unwrap_err();
+        assert!(error.contains("`mind_reading`"), "{error}");
+        let error = parse(&["--openai-api-key", "k", "--reasoning-summary", "long"]).unwrap_err();
+        assert!(error.contains("CHATKIT_REASONING_SUMMARY"), "{error}");
         assert_eq!(local.title_model, "llama3");
         assert!(parse(&["--model", "m", "--openai-api-key", "k", "--client-tools", "[{\"name\": \"x y\"}]"]).is_err());
         let printed = format!("{:?}", Config::try_parse_from(["c", "--openai-api-key", "sk-secret"]).unwrap());

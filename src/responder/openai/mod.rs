@@ -44,7 +44,8 @@ Answer with the title only: no quotes, no trailing punctuation.";
 
 /// What an answer produces: events to stream, and at the end the answer's text (for the title).
 enum Produced {
-    Event(crate::protocol::ThreadStreamEvent),
+    /// Boxed: an event is large, and most of what goes by is events.
+    Event(Box<crate::protocol::ThreadStreamEvent>),
     Text(String),
 }
 
@@ -276,7 +277,7 @@ impl Inner {
                     METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(usage.1);
                 }
                 for event in translator.chunk(chunk)? {
-                    yield Produced::Event(event);
+                    yield Produced::Event(Box::new(event));
                 }
                 // From here on nothing is retried: the user has seen output.
                 next = self.next_event(&mut upstream, &model).await?;
@@ -285,7 +286,7 @@ impl Inner {
             drop(upstream);
             let finished = translator.finish(&model)?;
             for event in finished.events {
-                yield Produced::Event(event);
+                yield Produced::Event(Box::new(event));
             }
             yield Produced::Text(finished.text);
         }
@@ -454,7 +455,7 @@ impl Responder for OpenAiResponder {
             let mut text = String::new();
             while let Some(produced) = answer.next().await {
                 match produced? {
-                    Produced::Event(event) => yield event,
+                    Produced::Event(event) => yield *event,
                     Produced::Text(answered) => text = answered,
                 }
             }

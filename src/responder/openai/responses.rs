@@ -117,7 +117,7 @@ impl Inner {
                 let mut next = first;
                 while let Some(event) = next.take() {
                     for event in translator.event(&event)? {
-                        yield Produced::Event(event);
+                        yield Produced::Event(Box::new(event));
                     }
                     // From here on nothing is retried: the user has seen output.
                     next = self.next_event(&mut upstream, &model).await?;
@@ -129,7 +129,7 @@ impl Inner {
                 }
                 let finished = translator.finish(&model)?;
                 for event in finished.events {
-                    yield Produced::Event(event);
+                    yield Produced::Event(Box::new(event));
                 }
                 text.push_str(&finished.text);
                 match next_step(&self.settings, finished.calls) {
@@ -137,7 +137,7 @@ impl Inner {
                     NextStep::Client(call) => {
                         // The turn ends with the pending call; the client answers it with
                         // `threads.add_client_tool_output`, and the model continues then.
-                        yield Produced::Event(client_tool_call(&thread_id, call)?);
+                        yield Produced::Event(Box::new(client_tool_call(&thread_id, call)?));
                         break;
                     }
                     // The hook for tools the gateway runs itself: none are offered, so a call to one is

@@ -14,7 +14,7 @@ use super::Failure;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::{
     Annotation, AssistantMessageContent, ClientToolCall, FileSource, GeneratedImage, ItemBody, ItemUpdate, Source,
-    SourceBase, StatusIndicator, Task, ThreadItem, ThreadStreamEvent, ToolCallStatus, UrlSource, Workflow,
+    SourceBase, StatusIndicator, Task, ThreadItem, ThreadStreamEvent, Timestamp, ToolCallStatus, UrlSource, Workflow,
     WorkflowKind, WorkflowSummary,
 };
 use crate::responder::ResponderError;
@@ -31,12 +31,14 @@ pub struct FunctionCall {
 /// An assistant message being streamed: the gateway's id for the upstream item, and its parts.
 struct OpenMessage {
     id: String,
+    created_at: Timestamp,
     parts: Vec<AssistantMessageContent>,
 }
 
 /// The workflow item being streamed.
 struct OpenWorkflow {
     id: String,
+    created_at: Timestamp,
     started: Instant,
     workflow: Workflow,
 }
@@ -51,6 +53,7 @@ struct StreamingThought {
 /// The generated image item being streamed.
 struct OpenImage {
     id: String,
+    created_at: Timestamp,
     image: Option<GeneratedImage>,
 }
 
@@ -152,9 +155,10 @@ fn convert_content(part: &Value) -> Option<AssistantMessageContent> {
     }
 }
 
-/// The hosted tool calls shown as tasks, by output item type.
+/// The hosted tool calls shown as tasks, by output item type. Image generation is not among them: the
+/// reference shows it as the generated image item itself.
 fn is_hosted_call(kind: &str) -> bool {
-    matches!(kind, "web_search_call" | "file_search_call" | "code_interpreter_call" | "image_generation_call")
+    matches!(kind, "web_search_call" | "file_search_call" | "code_interpreter_call")
 }
 
 /// The task that shows a hosted tool call; `item` is the output item when it is known.
@@ -206,15 +210,11 @@ fn hosted_task(kind: &str, item: Option<&Value>, done: bool) -> Task {
                 sources,
             }
         }
-        "code_interpreter_call" => Task::Custom {
+        _ => Task::Custom {
             status_indicator,
             title: Some(if done { "Ran code" } else { "Running code" }.to_string()),
             icon: None,
             content: item["code"].as_str().filter(|code| !code.is_empty()).map(str::to_string),
-        },
-        _ => Task::Image {
-            status_indicator,
-            title: Some(if done { "Generated an image" } else { "Generating an image" }.to_string()),
         },
     }
 }
@@ -306,8 +306,7 @@ impl ResponseTranslator {
             }
             "response.web_search_call.in_progress"
             | "response.file_search_call.in_progress"
-            | "response.code_interpreter_call.in_progress"
-            | "response.image_generation_call.in_progress" => {
+            | "response.code_interpreter_call.in_progress" => {
                 // Shown already when its output item was added; this covers a stream that skipped that.
                 if !self.tool_tasks.contains_key(item_id) {
                     let call = kind.trim_start_matches("response.").trim_end_matches(".in_progress");
@@ -348,10 +347,11 @@ impl ResponseTranslator {
         self.end_workflow(out);
         // The gateway's own id rather than the upstream one (the reference reuses it): ids stay unique in the
         // store whatever the upstream server sends.
-        let id = new_id(IdKind::Message);
         let body = ItemBody::AssistantMessage { content: parts.clone() };
-        out.push(ThreadStreamEvent::ItemAdded { item: ThreadItem::new(id.clone(), self.thread_id.clone(), body) });
-        self.messages.insert(item_id.to_string(), OpenMessage { id, parts });
+        let item = ThreadItem::new(new_id(IdKind::Message), self.thread_id.clone(), body);
+        self.messages
+            .insert(item_id.to_string(), OpenMessage { id: item.id.clone(), created_at: item.created_at, parts });
+        out.push(ThreadStreamEvent::ItemAdded { item });
     }
 
     fn item_added(&mut self, item: &Value, out: &mut Vec<ThreadStreamEvent>) {
@@ -361,28 +361,22 @@ impl ResponseTranslator {
             "reasoning" if self.workflow.is_none() => {
                 let workflow =
                     Workflow { kind: WorkflowKind::Reasoning, tasks: Vec::new(), summary: None, expanded: false };
-                let id = new_id(IdKind::Workflow);
-                let body = ItemBody::Workflow { workflow: workflow.clone() };
-                out.push(ThreadStreamEvent::ItemAdded {
-                    item: ThreadItem::new(id.clone(), self.thread_id.clone(), body),
-                });
-                self.workflow = Some(OpenWorkflow { id, started: Instant::now(), workflow });
+                self.open_workflow(workflow, out);
             }
             "message" => {
                 let parts = item["content"].as_array().into_iter().flatten().filter_map(convert_content).collect();
                 self.start_message(item_id, parts, out);
             }
-            _ if is_hosted_call(kind) => {
-                self.add_tool_task(item_id, hosted_task(kind, Some(item), false), out);
-                if kind == "image_generation_call" {
-                    let id = new_id(IdKind::Message);
-                    let body = ItemBody::GeneratedImage { image: None };
-                    out.push(ThreadStreamEvent::ItemAdded {
-                        item: ThreadItem::new(id.clone(), self.thread_id.clone(), body),
-                    });
-                    self.image = Some(OpenImage { id, image: None });
-                }
+            "image_generation_call" => {
+                let item = ThreadItem::new(
+                    new_id(IdKind::Message),
+                    self.thread_id.clone(),
+                    ItemBody::GeneratedImage { image: None },
+                );
+                self.image = Some(OpenImage { id: item.id.clone(), created_at: item.created_at, image: None });
+                out.push(ThreadStreamEvent::ItemAdded { item });
             }
+            _ if is_hosted_call(kind) => self.add_tool_task(item_id, hosted_task(kind, Some(item), false), out),
             _ => {}
         }
     }
@@ -405,19 +399,17 @@ impl ResponseTranslator {
                 name: text_of(&item["name"]),
                 arguments: text_of(&item["arguments"]),
             }),
+            "image_generation_call" => {
+                // Without a result (a failed generation) the item stays as it is, as in the reference.
+                let Some(result) = item["result"].as_str().filter(|result| !result.is_empty()) else { return };
+                let Some(open) = self.image.take() else { return };
+                let image = GeneratedImage { id: item_id.to_string(), url: png_url(&Value::from(result)) };
+                let body = ItemBody::GeneratedImage { image: Some(image) };
+                out.push(ThreadStreamEvent::ItemDone { item: self.item(open.id, open.created_at, body) });
+            }
             _ if is_hosted_call(kind) => {
                 if let Some(&task_index) = self.tool_tasks.get(item_id) {
                     self.update_task(task_index, hosted_task(kind, Some(item), true), out);
-                }
-                let result = item["result"].as_str().filter(|result| !result.is_empty());
-                if let (Some(result), true) = (result, kind == "image_generation_call") {
-                    if let Some(open) = self.image.take() {
-                        let image = GeneratedImage { id: item_id.to_string(), url: png_url(&Value::from(result)) };
-                        let body = ItemBody::GeneratedImage { image: Some(image) };
-                        out.push(ThreadStreamEvent::ItemDone {
-                            item: ThreadItem::new(open.id, self.thread_id.clone(), body),
-                        });
-                    }
                 }
             }
             _ => {}
@@ -429,7 +421,7 @@ impl ResponseTranslator {
             self.text.push_str(&part.text);
         }
         let body = ItemBody::AssistantMessage { content: message.parts };
-        out.push(ThreadStreamEvent::ItemDone { item: ThreadItem::new(message.id, self.thread_id.clone(), body) });
+        out.push(ThreadStreamEvent::ItemDone { item: self.item(message.id, message.created_at, body) });
     }
 
     /// The first summary streams into a thought as it arrives; later ones come whole with their `done`.
@@ -490,15 +482,23 @@ impl ResponseTranslator {
             None => {
                 let workflow =
                     Workflow { kind: WorkflowKind::Custom, tasks: vec![task], summary: None, expanded: false };
-                let id = new_id(IdKind::Workflow);
-                let body = ItemBody::Workflow { workflow: workflow.clone() };
-                out.push(ThreadStreamEvent::ItemAdded {
-                    item: ThreadItem::new(id.clone(), self.thread_id.clone(), body),
-                });
-                self.workflow = Some(OpenWorkflow { id, started: Instant::now(), workflow });
+                self.open_workflow(workflow, out);
                 self.tool_tasks.insert(item_id.to_string(), 0);
             }
         }
+    }
+
+    fn open_workflow(&mut self, workflow: Workflow, out: &mut Vec<ThreadStreamEvent>) {
+        let body = ItemBody::Workflow { workflow: workflow.clone() };
+        let item = ThreadItem::new(new_id(IdKind::Workflow), self.thread_id.clone(), body);
+        let (id, created_at) = (item.id.clone(), item.created_at);
+        out.push(ThreadStreamEvent::ItemAdded { item });
+        self.workflow = Some(OpenWorkflow { id, created_at, started: Instant::now(), workflow });
+    }
+
+    /// An item of this thread, keeping the time it was added.
+    fn item(&self, id: String, created_at: Timestamp, body: ItemBody) -> ThreadItem {
+        ThreadItem { id, thread_id: self.thread_id.clone(), created_at, body }
     }
 
     fn update_task(&mut self, task_index: usize, task: Task, out: &mut Vec<ThreadStreamEvent>) {
@@ -519,7 +519,7 @@ impl ResponseTranslator {
         }
         open.workflow.expanded = false;
         let body = ItemBody::Workflow { workflow: open.workflow };
-        out.push(ThreadStreamEvent::ItemDone { item: ThreadItem::new(open.id, self.thread_id.clone(), body) });
+        out.push(ThreadStreamEvent::ItemDone { item: self.item(open.id, open.created_at, body) });
     }
 
     /// Closes what is still open once the stream ended; a stream that ended before
@@ -734,11 +734,9 @@ mod tests {
             [
                 "thread.item.added:workflow",
                 "workflow.task.updated",
-                "workflow.task.added",
                 "thread.item.added:generated_image",
                 "generated_image.updated",
                 "generated_image.updated",
-                "workflow.task.updated",
                 "thread.item.done:generated_image",
             ]
         );
@@ -747,12 +745,12 @@ mod tests {
         assert_eq!(search["tasks"][0]["status_indicator"], "loading");
         assert_eq!(events[1]["update"]["task"]["queries"], json!(["rust 2026"]));
         assert_eq!(events[1]["update"]["task"]["status_indicator"], "complete");
-        assert_eq!(events[4]["update"]["image"], json!({"id": "ig_1", "url": "data:image/png;base64,AAA"}));
+        assert_eq!(events[3]["update"]["image"], json!({"id": "ig_1", "url": "data:image/png;base64,AAA"}));
         assert_eq!(
-            (events[4]["update"]["progress"].as_f64(), events[5]["update"]["progress"].as_f64()),
+            (events[3]["update"]["progress"].as_f64(), events[4]["update"]["progress"].as_f64()),
             (Some(0.0), Some(0.5))
         );
-        assert_eq!(events[7]["item"]["image"]["url"], "data:image/png;base64,CCC");
+        assert_eq!(events[5]["item"]["image"]["url"], "data:image/png;base64,CCC");
         let finished = finished.unwrap();
         assert_eq!(kinds(&json_of(&finished.events)), ["thread.item.done:workflow"]);
         assert_eq!(
