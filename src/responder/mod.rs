@@ -3,8 +3,8 @@
 //! The roles match the reference `ChatKitServer` methods (`respond`, `action`,
 //! `sync_action`, `add_feedback`, `transcribe`). The engine persists what a
 //! responder streams; a responder only produces events. Backends are
-//! same-shaped files: `echo` (built in, no network), `openai` (any
-//! OpenAI-compatible Chat Completions server) and `agent` (the integrator's own
+//! same-shaped files: `echo` (built in, no network), `openai` (OpenAI's
+//! Responses API, or any OpenAI-compatible Chat Completions server) and `agent` (the integrator's own
 //! service over signed HTTP); `router` picks one of them by the session's workflow.
 
 mod agent;

@@ -1,7 +1,7 @@
-//! The model responder: answers through any OpenAI-compatible Chat Completions
-//! server (OpenAI, vLLM, Ollama, llama.cpp, LM Studio) with `async-openai`,
-//! streaming the answer as ChatKit events the way the reference's
-//! `stream_agent_response` streams text.
+//! The model responder: answers through OpenAI's Responses API or any
+//! OpenAI-compatible Chat Completions server (OpenAI, vLLM, Ollama, llama.cpp,
+//! LM Studio) with `async-openai`, streaming the answer as ChatKit events the
+//! way the reference's `stream_agent_response` streams an Agents SDK run.
 
 mod input;
 mod responses;
