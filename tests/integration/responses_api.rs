@@ -240,6 +240,32 @@ async fn a_client_tool_call_ends_the_turn_and_its_output_goes_back_as_function_i
 }
 
 #[tokio::test]
+async fn a_call_to_a_tool_nobody_offers_is_an_error_and_titles_come_through_responses() {
+    let gw = start(|config| config.model.titles = true);
+    let mut fixture = responses_fixture("gw_function_call");
+    let renamed = serde_json::to_string(&fixture.events).unwrap().replace("\"get_time\"", "\"launch_rockets\"");
+    fixture.events = serde_json::from_str(&renamed).unwrap();
+    gw.fake.push_response(fixture.reply());
+    let (thread, events) = gw.app.create_thread(USER, &fixture.user_text).await;
+    let last = events.last().unwrap();
+    assert_eq!((&last["type"], &last["allow_retry"]), (&json!("error"), &json!(true)));
+    assert!(last["message"].as_str().unwrap().contains("`launch_rockets`"), "{last}");
+    // A first turn that answers gets a title, asked of the Responses API too.
+    gw.fake.push_response(Reply::responses(fake_openai::response_text_events("It is noon.")));
+    let title = json!({"id": "resp_t", "object": "response", "status": "completed", "output": [
+        {"type": "message", "id": "msg_t", "role": "assistant", "content": [{"type": "output_text", "text": "\"Time in Paris.\"", "annotations": []}]}]});
+    gw.fake.push_response(Reply::json(200, title));
+    let (_, events) = gw.app.create_thread(USER, "What time is it?").await;
+    let updated = events.iter().find(|e| e["type"] == "thread.updated").expect("a title");
+    assert_eq!(updated["thread"]["title"], "Time in Paris");
+    let asked = gw.requests().pop().unwrap();
+    assert_eq!((&asked["stream"], &asked["store"]), (&Value::Null, &json!(false)));
+    assert!(asked["input"].as_str().unwrap().contains("Assistant: It is noon."), "{asked}");
+    assert!(gw.app.items(USER, &thread).await.iter().all(|item| item["type"] != "client_tool_call"));
+    gw.check_conformance();
+}
+
+#[tokio::test]
 async fn a_refusal_is_the_answer() {
     let gw = start(|_| {});
     let (thread, events) = gw.play("gw_refusal").await;

@@ -18,6 +18,7 @@ use crate::protocol::{
     WorkflowKind, WorkflowSummary,
 };
 use crate::responder::ResponderError;
+use crate::telemetry::metrics::METRICS;
 
 /// A function call the model made, as `response.output_item.done` reports it.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,9 +98,10 @@ fn update(item_id: &str, update: ItemUpdate) -> ThreadStreamEvent {
     ThreadStreamEvent::ItemUpdated { item_id: item_id.to_string(), update }
 }
 
-/// The reference's failure answer: a `stream.error` that may be retried.
-fn failed(what: &str, detail: &str) -> ResponderError {
-    tracing::warn!(%detail, "the model's response {what}");
+/// The reference's failure answer: a `stream.error` that may be retried. `kind` labels the error metric.
+fn failed(kind: &str, detail: &str) -> ResponderError {
+    METRICS.model_errors.with_label_values(&[kind]).inc();
+    tracing::warn!(%detail, kind, "the model's response did not complete");
     ResponderError::Stream { code: "stream.error".into(), allow_retry: true }
 }
 
@@ -325,9 +327,9 @@ impl ResponseTranslator {
             }
             "response.incomplete" => {
                 let reason = event["response"]["incomplete_details"]["reason"].as_str().unwrap_or("no reason");
-                return Err(failed("is incomplete", reason));
+                return Err(failed("incomplete", reason));
             }
-            "error" => return Err(failed("reported an error", event["message"].as_str().unwrap_or("no message"))),
+            "error" => return Err(failed("failed", event["message"].as_str().unwrap_or("no message"))),
             other => tracing::trace!(event = other, "Responses event not shown"),
         }
         Ok(out)
@@ -756,6 +758,42 @@ mod tests {
         assert_eq!(
             finished.calls,
             [FunctionCall { call_id: "call_1".into(), name: "get_time".into(), arguments: "{}".into() }]
+        );
+    }
+
+    #[test]
+    fn file_searches_and_code_join_an_open_reasoning_workflow_as_tasks() {
+        let (events, _) = run(
+            &[
+                json!({"type": "response.output_item.added", "item": {"type": "reasoning", "id": "rs_1", "summary": []}}),
+                json!({"type": "response.file_search_call.in_progress", "item_id": "fs_1"}),
+                json!({"type": "response.output_item.done", "item": {"type": "file_search_call", "id": "fs_1", "status": "completed",
+                       "queries": ["q"], "results": [{"file_id": "f", "filename": "faq.md", "score": 0.9, "text": "…"}]}}),
+                json!({"type": "response.output_item.added", "item": {"type": "code_interpreter_call", "id": "ci_1", "status": "in_progress", "code": ""}}),
+                json!({"type": "response.output_item.done", "item": {"type": "code_interpreter_call", "id": "ci_1", "status": "completed", "code": "print(1)"}}),
+                completed(),
+            ],
+            None,
+        );
+        assert_eq!(
+            kinds(&events),
+            [
+                "thread.item.added:workflow",
+                "workflow.task.added",
+                "workflow.task.updated",
+                "workflow.task.added",
+                "workflow.task.updated"
+            ]
+        );
+        assert_eq!(
+            events[2]["update"]["task"],
+            json!({"type": "file", "status_indicator": "complete", "title": "Searched files",
+                   "sources": [{"type": "file", "title": "faq.md", "filename": "faq.md"}]})
+        );
+        assert_eq!(events[3]["update"]["task_index"], 1);
+        assert_eq!(
+            events[4]["update"]["task"],
+            json!({"type": "custom", "status_indicator": "complete", "title": "Ran code", "content": "print(1)"})
         );
     }
 
