@@ -171,7 +171,9 @@ fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn 
                 settings.reasoning_summary = Some(level);
             }
             if settings.api == ModelApi::Chat && !settings.hosted_tools.is_empty() {
-                return Err(format!("workflow `{id}`: hosted tools need `api = \"responses\"`"));
+                return Err(format!(
+                    "workflow `{id}`: hosted tools need `api = \"responses\"` (`hosted_tools = []` offers none)"
+                ));
             }
             Arc::new(OpenAiResponder::new(settings).map_err(|e| format!("workflow `{id}`: {e}"))?)
         }
