@@ -384,6 +384,7 @@ async fn each_workflow_entry_picks_its_api() {
             "responses",
         ),
         ("[workflows.wf_x]\nresponder = \"model\"\nhosted_tools = [{type = \"crystal_ball\"}]\n", "`crystal_ball`"),
+        ("[workflows.wf_x]\nresponder = \"model\"\napi = \"soap\"\n", "soap"),
     ] {
         std::fs::write(file.path(), bad).unwrap();
         let error = WorkflowRouter::load(file.path().to_path_buf(), defaults.clone()).err().expect("refused");
