@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use crate::blobs::{BlobLocation, S3Options};
 use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
-use crate::responder::{AgentSettings, ModelSettings};
+use crate::responder::{parse_hosted_tools, AgentSettings, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use crate::secret::Secret;
 use crate::sessions::SweepSettings;
 use crate::thread::ThreadSettings;
@@ -330,6 +330,23 @@ pub struct ModelConfig {
     /// The model that transcribes dictation (`input.transcribe`).
     #[arg(long, env = "CHATKIT_TRANSCRIBE_MODEL", default_value = "gpt-4o-mini-transcribe")]
     pub transcribe_model: String,
+
+    /// The API turns go through: `responses` (OpenAI's Responses API: hosted tools, reasoning
+    /// summaries, generated images) or `chat` (Chat Completions, which OpenAI-compatible servers
+    /// speak). Default: `responses` when `OPENAI_BASE_URL` is OpenAI's, else `chat`.
+    #[arg(long, env = "CHATKIT_MODEL_API")]
+    pub model_api: Option<String>,
+
+    /// Hosted tools (Responses API): a JSON array of tool objects as the Responses API takes
+    /// them (`web_search`, `file_search` with `vector_store_ids`, `code_interpreter`,
+    /// `image_generation`), or `@path` to a file holding one.
+    #[arg(long, env = "CHATKIT_HOSTED_TOOLS")]
+    pub hosted_tools: Option<String>,
+
+    /// Reasoning summaries asked of reasoning models (Responses API): `auto`, `concise` or
+    /// `detailed`; unset asks for none (other models refuse the parameter).
+    #[arg(long, env = "CHATKIT_REASONING_SUMMARY")]
+    pub reasoning_summary: Option<String>,
 }
 
 /// Browser pages on other origins, and serving under a path prefix.
@@ -483,7 +500,32 @@ impl ModelConfig {
             Some(spec) if !spec.trim().is_empty() => ModelSettings::parse_client_tools(spec)?,
             _ => Vec::new(),
         };
+        let api = match self.model_api.as_deref().map(str::trim).filter(|api| !api.is_empty()) {
+            Some(api) => ModelApi::parse(api)?,
+            None if on_openai => ModelApi::Responses,
+            None => ModelApi::Chat,
+        };
+        let hosted_tools = match &self.hosted_tools {
+            Some(spec) if !spec.trim().is_empty() => parse_hosted_tools(spec)?,
+            _ => Vec::new(),
+        };
+        if !hosted_tools.is_empty() && api == ModelApi::Chat {
+            return Err("CHATKIT_HOSTED_TOOLS needs the Responses API; CHATKIT_MODEL_API is `chat`".into());
+        }
+        let reasoning_summary = match self.reasoning_summary.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(level) if REASONING_SUMMARIES.contains(&level) => Some(level.to_string()),
+            Some(other) => {
+                return Err(format!(
+                    "CHATKIT_REASONING_SUMMARY must be one of {}; got `{other}`",
+                    REASONING_SUMMARIES.join(", ")
+                ))
+            }
+        };
         Ok(Some(ModelSettings {
+            api,
+            hosted_tools,
+            reasoning_summary,
             api_key: self.openai_api_key.clone(),
             base_url: self.openai_base_url.clone(),
             title_model: self.title_model.clone().unwrap_or_else(|| model.clone()),
@@ -556,6 +598,17 @@ mod tests {
             parse(&["--model", "llama3", "--openai-base-url", "http://127.0.0.1:11434/v1", "--models", "a,llama3,b"]);
         let local = local.unwrap().unwrap();
         assert_eq!(local.allowed_models, ["llama3", "a", "b"]);
+        assert_eq!((with_key.api, local.api), (ModelApi::Responses, ModelApi::Chat), "the API follows the base URL");
+        let local_responses = parse(&["--model", "m", "--openai-base-url", "http://h/v1", "--model-api", "responses"]);
+        assert_eq!(local_responses.unwrap().unwrap().api, ModelApi::Responses);
+        let error =
+            parse(&["--openai-api-key", "k", "--model-api", "chat", "--hosted-tools", r#"[{"type": "web_search"}]"#])
+                .unwrap_err();
+        assert!(error.contains("CHATKIT_HOSTED_TOOLS") && error.contains("chat"), "{error}");
+        let error = parse(&["--openai-api-key", "k", "--hosted-tools", r#"[{"type": "mind_reading"}]"#]).unwrap_err();
+        assert!(error.contains("`mind_reading`"), "{error}");
+        let error = parse(&["--openai-api-key", "k", "--reasoning-summary", "long"]).unwrap_err();
+        assert!(error.contains("CHATKIT_REASONING_SUMMARY"), "{error}");
         assert_eq!(local.title_model, "llama3");
         assert!(parse(&["--model", "m", "--openai-api-key", "k", "--client-tools", "[{\"name\": \"x y\"}]"]).is_err());
         let printed = format!("{:?}", Config::try_parse_from(["c", "--openai-api-key", "sk-secret"]).unwrap());

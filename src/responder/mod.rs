@@ -3,8 +3,8 @@
 //! The roles match the reference `ChatKitServer` methods (`respond`, `action`,
 //! `sync_action`, `add_feedback`, `transcribe`). The engine persists what a
 //! responder streams; a responder only produces events. Backends are
-//! same-shaped files: `echo` (built in, no network), `openai` (any
-//! OpenAI-compatible Chat Completions server) and `agent` (the integrator's own
+//! same-shaped files: `echo` (built in, no network), `openai` (OpenAI's
+//! Responses API, or any OpenAI-compatible Chat Completions server) and `agent` (the integrator's own
 //! service over signed HTTP); `router` picks one of them by the session's workflow.
 
 mod agent;
@@ -30,7 +30,9 @@ use crate::store::{ListQuery, Store, Writes};
 
 pub use agent::{AgentResponder, AgentSettings, WIRE_SCHEMA as AGENT_WIRE_SCHEMA};
 pub use echo::EchoResponder;
-pub use openai::{ClientTool, ModelSettings, OpenAiResponder, DICTATION_TYPES};
+pub use openai::{
+    parse_hosted_tools, ClientTool, ModelApi, ModelSettings, OpenAiResponder, DICTATION_TYPES, REASONING_SUMMARIES,
+};
 pub use router::{WorkflowDefaults, WorkflowRouter};
 
 /// The events of a response, in order; an `Err` ends the response with an error event.

@@ -10,9 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::openai::check_hosted_tools;
 use super::{
-    AgentResponder, AgentSettings, AudioInput, EchoResponder, EventStream, ModelSettings, OpenAiResponder,
-    RespondInput, Responder, ResponderError, TurnContext,
+    AgentResponder, AgentSettings, AudioInput, EchoResponder, EventStream, ModelApi, ModelSettings, OpenAiResponder,
+    RespondInput, Responder, ResponderError, TurnContext, REASONING_SUMMARIES,
 };
 use crate::ids::UserId;
 use crate::protocol::{Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, TranscriptionResult};
@@ -45,8 +46,21 @@ struct WorkflowsFile {
 enum Entry {
     // A struct variant, so that unknown keys are refused here too (a unit variant ignores them).
     Echo {},
-    Model { model: Option<String>, instructions: Option<String> },
-    Agent { url: String, secret: String, history_items: Option<usize>, timeout_secs: Option<u64> },
+    Model {
+        model: Option<String>,
+        instructions: Option<String>,
+        /// `responses` or `chat`; the environment's choice when omitted.
+        api: Option<ModelApi>,
+        /// Hosted tool objects as the Responses API takes them; the environment's when omitted.
+        hosted_tools: Option<Vec<serde_json::Value>>,
+        reasoning_summary: Option<String>,
+    },
+    Agent {
+        url: String,
+        secret: String,
+        history_items: Option<usize>,
+        timeout_secs: Option<u64>,
+    },
 }
 
 /// The responders of one version of the file.
@@ -127,7 +141,7 @@ fn read(path: &PathBuf, defaults: &WorkflowDefaults) -> Result<Routes, String> {
 fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn Responder>, String> {
     Ok(match entry {
         Entry::Echo {} => Arc::new(EchoResponder::new()),
-        Entry::Model { model, instructions } => {
+        Entry::Model { model, instructions, api, hosted_tools, reasoning_summary } => {
             let Some(mut settings) = defaults.model.clone() else {
                 return Err(format!(
                     "workflow `{id}` uses the model responder, but no model is configured (CHATKIT_MODEL or OPENAI_API_KEY)"
@@ -140,6 +154,26 @@ fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn 
             }
             if let Some(instructions) = instructions {
                 settings.system_prompt = instructions;
+            }
+            if let Some(api) = api {
+                settings.api = api;
+            }
+            if let Some(tools) = hosted_tools {
+                settings.hosted_tools = check_hosted_tools(&format!("workflow `{id}`: `hosted_tools`"), tools)?;
+            }
+            if let Some(level) = reasoning_summary {
+                if !REASONING_SUMMARIES.contains(&level.as_str()) {
+                    return Err(format!(
+                        "workflow `{id}`: `reasoning_summary` must be one of {}; got `{level}`",
+                        REASONING_SUMMARIES.join(", ")
+                    ));
+                }
+                settings.reasoning_summary = Some(level);
+            }
+            if settings.api == ModelApi::Chat && !settings.hosted_tools.is_empty() {
+                return Err(format!(
+                    "workflow `{id}`: hosted tools need `api = \"responses\"` (`hosted_tools = []` offers none)"
+                ));
             }
             Arc::new(OpenAiResponder::new(settings).map_err(|e| format!("workflow `{id}`: {e}"))?)
         }

@@ -182,9 +182,19 @@ impl Metrics {
         for reason in ["locked", "closed", "busy", "rate_limited"] {
             metrics.rejected.with_label_values(&[reason]);
         }
-        for kind in
-            ["connect", "timeout", "rate_limited", "server", "auth", "not_found", "rejected", "broken", "unreadable"]
-        {
+        for kind in [
+            "connect",
+            "timeout",
+            "rate_limited",
+            "server",
+            "auth",
+            "not_found",
+            "rejected",
+            "broken",
+            "unreadable",
+            "failed",
+            "incomplete",
+        ] {
             metrics.model_errors.with_label_values(&[kind]);
         }
         for op in ["respond", "action", "sync_action", "feedback", "transcribe"] {

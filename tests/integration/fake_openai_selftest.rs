@@ -497,3 +497,27 @@ async fn async_openai_reads_split_streams_errors_and_transcriptions() {
     let lag = closed.saturating_duration_since(dropped);
     assert!(lag < Duration::from_millis(100), "detected {lag:?} after the drop");
 }
+
+#[tokio::test]
+async fn responses_streams_name_each_event_and_send_no_done() {
+    let fake = FakeOpenAi::start();
+    let fixture = fake_openai::responses_fixture("gw_refusal");
+    fake.push_response(fixture.reply());
+    let body = json!({"model": MODEL, "stream": true, "input": fixture.user_text});
+    let response = client().post(format!("{}/responses", fake.base_url())).json(&body).send().await.expect("sent");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.expect("body");
+    let frames: Vec<&str> = text.split("\n\n").filter(|frame| !frame.is_empty()).collect();
+    assert_eq!(frames.len(), fixture.events.len(), "one frame per event, no [DONE]: {text}");
+    for (frame, event) in frames.iter().zip(&fixture.events) {
+        let (name, data) = frame.split_once('\n').expect("two lines");
+        assert_eq!(name.strip_prefix("event: "), event["type"].as_str());
+        assert_eq!(serde_json::from_str::<Value>(data.strip_prefix("data: ").expect("data line")).unwrap(), *event);
+    }
+    let recorded = fake.responses_requests();
+    assert_eq!((recorded.len(), recorded[0].json.as_ref()), (1, Some(&body)));
+    // Nothing scripted: a readable 500, counted.
+    let response = client().post(format!("{}/responses", fake.base_url())).json(&body).send().await.expect("sent");
+    assert_eq!(response.status(), 500);
+    assert_eq!(fake.unscripted(), 1);
+}

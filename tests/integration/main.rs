@@ -24,6 +24,7 @@ mod model_responder;
 mod redis_cluster;
 mod replicas;
 mod responder_failures;
+mod responses_api;
 mod responses_oracle;
 mod rest_api;
 mod sessions;

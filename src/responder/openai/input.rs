@@ -13,7 +13,7 @@ use crate::protocol::{
 use crate::responder::{ResponderError, TurnContext};
 
 /// What the reference tells the model about `@`-mentions.
-const TAG_GUIDE: &str = "# User-provided context for @-mentions\n\
+pub(super) const TAG_GUIDE: &str = "# User-provided context for @-mentions\n\
 - When referencing resolved entities, use their canonical names **without** '@'.\n\
 - The '@' form appears only in user text and should not be echoed.";
 
@@ -64,7 +64,12 @@ fn user(text: impl Into<String>) -> Value {
 }
 
 fn hidden(content: &str) -> Value {
-    user(format!("Hidden context for the agent (not shown to the user):\n<HiddenContext>\n{content}\n</HiddenContext>"))
+    user(hidden_text(content))
+}
+
+/// How hidden context reaches the model, in the reference's words.
+pub(super) fn hidden_text(content: &str) -> String {
+    format!("Hidden context for the agent (not shown to the user):\n<HiddenContext>\n{content}\n</HiddenContext>")
 }
 
 fn convert(item: &ThreadItem, is_last: bool, images: &Images, out: &mut Vec<Value>) {
@@ -157,7 +162,7 @@ fn user_message(message: &UserMessage, is_last: bool, images: &Images, out: &mut
     }
 }
 
-fn task(task: &Task) -> Option<String> {
+pub(super) fn task(task: &Task) -> Option<String> {
     let Task::Custom { title, content, .. } = task else { return None };
     let text = match (title.as_deref().filter(|t| !t.is_empty()), content.as_deref().filter(|c| !c.is_empty())) {
         (Some(title), Some(content)) => format!("{title}: {content}"),
@@ -167,7 +172,7 @@ fn task(task: &Task) -> Option<String> {
     Some(format!("A message was displayed to the user that the following task was performed:\n<Task>\n{text}\n</Task>"))
 }
 
-fn structured_input(request: &StructuredInputRequest) -> String {
+pub(super) fn structured_input(request: &StructuredInputRequest) -> String {
     let lines: Vec<String> = request
         .inputs
         .iter()

@@ -1,9 +1,12 @@
-//! The model responder: answers through any OpenAI-compatible Chat Completions
-//! server (OpenAI, vLLM, Ollama, llama.cpp, LM Studio) with `async-openai`,
-//! streaming the answer as ChatKit events the way the reference's
-//! `stream_agent_response` streams text.
+//! The model responder: answers through OpenAI's Responses API or any
+//! OpenAI-compatible Chat Completions server (OpenAI, vLLM, Ollama, llama.cpp,
+//! LM Studio) with `async-openai`, streaming the answer as ChatKit events the
+//! way the reference's `stream_agent_response` streams an Agents SDK run.
 
 mod input;
+mod responses;
+mod responses_input;
+mod responses_stream;
 mod settings;
 mod stream;
 
@@ -23,7 +26,8 @@ use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, Tu
 use crate::ids::UserId;
 use crate::protocol::{ItemBody, ThreadItem, TranscriptionResult, UserMessage};
 
-pub use settings::{ClientTool, ModelSettings};
+pub(super) use settings::check_hosted_tools;
+pub use settings::{parse_hosted_tools, ClientTool, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use stream::{Chunk, Translator};
 
 use crate::telemetry::metrics::METRICS;
@@ -37,6 +41,13 @@ const TITLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the title call asks for.
 const TITLE_PROMPT: &str = "Write a title of 3 to 6 words for the conversation below. \
 Answer with the title only: no quotes, no trailing punctuation.";
+
+/// What an answer produces: events to stream, and at the end the answer's text (for the title).
+enum Produced {
+    /// Boxed: an event is large, and most of what goes by is events.
+    Event(Box<crate::protocol::ThreadStreamEvent>),
+    Text(String),
+}
 
 pub struct OpenAiResponder {
     inner: Arc<Inner>,
@@ -178,27 +189,35 @@ impl Failure {
 }
 
 impl Inner {
-    /// Opens the completion stream and reads its first chunk, retrying
-    /// connection failures with backoff; nothing is retried once a chunk came.
-    async fn open(
+    /// Opens a stream (a completion's, or a response's) and reads its first event, retrying
+    /// connection failures with backoff; nothing is retried once an event came.
+    async fn open<T>(
         &self,
+        api: ModelApi,
         request: &Value,
-    ) -> Result<(async_openai::types::stream::StreamResponse<Chunk>, Option<Chunk>), Failure> {
+    ) -> Result<(async_openai::types::stream::StreamResponse<T>, Option<T>), Failure>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
         let mut attempt = 0;
         loop {
             let model = request["model"].as_str().unwrap_or_default();
             METRICS.model_calls.with_label_values(&[model]).inc();
             let result = async {
-                let chat = self.client.chat();
-                let opened = tokio::time::timeout(self.settings.timeout, chat.create_stream_byot(request))
-                    .await
-                    .map_err(|_| Failure::Timeout)?;
+                let opening = async {
+                    match api {
+                        ModelApi::Chat => self.client.chat().create_stream_byot(request).await,
+                        ModelApi::Responses => self.client.responses().create_stream_byot(request).await,
+                    }
+                };
+                let opened =
+                    tokio::time::timeout(self.settings.timeout, opening).await.map_err(|_| Failure::Timeout)?;
                 let mut stream = opened.map_err(Failure::from_opening)?;
                 let first = match tokio::time::timeout(self.settings.timeout, stream.next()).await {
                     Err(_) => return Err(Failure::Timeout),
                     Ok(None) => None,
                     Ok(Some(Err(error))) => return Err(Failure::from_openai(error)),
-                    Ok(Some(Ok(chunk))) => Some(chunk),
+                    Ok(Some(Ok(event))) => Some(event),
                 };
                 Ok((stream, first))
             }
@@ -212,6 +231,64 @@ impl Inner {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// The next event of an open stream, after the first: a connection failure now is a broken answer.
+    async fn next_event<T>(
+        &self,
+        upstream: &mut async_openai::types::stream::StreamResponse<T>,
+        model: &str,
+    ) -> Result<Option<T>, ResponderError> {
+        match tokio::time::timeout(self.settings.timeout, upstream.next()).await {
+            Err(_) => Err(Failure::Timeout.into_error(model)),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(event))) => Ok(Some(event)),
+            Ok(Some(Err(error))) => {
+                let failure = match Failure::from_openai(error) {
+                    Failure::Connect(detail) => Failure::Broken(detail),
+                    other => other,
+                };
+                Err(failure.into_error(model))
+            }
+        }
+    }
+
+    /// Answers through Chat Completions: the thread as messages, the completion's chunks as events.
+    fn chat_answer(
+        self: Arc<Self>,
+        turn: TurnContext,
+        items: Vec<ThreadItem>,
+        model: String,
+        system: String,
+        tool_choice: Option<String>,
+    ) -> impl futures_util::Stream<Item = Result<Produced, ResponderError>> {
+        async_stream::try_stream! {
+            let mut messages = vec![json!({"role": "system", "content": system})];
+            let images = input::load_images(&turn, &items).await?;
+            messages.extend(input::to_messages_with(&items, &images));
+            let request = self.request(&model, messages, tool_choice.as_deref());
+            let (mut upstream, first) = self.open::<Chunk>(ModelApi::Chat, &request).await.map_err(|f| f.into_error(&model))?;
+            let mut translator = Translator::new(turn.thread.id(), self.settings.clone());
+            let mut next = first;
+            while let Some(chunk) = next.take() {
+                if let Some(usage) = chunk.usage() {
+                    METRICS.model_tokens.with_label_values(&[&model, "prompt"]).inc_by(usage.0);
+                    METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(usage.1);
+                }
+                for event in translator.chunk(chunk)? {
+                    yield Produced::Event(Box::new(event));
+                }
+                // From here on nothing is retried: the user has seen output.
+                next = self.next_event(&mut upstream, &model).await?;
+            }
+            // The stream is done; dropping it closes the upstream connection.
+            drop(upstream);
+            let finished = translator.finish(&model)?;
+            for event in finished.events {
+                yield Produced::Event(Box::new(event));
+            }
+            yield Produced::Text(finished.text);
         }
     }
 
@@ -248,21 +325,38 @@ impl Inner {
         request
     }
 
-    /// Asks for a short title; `None` (logged) when the call fails.
+    /// Asks for a short title, through the API turns go through; `None` (logged) when the call fails.
     async fn title(&self, first_message: &str, answer: &str) -> Option<String> {
-        let request = json!({
-            "model": self.settings.title_model,
-            "stream": false,
-            "messages": [
-                {"role": "system", "content": TITLE_PROMPT},
-                {"role": "user", "content": format!("User: {first_message}\nAssistant: {answer}")},
-            ],
-        });
-        let chat = self.client.chat();
+        let model = &self.settings.title_model;
+        let conversation = format!("User: {first_message}\nAssistant: {answer}");
         // The first turn's stream stays open until the title is there: keep the wait short.
         let limit = self.settings.timeout.min(TITLE_TIMEOUT);
-        METRICS.model_calls.with_label_values(&[&self.settings.title_model]).inc();
-        let response = match tokio::time::timeout(limit, chat.create_byot::<_, Value>(request)).await {
+        METRICS.model_calls.with_label_values(&[model]).inc();
+        let call = async {
+            match self.settings.api {
+                ModelApi::Chat => {
+                    let request = json!({
+                        "model": model,
+                        "stream": false,
+                        "messages": [
+                            {"role": "system", "content": TITLE_PROMPT},
+                            {"role": "user", "content": conversation},
+                        ],
+                    });
+                    self.client.chat().create_byot::<_, Value>(request).await
+                }
+                ModelApi::Responses => {
+                    let request = json!({
+                        "model": model,
+                        "instructions": TITLE_PROMPT,
+                        "input": conversation,
+                        "store": false,
+                    });
+                    self.client.responses().create_byot::<_, Value>(request).await
+                }
+            }
+        };
+        let response = match tokio::time::timeout(limit, call).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "title generation failed");
@@ -273,8 +367,11 @@ impl Inner {
                 return None;
             }
         };
-        let text = response["choices"][0]["message"]["content"].as_str()?;
-        let title = clean_title(text);
+        let text = match self.settings.api {
+            ModelApi::Chat => response["choices"][0]["message"]["content"].as_str()?.to_string(),
+            ModelApi::Responses => responses::output_text(&response),
+        };
+        let title = clean_title(&text);
         (!title.is_empty()).then_some(title)
     }
 }
@@ -349,40 +446,18 @@ impl Responder for OpenAiResponder {
                 // The session's workflow state reaches the model as context.
                 system.push_str(&format!("\n\nSession state variables: {}", Value::Object(variables.clone())));
             }
-            let mut messages = vec![json!({"role": "system", "content": system})];
-            let images = input::load_images(&turn, &items).await?;
-            messages.extend(input::to_messages_with(&items, &images));
-            let request = inner.request(&model, messages, tool_choice.as_deref());
-            let (mut upstream, first) = inner.open(&request).await.map_err(|f| f.into_error(&model))?;
-            let mut translator = Translator::new(turn.thread.id(), settings.clone());
-            let mut next = first;
-            while let Some(chunk) = next.take() {
-                if let Some(usage) = chunk.usage() {
-                    METRICS.model_tokens.with_label_values(&[&model, "prompt"]).inc_by(usage.0);
-                    METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(usage.1);
+            let mut answer: futures_util::stream::BoxStream<'static, Result<Produced, ResponderError>> = match settings.api {
+                ModelApi::Chat => Box::pin(inner.clone().chat_answer(turn.clone(), items.clone(), model.clone(), system, tool_choice)),
+                ModelApi::Responses => {
+                    Box::pin(inner.clone().responses_answer(turn.clone(), items.clone(), model.clone(), system, tool_choice))
                 }
-                for event in translator.chunk(chunk)? {
-                    yield event;
+            };
+            let mut text = String::new();
+            while let Some(produced) = answer.next().await {
+                match produced? {
+                    Produced::Event(event) => yield *event,
+                    Produced::Text(answered) => text = answered,
                 }
-                // From here on nothing is retried: the user has seen output.
-                next = match tokio::time::timeout(settings.timeout, upstream.next()).await {
-                    Err(_) => Err(Failure::Timeout.into_error(&model))?,
-                    Ok(None) => None,
-                    Ok(Some(Ok(chunk))) => Some(chunk),
-                    Ok(Some(Err(error))) => {
-                        let failure = match Failure::from_openai(error) {
-                            Failure::Connect(detail) => Failure::Broken(detail),
-                            other => other,
-                        };
-                        Err(failure.into_error(&model))?
-                    }
-                };
-            }
-            // The stream is done; dropping it closes the upstream connection.
-            drop(upstream);
-            let finished = translator.finish(&model)?;
-            for event in finished.events {
-                yield event;
             }
             let session_titles = turn
                 .session
@@ -394,7 +469,7 @@ impl Responder for OpenAiResponder {
                     _ => None,
                 });
                 if let Some(first_message) = first_message {
-                    if let Some(title) = inner.title(&first_message, &finished.text).await {
+                    if let Some(title) = inner.title(&first_message, &text).await {
                         // The engine saves it and announces `thread.updated`.
                         turn.thread.set_title(title);
                     }

@@ -47,6 +47,89 @@ pub struct ModelSettings {
     /// The first pause before a retry; it doubles each time.
     pub retry_backoff: Duration,
     pub transcribe_model: String,
+    /// Which API answers turns.
+    pub api: ModelApi,
+    /// Tools OpenAI runs itself (web search, file search, code interpreter, image generation), as the
+    /// Responses API takes them; checked by `parse_hosted_tools`. Responses API only.
+    pub hosted_tools: Vec<Value>,
+    /// `reasoning.summary` asked of reasoning models (`auto`, `concise`, `detailed`); Responses API only.
+    pub reasoning_summary: Option<String>,
+}
+
+/// The API a model responder answers through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelApi {
+    /// `POST /responses`: hosted tools, reasoning summaries, generated images.
+    Responses,
+    /// `POST /chat/completions`: what OpenAI-compatible servers (vLLM, Ollama, …) speak.
+    Chat,
+}
+
+impl ModelApi {
+    /// Parses `CHATKIT_MODEL_API`.
+    pub fn parse(value: &str) -> Result<ModelApi, String> {
+        match value.trim() {
+            "responses" => Ok(ModelApi::Responses),
+            "chat" => Ok(ModelApi::Chat),
+            other => Err(format!("CHATKIT_MODEL_API must be `responses` or `chat`; got `{other}`")),
+        }
+    }
+}
+
+/// The hosted tool types the gateway knows how to show while they run.
+pub const HOSTED_TOOL_TYPES: [&str; 5] =
+    ["web_search", "web_search_preview", "file_search", "code_interpreter", "image_generation"];
+
+/// The reasoning summary levels the Responses API takes.
+pub const REASONING_SUMMARIES: [&str; 3] = ["auto", "concise", "detailed"];
+
+/// Checks hosted tool objects (`setting` names where they came from, for the messages): each a JSON
+/// object whose `type` is one of `HOSTED_TOOL_TYPES`; a file search names its vector stores; a code
+/// interpreter without a container gets an automatic one, as OpenAI requires one.
+pub fn check_hosted_tools(setting: &str, tools: Vec<Value>) -> Result<Vec<Value>, String> {
+    let mut checked = Vec::with_capacity(tools.len());
+    for mut tool in tools {
+        let Some(object) = tool.as_object_mut() else {
+            return Err(format!("{setting}: every hosted tool must be a JSON object with a `type`; got {tool}"));
+        };
+        let kind = object.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+        if !HOSTED_TOOL_TYPES.contains(&kind.as_str()) {
+            return Err(format!(
+                "{setting}: unknown hosted tool type `{kind}`; known types: {}",
+                HOSTED_TOOL_TYPES.join(", ")
+            ));
+        }
+        match kind.as_str() {
+            "file_search" => {
+                let stores = object.get("vector_store_ids").and_then(Value::as_array);
+                if !stores.is_some_and(|ids| !ids.is_empty() && ids.iter().all(Value::is_string)) {
+                    return Err(format!(
+                        "{setting}: a `file_search` tool needs `vector_store_ids`, a non-empty array of vector store ids"
+                    ));
+                }
+            }
+            "code_interpreter" => {
+                object.entry("container").or_insert_with(|| serde_json::json!({"type": "auto"}));
+            }
+            _ => {}
+        }
+        checked.push(tool);
+    }
+    Ok(checked)
+}
+
+/// Parses `CHATKIT_HOSTED_TOOLS`: a JSON array of tool objects, or `@path` to a file holding one.
+pub fn parse_hosted_tools(spec: &str) -> Result<Vec<Value>, String> {
+    let text = match spec.trim().strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("CHATKIT_HOSTED_TOOLS: cannot read `{path}`: {e}"))?
+        }
+        None => spec.to_string(),
+    };
+    let tools: Vec<Value> = serde_json::from_str(&text)
+        .map_err(|e| format!("CHATKIT_HOSTED_TOOLS must be a JSON array of tool objects: {e}"))?;
+    check_hosted_tools("CHATKIT_HOSTED_TOOLS", tools)
 }
 
 impl ModelSettings {
@@ -90,6 +173,25 @@ impl ModelSettings {
     }
 }
 
+/// The client tools as the Responses API takes them (flat, not under `function`).
+pub fn response_tools_json(tools: &[ClientTool]) -> Vec<Value> {
+    tools
+        .iter()
+        .map(|tool| {
+            let mut function = Map::new();
+            function.insert("type".into(), Value::String("function".into()));
+            function.insert("name".into(), Value::String(tool.name.clone()));
+            if !tool.description.is_empty() {
+                function.insert("description".into(), Value::String(tool.description.clone()));
+            }
+            function.insert("parameters".into(), tool.parameters.clone());
+            // Strict schemas need every property required; configured schemas need not be written so.
+            function.insert("strict".into(), Value::Bool(false));
+            Value::Object(function)
+        })
+        .collect()
+}
+
 /// The tools as the Chat Completions API takes them.
 pub fn tools_json(tools: &[ClientTool]) -> Vec<Value> {
     tools
@@ -131,5 +233,26 @@ mod tests {
             let error = ModelSettings::parse_client_tools(spec).unwrap_err();
             assert!(error.contains(needle), "{spec}: {error}");
         }
+    }
+
+    #[test]
+    fn hosted_tools_are_checked_and_unknown_types_named() {
+        let tools = parse_hosted_tools(
+            r#"[{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}, {"type": "code_interpreter"}, {"type": "image_generation", "partial_images": 2}]"#,
+        )
+        .unwrap();
+        assert_eq!(tools.len(), 4);
+        assert_eq!(tools[2]["container"], serde_json::json!({"type": "auto"}), "a container is filled in");
+        for (spec, needle) in [
+            (r#"[{"type": "telepathy"}]"#, "`telepathy`"),
+            (r#"[{"type": "file_search"}]"#, "vector_store_ids"),
+            (r#"["web_search"]"#, "JSON object"),
+            (r#"{"type": "web_search"}"#, "JSON array"),
+        ] {
+            let error = parse_hosted_tools(spec).unwrap_err();
+            assert!(error.contains(needle) && error.contains("CHATKIT_HOSTED_TOOLS"), "{spec}: {error}");
+        }
+        assert_eq!(ModelApi::parse("chat"), Ok(ModelApi::Chat));
+        assert!(ModelApi::parse("completions").unwrap_err().contains("`completions`"));
     }
 }

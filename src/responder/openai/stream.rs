@@ -314,6 +314,9 @@ mod tests {
             retries: 0,
             retry_backoff: Duration::from_millis(1),
             transcribe_model: "t".into(),
+            api: crate::responder::ModelApi::Chat,
+            hosted_tools: Vec::new(),
+            reasoning_summary: None,
         }
     }
 

@@ -8,6 +8,9 @@
 //!
 //! Routes: `POST /v1/chat/completions` answers from the routers (see
 //! [`FakeOpenAi::route`]) and then from the queue (see [`FakeOpenAi::push`]);
+//! `POST /v1/responses` answers from its own queue (see [`FakeOpenAi::push_response`]),
+//! typically scripted Responses stream events sent as `event: <type>` + `data: <json>`
+//! frames (see [`Reply::responses`] and the fixtures of [`responses_fixture`]);
 //! `POST /v1/audio/transcriptions` answers from its own queue or with a default
 //! `{"text": ..., "usage": ...}`; anything else gets a 404 with an OpenAI-style error body.
 //! Every request is recorded, whatever it gets.
@@ -61,6 +64,8 @@ enum Kind {
 struct StreamReply {
     /// The payloads of the `data:` frames, `[DONE]` excluded.
     frames: Vec<String>,
+    /// The `event:` line of each frame, when it has one (Responses streams name every event).
+    names: Vec<Option<String>>,
     delay: Duration,
     done: bool,
     cut_after: Option<usize>,
@@ -81,11 +86,21 @@ impl Reply {
     pub fn stream_frames(frames: Vec<String>) -> Reply {
         Reply::new(Kind::Stream(StreamReply {
             frames,
+            names: Vec::new(),
             delay: Duration::ZERO,
             done: true,
             cut_after: None,
             split_every: None,
         }))
+    }
+
+    /// A 200 Responses API event stream: each event as `event: <its type>` and `data: <json>`, and no
+    /// `[DONE]` frame, as OpenAI sends it.
+    pub fn responses(events: Vec<Value>) -> Reply {
+        let names = events.iter().map(|event| event["type"].as_str().map(str::to_string)).collect();
+        let mut reply = Reply::stream(events).without_done();
+        reply = reply.with_stream("responses", |stream| stream.names = names);
+        reply
     }
 
     /// A streamed assistant text: `Reply::stream(text_chunks(model, parts))`.
@@ -290,6 +305,79 @@ pub fn large_text(len: usize) -> String {
     text
 }
 
+/// A Responses stream that answers `text` in one message (`msg_<n>` upstream), numbered as OpenAI numbers events.
+pub fn response_text_events(text: &str) -> Vec<Value> {
+    let message =
+        json!({"type": "message", "id": "msg_fake", "status": "in_progress", "role": "assistant", "content": []});
+    let part = json!({"type": "output_text", "text": "", "annotations": []});
+    let done_part = json!({"type": "output_text", "text": text, "annotations": []});
+    let mut done_message = message.clone();
+    done_message["status"] = json!("completed");
+    done_message["content"] = json!([done_part]);
+    sequenced(vec![
+        json!({"type": "response.created", "response": response_object("in_progress", json!([]))}),
+        json!({"type": "response.output_item.added", "output_index": 0, "item": message}),
+        json!({"type": "response.content_part.added", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "part": part}),
+        json!({"type": "response.output_text.delta", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}),
+        json!({"type": "response.output_text.done", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+        json!({"type": "response.content_part.done", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "part": done_part}),
+        json!({"type": "response.output_item.done", "output_index": 0, "item": done_message}),
+        json!({"type": "response.completed", "response": response_object("completed", json!([done_message]))}),
+    ])
+}
+
+/// A `response` object as the lifecycle events carry it.
+pub fn response_object(status: &str, output: Value) -> Value {
+    json!({
+        "id": "resp_fake", "object": "response", "created_at": CREATED, "status": status, "model": MODEL,
+        "output": output, "error": null, "incomplete_details": null,
+        "usage": if status == "completed" { json!({"input_tokens": 12, "output_tokens": 4, "total_tokens": 16}) } else { Value::Null },
+    })
+}
+
+/// Numbers events with `sequence_number` from 0, as OpenAI does.
+pub fn sequenced(mut events: Vec<Value>) -> Vec<Value> {
+    for (number, event) in events.iter_mut().enumerate() {
+        event["sequence_number"] = json!(number);
+    }
+    events
+}
+
+/// A scripted Responses stream in `tests/fixtures/responses/<name>.json`.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct ResponsesFixture {
+    /// What the stream shows, for whoever reads the fixture.
+    pub description: String,
+    /// What the user says to get this answer.
+    pub user_text: String,
+    /// The stream events, exactly as the OpenAI API sends them.
+    pub events: Vec<Value>,
+}
+
+impl ResponsesFixture {
+    /// The reply that streams the fixture's events.
+    pub fn reply(&self) -> Reply {
+        Reply::responses(self.events.clone())
+    }
+}
+
+/// Loads `tests/fixtures/responses/<name>.json`; a missing or malformed fixture fails the test, naming it.
+pub fn responses_fixture(name: &str) -> ResponsesFixture {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/responses/{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let fixture: ResponsesFixture =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not a fixture: {e}", path.display()));
+    assert!(!fixture.description.is_empty(), "{}: the fixture needs a description", path.display());
+    for (position, event) in fixture.events.iter().enumerate() {
+        assert!(
+            event["type"].is_string() && event["sequence_number"].is_u64(),
+            "{}: event {position} needs `type` and `sequence_number`",
+            path.display()
+        );
+    }
+    fixture
+}
+
 // ---------------------------------------------------------------------------
 // Records.
 
@@ -345,6 +433,10 @@ impl Request {
         self.method == "POST" && self.path == "/v1/chat/completions"
     }
 
+    pub fn is_responses(&self) -> bool {
+        self.method == "POST" && self.path == "/v1/responses"
+    }
+
     pub fn is_transcription(&self) -> bool {
         self.method == "POST" && self.path == "/v1/audio/transcriptions"
     }
@@ -393,6 +485,7 @@ struct State {
 struct Inner {
     requests: Vec<Request>,
     chat: VecDeque<Reply>,
+    responses: VecDeque<Reply>,
     routers: Vec<Box<Router>>,
     transcriptions: VecDeque<Reply>,
     transcription_text: String,
@@ -410,6 +503,7 @@ impl FakeOpenAi {
             inner: Mutex::new(Inner {
                 requests: Vec::new(),
                 chat: VecDeque::new(),
+                responses: VecDeque::new(),
                 routers: Vec::new(),
                 transcriptions: VecDeque::new(),
                 transcription_text: DEFAULT_TRANSCRIPTION.to_string(),
@@ -454,6 +548,17 @@ impl FakeOpenAi {
         self
     }
 
+    /// Appends a reply to the queue that answers `POST /v1/responses` requests in arrival order.
+    pub fn push_response(&self, reply: Reply) -> &Self {
+        self.state.lock().responses.push_back(reply);
+        self
+    }
+
+    /// The Responses API requests so far.
+    pub fn responses_requests(&self) -> Vec<Request> {
+        self.state.lock().requests.iter().filter(|request| request.is_responses()).cloned().collect()
+    }
+
     /// Adds a router, consulted (in the order added) with each chat request's JSON body before the queue;
     /// the first `Some` answers the request and leaves the queue alone.
     pub fn route(&self, router: impl Fn(&Value) -> Option<Reply> + Send + Sync + 'static) -> &Self {
@@ -466,7 +571,7 @@ impl FakeOpenAi {
         self.state.lock().chat.len()
     }
 
-    /// Chat requests that found nothing scripted and got a 500.
+    /// Chat and Responses requests that found nothing scripted and got a 500.
     pub fn unscripted(&self) -> usize {
         self.state.lock().unscripted
     }
@@ -587,6 +692,11 @@ impl State {
         request.index = index;
         let reply = match (request.method.as_str(), request.path.as_str()) {
             ("POST", "/v1/chat/completions") => chat_reply(&mut inner, &request),
+            ("POST", "/v1/responses") => inner.responses.pop_front().unwrap_or_else(|| {
+                inner.unscripted += 1;
+                let message = format!("fake OpenAI server: no reply scripted for Responses request #{index}");
+                Reply::json(500, error_body(&message, "server_error", Some("fake_unscripted")))
+            }),
             ("POST", "/v1/audio/transcriptions") => {
                 let text = inner.transcription_text.clone();
                 inner.transcriptions.pop_front().unwrap_or_else(|| Reply::json(200, transcription(&text)))
@@ -742,18 +852,26 @@ async fn send_stream(
 ) -> StreamEnd {
     let defaults =
         [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("transfer-encoding", "chunked")];
-    let mut frames: Vec<&str> = stream.frames.iter().map(String::as_str).collect();
+    let mut frames: Vec<(Option<&str>, &str)> = stream
+        .frames
+        .iter()
+        .enumerate()
+        .map(|(position, frame)| (stream.names.get(position).and_then(Option::as_deref), frame.as_str()))
+        .collect();
     let cut = stream.cut_after.is_some();
     match stream.cut_after {
         Some(count) => frames.truncate(count),
-        None if stream.done => frames.push("[DONE]"),
+        None if stream.done => frames.push((None, "[DONE]")),
         None => {}
     }
     // Frames sent without a pause between them form one run of bytes, split as a whole.
     let mut runs: Vec<(Duration, Vec<u8>, usize)> = Vec::new();
-    for (position, frame) in frames.iter().enumerate() {
+    for (position, (name, frame)) in frames.iter().enumerate() {
         let pause = if position == 0 { Duration::ZERO } else { stream.delay };
-        let bytes = format!("data: {frame}\n\n").into_bytes();
+        let bytes = match name {
+            Some(name) => format!("event: {name}\ndata: {frame}\n\n").into_bytes(),
+            None => format!("data: {frame}\n\n").into_bytes(),
+        };
         match runs.last_mut() {
             Some((_, run, count)) if pause.is_zero() => {
                 run.extend_from_slice(&bytes);
