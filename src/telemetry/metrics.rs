@@ -194,6 +194,7 @@ impl Metrics {
             "unreadable",
             "failed",
             "incomplete",
+            "refusal",
         ] {
             metrics.model_errors.with_label_values(&[kind]);
         }

@@ -10,7 +10,7 @@ use crate::common::venv_python;
 use serde_json::{json, Value};
 
 /// Every fixture, and the client tools its agent declares.
-const CASES: [(&str, &[&str]); 6] = [
+pub const CASES: [(&str, &[&str]); 6] = [
     ("text_with_citations", &[]),
     ("reasoning", &[]),
     ("image_generation", &[]),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use serde_json::{json, Value};
 
-use super::responses_stream::{client_tool_call, FunctionCall, ResponseTranslator};
+use super::responses_stream::{client_tool_call, refusal_error, FunctionCall, ResponseTranslator};
 use super::{responses_input, settings, Inner, ModelApi, Produced};
 use crate::protocol::ThreadItem;
 use crate::responder::{ResponderError, TurnContext};
@@ -132,6 +132,9 @@ impl Inner {
                     yield Produced::Event(Box::new(event));
                 }
                 text.push_str(&finished.text);
+                if finished.refused {
+                    Err(refusal_error())?;
+                }
                 match next_step(&self.settings, finished.calls) {
                     NextStep::Done => break,
                     NextStep::Client(call) => {

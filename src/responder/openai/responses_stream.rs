@@ -74,6 +74,9 @@ pub struct ResponseTranslator {
     tool_tasks: HashMap<String, usize>,
     calls: Vec<FunctionCall>,
     completed: bool,
+    /// Whether the model refused: the reference stores the refusal as the answer, then fails the turn (the Agents
+    /// SDK raises on a refusal), so the client gets a retryable `stream.error` after it.
+    refused: bool,
     usage: Option<(u64, u64)>,
     text: String,
 }
@@ -84,6 +87,13 @@ pub struct Finished {
     pub events: Vec<ThreadStreamEvent>,
     pub text: String,
     pub calls: Vec<FunctionCall>,
+    /// Whether the answer was a refusal, which ends the turn with `refusal_error` once it is stored.
+    pub refused: bool,
+}
+
+/// How a turn whose answer was a refusal ends, as in the reference.
+pub fn refusal_error() -> ResponderError {
+    failed("refusal", "the model refused")
 }
 
 fn text_of(value: &Value) -> String {
@@ -234,6 +244,7 @@ impl ResponseTranslator {
             tool_tasks: HashMap::new(),
             calls: Vec::new(),
             completed: false,
+            refused: false,
             usage: None,
             text: String::new(),
         }
@@ -272,6 +283,7 @@ impl ResponseTranslator {
                 out.push(update(&id, ItemUpdate::TextDelta { content_index, delta }));
             }
             "response.output_text.done" | "response.refusal.done" => {
+                self.refused |= kind == "response.refusal.done";
                 let content_index = index_of(&event["content_index"]);
                 let field = if kind == "response.output_text.done" { "text" } else { "refusal" };
                 let message = self.message(item_id, &mut out);
@@ -538,7 +550,7 @@ impl ResponseTranslator {
         // The reference stores a workflow still open at the end so that the next turn continues it;
         // here it is closed, so that every item of a finished turn is done.
         self.end_workflow(&mut events);
-        Ok(Finished { events, text: self.text, calls: self.calls })
+        Ok(Finished { events, text: self.text, calls: self.calls, refused: self.refused })
     }
 }
 
