@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use crate::blobs::{BlobLocation, S3Options};
 use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
-use crate::responder::{AgentSettings, ModelSettings};
+use crate::responder::{AgentSettings, McpSettings, ModelSettings};
 use crate::secret::Secret;
 use crate::sessions::SweepSettings;
 use crate::thread::ThreadSettings;
@@ -330,6 +330,20 @@ pub struct ModelConfig {
     /// The model that transcribes dictation (`input.transcribe`).
     #[arg(long, env = "CHATKIT_TRANSCRIBE_MODEL", default_value = "gpt-4o-mini-transcribe")]
     pub transcribe_model: String,
+
+    /// MCP servers whose tools the model may call (streamable HTTP): a JSON array of `{"name", "url",
+    /// "headers", "tools"}`, or `@path` to a file holding one. Header values are secrets, never logged.
+    #[arg(long, env = "CHATKIT_MCP_SERVERS", hide_env_values = true)]
+    // Held as a secret, because the headers in it are: `Debug` of the config never shows it.
+    pub mcp_servers: Option<Secret>,
+
+    /// Seconds one MCP tool call may take; past it the model is told the call timed out.
+    #[arg(long, env = "CHATKIT_MCP_TOOL_TIMEOUT_SECS", default_value_t = 30)]
+    pub mcp_tool_timeout_secs: u64,
+
+    /// Rounds of MCP tool calls one turn may run; then the model must answer without tools.
+    #[arg(long, env = "CHATKIT_MCP_MAX_TOOL_ROUNDS", default_value_t = 8)]
+    pub mcp_max_tool_rounds: u32,
 }
 
 /// Browser pages on other origins, and serving under a path prefix.
@@ -498,6 +512,33 @@ impl ModelConfig {
             retry_backoff: Duration::from_millis(200),
             transcribe_model: self.transcribe_model.clone(),
         }))
+    }
+}
+
+impl ModelConfig {
+    /// The MCP servers and the tool loop's limits, or `None` when no server is configured.
+    pub fn mcp_settings(&self) -> Result<Option<McpSettings>, String> {
+        let servers = match &self.mcp_servers {
+            Some(spec) => McpSettings::parse_servers(spec.expose()).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        if servers.is_empty() {
+            return Ok(None);
+        }
+        if self.mcp_max_tool_rounds == 0 {
+            return Err("CHATKIT_MCP_MAX_TOOL_ROUNDS must be at least 1".into());
+        }
+        let settings = McpSettings {
+            servers,
+            tool_timeout: Duration::from_secs(self.mcp_tool_timeout_secs.max(1)),
+            max_tool_rounds: self.mcp_max_tool_rounds,
+            reconnect_backoff: Duration::from_secs(1),
+        };
+        if let Some(spec) = self.client_tools.as_deref().filter(|spec| !spec.trim().is_empty()) {
+            let tools = ModelSettings::parse_client_tools(spec)?;
+            settings.check_client_tools(tools.iter().map(|tool| tool.name.as_str())).map_err(|e| e.to_string())?;
+        }
+        Ok(Some(settings))
     }
 }
 

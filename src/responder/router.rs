@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{
-    AgentResponder, AgentSettings, AudioInput, EchoResponder, EventStream, ModelSettings, OpenAiResponder,
+    AgentResponder, AgentSettings, AudioInput, EchoResponder, EventStream, McpRegistry, ModelSettings, OpenAiResponder,
     RespondInput, Responder, ResponderError, TurnContext,
 };
 use crate::ids::UserId;
@@ -26,6 +26,8 @@ pub struct WorkflowDefaults {
     pub responder: Arc<dyn Responder>,
     /// The model service's connection settings, which `model` entries need (`None`: no model configured).
     pub model: Option<ModelSettings>,
+    /// The MCP servers `model` entries may offer tools of (`None`: none configured).
+    pub mcp: Option<Arc<McpRegistry>>,
     pub agent_history_items: usize,
     pub agent_timeout: Duration,
 }
@@ -45,7 +47,7 @@ struct WorkflowsFile {
 enum Entry {
     // A struct variant, so that unknown keys are refused here too (a unit variant ignores them).
     Echo {},
-    Model { model: Option<String>, instructions: Option<String> },
+    Model { model: Option<String>, instructions: Option<String>, mcp_servers: Option<Vec<String>> },
     Agent { url: String, secret: String, history_items: Option<usize>, timeout_secs: Option<u64> },
 }
 
@@ -127,7 +129,7 @@ fn read(path: &PathBuf, defaults: &WorkflowDefaults) -> Result<Routes, String> {
 fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn Responder>, String> {
     Ok(match entry {
         Entry::Echo {} => Arc::new(EchoResponder::new()),
-        Entry::Model { model, instructions } => {
+        Entry::Model { model, instructions, mcp_servers } => {
             let Some(mut settings) = defaults.model.clone() else {
                 return Err(format!(
                     "workflow `{id}` uses the model responder, but no model is configured (CHATKIT_MODEL or OPENAI_API_KEY)"
@@ -141,7 +143,20 @@ fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn 
             if let Some(instructions) = instructions {
                 settings.system_prompt = instructions;
             }
-            Arc::new(OpenAiResponder::new(settings).map_err(|e| format!("workflow `{id}`: {e}"))?)
+            // Every configured MCP server by default; `mcp_servers = []` offers none.
+            let mcp = match (&defaults.mcp, mcp_servers) {
+                (Some(registry), names) => {
+                    Some(registry.view(names.as_deref()).map_err(|e| format!("workflow `{id}`: `mcp_servers`: {e}"))?)
+                }
+                (None, Some(names)) if !names.is_empty() => {
+                    return Err(format!(
+                        "workflow `{id}` names MCP servers ({}), but none are configured (CHATKIT_MCP_SERVERS)",
+                        names.join(", ")
+                    ))
+                }
+                (None, _) => None,
+            };
+            Arc::new(OpenAiResponder::with_mcp(settings, mcp).map_err(|e| format!("workflow `{id}`: {e}"))?)
         }
         Entry::Agent { url, secret, history_items, timeout_secs } => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -215,6 +230,7 @@ mod tests {
         WorkflowDefaults {
             responder: Arc::new(EchoResponder::new()),
             model: None,
+            mcp: None,
             agent_history_items: 20,
             agent_timeout: Duration::from_secs(30),
         }

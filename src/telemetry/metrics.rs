@@ -40,6 +40,8 @@ pub struct Metrics {
     /// Turns stopped because their thread's fence moved on (another replica took it over).
     pub turns_fenced: IntCounter,
     pub model_calls: IntCounterVec,
+    /// MCP tool calls, by server and outcome (`answered`, `failed`).
+    pub mcp_tool_calls: IntCounterVec,
     pub model_tokens: IntCounterVec,
     pub model_errors: IntCounterVec,
     pub agent_calls: IntCounterVec,
@@ -147,6 +149,11 @@ impl Metrics {
                 "Turns stopped because another replica took their thread over (a write under an older fence).",
             ),
             model_calls: counter("chatkit_model_calls_total", "Calls to the model service, by model.", &["model"]),
+            mcp_tool_calls: counter(
+                "chatkit_mcp_tool_calls_total",
+                "Calls of MCP server tools, by server and outcome (answered, failed).",
+                &["server", "outcome"],
+            ),
             model_tokens: counter(
                 "chatkit_model_tokens_total",
                 "Tokens the model service reported, by model and kind (prompt, completion).",

@@ -26,6 +26,8 @@ use crate::protocol::{ItemBody, ThreadItem, TranscriptionResult, UserMessage};
 pub use settings::{ClientTool, ModelSettings};
 use stream::{Chunk, Translator};
 
+use super::mcp::{McpTools, ToolSpec, ToolWorkflow};
+
 use crate::telemetry::metrics::METRICS;
 
 /// The media types ChatKit.js records dictation in.
@@ -45,10 +47,21 @@ pub struct OpenAiResponder {
 struct Inner {
     client: Client<OpenAIConfig>,
     settings: ModelSettings,
+    /// The MCP servers' tools this responder offers, if any.
+    mcp: Option<McpTools>,
 }
+
+/// What the model is told in the last tool message of a turn's last allowed round of server tool calls.
+const TOOL_LIMIT_NOTE: &str = "This turn has used all the rounds of tool calls it may make. \
+Answer the user now with what you have, without calling tools.";
 
 impl OpenAiResponder {
     pub fn new(settings: ModelSettings) -> Result<Self, String> {
+        Self::with_mcp(settings, None)
+    }
+
+    /// A responder that also offers the tools of MCP servers and runs the model's calls of them.
+    pub fn with_mcp(settings: ModelSettings, mcp: Option<McpTools>) -> Result<Self, String> {
         install_tls_provider();
         let mut config = OpenAIConfig::new().with_api_base(settings.base_url.trim_end_matches('/'));
         if let Some(key) = &settings.api_key {
@@ -61,7 +74,7 @@ impl OpenAiResponder {
         // The plain transport: async-openai's default stack retries 429 and
         // 5xx answers by itself, behind `CHATKIT_MODEL_RETRIES` and the timeout.
         let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
-        Ok(OpenAiResponder { inner: Arc::new(Inner { client, settings }) })
+        Ok(OpenAiResponder { inner: Arc::new(Inner { client, settings, mcp }) })
     }
 }
 
@@ -230,8 +243,8 @@ impl Inner {
         }
     }
 
-    /// The request for a turn: model, messages and tools.
-    fn request(&self, model: &str, messages: Vec<Value>, tool_choice: Option<&str>) -> Value {
+    /// The request for a turn: model, messages and tools (the server tools only while `server_tools`).
+    fn request(&self, model: &str, messages: &[Value], tool_choice: Option<&str>, server_tools: bool) -> Value {
         // Usage comes in a last chunk, for the token metrics.
         let mut request = json!({
             "model": model,
@@ -239,8 +252,12 @@ impl Inner {
             "stream": true,
             "stream_options": {"include_usage": true},
         });
-        if !self.settings.client_tools.is_empty() {
-            request["tools"] = Value::Array(settings::tools_json(&self.settings.client_tools));
+        let mut tools = settings::tools_json(&self.settings.client_tools);
+        if let Some(mcp) = self.mcp.as_ref().filter(|_| server_tools) {
+            tools.extend(mcp.tools().iter().map(ToolSpec::chat_completions_json));
+        }
+        if !tools.is_empty() {
+            request["tools"] = Value::Array(tools);
             if let Some(name) = tool_choice {
                 request["tool_choice"] = json!({"type": "function", "function": {"name": name}});
             }
@@ -352,37 +369,110 @@ impl Responder for OpenAiResponder {
             let mut messages = vec![json!({"role": "system", "content": system})];
             let images = input::load_images(&turn, &items).await?;
             messages.extend(input::to_messages_with(&items, &images));
-            let request = inner.request(&model, messages, tool_choice.as_deref());
-            let (mut upstream, first) = inner.open(&request).await.map_err(|f| f.into_error(&model))?;
-            let mut translator = Translator::new(turn.thread.id(), settings.clone());
-            let mut next = first;
-            while let Some(chunk) = next.take() {
-                if let Some(usage) = chunk.usage() {
-                    METRICS.model_tokens.with_label_values(&[&model, "prompt"]).inc_by(usage.0);
-                    METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(usage.1);
+            let mcp = inner.mcp.clone();
+            let max_rounds = mcp.as_ref().map_or(0, McpTools::max_tool_rounds);
+            let mut workflow = ToolWorkflow::new(turn.thread.id());
+            let mut rounds = 0;
+            let mut tool_choice = tool_choice;
+            // One model request per round: a round that calls server tools runs them, shows them as tasks
+            // of one workflow, and asks again with their results, at most `max_rounds` times.
+            let finished = loop {
+                let request = inner.request(&model, &messages, tool_choice.take().as_deref(), rounds < max_rounds);
+                let (mut upstream, first) = inner.open(&request).await.map_err(|f| f.into_error(&model))?;
+                let mut translator = Translator::new(turn.thread.id(), settings.clone());
+                let mut next = first;
+                while let Some(chunk) = next.take() {
+                    if let Some(usage) = chunk.usage() {
+                        METRICS.model_tokens.with_label_values(&[&model, "prompt"]).inc_by(usage.0);
+                        METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(usage.1);
+                    }
+                    let events = translator.chunk(chunk)?;
+                    if !events.is_empty() {
+                        // The answer's message follows the workflow, which closes first, as in the reference.
+                        if let Some(done) = workflow.end() {
+                            yield done;
+                        }
+                    }
+                    for event in events {
+                        yield event;
+                    }
+                    // From here on nothing is retried: the user has seen output.
+                    next = match tokio::time::timeout(settings.timeout, upstream.next()).await {
+                        Err(_) => Err(Failure::Timeout.into_error(&model))?,
+                        Ok(None) => None,
+                        Ok(Some(Ok(chunk))) => Some(chunk),
+                        Ok(Some(Err(error))) => {
+                            let failure = match Failure::from_openai(error) {
+                                Failure::Connect(detail) => Failure::Broken(detail),
+                                other => other,
+                            };
+                            Err(failure.into_error(&model))?
+                        }
+                    };
                 }
-                for event in translator.chunk(chunk)? {
+                // The stream is done; dropping it closes the upstream connection.
+                drop(upstream);
+                let finished = translator.finish(&model, |name| mcp.as_ref().is_some_and(|mcp| mcp.owns(name)))?;
+                let Some(mcp) = mcp.as_ref().filter(|_| !finished.server_calls.is_empty()) else {
+                    break finished;
+                };
+                if rounds >= max_rounds {
+                    // Offered no server tools, the model called one anyway.
+                    Err(ResponderError::Custom {
+                        message: format!(
+                            "The model kept calling tools past the limit of {max_rounds} rounds in one turn."
+                        ),
+                        allow_retry: false,
+                    })?;
+                }
+                rounds += 1;
+                if !finished.events.is_empty() {
+                    if let Some(done) = workflow.end() {
+                        yield done;
+                    }
+                }
+                for event in finished.events {
                     yield event;
                 }
-                // From here on nothing is retried: the user has seen output.
-                next = match tokio::time::timeout(settings.timeout, upstream.next()).await {
-                    Err(_) => Err(Failure::Timeout.into_error(&model))?,
-                    Ok(None) => None,
-                    Ok(Some(Ok(chunk))) => Some(chunk),
-                    Ok(Some(Err(error))) => {
-                        let failure = match Failure::from_openai(error) {
-                            Failure::Connect(detail) => Failure::Broken(detail),
-                            other => other,
-                        };
-                        Err(failure.into_error(&model))?
+                let calls: Vec<Value> =
+                    finished.server_calls.iter().chain(&finished.skipped_calls).map(|call| call.to_json()).collect();
+                let content = if finished.text.is_empty() { Value::Null } else { Value::String(finished.text.clone()) };
+                messages.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
+                for call in &finished.server_calls {
+                    let title = mcp.title(&call.name);
+                    let (task_index, started) = workflow.start(&title);
+                    yield started;
+                    let outcome = mcp.call(&call.name, &call.arguments).await;
+                    if let Some(updated) = workflow.finish(task_index, &title, &outcome) {
+                        yield updated;
                     }
-                };
+                    messages.push(json!({"role": "tool", "tool_call_id": call.id, "content": outcome.model_text()}));
+                }
+                for call in &finished.skipped_calls {
+                    let note = format!(
+                        "Not run: `{}` was called together with server tools. Call it again on its own if it is still needed.",
+                        call.name
+                    );
+                    messages.push(json!({"role": "tool", "tool_call_id": call.id, "content": note}));
+                }
+                if rounds >= max_rounds {
+                    if let Some(last) = messages.last_mut() {
+                        let content = format!("{}\n\n{TOOL_LIMIT_NOTE}", last["content"].as_str().unwrap_or_default());
+                        last["content"] = Value::String(content);
+                    }
+                }
+            };
+            if !finished.events.is_empty() {
+                if let Some(done) = workflow.end() {
+                    yield done;
+                }
             }
-            // The stream is done; dropping it closes the upstream connection.
-            drop(upstream);
-            let finished = translator.finish(&model)?;
             for event in finished.events {
                 yield event;
+            }
+            // A workflow the answer did not close (no text, e.g. a client tool call ended the turn) closes last.
+            if let Some(done) = workflow.end() {
+                yield done;
             }
             let session_titles = turn
                 .session
