@@ -378,7 +378,16 @@ impl Responder for OpenAiResponder {
             // of one workflow, and asks again with their results, at most `max_rounds` times.
             let finished = loop {
                 let request = inner.request(&model, &messages, tool_choice.take().as_deref(), rounds < max_rounds);
-                let (mut upstream, first) = inner.open(&request).await.map_err(|f| f.into_error(&model))?;
+                let (mut upstream, first) = match inner.open(&request).await {
+                    Ok(opened) => opened,
+                    Err(failure) => {
+                        // The tool calls already shown stay, closed, as the thread keeps them.
+                        if let Some(done) = workflow.end() {
+                            yield done;
+                        }
+                        Err(failure.into_error(&model))?
+                    }
+                };
                 let mut translator = Translator::new(turn.thread.id(), settings.clone());
                 let mut next = first;
                 while let Some(chunk) = next.take() {
@@ -417,7 +426,10 @@ impl Responder for OpenAiResponder {
                     break finished;
                 };
                 if rounds >= max_rounds {
-                    // Offered no server tools, the model called one anyway.
+                    // Offered no server tools, the model called one anyway. The calls shown so far stay.
+                    if let Some(done) = workflow.end() {
+                        yield done;
+                    }
                     Err(ResponderError::Custom {
                         message: format!(
                             "The model kept calling tools past the limit of {max_rounds} rounds in one turn."
