@@ -572,6 +572,24 @@ mod tests {
     }
 
     #[test]
+    fn mcp_servers_are_parsed_and_their_headers_never_print() {
+        let servers =
+            r#"[{"name": "math", "url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer hdr-s3cr3t"}}]"#;
+        let config = Config::try_parse_from(["chatkit-gateway", "--mcp-servers", servers]).unwrap();
+        assert!(!format!("{config:?}").contains("hdr-s3cr3t"));
+        let settings = config.model.mcp_settings().unwrap().unwrap();
+        assert!(!format!("{settings:?}").contains("hdr-s3cr3t"));
+        assert_eq!((settings.servers[0].name.as_str(), settings.max_tool_rounds), ("math", 8));
+        assert!(Config::try_parse_from(["chatkit-gateway"]).unwrap().model.mcp_settings().unwrap().is_none());
+        let rounds = ["chatkit-gateway", "--mcp-servers", servers, "--mcp-max-tool-rounds", "0"];
+        let error = Config::try_parse_from(rounds).unwrap().model.mcp_settings().unwrap_err();
+        assert!(error.contains("CHATKIT_MCP_MAX_TOOL_ROUNDS"), "{error}");
+        let clash = ["chatkit-gateway", "--mcp-servers", servers, "--client-tools", r#"[{"name": "math__add"}]"#];
+        let error = Config::try_parse_from(clash).unwrap().model.mcp_settings().unwrap_err();
+        assert!(error.contains("math__add"), "{error}");
+    }
+
+    #[test]
     fn admin_keys_never_print() {
         let config = Config::try_parse_from(["chatkit-gateway", "--admin-keys", "k1,k2"]).unwrap();
         assert_eq!(config.access.admin_keys.len(), 2);

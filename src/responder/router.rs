@@ -260,4 +260,50 @@ mod tests {
         let error = load("[workflows.wf_z]\nresponder = \"telepathy\"\n").err().unwrap();
         assert!(error.contains("telepathy"), "{error}");
     }
+
+    #[tokio::test]
+    async fn model_entries_name_configured_mcp_servers_only() {
+        let model = ModelSettings {
+            api_key: None,
+            base_url: "http://127.0.0.1:9/v1".into(),
+            default_model: "m".into(),
+            allowed_models: vec!["m".into()],
+            system_prompt: "s".into(),
+            history_items: 10,
+            titles: false,
+            title_model: "m".into(),
+            client_tools: vec![],
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            retry_backoff: Duration::from_millis(1),
+            transcribe_model: "t".into(),
+        };
+        // Nothing listens on port 9: the servers are down, which must not matter to loading the file.
+        let servers = crate::responder::McpSettings::parse_servers(
+            r#"[{"name": "math", "url": "http://127.0.0.1:9/mcp"}, {"name": "web", "url": "http://127.0.0.1:9/mcp"}]"#,
+        )
+        .unwrap();
+        let registry = McpRegistry::start(crate::responder::McpSettings {
+            servers,
+            tool_timeout: Duration::from_secs(1),
+            max_tool_rounds: 1,
+            reconnect_backoff: Duration::from_secs(60),
+        })
+        .await;
+        let with = |mcp: Option<Arc<McpRegistry>>, text: &str| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), text).unwrap();
+            let defaults = WorkflowDefaults { model: Some(model.clone()), mcp, ..defaults() };
+            WorkflowRouter::load(file.path().to_path_buf(), defaults).map(|_| ())
+        };
+        let entry = |servers: &str| format!("[workflows.wf_m]\nresponder = \"model\"\n{servers}");
+        for ok in ["", "mcp_servers = [\"web\"]\n", "mcp_servers = []\n"] {
+            with(Some(registry.clone()), &entry(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let error = with(Some(registry.clone()), &entry("mcp_servers = [\"math\", \"mail\"]\n")).unwrap_err();
+        assert!(error.contains("wf_m") && error.contains("`mail`") && error.contains("math, web"), "{error}");
+        let error = with(None, &entry("mcp_servers = [\"math\"]\n")).unwrap_err();
+        assert!(error.contains("CHATKIT_MCP_SERVERS"), "{error}");
+        with(None, &entry("")).unwrap();
+    }
 }

@@ -353,3 +353,40 @@ async fn a_server_down_at_start_does_not_stop_the_gateway() {
     let last = chat_bodies(&fake).pop().unwrap();
     assert_eq!(tool_message(&last, "call_later"), "42");
 }
+
+/// A server that goes away mid-life fails the calls made meanwhile (a failed task, an answer), and its
+/// tools work again once it is back: the registry notices the broken session and reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_reconnected() {
+    let server = McpServer::start();
+    let port = server.port;
+    let gateway = start(json!([entry("math", port)]), |_| {}).await;
+    gateway.fake.route(|body| {
+        let result = body["messages"].as_array().and_then(|m| m.iter().rev().find(|m| m["role"] == "tool")).cloned();
+        Some(match result {
+            None => calls(&[("call_add", "math__add", r#"{"a": 2, "b": 3}"#)]),
+            Some(result) => {
+                Reply::text(MODEL, &[&format!("Result: {}", result["content"].as_str().unwrap_or_default())])
+            }
+        })
+    });
+    let (thread_id, events) = gateway.app.create_thread(USER, "Add").await;
+    assert_eq!(assistant_text(&events), "Result: 5");
+
+    drop(server);
+    let events = gateway.app.say(USER, &thread_id, "Add again").await;
+    let failed = task_events(&events).into_iter().find(|(kind, _, _)| kind == "workflow.task.updated").unwrap().2;
+    assert!(failed["content"].as_str().unwrap_or_default().starts_with("Failed:"), "{failed}");
+    assert!(assistant_text(&events).starts_with("Result: The tool call failed"), "the turn still answers");
+
+    let _back = McpServer::start_on(port);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events = gateway.app.say(USER, &thread_id, "And now?").await;
+        if assistant_text(&events) == "Result: 5" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server's tools never worked again: {}", assistant_text(&events));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -425,6 +425,27 @@ mod tests {
     }
 
     #[test]
+    fn server_tool_calls_are_kept_for_the_gateway_to_run() {
+        let mut t = Translator::new("thr_1".into(), settings());
+        let delta = json!({"content": "Let me check.", "tool_calls": [
+            {"index": 0, "id": "c1", "function": {"name": "math__add", "arguments": "{\"a\": 1}"}},
+            {"index": 1, "function": {"name": "get_time", "arguments": "{}"}},
+            {"index": 2, "id": "c3", "function": {"name": "math__sub", "arguments": ""}}
+        ]});
+        t.chunk(chunk(json!({"choices": [{"delta": delta, "finish_reason": "tool_calls"}]}))).unwrap();
+        let finished = t.finish("m", |name| name.starts_with("math__")).unwrap();
+        let names: Vec<&str> = finished.server_calls.iter().map(|call| call.name.as_str()).collect();
+        assert_eq!(names, ["math__add", "math__sub"]);
+        assert_eq!(finished.server_calls[0].to_json()["function"]["arguments"], "{\"a\": 1}");
+        // A client tool called with server tools is not run, and no pending call item ends the turn.
+        assert_eq!(finished.skipped_calls.len(), 1);
+        assert!(finished.skipped_calls[0].id.starts_with("tc_"), "a missing id is made up");
+        assert_eq!(finished.text, "Let me check.");
+        assert!(!kinds(&finished.events).is_empty());
+        assert!(finished.events.iter().all(|e| !serde_json::to_string(e).unwrap().contains("client_tool_call")));
+    }
+
+    #[test]
     fn cut_streams_unknown_tools_and_bad_arguments_are_errors() {
         let mut cut = Translator::new("thr_1".into(), settings());
         cut.chunk(chunk(json!({"choices": [{"delta": {"content": "Hel"}}]}))).unwrap();
