@@ -43,6 +43,8 @@ struct Server {
     list_changed: Notify,
     /// Signalled by a call that found the connection broken, so that the task reconnects.
     broken: Notify,
+    /// Signalled when the registry is dropped, so that a connected task closes its session and ends.
+    shutdown: Notify,
 }
 
 #[derive(Default)]
@@ -100,6 +102,7 @@ impl McpRegistry {
                 state: RwLock::new(State::default()),
                 list_changed: Notify::new(),
                 broken: Notify::new(),
+                shutdown: Notify::new(),
             });
             let (first_tx, first_rx) = watch::channel(false);
             tokio::spawn(run(Arc::downgrade(&server), settings.reconnect_backoff, first_tx));
@@ -186,53 +189,61 @@ impl McpRegistry {
     /// Calls a tool with the model's arguments (a JSON object as text), within the tool timeout.
     /// Every failure is an outcome for the model, never an error of the turn.
     pub(super) async fn call(&self, servers: &[String], name: &str, arguments: &str) -> ToolOutcome {
-        let Some((server, tool)) = self.find(servers, name) else {
-            return ToolOutcome::Failed(format!("The tool `{name}` is not available right now."));
+        let (outcome, kind) = match self.find(servers, name) {
+            None => (ToolOutcome::Failed(format!("The tool `{name}` is not available right now.")), "unavailable"),
+            Some((server, tool)) => self.call_on(&server, &tool, arguments).await,
         };
-        let server_name = server.settings.name.as_str();
-        let outcome = self.call_on(&server, &tool, arguments).await;
-        let label = match &outcome {
-            ToolOutcome::Answered(_) => "answered",
-            ToolOutcome::Failed(_) => "failed",
-        };
-        METRICS.mcp_tool_calls.with_label_values(&[server_name, label]).inc();
+        METRICS.mcp_tool_calls.with_label_values(&[kind]).inc();
         outcome
     }
 
-    async fn call_on(&self, server: &Server, tool: &OfferedTool, arguments: &str) -> ToolOutcome {
+    /// One call, and its outcome's kind for the metric.
+    async fn call_on(&self, server: &Server, tool: &OfferedTool, arguments: &str) -> (ToolOutcome, &'static str) {
         let server_name = server.settings.name.as_str();
         let arguments: Map<String, Value> = match arguments.trim() {
             "" => Map::new(),
             raw => match serde_json::from_str(raw) {
                 Ok(arguments) => arguments,
                 Err(error) => {
-                    return ToolOutcome::Failed(format!("The arguments are not a JSON object ({error})."));
+                    return (ToolOutcome::Failed(format!("The arguments are not a JSON object ({error}).")), "invalid");
                 }
             },
         };
         let Some(peer) = server.read().peer.clone() else {
-            return ToolOutcome::Failed(format!("The tool server `{server_name}` is not reachable right now."));
+            let outcome = ToolOutcome::Failed(format!("The tool server `{server_name}` is not reachable right now."));
+            return (outcome, "unreachable");
         };
         let params = CallToolRequestParams::new(tool.tool.clone()).with_arguments(arguments);
         // Dropping the call at the timeout cancels the request on the server (`notifications/cancelled`).
         let result = match tokio::time::timeout(self.tool_timeout, peer.call_tool(params)).await {
             Err(_) => {
                 tracing::warn!(server = server_name, tool = %tool.tool, timeout = ?self.tool_timeout, "MCP tool call timed out");
-                return ToolOutcome::Failed(format!(
-                    "The tool did not answer within {} seconds.",
-                    self.tool_timeout.as_secs_f64()
-                ));
+                let seconds = self.tool_timeout.as_secs_f64();
+                return (ToolOutcome::Failed(format!("The tool did not answer within {seconds} seconds.")), "timeout");
             }
             Ok(Err(ServiceError::McpError(error))) => {
                 tracing::warn!(server = server_name, tool = %tool.tool, message = %error.message, "MCP tool call refused");
-                return ToolOutcome::Failed(format!("The tool server refused the call: {}", error.message));
+                return (
+                    ToolOutcome::Failed(format!("The tool server refused the call: {}", error.message)),
+                    "refused",
+                );
+            }
+            Ok(Err(ServiceError::UnexpectedResponse)) => {
+                // An `input_required` or task answer: elicitation and tasks are not supported here.
+                tracing::warn!(server = server_name, tool = %tool.tool, "MCP tool asked for input or made a task");
+                let reason =
+                    "The tool asked for something the gateway does not support (further input, or a background task).";
+                return (ToolOutcome::Failed(reason.into()), "unsupported");
             }
             Ok(Err(error)) => {
                 tracing::warn!(server = server_name, tool = %tool.tool, %error, "MCP tool call failed");
                 if matches!(error, ServiceError::TransportSend(_) | ServiceError::TransportClosed) {
                     server.broken.notify_one();
                 }
-                return ToolOutcome::Failed(format!("The tool server `{server_name}` could not be reached."));
+                return (
+                    ToolOutcome::Failed(format!("The tool server `{server_name}` could not be reached.")),
+                    "unreachable",
+                );
             }
             Ok(Ok(result)) => result,
         };
@@ -244,9 +255,18 @@ impl McpRegistry {
         if result.is_error == Some(true) {
             tracing::info!(server = server_name, tool = %tool.tool, "MCP tool answered an error");
             let text = if text.trim().is_empty() { "The tool reported an error.".to_string() } else { text };
-            ToolOutcome::Failed(text)
+            (ToolOutcome::Failed(text), "tool_error")
         } else {
-            ToolOutcome::Answered(text)
+            (ToolOutcome::Answered(text), "answered")
+        }
+    }
+}
+
+impl Drop for McpRegistry {
+    fn drop(&mut self) {
+        // A stored permit reaches a task that is busy now; one that is waiting to reconnect finds the server gone.
+        for server in &self.servers {
+            server.shutdown.notify_one();
         }
     }
 }
@@ -362,6 +382,10 @@ async fn run(server: Weak<Server>, first_backoff: Duration, first: watch::Sender
                                 }
                             }
                             _ = strong.broken.notified() => break,
+                            _ = strong.shutdown.notified() => {
+                                cancel.cancel();
+                                return;
+                            }
                         }
                     }
                     cancel.cancel();
