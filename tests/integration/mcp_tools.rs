@@ -390,3 +390,22 @@ async fn a_restarted_server_is_reconnected() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The model service failing after tool calls were shown ends the turn with an `error` event, and the
+/// workflow of those calls is closed and kept, as the user saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_failure_after_tool_calls_keeps_their_workflow() {
+    let server = McpServer::start();
+    let gateway = start(json!([entry("math", server.port)]), |_| {}).await;
+    gateway.fake.push(calls(&[("call_add", "math__add", r#"{"a": 2, "b": 3}"#)]));
+    gateway.fake.push(Reply::error(400, "the request was refused"));
+    let (thread_id, events) = gateway.app.create_thread(USER, "Add, then fail").await;
+    let (done_at, workflow) = workflow_done(&events);
+    let error_at = events.iter().position(|e| e["type"] == "error").unwrap_or_else(|| panic!("{:?}", types(&events)));
+    assert!(done_at < error_at, "{:?}", types(&events));
+    assert_eq!(workflow["workflow"]["tasks"][0]["status_indicator"], "complete");
+    let items = gateway.app.items(USER, &thread_id).await;
+    let kinds: Vec<&str> = items.iter().map(|item| item["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["user_message", "workflow"]);
+    check_conformance(&gateway.app.transcript_lines());
+}

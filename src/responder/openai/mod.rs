@@ -381,7 +381,6 @@ impl Responder for OpenAiResponder {
                 let (mut upstream, first) = match inner.open(&request).await {
                     Ok(opened) => opened,
                     Err(failure) => {
-                        // The tool calls already shown stay, closed, as the thread keeps them.
                         if let Some(done) = workflow.end() {
                             yield done;
                         }
@@ -395,7 +394,16 @@ impl Responder for OpenAiResponder {
                         METRICS.model_tokens.with_label_values(&[&model, "prompt"]).inc_by(usage.0);
                         METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(usage.1);
                     }
-                    let events = translator.chunk(chunk)?;
+                    // A failure after tool calls were shown closes their workflow first, so the thread keeps it.
+                    let events = match translator.chunk(chunk) {
+                        Ok(events) => events,
+                        Err(error) => {
+                            if let Some(done) = workflow.end() {
+                                yield done;
+                            }
+                            Err(error)?
+                        }
+                    };
                     if !events.is_empty() {
                         // The answer's message follows the workflow, which closes first, as in the reference.
                         if let Some(done) = workflow.end() {
@@ -406,22 +414,36 @@ impl Responder for OpenAiResponder {
                         yield event;
                     }
                     // From here on nothing is retried: the user has seen output.
-                    next = match tokio::time::timeout(settings.timeout, upstream.next()).await {
-                        Err(_) => Err(Failure::Timeout.into_error(&model))?,
+                    let failure = match tokio::time::timeout(settings.timeout, upstream.next()).await {
+                        Err(_) => Some(Failure::Timeout),
                         Ok(None) => None,
-                        Ok(Some(Ok(chunk))) => Some(chunk),
-                        Ok(Some(Err(error))) => {
-                            let failure = match Failure::from_openai(error) {
-                                Failure::Connect(detail) => Failure::Broken(detail),
-                                other => other,
-                            };
-                            Err(failure.into_error(&model))?
+                        Ok(Some(Ok(chunk))) => {
+                            next = Some(chunk);
+                            None
                         }
+                        Ok(Some(Err(error))) => Some(match Failure::from_openai(error) {
+                            Failure::Connect(detail) => Failure::Broken(detail),
+                            other => other,
+                        }),
                     };
+                    if let Some(failure) = failure {
+                        if let Some(done) = workflow.end() {
+                            yield done;
+                        }
+                        Err(failure.into_error(&model))?;
+                    }
                 }
                 // The stream is done; dropping it closes the upstream connection.
                 drop(upstream);
-                let finished = translator.finish(&model, |name| mcp.as_ref().is_some_and(|mcp| mcp.owns(name)))?;
+                let finished = match translator.finish(&model, |name| mcp.as_ref().is_some_and(|mcp| mcp.owns(name))) {
+                    Ok(finished) => finished,
+                    Err(error) => {
+                        if let Some(done) = workflow.end() {
+                            yield done;
+                        }
+                        Err(error)?
+                    }
+                };
                 let Some(mcp) = mcp.as_ref().filter(|_| !finished.server_calls.is_empty()) else {
                     break finished;
                 };
