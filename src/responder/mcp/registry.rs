@@ -52,6 +52,9 @@ struct State {
     /// `None` while the server is down or not yet reached.
     peer: Option<Peer<RoleClient>>,
     tools: Vec<OfferedTool>,
+    /// Changes whenever the connection does, so that a call that failed on an older one does not
+    /// break the newer one.
+    generation: u64,
 }
 
 /// A tool of a server, as offered to the model.
@@ -209,7 +212,11 @@ impl McpRegistry {
                 }
             },
         };
-        let Some(peer) = server.read().peer.clone() else {
+        let (peer, generation) = {
+            let state = server.read();
+            (state.peer.clone(), state.generation)
+        };
+        let Some(peer) = peer else {
             let outcome = ToolOutcome::Failed(format!("The tool server `{server_name}` is not reachable right now."));
             return (outcome, "unreachable");
         };
@@ -237,7 +244,9 @@ impl McpRegistry {
             }
             Ok(Err(error)) => {
                 tracing::warn!(server = server_name, tool = %tool.tool, %error, "MCP tool call failed");
-                if matches!(error, ServiceError::TransportSend(_) | ServiceError::TransportClosed) {
+                if matches!(error, ServiceError::TransportSend(_) | ServiceError::TransportClosed)
+                    && server.read().generation == generation
+                {
                     server.broken.notify_one();
                 }
                 return (
@@ -364,7 +373,11 @@ async fn run(server: Weak<Server>, first_backoff: Duration, first: watch::Sender
                     tracing::warn!(server = %name, %error, "cannot list the MCP server's tools");
                 }
                 if listed.is_ok() {
-                    strong.write().peer = Some(peer.clone());
+                    {
+                        let mut state = strong.write();
+                        state.peer = Some(peer.clone());
+                        state.generation += 1;
+                    }
                     tracing::info!(server = %name, "MCP server connected");
                     let _ = first.send(true);
                     let cancel = running.cancellation_token();
@@ -392,7 +405,12 @@ async fn run(server: Weak<Server>, first_backoff: Duration, first: watch::Sender
                 } else {
                     running.cancellation_token().cancel();
                 }
-                *strong.write() = State::default();
+                {
+                    let mut state = strong.write();
+                    state.peer = None;
+                    state.tools.clear();
+                    state.generation += 1;
+                }
                 tracing::warn!(server = %name, "MCP server disconnected; its tools are unavailable until it is back");
             }
             Err(error) => {
