@@ -409,3 +409,23 @@ async fn a_model_failure_after_tool_calls_keeps_their_workflow() {
     assert_eq!(kinds, ["user_message", "workflow"]);
     check_conformance(&gateway.app.transcript_lines());
 }
+
+/// A workflow's `mcp_servers` picks whose tools its model sees; the same server under two names is two
+/// servers, each with its own prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_offers_and_calls_only_the_servers_it_names() {
+    let server = McpServer::start();
+    let mut only_add = entry("more", server.port);
+    only_add["tools"] = json!(["add"]);
+    let gateway = start(json!([entry("math", server.port), only_add]), |_| {}).await;
+    let more = gateway.registry.view(Some(&["more".to_string()])).unwrap();
+    let names: Vec<String> = more.tools().into_iter().map(|tool| tool.name).collect();
+    assert_eq!(names, ["more__add"]);
+    assert!(more.owns("more__add") && !more.owns("math__add"));
+    assert_eq!(more.call("more__add", r#"{"a": 40, "b": 2}"#).await.model_text(), "42");
+    let refused = more.call("math__add", r#"{"a": 1, "b": 1}"#).await.model_text();
+    assert!(refused.contains("not available"), "{refused}");
+    let all: Vec<String> = gateway.registry.view(None).unwrap().tools().into_iter().map(|tool| tool.name).collect();
+    assert_eq!(all.len(), 6, "five tools of `math`, one of `more`: {all:?}");
+    assert!(gateway.registry.view(Some(&["mail".to_string()])).is_err());
+}
