@@ -1,6 +1,7 @@
 //! Chat Completions chunks as ChatKit events: an assistant message added,
 //! its content part, one text delta per chunk, annotations, the part done
-//! and the message done; client tool calls become pending tool call items.
+//! and the message done; client tool calls become pending tool call items, and
+//! server (MCP) tool calls are handed back for the responder's tool loop to run.
 
 use std::collections::BTreeMap;
 
