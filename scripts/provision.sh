@@ -27,6 +27,7 @@ PLAN=(
     'kubernetes-validate (venv)   | pip_has kubernetes-validate==1.37.0 kubernetes_validate | pip_install kubernetes-validate==1.37.0        |'
     'jsonschema (venv)            | pip_has jsonschema jsonschema                           | pip_install jsonschema                         |'
     'moto server (venv)           | pip_has moto==5.2.6 moto.server                         | pip_install "moto[server]==5.2.6"              |'
+    'MCP SDK (venv)               | pip_has mcp==2.3.0 mcp.server.mcpserver                 | pip_install mcp==2.3.0                         |'
     'nginx                        | nginx_bin                                               | apt_install --no-install-recommends nginx      | CHATKIT_NGINX=nginx_path'
     'promtool                     | have promtool                                           | apt_install --no-install-recommends prometheus | CHATKIT_PROMTOOL=promtool_path'
     'Node.js and npm              | have node npm                                           | apt_install nodejs npm                         |'
@@ -46,6 +47,7 @@ PLAN=(
 # tests/integration/deploy/ parses deploy/ with PyYAML, checks the Kubernetes manifests with kubernetes-validate and runs nginx
 # and promtool; tests/integration/agent.rs checks the agent wire format's JSON Schema with jsonschema;
 # tests/integration/blob_contract.rs and shared_attachments.rs run moto's S3-compatible server (python -m moto.server);
+# tests/integration/mcp_tools.rs runs tests/mcp/server.py, an MCP server on the Python MCP SDK (`mcp`, its MCPServer);
 # tests/integration/browser.rs drives the chat page in Debian's Chromium (no browser is ever downloaded) through
 # playwright-core, pinned in tests/browser/package.json and package-lock.json.
 #

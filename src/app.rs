@@ -16,7 +16,9 @@ use crate::engine::{Engine, EngineSettings};
 use crate::fanout::{self, FanoutError};
 use crate::http::AuthMode;
 use crate::http::{self, AdminAccess, ApiError};
-use crate::responder::{AgentResponder, EchoResponder, OpenAiResponder, Responder, WorkflowDefaults, WorkflowRouter};
+use crate::responder::{
+    AgentResponder, EchoResponder, McpRegistry, OpenAiResponder, Responder, WorkflowDefaults, WorkflowRouter,
+};
 use crate::sessions::Sessions;
 use crate::store::{self, Instrumented, Store, StoreError};
 use crate::thread::ThreadRegistry;
@@ -98,6 +100,18 @@ impl App {
         let store: Arc<dyn Store> = store::open_with_pool(&config.storage.database_url, config.storage.pg_pool).await?;
         let model = config.model.settings().map_err(AppError::Config)?;
         let agent = config.agent.settings().map_err(AppError::Config)?;
+        // MCP servers serve model responders only; a server that is down is retried in the background.
+        let mcp = match config.model.mcp_settings().map_err(AppError::Config)? {
+            Some(settings) if model.is_some() => {
+                tracing::info!(servers = ?settings.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), "MCP servers");
+                Some(McpRegistry::start(settings).await)
+            }
+            Some(_) => {
+                tracing::warn!("CHATKIT_MCP_SERVERS is set but no model is configured (CHATKIT_MODEL or OPENAI_API_KEY); the MCP servers are not used");
+                None
+            }
+            None => None,
+        };
         let responder: Arc<dyn Responder> = match (model.clone(), agent) {
             (Some(_), Some(_)) => {
                 return Err(AppError::Config(
@@ -107,7 +121,8 @@ impl App {
             (None, None) => Arc::new(EchoResponder::new()),
             (Some(settings), None) => {
                 tracing::info!(model = %settings.default_model, base_url = %settings.base_url, "model responder");
-                Arc::new(OpenAiResponder::new(settings).map_err(AppError::Config)?)
+                let tools = mcp.as_ref().map(|registry| registry.view(None)).transpose().map_err(|e| AppError::Config(e.to_string()))?;
+                Arc::new(OpenAiResponder::with_mcp(settings, tools).map_err(AppError::Config)?)
             }
             (None, Some(settings)) => {
                 tracing::info!(url = %settings.url, "agent backend responder");
@@ -120,6 +135,7 @@ impl App {
                 let defaults = WorkflowDefaults {
                     responder,
                     model,
+                    mcp,
                     agent_history_items: config.agent.agent_history_items.max(1),
                     agent_timeout: Duration::from_secs(config.agent.agent_timeout_secs.max(1)),
                 };

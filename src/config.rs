@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use crate::blobs::{BlobLocation, S3Options};
 use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
-use crate::responder::{parse_hosted_tools, AgentSettings, ModelApi, ModelSettings, REASONING_SUMMARIES};
+use crate::responder::{parse_hosted_tools, AgentSettings, McpSettings, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use crate::secret::Secret;
 use crate::sessions::SweepSettings;
 use crate::thread::ThreadSettings;
@@ -347,6 +347,20 @@ pub struct ModelConfig {
     /// `detailed`; unset asks for none (other models refuse the parameter).
     #[arg(long, env = "CHATKIT_REASONING_SUMMARY")]
     pub reasoning_summary: Option<String>,
+
+    /// MCP servers whose tools the model may call (streamable HTTP): a JSON array of `{"name", "url",
+    /// "headers", "tools"}`, or `@path` to a file holding one. Header values are secrets, never logged.
+    #[arg(long, env = "CHATKIT_MCP_SERVERS", hide_env_values = true)]
+    // Held as a secret, because the headers in it are: `Debug` of the config never shows it.
+    pub mcp_servers: Option<Secret>,
+
+    /// Seconds one MCP tool call may take; past it the model is told the call timed out.
+    #[arg(long, env = "CHATKIT_MCP_TOOL_TIMEOUT_SECS", default_value_t = 30)]
+    pub mcp_tool_timeout_secs: u64,
+
+    /// Rounds of MCP tool calls one turn may run; then the model must answer without tools.
+    #[arg(long, env = "CHATKIT_MCP_MAX_TOOL_ROUNDS", default_value_t = 8)]
+    pub mcp_max_tool_rounds: u32,
 }
 
 /// Browser pages on other origins, and serving under a path prefix.
@@ -543,6 +557,33 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// The MCP servers and the tool loop's limits, or `None` when no server is configured.
+    pub fn mcp_settings(&self) -> Result<Option<McpSettings>, String> {
+        let servers = match &self.mcp_servers {
+            Some(spec) => McpSettings::parse_servers(spec.expose()).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        if servers.is_empty() {
+            return Ok(None);
+        }
+        if self.mcp_max_tool_rounds == 0 {
+            return Err("CHATKIT_MCP_MAX_TOOL_ROUNDS must be at least 1".into());
+        }
+        let settings = McpSettings {
+            servers,
+            tool_timeout: Duration::from_secs(self.mcp_tool_timeout_secs.max(1)),
+            max_tool_rounds: self.mcp_max_tool_rounds,
+            reconnect_backoff: Duration::from_secs(1),
+        };
+        if let Some(spec) = self.client_tools.as_deref().filter(|spec| !spec.trim().is_empty()) {
+            let tools = ModelSettings::parse_client_tools(spec)?;
+            settings.check_client_tools(tools.iter().map(|tool| tool.name.as_str())).map_err(|e| e.to_string())?;
+        }
+        Ok(Some(settings))
+    }
+}
+
 impl AgentConfig {
     /// The agent backend's settings, or `None` when no agent URL is set.
     pub fn settings(&self) -> Result<Option<AgentSettings>, String> {
@@ -570,6 +611,24 @@ mod tests {
         assert_eq!(config.server.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(config.storage.database_url, "sqlite://data/chatkit.db");
         assert_eq!(config.access.user_header, "x-user-id");
+    }
+
+    #[test]
+    fn mcp_servers_are_parsed_and_their_headers_never_print() {
+        let servers =
+            r#"[{"name": "math", "url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer hdr-s3cr3t"}}]"#;
+        let config = Config::try_parse_from(["chatkit-gateway", "--mcp-servers", servers]).unwrap();
+        assert!(!format!("{config:?}").contains("hdr-s3cr3t"));
+        let settings = config.model.mcp_settings().unwrap().unwrap();
+        assert!(!format!("{settings:?}").contains("hdr-s3cr3t"));
+        assert_eq!((settings.servers[0].name.as_str(), settings.max_tool_rounds), ("math", 8));
+        assert!(Config::try_parse_from(["chatkit-gateway"]).unwrap().model.mcp_settings().unwrap().is_none());
+        let rounds = ["chatkit-gateway", "--mcp-servers", servers, "--mcp-max-tool-rounds", "0"];
+        let error = Config::try_parse_from(rounds).unwrap().model.mcp_settings().unwrap_err();
+        assert!(error.contains("CHATKIT_MCP_MAX_TOOL_ROUNDS"), "{error}");
+        let clash = ["chatkit-gateway", "--mcp-servers", servers, "--client-tools", r#"[{"name": "math__add"}]"#];
+        let error = Config::try_parse_from(clash).unwrap().model.mcp_settings().unwrap_err();
+        assert!(error.contains("math__add"), "{error}");
     }
 
     #[test]

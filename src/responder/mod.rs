@@ -6,9 +6,11 @@
 //! same-shaped files: `echo` (built in, no network), `openai` (OpenAI's
 //! Responses API, or any OpenAI-compatible Chat Completions server) and `agent` (the integrator's own
 //! service over signed HTTP); `router` picks one of them by the session's workflow.
+//! `mcp` holds the server tools (MCP) a model responder offers and runs.
 
 mod agent;
 mod echo;
+pub mod mcp;
 mod openai;
 mod router;
 
@@ -30,6 +32,7 @@ use crate::store::{ListQuery, Store, Writes};
 
 pub use agent::{AgentResponder, AgentSettings, WIRE_SCHEMA as AGENT_WIRE_SCHEMA};
 pub use echo::EchoResponder;
+pub use mcp::{McpRegistry, McpSettings, McpTools};
 pub use openai::{
     parse_hosted_tools, ClientTool, ModelApi, ModelSettings, OpenAiResponder, DICTATION_TYPES, REASONING_SUMMARIES,
 };

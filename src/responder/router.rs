@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use super::openai::check_hosted_tools;
 use super::{
-    AgentResponder, AgentSettings, AudioInput, EchoResponder, EventStream, ModelApi, ModelSettings, OpenAiResponder,
-    RespondInput, Responder, ResponderError, TurnContext, REASONING_SUMMARIES,
+    AgentResponder, AgentSettings, AudioInput, EchoResponder, EventStream, McpRegistry, ModelApi, ModelSettings,
+    OpenAiResponder, RespondInput, Responder, ResponderError, TurnContext, REASONING_SUMMARIES,
 };
 use crate::ids::UserId;
 use crate::protocol::{Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, TranscriptionResult};
@@ -27,6 +27,8 @@ pub struct WorkflowDefaults {
     pub responder: Arc<dyn Responder>,
     /// The model service's connection settings, which `model` entries need (`None`: no model configured).
     pub model: Option<ModelSettings>,
+    /// The MCP servers `model` entries may offer tools of (`None`: none configured).
+    pub mcp: Option<Arc<McpRegistry>>,
     pub agent_history_items: usize,
     pub agent_timeout: Duration,
 }
@@ -54,6 +56,8 @@ enum Entry {
         /// Hosted tool objects as the Responses API takes them; the environment's when omitted.
         hosted_tools: Option<Vec<serde_json::Value>>,
         reasoning_summary: Option<String>,
+        /// Names of configured MCP servers whose tools this workflow offers; all of them when omitted.
+        mcp_servers: Option<Vec<String>>,
     },
     Agent {
         url: String,
@@ -141,7 +145,7 @@ fn read(path: &PathBuf, defaults: &WorkflowDefaults) -> Result<Routes, String> {
 fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn Responder>, String> {
     Ok(match entry {
         Entry::Echo {} => Arc::new(EchoResponder::new()),
-        Entry::Model { model, instructions, api, hosted_tools, reasoning_summary } => {
+        Entry::Model { model, instructions, api, hosted_tools, reasoning_summary, mcp_servers } => {
             let Some(mut settings) = defaults.model.clone() else {
                 return Err(format!(
                     "workflow `{id}` uses the model responder, but no model is configured (CHATKIT_MODEL or OPENAI_API_KEY)"
@@ -175,7 +179,20 @@ fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn 
                     "workflow `{id}`: hosted tools need `api = \"responses\"` (`hosted_tools = []` offers none)"
                 ));
             }
-            Arc::new(OpenAiResponder::new(settings).map_err(|e| format!("workflow `{id}`: {e}"))?)
+            // Every configured MCP server by default; `mcp_servers = []` offers none.
+            let mcp = match (&defaults.mcp, mcp_servers) {
+                (Some(registry), names) => {
+                    Some(registry.view(names.as_deref()).map_err(|e| format!("workflow `{id}`: `mcp_servers`: {e}"))?)
+                }
+                (None, Some(names)) if !names.is_empty() => {
+                    return Err(format!(
+                        "workflow `{id}` names MCP servers ({}), but none are configured (CHATKIT_MCP_SERVERS)",
+                        names.join(", ")
+                    ))
+                }
+                (None, _) => None,
+            };
+            Arc::new(OpenAiResponder::with_mcp(settings, mcp).map_err(|e| format!("workflow `{id}`: {e}"))?)
         }
         Entry::Agent { url, secret, history_items, timeout_secs } => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -249,6 +266,7 @@ mod tests {
         WorkflowDefaults {
             responder: Arc::new(EchoResponder::new()),
             model: None,
+            mcp: None,
             agent_history_items: 20,
             agent_timeout: Duration::from_secs(30),
         }
@@ -277,5 +295,54 @@ mod tests {
         assert!(error.contains("url"), "an unknown key is refused: {error}");
         let error = load("[workflows.wf_z]\nresponder = \"telepathy\"\n").err().unwrap();
         assert!(error.contains("telepathy"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn model_entries_name_configured_mcp_servers_only() {
+        let model = ModelSettings {
+            api_key: None,
+            base_url: "http://127.0.0.1:9/v1".into(),
+            default_model: "m".into(),
+            allowed_models: vec!["m".into()],
+            system_prompt: "s".into(),
+            history_items: 10,
+            titles: false,
+            title_model: "m".into(),
+            client_tools: vec![],
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            retry_backoff: Duration::from_millis(1),
+            transcribe_model: "t".into(),
+            api: ModelApi::Chat,
+            hosted_tools: vec![],
+            reasoning_summary: None,
+        };
+        // Nothing listens on port 9: the servers are down, which must not matter to loading the file.
+        let servers = crate::responder::McpSettings::parse_servers(
+            r#"[{"name": "math", "url": "http://127.0.0.1:9/mcp"}, {"name": "web", "url": "http://127.0.0.1:9/mcp"}]"#,
+        )
+        .unwrap();
+        let registry = McpRegistry::start(crate::responder::McpSettings {
+            servers,
+            tool_timeout: Duration::from_secs(1),
+            max_tool_rounds: 1,
+            reconnect_backoff: Duration::from_secs(60),
+        })
+        .await;
+        let with = |mcp: Option<Arc<McpRegistry>>, text: &str| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), text).unwrap();
+            let defaults = WorkflowDefaults { model: Some(model.clone()), mcp, ..defaults() };
+            WorkflowRouter::load(file.path().to_path_buf(), defaults).map(|_| ())
+        };
+        let entry = |servers: &str| format!("[workflows.wf_m]\nresponder = \"model\"\n{servers}");
+        for ok in ["", "mcp_servers = [\"web\"]\n", "mcp_servers = []\n"] {
+            with(Some(registry.clone()), &entry(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let error = with(Some(registry.clone()), &entry("mcp_servers = [\"math\", \"mail\"]\n")).unwrap_err();
+        assert!(error.contains("wf_m") && error.contains("`mail`") && error.contains("math, web"), "{error}");
+        let error = with(None, &entry("mcp_servers = [\"math\"]\n")).unwrap_err();
+        assert!(error.contains("CHATKIT_MCP_SERVERS"), "{error}");
+        with(None, &entry("")).unwrap();
     }
 }

@@ -40,6 +40,8 @@ pub struct Metrics {
     /// Turns stopped because their thread's fence moved on (another replica took it over).
     pub turns_fenced: IntCounter,
     pub model_calls: IntCounterVec,
+    /// MCP tool calls, by outcome (`answered`, or why one failed).
+    pub mcp_tool_calls: IntCounterVec,
     pub model_tokens: IntCounterVec,
     pub model_errors: IntCounterVec,
     pub agent_calls: IntCounterVec,
@@ -52,6 +54,12 @@ pub struct Metrics {
 
 /// The metrics of this process.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The outcomes of an MCP tool call: answered, the tool's own error, no answer in time, the server
+/// unreachable, the call refused by the server, arguments that are not JSON, a tool not offered now,
+/// or an answer the gateway does not support (input requests, tasks).
+pub const MCP_OUTCOMES: [&str; 8] =
+    ["answered", "tool_error", "timeout", "unreachable", "refused", "invalid", "unavailable", "unsupported"];
 
 /// Buckets from 0.5 ms to about 65 s, doubling.
 fn latency_buckets() -> Vec<f64> {
@@ -147,6 +155,11 @@ impl Metrics {
                 "Turns stopped because another replica took their thread over (a write under an older fence).",
             ),
             model_calls: counter("chatkit_model_calls_total", "Calls to the model service, by model.", &["model"]),
+            mcp_tool_calls: counter(
+                "chatkit_mcp_tool_calls_total",
+                "Calls of MCP server tools, by outcome: answered, or why one failed.",
+                &["outcome"],
+            ),
             model_tokens: counter(
                 "chatkit_model_tokens_total",
                 "Tokens the model service reported, by model and kind (prompt, completion).",
@@ -209,6 +222,9 @@ impl Metrics {
         // The agent of `CHATKIT_AGENT_URL` is labelled `default`; workflow agents add their own series.
         metrics.agent_breaker_open.with_label_values(&["default"]);
         metrics.agent_breaker_opens.with_label_values(&["default"]);
+        for outcome in MCP_OUTCOMES {
+            metrics.mcp_tool_calls.with_label_values(&[outcome]);
+        }
         for topic in ["thread", "user"] {
             metrics.fanout_published.with_label_values(&[topic]);
             metrics.fanout_delivered.with_label_values(&[topic]);
@@ -254,7 +270,7 @@ mod tests {
     #[test]
     fn every_family_is_named_once_with_the_prefix() {
         let names = METRICS.names();
-        assert_eq!(names.len(), 24, "{names:?}");
+        assert_eq!(names.len(), 25, "{names:?}");
         let unique: std::collections::HashSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
         for name in &names {

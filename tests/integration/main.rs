@@ -19,6 +19,7 @@ mod deploy;
 mod example_agent;
 mod fake_openai_selftest;
 mod fencing;
+mod mcp_tools;
 mod metrics;
 mod model_responder;
 mod redis_cluster;

@@ -355,6 +355,7 @@ async fn each_workflow_entry_picks_its_api() {
         model: config.model.settings().expect("valid model settings"),
         agent_history_items: 20,
         agent_timeout: Duration::from_secs(5),
+        mcp: None,
     };
     let router = WorkflowRouter::load(file.path().to_path_buf(), defaults.clone()).expect("valid workflows file");
     let app = spawn(Spawn {

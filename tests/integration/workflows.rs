@@ -47,6 +47,7 @@ fn start(file_text: impl Fn(&FakeOpenAi, &FakeOpenAi) -> String) -> Setup {
     let defaults = WorkflowDefaults {
         responder: Arc::new(EchoResponder::new()),
         model: config.model.settings().expect("valid model settings"),
+        mcp: None,
         agent_history_items: 20,
         agent_timeout: Duration::from_secs(5),
     };

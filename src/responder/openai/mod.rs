@@ -30,6 +30,8 @@ pub(super) use settings::check_hosted_tools;
 pub use settings::{parse_hosted_tools, ClientTool, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use stream::{Chunk, Translator};
 
+use super::mcp::{McpTools, ToolSpec, ToolWorkflow};
+
 use crate::telemetry::metrics::METRICS;
 
 /// The media types ChatKit.js records dictation in.
@@ -49,6 +51,12 @@ enum Produced {
     Text(String),
 }
 
+/// What one Chat Completions round produces: events, then what its finished completion asks of the turn.
+enum RoundOutput {
+    Event(Box<crate::protocol::ThreadStreamEvent>),
+    Finished(stream::Finished),
+}
+
 pub struct OpenAiResponder {
     inner: Arc<Inner>,
 }
@@ -56,10 +64,21 @@ pub struct OpenAiResponder {
 struct Inner {
     client: Client<OpenAIConfig>,
     settings: ModelSettings,
+    /// The MCP servers' tools this responder offers, if any.
+    mcp: Option<McpTools>,
 }
+
+/// What the model is told in the last tool message of a turn's last allowed round of server tool calls.
+const TOOL_LIMIT_NOTE: &str = "This turn has used all the rounds of tool calls it may make. \
+Answer the user now with what you have, without calling tools.";
 
 impl OpenAiResponder {
     pub fn new(settings: ModelSettings) -> Result<Self, String> {
+        Self::with_mcp(settings, None)
+    }
+
+    /// A responder that also offers the tools of MCP servers and runs the model's calls of them.
+    pub fn with_mcp(settings: ModelSettings, mcp: Option<McpTools>) -> Result<Self, String> {
         install_tls_provider();
         let mut config = OpenAIConfig::new().with_api_base(settings.base_url.trim_end_matches('/'));
         if let Some(key) = &settings.api_key {
@@ -72,7 +91,7 @@ impl OpenAiResponder {
         // The plain transport: async-openai's default stack retries 429 and
         // 5xx answers by itself, behind `CHATKIT_MODEL_RETRIES` and the timeout.
         let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
-        Ok(OpenAiResponder { inner: Arc::new(Inner { client, settings }) })
+        Ok(OpenAiResponder { inner: Arc::new(Inner { client, settings, mcp }) })
     }
 }
 
@@ -254,7 +273,9 @@ impl Inner {
         }
     }
 
-    /// Answers through Chat Completions: the thread as messages, the completion's chunks as events.
+    /// Answers through Chat Completions: the thread as messages, the completion's chunks as events. One model
+    /// request per round: a round that calls server (MCP) tools runs them, shows them as tasks of one workflow, and
+    /// asks again with their results, at most `max_tool_rounds` times.
     fn chat_answer(
         self: Arc<Self>,
         turn: TurnContext,
@@ -267,28 +288,130 @@ impl Inner {
             let mut messages = vec![json!({"role": "system", "content": system})];
             let images = input::load_images(&turn, &items).await?;
             messages.extend(input::to_messages_with(&items, &images));
-            let request = self.request(&model, messages, tool_choice.as_deref());
-            let (mut upstream, first) = self.open::<Chunk>(ModelApi::Chat, &request).await.map_err(|f| f.into_error(&model))?;
+            let mcp = self.mcp.clone();
+            let max_rounds = mcp.as_ref().map_or(0, McpTools::max_tool_rounds);
+            let mut workflow = ToolWorkflow::new(turn.thread.id());
+            let mut rounds = 0;
+            let mut tool_choice = tool_choice;
+            let finished = loop {
+                let request = self.request(&model, &messages, tool_choice.take().as_deref(), rounds < max_rounds);
+                let round = self.chat_round(&turn, &model, &request, mcp.as_ref());
+                futures_util::pin_mut!(round);
+                let mut finished = None;
+                while let Some(produced) = round.next().await {
+                    match produced {
+                        Ok(RoundOutput::Event(event)) => {
+                            // The answer's message follows the workflow, which closes first, as in the reference.
+                            if let Some(done) = workflow.end() {
+                                yield Produced::Event(Box::new(done));
+                            }
+                            yield Produced::Event(event);
+                        }
+                        Ok(RoundOutput::Finished(done)) => finished = Some(done),
+                        Err(error) => {
+                            // A failure after tool calls were shown closes their workflow first, so the thread
+                            // keeps it.
+                            if let Some(done) = workflow.end() {
+                                yield Produced::Event(Box::new(done));
+                            }
+                            Err(error)?;
+                        }
+                    }
+                }
+                let finished = finished.ok_or_else(|| ResponderError::Internal("a round ended unfinished".into()))?;
+                let Some(mcp) = mcp.as_ref().filter(|_| !finished.server_calls.is_empty()) else {
+                    break finished;
+                };
+                if rounds >= max_rounds {
+                    // Offered no server tools, the model called one anyway. The calls shown so far stay.
+                    if let Some(done) = workflow.end() {
+                        yield Produced::Event(Box::new(done));
+                    }
+                    Err(ResponderError::Custom {
+                        message: format!("The model kept calling tools past the limit of {max_rounds} rounds in one turn."),
+                        allow_retry: false,
+                    })?;
+                }
+                rounds += 1;
+                if !finished.events.is_empty() {
+                    if let Some(done) = workflow.end() {
+                        yield Produced::Event(Box::new(done));
+                    }
+                }
+                for event in finished.events {
+                    yield Produced::Event(Box::new(event));
+                }
+                let calls: Vec<Value> =
+                    finished.server_calls.iter().chain(&finished.skipped_calls).map(|call| call.to_json()).collect();
+                let content = if finished.text.is_empty() { Value::Null } else { Value::String(finished.text.clone()) };
+                messages.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
+                for call in &finished.server_calls {
+                    let title = mcp.title(&call.name);
+                    let (task_index, started) = workflow.start(&title);
+                    yield Produced::Event(Box::new(started));
+                    let outcome = mcp.call(&call.name, &call.arguments).await;
+                    if let Some(updated) = workflow.finish(task_index, &title, &outcome) {
+                        yield Produced::Event(Box::new(updated));
+                    }
+                    messages.push(json!({"role": "tool", "tool_call_id": call.id, "content": outcome.model_text()}));
+                }
+                for call in &finished.skipped_calls {
+                    let note = format!(
+                        "Not run: `{}` was called together with server tools. Call it again on its own if it is still needed.",
+                        call.name
+                    );
+                    messages.push(json!({"role": "tool", "tool_call_id": call.id, "content": note}));
+                }
+                if rounds >= max_rounds {
+                    if let Some(last) = messages.last_mut() {
+                        let content = format!("{}\n\n{TOOL_LIMIT_NOTE}", last["content"].as_str().unwrap_or_default());
+                        last["content"] = Value::String(content);
+                    }
+                }
+            };
+            if !finished.events.is_empty() {
+                if let Some(done) = workflow.end() {
+                    yield Produced::Event(Box::new(done));
+                }
+            }
+            for event in finished.events {
+                yield Produced::Event(Box::new(event));
+            }
+            // A workflow the answer did not close (no text, e.g. a client tool call ended the turn) closes last.
+            if let Some(done) = workflow.end() {
+                yield Produced::Event(Box::new(done));
+            }
+            yield Produced::Text(finished.text);
+        }
+    }
+
+    /// One Chat Completions request streamed: its events, then what the finished completion asks of the turn.
+    fn chat_round<'a>(
+        &'a self,
+        turn: &'a TurnContext,
+        model: &'a str,
+        request: &'a Value,
+        mcp: Option<&'a McpTools>,
+    ) -> impl futures_util::Stream<Item = Result<RoundOutput, ResponderError>> + 'a {
+        async_stream::try_stream! {
+            let (mut upstream, first) = self.open::<Chunk>(ModelApi::Chat, request).await.map_err(|f| f.into_error(model))?;
             let mut translator = Translator::new(turn.thread.id(), self.settings.clone());
             let mut next = first;
             while let Some(chunk) = next.take() {
                 if let Some(usage) = chunk.usage() {
-                    METRICS.model_tokens.with_label_values(&[&model, "prompt"]).inc_by(usage.0);
-                    METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(usage.1);
+                    METRICS.model_tokens.with_label_values(&[model, "prompt"]).inc_by(usage.0);
+                    METRICS.model_tokens.with_label_values(&[model, "completion"]).inc_by(usage.1);
                 }
                 for event in translator.chunk(chunk)? {
-                    yield Produced::Event(Box::new(event));
+                    yield RoundOutput::Event(Box::new(event));
                 }
                 // From here on nothing is retried: the user has seen output.
-                next = self.next_event(&mut upstream, &model).await?;
+                next = self.next_event(&mut upstream, model).await?;
             }
             // The stream is done; dropping it closes the upstream connection.
             drop(upstream);
-            let finished = translator.finish(&model)?;
-            for event in finished.events {
-                yield Produced::Event(Box::new(event));
-            }
-            yield Produced::Text(finished.text);
+            let finished = translator.finish(model, |name| mcp.is_some_and(|mcp| mcp.owns(name)))?;
+            yield RoundOutput::Finished(finished);
         }
     }
 
@@ -307,8 +430,8 @@ impl Inner {
         }
     }
 
-    /// The request for a turn: model, messages and tools.
-    fn request(&self, model: &str, messages: Vec<Value>, tool_choice: Option<&str>) -> Value {
+    /// The request for a turn: model, messages and tools (the server tools only while `server_tools`).
+    fn request(&self, model: &str, messages: &[Value], tool_choice: Option<&str>, server_tools: bool) -> Value {
         // Usage comes in a last chunk, for the token metrics.
         let mut request = json!({
             "model": model,
@@ -316,8 +439,12 @@ impl Inner {
             "stream": true,
             "stream_options": {"include_usage": true},
         });
-        if !self.settings.client_tools.is_empty() {
-            request["tools"] = Value::Array(settings::tools_json(&self.settings.client_tools));
+        let mut tools = settings::tools_json(&self.settings.client_tools);
+        if let Some(mcp) = self.mcp.as_ref().filter(|_| server_tools) {
+            tools.extend(mcp.tools().iter().map(ToolSpec::chat_completions_json));
+        }
+        if !tools.is_empty() {
+            request["tools"] = Value::Array(tools);
             if let Some(name) = tool_choice {
                 request["tool_choice"] = json!({"type": "function", "function": {"name": name}});
             }

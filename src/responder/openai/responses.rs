@@ -1,22 +1,20 @@
 //! A turn through the Responses API: the request (instructions, the thread as input items, client
-//! function tools and hosted tools), then rounds of one streamed response each, mapped to ChatKit
-//! events by `responses_stream`. A round that ends with a client tool call ends the turn with the
-//! pending call; the loop is where tools the gateway runs itself will feed their outputs back.
+//! function tools, MCP server tools and hosted tools), then rounds of one streamed response each, mapped to
+//! ChatKit events by `responses_stream`. A round that ends with a client tool call ends the turn with the
+//! pending call; one that calls MCP tools runs them (shown as tasks of a workflow), appends each
+//! `function_call` and its `function_call_output` to the input and asks again, within the tool-round limit.
 
 use std::sync::Arc;
 
 use futures_util::Stream;
 use serde_json::{json, Value};
 
-use super::responses_stream::{client_tool_call, refusal_error, FunctionCall, ResponseTranslator};
-use super::{responses_input, settings, Inner, ModelApi, Produced};
+use super::responses_stream::{client_tool_call, refusal_error, Finished, FunctionCall, ResponseTranslator};
+use super::{responses_input, settings, Inner, ModelApi, Produced, TOOL_LIMIT_NOTE};
 use crate::protocol::ThreadItem;
+use crate::responder::mcp::{McpTools, ToolSpec, ToolWorkflow};
 use crate::responder::{ResponderError, TurnContext};
 use crate::telemetry::metrics::METRICS;
-
-/// The most responses one turn asks for. Only client tools exist today, and a client call ends the
-/// turn, so one round is all a turn takes; tools the gateway runs itself will take more.
-const MAX_ROUNDS: usize = 1;
 
 /// What the function calls of a finished round ask of the turn.
 enum NextStep {
@@ -24,9 +22,10 @@ enum NextStep {
     Done,
     /// A call to a client tool: the turn ends with it pending, for the browser to answer.
     Client(FunctionCall),
-    /// Calls to tools the gateway would run itself (none are offered yet): run them, append each
-    /// `function_call` and its `function_call_output` to the input, and ask again.
-    Server(Vec<FunctionCall>),
+    /// Calls to tools the gateway runs itself (MCP) or that nobody offers: run them, append each
+    /// `function_call` and its `function_call_output` to the input, and ask again. A client call of the
+    /// same round is not run; the model is told to call it again on its own.
+    Server { server: Vec<FunctionCall>, skipped: Vec<FunctionCall> },
 }
 
 /// Sorts a round's calls. A turn ends with one pending client call, as in the reference (the client
@@ -35,7 +34,7 @@ fn next_step(settings: &settings::ModelSettings, calls: Vec<FunctionCall>) -> Ne
     let (client, server): (Vec<FunctionCall>, Vec<FunctionCall>) =
         calls.into_iter().partition(|call| settings.tool(&call.name).is_some());
     if !server.is_empty() {
-        return NextStep::Server(server);
+        return NextStep::Server { server, skipped: client };
     }
     let mut client = client.into_iter();
     let Some(first) = client.next() else { return NextStep::Done };
@@ -60,8 +59,15 @@ pub(super) fn output_text(response: &Value) -> String {
 }
 
 impl Inner {
-    /// The request of one round.
-    fn response_request(&self, model: &str, instructions: &str, input: &[Value], tool_choice: Option<&str>) -> Value {
+    /// The request of one round; MCP tools are offered only while `server_tools`.
+    fn response_request(
+        &self,
+        model: &str,
+        instructions: &str,
+        input: &[Value],
+        tool_choice: Option<&str>,
+        server_tools: bool,
+    ) -> Value {
         // The thread store is the history: nothing is kept upstream, and `previous_response_id` is not used.
         let mut request = json!({
             "model": model,
@@ -71,6 +77,9 @@ impl Inner {
             "store": false,
         });
         let mut tools = settings::response_tools_json(&self.settings.client_tools);
+        if let Some(mcp) = self.mcp.as_ref().filter(|_| server_tools) {
+            tools.extend(mcp.tools().iter().map(ToolSpec::responses_json));
+        }
         tools.extend(self.settings.hosted_tools.iter().cloned());
         if !tools.is_empty() {
             request["tools"] = Value::Array(tools);
@@ -104,30 +113,46 @@ impl Inner {
     ) -> impl Stream<Item = Result<Produced, ResponderError>> {
         async_stream::try_stream! {
             let files = responses_input::load_files(&turn, &items).await?;
-            let input = responses_input::to_input(&items, &files);
+            let mut input = responses_input::to_input(&items, &files);
             let thread_id = turn.thread.id();
+            let mcp = self.mcp.clone();
+            let max_rounds = mcp.as_ref().map_or(0, McpTools::max_tool_rounds);
+            let mut workflow = ToolWorkflow::new(thread_id.clone());
             let mut text = String::new();
-            for round in 0..MAX_ROUNDS {
+            let mut rounds = 0;
+            loop {
                 // A forced tool is forced in the first round only, or the model would call it again and again.
-                let forced = if round == 0 { tool_choice.as_deref() } else { None };
-                let request = self.response_request(&model, &instructions, &input, forced);
-                let (mut upstream, first) =
-                    self.open::<Value>(ModelApi::Responses, &request).await.map_err(|f| f.into_error(&model))?;
-                let mut translator = ResponseTranslator::new(thread_id.clone(), self.partial_images());
-                let mut next = first;
-                while let Some(event) = next.take() {
-                    for event in translator.event(&event)? {
-                        yield Produced::Event(Box::new(event));
+                let forced = if rounds == 0 { tool_choice.as_deref() } else { None };
+                let request = self.response_request(&model, &instructions, &input, forced, rounds < max_rounds);
+                let round = self.response_round(&thread_id, &model, &request);
+                futures_util::pin_mut!(round);
+                let mut finished = None;
+                while let Some(produced) = futures_util::StreamExt::next(&mut round).await {
+                    match produced {
+                        Ok(RoundOutput::Event(event)) => {
+                            // The answer follows the workflow of the tool calls before it, which closes first.
+                            if let Some(done) = workflow.end() {
+                                yield Produced::Event(Box::new(done));
+                            }
+                            yield Produced::Event(event);
+                        }
+                        Ok(RoundOutput::Finished(done)) => finished = Some(done),
+                        Err(error) => {
+                            // A failure after tool calls were shown closes their workflow first, so the thread
+                            // keeps it.
+                            if let Some(done) = workflow.end() {
+                                yield Produced::Event(Box::new(done));
+                            }
+                            Err(error)?;
+                        }
                     }
-                    // From here on nothing is retried: the user has seen output.
-                    next = self.next_event(&mut upstream, &model).await?;
                 }
-                drop(upstream);
-                if let Some((input_tokens, output_tokens)) = translator.usage() {
-                    METRICS.model_tokens.with_label_values(&[&model, "prompt"]).inc_by(input_tokens);
-                    METRICS.model_tokens.with_label_values(&[&model, "completion"]).inc_by(output_tokens);
+                let finished = finished.ok_or_else(|| ResponderError::Internal("a round ended unfinished".into()))?;
+                if !finished.events.is_empty() {
+                    if let Some(done) = workflow.end() {
+                        yield Produced::Event(Box::new(done));
+                    }
                 }
-                let finished = translator.finish(&model)?;
                 for event in finished.events {
                     yield Produced::Event(Box::new(event));
                 }
@@ -140,21 +165,110 @@ impl Inner {
                     NextStep::Client(call) => {
                         // The turn ends with the pending call; the client answers it with
                         // `threads.add_client_tool_output`, and the model continues then.
+                        if let Some(done) = workflow.end() {
+                            yield Produced::Event(Box::new(done));
+                        }
                         yield Produced::Event(Box::new(client_tool_call(&thread_id, call)?));
                         break;
                     }
-                    // The hook for tools the gateway runs itself: none are offered, so a call to one is
-                    // a tool the model made up.
-                    NextStep::Server(calls) => {
-                        let names: Vec<String> = calls.into_iter().map(|call| format!("`{}`", call.name)).collect();
-                        Err(ResponderError::Custom {
-                            message: format!("The model called a tool this gateway does not offer: {}.", names.join(", ")),
-                            allow_retry: true,
-                        })?;
+                    NextStep::Server { server, skipped } => {
+                        let unknown: Vec<String> = server
+                            .iter()
+                            .filter(|call| !mcp.as_ref().is_some_and(|mcp| mcp.owns(&call.name)))
+                            .map(|call| format!("`{}`", call.name))
+                            .collect();
+                        let mcp = match mcp.as_ref() {
+                            Some(mcp) if unknown.is_empty() && rounds < max_rounds => mcp,
+                            _ => {
+                                if let Some(done) = workflow.end() {
+                                    yield Produced::Event(Box::new(done));
+                                }
+                                let message = if unknown.is_empty() {
+                                    // Offered no server tools in the last round, the model called one anyway.
+                                    format!("The model kept calling tools past the limit of {max_rounds} rounds in one turn.")
+                                } else {
+                                    format!("The model called a tool this gateway does not offer: {}.", unknown.join(", "))
+                                };
+                                Err(ResponderError::Custom { message, allow_retry: !unknown.is_empty() })?;
+                                unreachable!("the error above ends the stream");
+                            }
+                        };
+                        rounds += 1;
+                        if !finished.text.is_empty() {
+                            input.push(json!({"role": "assistant", "content": finished.text}));
+                        }
+                        for call in &server {
+                            let title = mcp.title(&call.name);
+                            let (task_index, started) = workflow.start(&title);
+                            yield Produced::Event(Box::new(started));
+                            let outcome = mcp.call(&call.name, &call.arguments).await;
+                            if let Some(updated) = workflow.finish(task_index, &title, &outcome) {
+                                yield Produced::Event(Box::new(updated));
+                            }
+                            input.push(function_call_json(call));
+                            input.push(json!({"type": "function_call_output", "call_id": call.call_id, "output": outcome.model_text()}));
+                        }
+                        for call in &skipped {
+                            let note = format!(
+                                "Not run: `{}` was called together with server tools. Call it again on its own if it is still needed.",
+                                call.name
+                            );
+                            input.push(function_call_json(call));
+                            input.push(json!({"type": "function_call_output", "call_id": call.call_id, "output": note}));
+                        }
+                        if rounds >= max_rounds {
+                            if let Some(last) = input.last_mut() {
+                                let output = format!("{}\n\n{TOOL_LIMIT_NOTE}", last["output"].as_str().unwrap_or_default());
+                                last["output"] = Value::String(output);
+                            }
+                        }
                     }
                 }
+            }
+            // A workflow the answer did not close (no text) closes last.
+            if let Some(done) = workflow.end() {
+                yield Produced::Event(Box::new(done));
             }
             yield Produced::Text(text);
         }
     }
+
+    /// One response streamed: its events, then what the completed response asks of the turn.
+    fn response_round<'a>(
+        &'a self,
+        thread_id: &'a str,
+        model: &'a str,
+        request: &'a Value,
+    ) -> impl Stream<Item = Result<RoundOutput, ResponderError>> + 'a {
+        async_stream::try_stream! {
+            let (mut upstream, first) =
+                self.open::<Value>(ModelApi::Responses, request).await.map_err(|f| f.into_error(model))?;
+            let mut translator = ResponseTranslator::new(thread_id.to_string(), self.partial_images());
+            let mut next = first;
+            while let Some(event) = next.take() {
+                for event in translator.event(&event)? {
+                    yield RoundOutput::Event(Box::new(event));
+                }
+                // From here on nothing is retried: the user has seen output.
+                next = self.next_event(&mut upstream, model).await?;
+            }
+            drop(upstream);
+            if let Some((input_tokens, output_tokens)) = translator.usage() {
+                METRICS.model_tokens.with_label_values(&[model, "prompt"]).inc_by(input_tokens);
+                METRICS.model_tokens.with_label_values(&[model, "completion"]).inc_by(output_tokens);
+            }
+            yield RoundOutput::Finished(translator.finish(model)?);
+        }
+    }
+}
+
+/// What one round produces: events, then what its completed response asks of the turn.
+enum RoundOutput {
+    Event(Box<crate::protocol::ThreadStreamEvent>),
+    Finished(Finished),
+}
+
+/// A function call as an input item of the next request.
+fn function_call_json(call: &FunctionCall) -> Value {
+    json!({"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments})
 }

@@ -1,6 +1,7 @@
 //! Chat Completions chunks as ChatKit events: an assistant message added,
 //! its content part, one text delta per chunk, annotations, the part done
-//! and the message done; client tool calls become pending tool call items.
+//! and the message done; client tool calls become pending tool call items, and
+//! server (MCP) tool calls are handed back for the responder's tool loop to run.
 
 use std::collections::BTreeMap;
 
@@ -128,6 +129,26 @@ pub struct Translator {
 pub struct Finished {
     pub events: Vec<ThreadStreamEvent>,
     pub text: String,
+    /// Calls of server (MCP) tools, which the gateway runs before asking the model again.
+    pub server_calls: Vec<ModelCall>,
+    /// The other calls of a round that called server tools: not run, and the model is told so.
+    pub skipped_calls: Vec<ModelCall>,
+}
+
+/// One function call the model made, as the next request repeats it.
+#[derive(Clone, Debug)]
+pub struct ModelCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model wrote them: a JSON object as text.
+    pub arguments: String,
+}
+
+impl ModelCall {
+    /// The call as it appears in the assistant message's `tool_calls`.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}})
+    }
 }
 
 impl Translator {
@@ -218,8 +239,8 @@ impl Translator {
     }
 
     /// Closes the answer once the stream ended; a stream that ended without
-    /// a finish reason was cut off.
-    pub fn finish(self, model: &str) -> Result<Finished, ResponderError> {
+    /// a finish reason was cut off. `server_tool` tells the calls the gateway runs itself (MCP tools).
+    pub fn finish(self, model: &str, server_tool: impl Fn(&str) -> bool) -> Result<Finished, ResponderError> {
         if self.finish_reason.is_none() {
             return Err(Failure::Broken("the stream ended without a finish reason".into()).into_error(model));
         }
@@ -238,10 +259,29 @@ impl Translator {
             events
                 .push(ThreadStreamEvent::ItemDone { item: ThreadItem::new(message.id, self.thread_id.clone(), body) });
         }
+        let calls: Vec<PendingCall> = self
+            .calls
+            .into_values()
+            .map(|mut call| {
+                if call.id.is_empty() {
+                    call.id = new_id(IdKind::ToolCall);
+                }
+                call
+            })
+            .collect();
+        if calls.iter().any(|call| server_tool(&call.name)) {
+            // The gateway runs the server tools and asks again; a client tool called in the same round
+            // would end the turn before the server tools' results reach the model, so it is not run.
+            let (server_calls, skipped_calls): (Vec<ModelCall>, Vec<ModelCall>) = calls
+                .into_iter()
+                .map(|call| ModelCall { id: call.id, name: call.name, arguments: call.arguments })
+                .partition(|call| server_tool(&call.name));
+            return Ok(Finished { events, text, server_calls, skipped_calls });
+        }
         // A turn ends with one pending call, as in the reference: the client answers the newest pending
         // call, so a second call of the same turn would take the first one's output and the first would
         // be dropped unanswered. The model sees the one call and its output, and may call again.
-        let mut calls = self.calls.into_values();
+        let mut calls = calls.into_iter();
         let first = calls.next();
         let extra: Vec<String> = calls.map(|call| call.name).collect();
         if !extra.is_empty() {
@@ -264,10 +304,9 @@ impl Translator {
                     allow_retry: true,
                 })?,
             };
-            let call_id = if call.id.is_empty() { new_id(IdKind::ToolCall) } else { call.id };
             let body = ItemBody::ClientToolCall(ClientToolCall {
                 status: ToolCallStatus::Pending,
-                call_id,
+                call_id: call.id,
                 name: call.name,
                 arguments,
                 output: None,
@@ -278,7 +317,7 @@ impl Translator {
                 item: ThreadItem::new(new_id(IdKind::ToolCall), self.thread_id.clone(), body),
             });
         }
-        Ok(Finished { events, text })
+        Ok(Finished { events, text, server_calls: Vec::new(), skipped_calls: Vec::new() })
     }
 }
 
@@ -347,7 +386,7 @@ mod tests {
             {"type": "url_citation", "url_citation": {"url": "https://a.example", "title": "A", "start_index": 0, "end_index": 5}}
         ]}}]}))).unwrap());
         events.extend(t.chunk(chunk(json!({"choices": [{"delta": {}, "finish_reason": "stop"}]}))).unwrap());
-        let finished = t.finish("m").unwrap();
+        let finished = t.finish("m", |_| false).unwrap();
         events.extend(finished.events);
         assert_eq!(
             kinds(&events),
@@ -380,7 +419,7 @@ mod tests {
             assert!(t.chunk(chunk(json!({"choices": [{"delta": delta}]}))).unwrap().is_empty());
         }
         t.chunk(chunk(json!({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}))).unwrap();
-        let events = t.finish("m").unwrap().events;
+        let events = t.finish("m", |_| false).unwrap().events;
         let call = serde_json::to_value(&events[0]).unwrap();
         assert_eq!(call["type"], "thread.item.done");
         assert_eq!(call["item"]["type"], "client_tool_call");
@@ -390,10 +429,31 @@ mod tests {
     }
 
     #[test]
+    fn server_tool_calls_are_kept_for_the_gateway_to_run() {
+        let mut t = Translator::new("thr_1".into(), settings());
+        let delta = json!({"content": "Let me check.", "tool_calls": [
+            {"index": 0, "id": "c1", "function": {"name": "math__add", "arguments": "{\"a\": 1}"}},
+            {"index": 1, "function": {"name": "get_time", "arguments": "{}"}},
+            {"index": 2, "id": "c3", "function": {"name": "math__sub", "arguments": ""}}
+        ]});
+        t.chunk(chunk(json!({"choices": [{"delta": delta, "finish_reason": "tool_calls"}]}))).unwrap();
+        let finished = t.finish("m", |name| name.starts_with("math__")).unwrap();
+        let names: Vec<&str> = finished.server_calls.iter().map(|call| call.name.as_str()).collect();
+        assert_eq!(names, ["math__add", "math__sub"]);
+        assert_eq!(finished.server_calls[0].to_json()["function"]["arguments"], "{\"a\": 1}");
+        // A client tool called with server tools is not run, and no pending call item ends the turn.
+        assert_eq!(finished.skipped_calls.len(), 1);
+        assert!(finished.skipped_calls[0].id.starts_with("tc_"), "a missing id is made up");
+        assert_eq!(finished.text, "Let me check.");
+        assert!(!kinds(&finished.events).is_empty());
+        assert!(finished.events.iter().all(|e| !serde_json::to_string(e).unwrap().contains("client_tool_call")));
+    }
+
+    #[test]
     fn cut_streams_unknown_tools_and_bad_arguments_are_errors() {
         let mut cut = Translator::new("thr_1".into(), settings());
         cut.chunk(chunk(json!({"choices": [{"delta": {"content": "Hel"}}]}))).unwrap();
-        let error = cut.finish("m").err().unwrap();
+        let error = cut.finish("m", |_| false).err().unwrap();
         assert!(matches!(error, ResponderError::Custom { allow_retry: true, .. }), "{error:?}");
         for (name, arguments, needle) in [("rm_rf", "{}", "does not offer"), ("get_time", "{nope", "not a JSON object")]
         {
@@ -401,7 +461,7 @@ mod tests {
             let delta =
                 json!({"tool_calls": [{"index": 0, "id": "c", "function": {"name": name, "arguments": arguments}}]});
             t.chunk(chunk(json!({"choices": [{"delta": delta, "finish_reason": "tool_calls"}]}))).unwrap();
-            let error = t.finish("m").err().unwrap().to_string();
+            let error = t.finish("m", |_| false).err().unwrap().to_string();
             assert!(error.contains(needle), "{error}");
         }
         let mut failing = Translator::new("thr_1".into(), settings());

@@ -326,6 +326,20 @@ pub fn response_text_events(text: &str) -> Vec<Value> {
     ])
 }
 
+/// A response that calls function `name` once, with `arguments` (JSON text), as call `call_id`.
+pub fn response_call_events(call_id: &str, name: &str, arguments: &str) -> Vec<Value> {
+    let item_id = format!("fc_{call_id}");
+    let call = |status: &str, arguments: &str| json!({"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments, "status": status});
+    let done = call("completed", arguments);
+    sequenced(vec![
+        json!({"type": "response.created", "response": response_object("in_progress", json!([]))}),
+        json!({"type": "response.output_item.added", "output_index": 0, "item": call("in_progress", "")}),
+        json!({"type": "response.function_call_arguments.done", "item_id": item_id, "output_index": 0, "arguments": arguments}),
+        json!({"type": "response.output_item.done", "output_index": 0, "item": done}),
+        json!({"type": "response.completed", "response": response_object("completed", json!([done]))}),
+    ])
+}
+
 /// A `response` object as the lifecycle events carry it.
 pub fn response_object(status: &str, output: Value) -> Value {
     json!({

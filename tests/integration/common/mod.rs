@@ -329,6 +329,7 @@ where
 
 pub mod fake_openai;
 pub mod gated;
+pub mod mcp;
 pub mod moto;
 pub mod postgres;
 pub mod process;
