@@ -10,10 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::openai::check_hosted_tools;
+use super::openai::{check_client_tools, check_hosted_tools};
 use super::{
-    AgentResponder, AgentSettings, AudioInput, EchoResponder, EventStream, McpRegistry, ModelApi, ModelSettings,
-    OpenAiResponder, RespondInput, Responder, ResponderError, TurnContext, REASONING_SUMMARIES,
+    AgentResponder, AgentSettings, AudioInput, ClientTool, EchoResponder, EventStream, McpRegistry, ModelApi,
+    ModelSettings, OpenAiResponder, RespondInput, Responder, ResponderError, TurnContext, REASONING_SUMMARIES,
 };
 use crate::ids::UserId;
 use crate::protocol::{Action, FeedbackKind, SyncCustomActionResponse, ThreadItem, TranscriptionResult};
@@ -58,6 +58,9 @@ enum Entry {
         reasoning_summary: Option<String>,
         /// Names of configured MCP servers whose tools this workflow offers; all of them when omitted.
         mcp_servers: Option<Vec<String>>,
+        /// Tools the browser carries out, as `CHATKIT_CLIENT_TOOLS` declares them; the environment's when
+        /// omitted, none with `[]`.
+        client_tools: Option<Vec<ClientTool>>,
     },
     Agent {
         url: String,
@@ -145,7 +148,7 @@ fn read(path: &PathBuf, defaults: &WorkflowDefaults) -> Result<Routes, String> {
 fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn Responder>, String> {
     Ok(match entry {
         Entry::Echo {} => Arc::new(EchoResponder::new()),
-        Entry::Model { model, instructions, api, hosted_tools, reasoning_summary, mcp_servers } => {
+        Entry::Model { model, instructions, api, hosted_tools, reasoning_summary, mcp_servers, client_tools } => {
             let Some(mut settings) = defaults.model.clone() else {
                 return Err(format!(
                     "workflow `{id}` uses the model responder, but no model is configured (CHATKIT_MODEL or OPENAI_API_KEY)"
@@ -161,6 +164,9 @@ fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn 
             }
             if let Some(api) = api {
                 settings.api = api;
+            }
+            if let Some(tools) = client_tools {
+                settings.client_tools = check_client_tools(&format!("workflow `{id}`: `client_tools`"), tools)?;
             }
             if let Some(tools) = hosted_tools {
                 settings.hosted_tools = check_hosted_tools(&format!("workflow `{id}`: `hosted_tools`"), tools)?;
@@ -192,6 +198,20 @@ fn build(id: &str, entry: Entry, defaults: &WorkflowDefaults) -> Result<Arc<dyn 
                 }
                 (None, _) => None,
             };
+            if let Some(registry) = &defaults.mcp {
+                for tool in &settings.client_tools {
+                    let owner = registry
+                        .server_names()
+                        .into_iter()
+                        .find(|server| tool.name.starts_with(&format!("{server}{}", super::mcp::NAMESPACE_SEPARATOR)));
+                    if let Some(server) = owner {
+                        return Err(format!(
+                            "workflow `{id}`: the client tool `{}` starts with the prefix of MCP server `{server}`'s tools; rename it",
+                            tool.name
+                        ));
+                    }
+                }
+            }
             Arc::new(OpenAiResponder::with_mcp(settings, mcp).map_err(|e| format!("workflow `{id}`: {e}"))?)
         }
         Entry::Agent { url, secret, history_items, timeout_secs } => {
@@ -344,5 +364,9 @@ mod tests {
         let error = with(None, &entry("mcp_servers = [\"math\"]\n")).unwrap_err();
         assert!(error.contains("CHATKIT_MCP_SERVERS"), "{error}");
         with(None, &entry("")).unwrap();
+        // A workflow's own client tool may not look like a server's tool.
+        let error = with(Some(registry.clone()), &entry("client_tools = [{name = \"math__add\"}]\n")).unwrap_err();
+        assert!(error.contains("wf_m") && error.contains("`math__add`") && error.contains("`math`"), "{error}");
+        with(Some(registry.clone()), &entry("client_tools = [{name = \"mathematics\"}]\n")).unwrap();
     }
 }

@@ -342,11 +342,13 @@ async fn a_multi_turn_thread_with_attachments_converts_as_the_reference_does() {
 }
 
 #[tokio::test]
-async fn each_workflow_entry_picks_its_api() {
+async fn each_workflow_entry_is_a_profile_with_its_api_and_tools() {
     let fake = FakeOpenAi::start();
     let file = tempfile::NamedTempFile::new().expect("temp file");
-    let text = "[workflows.wf_chat]\nresponder = \"model\"\napi = \"chat\"\n\
-        [workflows.wf_resp]\nresponder = \"model\"\napi = \"responses\"\nhosted_tools = [{type = \"web_search\"}]\n";
+    let text = "[workflows.wf_chat]\nresponder = \"model\"\napi = \"chat\"\nclient_tools = []\n\
+        [workflows.wf_resp]\nresponder = \"model\"\napi = \"responses\"\nmodel = \"profile-model\"\n\
+        instructions = \"You answer for the profile.\"\nhosted_tools = [{type = \"web_search\"}]\n\
+        client_tools = [{name = \"lookup\", description = \"Looks a word up\"}]\n";
     std::fs::write(file.path(), text).unwrap();
     // The environment says `chat`: the `wf_resp` entry overrides it.
     let config = config_for(&fake, |config| config.model.model_api = Some("chat".into()));
@@ -376,11 +378,19 @@ async fn each_workflow_entry_picks_its_api() {
         assert_eq!(assistant_text(&events), answer, "{workflow}");
     }
     assert_eq!((fake.chat_requests().len(), fake.responses_requests().len()), (1, 1));
+    // `client_tools = []` offers none on the chat entry, where the environment declares `get_time`.
+    assert!(fake.chat_requests()[0].json.as_ref().unwrap().get("tools").is_none(), "no tools on wf_chat");
+    // The responses entry is a profile of its own: model, instructions, client and hosted tools.
+    let profile = fake.responses_requests()[0].json.clone().unwrap();
     assert_eq!(
-        fake.responses_requests()[0].json.as_ref().unwrap()["tools"],
+        (&profile["model"], &profile["instructions"]),
+        (&json!("profile-model"), &json!("You answer for the profile."))
+    );
+    assert_eq!(
+        profile["tools"],
         json!([
-            {"type": "function", "name": "get_time", "description": "The local time in a city",
-             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": false},
+            {"type": "function", "name": "lookup", "description": "Looks a word up",
+             "parameters": {"type": "object", "properties": {}}, "strict": false},
             {"type": "web_search"},
         ])
     );
@@ -392,6 +402,10 @@ async fn each_workflow_entry_picks_its_api() {
         ),
         ("[workflows.wf_x]\nresponder = \"model\"\nhosted_tools = [{type = \"crystal_ball\"}]\n", "`crystal_ball`"),
         ("[workflows.wf_x]\nresponder = \"model\"\napi = \"soap\"\n", "soap"),
+        (
+            "[workflows.wf_x]\nresponder = \"model\"\nclient_tools = [{name = \"a b\"}]\n",
+            "`client_tools`: tool name `a b`",
+        ),
     ] {
         std::fs::write(file.path(), bad).unwrap();
         let error = WorkflowRouter::load(file.path().to_path_buf(), defaults.clone()).err().expect("refused");

@@ -26,7 +26,7 @@ use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, Tu
 use crate::ids::UserId;
 use crate::protocol::{ItemBody, ThreadItem, TranscriptionResult, UserMessage};
 
-pub(super) use settings::check_hosted_tools;
+pub(super) use settings::{check_client_tools, check_hosted_tools};
 pub use settings::{parse_hosted_tools, ClientTool, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use stream::{Chunk, Translator};
 

@@ -144,28 +144,7 @@ impl ModelSettings {
         let tools: Vec<ClientTool> = serde_json::from_str(&text).map_err(|e| {
             format!("CHATKIT_CLIENT_TOOLS must be a JSON array of {{\"name\", \"description\", \"parameters\"}}: {e}")
         })?;
-        let mut names = std::collections::HashSet::new();
-        for tool in &tools {
-            let valid = !tool.name.is_empty()
-                && tool.name.len() <= 64
-                && tool.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !valid {
-                return Err(format!(
-                    "CHATKIT_CLIENT_TOOLS: tool name `{}` must be 1 to 64 letters, digits, `_` or `-`",
-                    tool.name
-                ));
-            }
-            if !names.insert(tool.name.as_str()) {
-                return Err(format!("CHATKIT_CLIENT_TOOLS: tool `{}` is declared twice", tool.name));
-            }
-            if !tool.parameters.is_object() {
-                return Err(format!(
-                    "CHATKIT_CLIENT_TOOLS: the parameters of `{}` must be a JSON schema object",
-                    tool.name
-                ));
-            }
-        }
-        Ok(tools)
+        check_client_tools("CHATKIT_CLIENT_TOOLS", tools)
     }
 
     pub fn tool(&self, name: &str) -> Option<&ClientTool> {
@@ -190,6 +169,27 @@ pub fn response_tools_json(tools: &[ClientTool]) -> Vec<Value> {
             Value::Object(function)
         })
         .collect()
+}
+
+/// Checks client tools as `setting` (the environment variable or a workflow's key, named in every message)
+/// declares them: names of 1 to 64 letters, digits, `_` or `-`, each once, parameters a JSON schema object.
+pub fn check_client_tools(setting: &str, tools: Vec<ClientTool>) -> Result<Vec<ClientTool>, String> {
+    let mut names = std::collections::HashSet::new();
+    for tool in &tools {
+        let valid = !tool.name.is_empty()
+            && tool.name.len() <= 64
+            && tool.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(format!("{setting}: tool name `{}` must be 1 to 64 letters, digits, `_` or `-`", tool.name));
+        }
+        if !names.insert(tool.name.as_str()) {
+            return Err(format!("{setting}: tool `{}` is declared twice", tool.name));
+        }
+        if !tool.parameters.is_object() {
+            return Err(format!("{setting}: the parameters of `{}` must be a JSON schema object", tool.name));
+        }
+    }
+    Ok(tools)
 }
 
 /// The tools as the Chat Completions API takes them.
