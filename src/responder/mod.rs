@@ -34,7 +34,8 @@ pub use agent::{AgentResponder, AgentSettings, WIRE_SCHEMA as AGENT_WIRE_SCHEMA}
 pub use echo::EchoResponder;
 pub use mcp::{McpRegistry, McpSettings, McpTools};
 pub use openai::{
-    parse_hosted_tools, ClientTool, ModelApi, ModelSettings, OpenAiResponder, DICTATION_TYPES, REASONING_SUMMARIES,
+    map_recorded_stream, parse_hosted_tools, ClientTool, ModelApi, ModelSettings, OpenAiResponder, DICTATION_TYPES,
+    REASONING_SUMMARIES,
 };
 pub use router::{WorkflowDefaults, WorkflowRouter};
 

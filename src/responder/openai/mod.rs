@@ -95,6 +95,35 @@ impl OpenAiResponder {
     }
 }
 
+/// Maps a recorded stream as a turn does, for `benches/model_mapping.rs` only: each event is parsed from its
+/// JSON text (as it arrives in an SSE `data:` line) and translated to ChatKit events, through the Responses
+/// translator when `responses`, else the Chat Completions one; answers how many ChatKit events it made.
+#[doc(hidden)]
+pub fn map_recorded_stream(
+    settings: &ModelSettings,
+    responses: bool,
+    events: &[String],
+) -> Result<usize, ResponderError> {
+    let thread_id = "thr_bench".to_string();
+    let mut made = 0;
+    if responses {
+        let mut translator = responses_stream::ResponseTranslator::new(thread_id, None);
+        for event in events {
+            let event: Value = serde_json::from_str(event).map_err(|e| ResponderError::Internal(e.to_string()))?;
+            made += translator.event(&event)?.len();
+        }
+        made += translator.finish(&settings.default_model)?.events.len();
+    } else {
+        let mut translator = Translator::new(thread_id, settings.clone());
+        for chunk in events {
+            let chunk: Chunk = serde_json::from_str(chunk).map_err(|e| ResponderError::Internal(e.to_string()))?;
+            made += translator.chunk(chunk)?.len();
+        }
+        made += translator.finish(&settings.default_model, |_| false)?.events.len();
+    }
+    Ok(made)
+}
+
 /// rustls needs one process-wide crypto provider; ring is the lean choice.
 pub(super) fn install_tls_provider() {
     // Fails only when one is installed already, which is fine.
