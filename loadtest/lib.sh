@@ -35,6 +35,9 @@ lt_tmp=
 lt_loadtest_pid=
 # The servers under test: gateway replicas, or the reference server.
 lt_server_pids=()
+# The processes whose CPU time the request scenarios report per request (`--server-pid`): the gateway replicas
+# lt_start_replicas started, or what a script sets (the reference server).
+lt_cpu_pids=()
 lt_redis_pid=
 lt_redis_port=
 # The nodes of a private Redis Cluster, by index: their pids and ports.
@@ -166,6 +169,7 @@ lt_teardown() {
     for pid in "${lt_server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${lt_server_pids[@]}"; do lt_stop "$pid"; done
     lt_server_pids=()
+    lt_cpu_pids=()
     lt_stop "$lt_redis_pid"
     lt_redis_pid=
     for pid in "${lt_cluster_pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
@@ -346,6 +350,7 @@ lt_start_replicas() {
         lt_ports+=("$port")
         lt_spawn_replica "$i" "$port" "$database_url" "$redis_url"
         lt_server_pids+=("$lt_spawned")
+        lt_cpu_pids+=("$lt_spawned")
     done
     local deadline=$((SECONDS + READY_TIMEOUT + 1)) pid
     for i in $(seq "$first" $((first + count - 1))); do
@@ -483,28 +488,32 @@ lt_ms() {
 
 # lt_request_scenarios URL [LABEL]: runs the request scenarios named in SCENARIOS one after the other against URL
 # (CONCURRENCY clients for DURATION after WARMUP, TIMEOUT a request) and adds a Markdown table row for each to
-# lt_rows, LABEL in its first cell when given; sets lt_errors to the errors they counted. Fails when a scenario failed.
+# lt_rows, LABEL in its first cell when given, with the CPU time the processes of lt_cpu_pids used per successful
+# request; sets lt_errors to the errors they counted. Fails when a scenario failed.
 lt_rows=()
 lt_errors=0
 lt_request_scenarios() {
-    local url=$1 label=${2:-} scenario line rps cells status=0
+    local url=$1 label=${2:-} scenario line rps cells cpu pid pid_args=() status=0
     lt_errors=0
+    for pid in "${lt_cpu_pids[@]}"; do pid_args+=(--server-pid "$pid"); done
     for scenario in $SCENARIOS; do
         echo >&2
         lt_say "${label:+$label / }$scenario"
         lt_run_loadtest "$lt_tmp/${label:+$label-}$scenario.json" --url "$url" --scenario "$scenario" \
             --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --timeout "$TIMEOUT" \
-            --user-header "$USER_HEADER" --json || status=1
+            --user-header "$USER_HEADER" "${pid_args[@]}" --json || status=1
         line=$(<"$lt_tmp/${label:+$label-}$scenario.json")
         if [[ -z $line ]]; then
-            lt_rows+=("| ${label:+$label | }$scenario | failed | | | | | |")
+            lt_rows+=("| ${label:+$label | }$scenario | failed | | | | | | |")
             status=1
             continue
         fi
         lt_errors=$((lt_errors + $(lt_field errors_total "$line")))
         rps=$(printf '%.0f' "$(lt_field rps "$line")")
         cells="$rps | $(lt_ms latency_p50_ms "$line") | $(lt_ms latency_p90_ms "$line") | $(lt_ms latency_p99_ms "$line")"
-        lt_rows+=("| ${label:+$label | }$scenario | $cells | $(lt_ms latency_max_ms "$line") | $(lt_field errors_total "$line") |")
+        cpu=$(lt_field server_cpu_us_per_op "$line")
+        if [[ -z $cpu || $cpu == null ]]; then cpu="n/a"; else cpu=$(printf '%.0f' "$cpu"); fi
+        lt_rows+=("| ${label:+$label | }$scenario | $cells | $(lt_ms latency_max_ms "$line") | $cpu | $(lt_field errors_total "$line") |")
     done
     return "$status"
 }
@@ -515,9 +524,10 @@ lt_request_table() {
     local column=${1:-} align=
     if [[ -n $column ]]; then align='---|'; fi
     echo
-    echo "Latencies in milliseconds, from sending the request to the end of the response."
+    echo "Latencies in milliseconds, from sending the request to the end of the response; server CPU in µs of the"
+    echo "server processes' own CPU time (user and system) per successful request over the measured window."
     echo
-    echo "| ${column:+$column | }scenario | req/s | p50 | p90 | p99 | max | errors |"
-    echo "|$align---|---:|---:|---:|---:|---:|---:|"
+    echo "| ${column:+$column | }scenario | req/s | p50 | p90 | p99 | max | server CPU µs/req | errors |"
+    echo "|$align---|---:|---:|---:|---:|---:|---:|---:|"
     printf '%s\n' "${lt_rows[@]}"
 }

@@ -106,6 +106,7 @@ for mode in $MODES; do
         >"$log" 2>&1 &
     server_pid=$!
     lt_server_pids+=("$server_pid")
+    lt_cpu_pids+=("$server_pid")
     lt_await "the $mode server" "$server_pid" "$log" $((SECONDS + READY_TIMEOUT + 1)) server_answers "$port"
     lt_say "$mode reference server (pid $server_pid) is serving on 127.0.0.1:$port"
 

@@ -30,6 +30,11 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
+    /// Request scenarios: a server process (repeat for several replicas) whose CPU time, user and system from
+    /// `/proc/<PID>/stat`, over the measured window is reported per successful request.
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub server_pids: Vec<u32>,
+
     /// Time spent loading before measuring; its results are discarded (not used by fanout and mixed).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,

@@ -221,8 +221,23 @@ async fn run(args: &Args, target: Target) -> Result<Report, String> {
     let phases = Phases { measure_from: now + args.warmup, end: now + args.warmup + args.duration };
     eprintln!("chatkit-loadtest: warming up for {:?}, then measuring for {:?}", args.warmup, args.duration);
     start_tx.send_replace(Some(phases));
+    // The servers' CPU time over exactly the measured window.
+    let pids = args.server_pids.clone();
+    let server_cpu = tokio::spawn(async move {
+        if pids.is_empty() {
+            return None;
+        }
+        tokio::time::sleep_until(phases.measure_from).await;
+        let from = replicas::cpu_seconds_of(&pids)?;
+        tokio::time::sleep_until(phases.end).await;
+        Some(replicas::cpu_seconds_of(&pids)? - from)
+    });
     while let Some(joined) = clients.join_next().await {
         joined.map_err(|e| format!("a client failed: {e}"))?;
+    }
+    let server_cpu = server_cpu.await.map_err(|e| format!("the CPU sampler failed: {e}"))?;
+    if server_cpu.is_none() && !args.server_pids.is_empty() {
+        eprintln!("chatkit-loadtest: a --server-pid process was not there to read its CPU time");
     }
 
     let mut total = Stats::default();
@@ -235,6 +250,7 @@ async fn run(args: &Args, target: Target) -> Result<Report, String> {
         duration: args.duration,
         warmup: args.warmup,
         connections: target.connections.load(Ordering::Relaxed),
+        server_cpu,
     };
     Ok(Report::new(run, total))
 }

@@ -56,7 +56,17 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// CPU time this process has used so far, user and system, in seconds; `None` where `/proc` does not say.
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_at("/proc/self/stat")
+}
+
+/// The CPU time, user and system, that the processes `pids` have used so far, in seconds; `None` when one of
+/// them is gone or this is not Linux.
+pub fn cpu_seconds_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|pid| cpu_seconds_at(&format!("/proc/{pid}/stat"))).sum()
+}
+
+fn cpu_seconds_at(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name in parentheses may hold spaces; the fields after it start with the state (field 3), so user
     // time (field 14) and system time (field 15) come 11 and 12 places later.
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
@@ -288,6 +298,10 @@ mod tests {
         if cfg!(target_os = "linux") {
             let used = cpu_seconds().expect("Linux has /proc/self/stat");
             assert!((0.0..1e6).contains(&used), "{used}");
+            let me = std::process::id();
+            let twice = cpu_seconds_of(&[me, me]).expect("this process is there");
+            assert!(twice >= 2.0 * used && twice < 2.0 * used + 1.0, "{twice} is about twice {used}");
+            assert_eq!(cpu_seconds_of(&[me, u32::MAX]), None, "a process that is not there");
         }
     }
 

@@ -125,6 +125,8 @@ pub struct RunShape {
     pub warmup: Duration,
     /// Connections opened over the whole run, setup included.
     pub connections: u64,
+    /// CPU seconds the `--server-pid` processes used in the measured window.
+    pub server_cpu: Option<f64>,
 }
 
 /// The numbers printed at the end, in the shape of the JSON line.
@@ -151,6 +153,9 @@ pub struct Report {
     pub latency_max_ms: Option<f64>,
     pub ttfb_p50_ms: Option<f64>,
     pub ttfb_p99_ms: Option<f64>,
+    /// The servers' CPU time in the measured window per successful request, in microseconds (`--server-pid`).
+    pub server_cpu_us_per_op: Option<f64>,
+    pub server_cpu_s: Option<f64>,
     #[serde(skip)]
     pub first_error: BTreeMap<String, String>,
 }
@@ -185,6 +190,11 @@ impl Report {
             latency_max_ms: (!stats.latency.is_empty()).then(|| ms(stats.latency.max())),
             ttfb_p50_ms: ttfb(0.50),
             ttfb_p99_ms: ttfb(0.99),
+            server_cpu_us_per_op: run
+                .server_cpu
+                .filter(|_| stats.ok > 0)
+                .map(|cpu| round(cpu * 1e6 / stats.ok as f64, 1)),
+            server_cpu_s: run.server_cpu.map(|cpu| round(cpu, 2)),
             errors: stats.errors,
             first_error: stats.first_error,
         }
@@ -206,6 +216,12 @@ impl Report {
         table.row("latency ms", quantiles(&P50_P90_P99_MAX, &latency));
         if self.ttfb_p50_ms.is_some() {
             table.row("ttfb ms", quantiles(&["p50", "p99"], &[self.ttfb_p50_ms, self.ttfb_p99_ms]));
+        }
+        if let (Some(per_op), Some(cpu)) = (self.server_cpu_us_per_op, self.server_cpu_s) {
+            table.row(
+                "server CPU",
+                format_args!("{per_op:.1} µs per successful request ({cpu:.2} s of CPU in {:.2} s)", self.duration_s),
+            );
         }
         table.0
     }
@@ -900,6 +916,7 @@ mod tests {
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
             connections: 2,
+            server_cpu: Some(0.5),
         };
         let report = Report::new(run, a);
         assert_eq!(report.ok, 100);
@@ -920,6 +937,9 @@ mod tests {
         assert!(json["latency_p90_ms"].as_f64().is_some());
         assert!(!report.json_line().contains('\n'));
         assert!(report.table().contains("http_503: 2"));
+        // Half a second of server CPU over 100 successful requests.
+        assert_eq!((report.server_cpu_us_per_op, report.server_cpu_s), (Some(5000.0), Some(0.5)));
+        assert!(report.table().contains("5000.0 µs per successful request"), "{}", report.table());
     }
 
     #[test]
@@ -930,6 +950,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             connections: 1,
+            server_cpu: Some(0.1),
         };
         let report = Report::new(run, Stats::default());
         assert_eq!(report.latency_p50_ms, None);
@@ -937,6 +958,8 @@ mod tests {
         assert_eq!(report.rps, 0.0);
         assert!(report.json_line().contains("\"ttfb_p50_ms\":null"));
         assert!(!report.table().contains("ttfb"));
+        assert_eq!(report.server_cpu_us_per_op, None, "no request succeeded to share the CPU");
+        assert!(!report.table().contains("server CPU"));
     }
 
     #[test]
@@ -1112,6 +1135,7 @@ mod tests {
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
             connections: 33,
+            server_cpu: (scenario == Scenario::Turn).then_some(1.234),
         };
         let report = Report::new(run(Scenario::Turn), busy);
         add("request, busy", report.table(), report.json_line());
