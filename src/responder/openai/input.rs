@@ -118,9 +118,14 @@ fn convert(item: &ThreadItem, is_last: bool, images: &Images, out: &mut Vec<Valu
     }
 }
 
-fn user_message(message: &UserMessage, is_last: bool, images: &Images, out: &mut Vec<Value>) {
+/// A tag's label and data, as the model learns of it after the message.
+pub(super) type Tag<'a> = (&'a str, &'a serde_json::Map<String, Value>);
+
+/// A user message's text as the model reads it (each tag as `@label`), and its distinct tags, as both APIs
+/// send them.
+pub(super) fn text_and_tags(message: &UserMessage) -> (String, Vec<Tag<'_>>) {
     let mut text = String::new();
-    let mut tags: Vec<(&str, &serde_json::Map<String, Value>)> = Vec::new();
+    let mut tags: Vec<Tag<'_>> = Vec::new();
     for part in &message.content {
         match part {
             UserMessageContent::InputText { text: part } => text.push_str(part),
@@ -133,6 +138,11 @@ fn user_message(message: &UserMessage, is_last: bool, images: &Images, out: &mut
             }
         }
     }
+    (text, tags)
+}
+
+fn user_message(message: &UserMessage, is_last: bool, images: &Images, out: &mut Vec<Value>) {
+    let (mut text, tags) = text_and_tags(message);
     // The model sees the images whose bytes were read; of other files it learns
     // only that they are there.
     let mut parts = Vec::new();

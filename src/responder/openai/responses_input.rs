@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::input::{hidden_text, structured_input, task, TAG_GUIDE};
-use crate::protocol::{AttachmentKind, ItemBody, ThreadItem, ToolCallStatus, UserMessage, UserMessageContent};
+use super::input::{hidden_text, structured_input, task, text_and_tags, TAG_GUIDE};
+use crate::protocol::{AttachmentKind, ItemBody, ThreadItem, ToolCallStatus, UserMessage};
 use crate::responder::{ResponderError, TurnContext};
 
 /// Attachment bytes by attachment id, as `data:` URLs.
@@ -102,20 +102,7 @@ fn convert(item: &ThreadItem, is_last: bool, files: &Files, out: &mut Vec<Value>
 }
 
 fn user_message(message: &UserMessage, is_last: bool, files: &Files, out: &mut Vec<Value>) {
-    let mut text = String::new();
-    let mut tags: Vec<(&str, &serde_json::Map<String, Value>)> = Vec::new();
-    for part in &message.content {
-        match part {
-            UserMessageContent::InputText { text: part } => text.push_str(part),
-            UserMessageContent::InputTag { text: label, data, .. } => {
-                text.push('@');
-                text.push_str(label);
-                if !tags.iter().any(|(seen, _)| seen == label) {
-                    tags.push((label, data));
-                }
-            }
-        }
-    }
+    let (mut text, tags) = text_and_tags(message);
     let mut parts = Vec::new();
     for attachment in &message.attachments {
         match (files.get(&attachment.id), &attachment.kind) {
