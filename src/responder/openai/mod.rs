@@ -51,10 +51,31 @@ enum Produced {
     Text(String),
 }
 
-/// What one Chat Completions round produces: events, then what its finished completion asks of the turn.
-enum RoundOutput {
+/// What one model round produces, on either API: events, then `F`, what its finished response asks of the turn.
+enum RoundOutput<F> {
     Event(Box<crate::protocol::ThreadStreamEvent>),
-    Finished(stream::Finished),
+    Finished(F),
+}
+
+/// Relays one round's events and its failure, closing the workflow of the tool calls before it first: the answer
+/// follows that workflow, as in the reference, and a failure after tool calls were shown leaves it in the thread.
+fn relay_round<'a, F: 'a>(
+    round: impl futures_util::Stream<Item = Result<RoundOutput<F>, ResponderError>> + 'a,
+    workflow: &'a mut ToolWorkflow,
+) -> impl futures_util::Stream<Item = Result<RoundOutput<F>, ResponderError>> + 'a {
+    async_stream::try_stream! {
+        futures_util::pin_mut!(round);
+        while let Some(output) = round.next().await {
+            if let Ok(RoundOutput::Finished(finished)) = output {
+                yield RoundOutput::Finished(finished);
+                continue;
+            }
+            if let Some(done) = workflow.end() {
+                yield RoundOutput::Event(Box::new(done));
+            }
+            yield output?;
+        }
+    }
 }
 
 pub struct OpenAiResponder {
@@ -324,30 +345,18 @@ impl Inner {
             let mut tool_choice = tool_choice;
             let finished = loop {
                 let request = self.request(&model, &messages, tool_choice.take().as_deref(), rounds < max_rounds);
-                let round = self.chat_round(&turn, &model, &request, mcp.as_ref());
-                futures_util::pin_mut!(round);
-                let mut finished = None;
-                while let Some(produced) = round.next().await {
-                    match produced {
-                        Ok(RoundOutput::Event(event)) => {
-                            // The answer's message follows the workflow, which closes first, as in the reference.
-                            if let Some(done) = workflow.end() {
-                                yield Produced::Event(Box::new(done));
-                            }
-                            yield Produced::Event(event);
-                        }
-                        Ok(RoundOutput::Finished(done)) => finished = Some(done),
-                        Err(error) => {
-                            // A failure after tool calls were shown closes their workflow first, so the thread
-                            // keeps it.
-                            if let Some(done) = workflow.end() {
-                                yield Produced::Event(Box::new(done));
-                            }
-                            Err(error)?;
+                let finished = {
+                    let round = relay_round(self.chat_round(&turn, &model, &request, mcp.as_ref()), &mut workflow);
+                    futures_util::pin_mut!(round);
+                    let mut finished = None;
+                    while let Some(output) = round.next().await {
+                        match output? {
+                            RoundOutput::Event(event) => yield Produced::Event(event),
+                            RoundOutput::Finished(done) => finished = Some(done),
                         }
                     }
-                }
-                let finished = finished.ok_or_else(|| ResponderError::Internal("a round ended unfinished".into()))?;
+                    finished.ok_or_else(|| ResponderError::Internal("a round ended unfinished".into()))?
+                };
                 let Some(mcp) = mcp.as_ref().filter(|_| !finished.server_calls.is_empty()) else {
                     break finished;
                 };
@@ -421,7 +430,7 @@ impl Inner {
         model: &'a str,
         request: &'a Value,
         mcp: Option<&'a McpTools>,
-    ) -> impl futures_util::Stream<Item = Result<RoundOutput, ResponderError>> + 'a {
+    ) -> impl futures_util::Stream<Item = Result<RoundOutput<stream::Finished>, ResponderError>> + 'a {
         async_stream::try_stream! {
             let (mut upstream, first) = self.open::<Chunk>(ModelApi::Chat, request).await.map_err(|f| f.into_error(model))?;
             let mut translator = Translator::new(turn.thread.id(), self.settings.clone());

@@ -10,7 +10,7 @@ use futures_util::Stream;
 use serde_json::{json, Value};
 
 use super::responses_stream::{client_tool_call, refusal_error, Finished, FunctionCall, ResponseTranslator};
-use super::{responses_input, settings, Inner, ModelApi, Produced, TOOL_LIMIT_NOTE};
+use super::{relay_round, responses_input, settings, Inner, ModelApi, Produced, RoundOutput, TOOL_LIMIT_NOTE};
 use crate::protocol::ThreadItem;
 use crate::responder::mcp::{McpTools, ToolSpec, ToolWorkflow};
 use crate::responder::{ResponderError, TurnContext};
@@ -124,30 +124,18 @@ impl Inner {
                 // A forced tool is forced in the first round only, or the model would call it again and again.
                 let forced = if rounds == 0 { tool_choice.as_deref() } else { None };
                 let request = self.response_request(&model, &instructions, &input, forced, rounds < max_rounds);
-                let round = self.response_round(&thread_id, &model, &request);
-                futures_util::pin_mut!(round);
-                let mut finished = None;
-                while let Some(produced) = futures_util::StreamExt::next(&mut round).await {
-                    match produced {
-                        Ok(RoundOutput::Event(event)) => {
-                            // The answer follows the workflow of the tool calls before it, which closes first.
-                            if let Some(done) = workflow.end() {
-                                yield Produced::Event(Box::new(done));
-                            }
-                            yield Produced::Event(event);
-                        }
-                        Ok(RoundOutput::Finished(done)) => finished = Some(done),
-                        Err(error) => {
-                            // A failure after tool calls were shown closes their workflow first, so the thread
-                            // keeps it.
-                            if let Some(done) = workflow.end() {
-                                yield Produced::Event(Box::new(done));
-                            }
-                            Err(error)?;
+                let finished = {
+                    let round = relay_round(self.response_round(&thread_id, &model, &request), &mut workflow);
+                    futures_util::pin_mut!(round);
+                    let mut finished = None;
+                    while let Some(output) = futures_util::StreamExt::next(&mut round).await {
+                        match output? {
+                            RoundOutput::Event(event) => yield Produced::Event(event),
+                            RoundOutput::Finished(done) => finished = Some(done),
                         }
                     }
-                }
-                let finished = finished.ok_or_else(|| ResponderError::Internal("a round ended unfinished".into()))?;
+                    finished.ok_or_else(|| ResponderError::Internal("a round ended unfinished".into()))?
+                };
                 if !finished.events.is_empty() {
                     if let Some(done) = workflow.end() {
                         yield Produced::Event(Box::new(done));
@@ -239,7 +227,7 @@ impl Inner {
         thread_id: &'a str,
         model: &'a str,
         request: &'a Value,
-    ) -> impl Stream<Item = Result<RoundOutput, ResponderError>> + 'a {
+    ) -> impl Stream<Item = Result<RoundOutput<Finished>, ResponderError>> + 'a {
         async_stream::try_stream! {
             let (mut upstream, first) =
                 self.open::<Value>(ModelApi::Responses, request).await.map_err(|f| f.into_error(model))?;
@@ -260,12 +248,6 @@ impl Inner {
             yield RoundOutput::Finished(translator.finish(model)?);
         }
     }
-}
-
-/// What one round produces: events, then what its completed response asks of the turn.
-enum RoundOutput {
-    Event(Box<crate::protocol::ThreadStreamEvent>),
-    Finished(Finished),
 }
 
 /// A function call as an input item of the next request.
