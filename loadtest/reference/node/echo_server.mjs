@@ -13,6 +13,10 @@
 // raw bytes it accepts rather than parsed and serialized again. The SDK itself is unchanged; it still
 // prints one unconditional `DEBUG threads.create params` line to stdout per created thread.
 //
+// One event is the echo's own: the SDK does not send the `stream_options` event that openai-chatkit
+// 1.6.5 (and the gateway) start each response with, and that the load tester requires, so `respond`
+// sends it first.
+//
 // Usage:
 //     node echo_server.mjs --port 8000 --db /tmp/node-peer.db
 
@@ -218,6 +222,10 @@ class EchoServer extends ChatKitServer {
       content,
     });
 
+    // openai-chatkit 1.6.5 starts every response with `stream_options` (ahead of the answer, after the user
+    // message); chatkit-node-backend-sdk 1.1.2 has no such event, so the echo sends it where the Python SDK
+    // would. The SDK's event loop passes an event type it does not know on unchanged.
+    yield { type: "stream_options", stream_options: { allow_cancel: true } };
     yield { type: "thread.item.added", item: item([]) };
     yield {
       type: "thread.item.updated",
