@@ -194,16 +194,18 @@ echo "gateway: chatkit-gateway; shipped: openai-chatkit 1.6.5 as published; tune
 echo "request validator built once; node: chatkit-node-backend-sdk 1.1.2 on express and better-sqlite3."
 lt_request_table server
 
-# rps MODE SCENARIO: the request rate of one run, nothing when it has no report.
-rps() {
-    local file=$lt_tmp/$1-$2.json
+# report_field KEY MODE SCENARIO: a field of one run's report, nothing when it has no report or the field is null.
+report_field() {
+    local file=$lt_tmp/$2-$3.json value
     [[ -s $file ]] || return 0
-    lt_field rps "$(<"$file")"
+    value=$(lt_field "$1" "$(<"$file")")
+    [[ $value == null ]] || echo "$value"
 }
 
-# The gateway's request rate over each other server's, the figure the issue's aims are stated in.
-if [[ -n $wants_gateway ]]; then
-    header="| gateway ÷ |" rule="|---|" rows=()
+# ratio_table TITLE KEY NUMERATOR: a table of one ratio per other server and scenario, of the report field KEY:
+# the gateway's over the other server's when NUMERATOR is `gateway`, the other server's over the gateway's otherwise.
+ratio_table() {
+    local title=$1 key=$2 numerator=$3 header="| server |" rule="|---|" rows=() mode scenario row ours theirs
     for scenario in $SCENARIOS; do
         header+=" $scenario |"
         rule+="---:|"
@@ -212,8 +214,9 @@ if [[ -n $wants_gateway ]]; then
         [[ $mode != gateway ]] || continue
         row="| $mode |"
         for scenario in $SCENARIOS; do
-            ours=$(rps gateway "$scenario")
-            theirs=$(rps "$mode" "$scenario")
+            ours=$(report_field "$key" gateway "$scenario")
+            theirs=$(report_field "$key" "$mode" "$scenario")
+            if [[ $numerator != gateway ]]; then read -r ours theirs <<<"$theirs $ours"; fi
             if [[ -n $ours && -n $theirs ]] && awk -v t="$theirs" 'BEGIN { exit !(t > 0) }'; then
                 row+=" $(awk -v o="$ours" -v t="$theirs" 'BEGIN { printf "%.1f×", o / t }') |"
             else
@@ -222,14 +225,20 @@ if [[ -n $wants_gateway ]]; then
         done
         rows+=("$row")
     done
-    if ((${#rows[@]} > 0)); then
-        echo
-        echo "The gateway's requests per second divided by each other server's, scenario by scenario:"
-        echo
-        echo "$header"
-        echo "$rule"
-        printf '%s\n' "${rows[@]}"
-    fi
+    ((${#rows[@]} > 0)) || return 0
+    echo
+    echo "$title"
+    echo
+    echo "$header"
+    echo "$rule"
+    printf '%s\n' "${rows[@]}"
+}
+
+# The gateway's request rate over each other server's (the figure the issue's aims are stated in), and each other
+# server's CPU per request over the gateway's (which depends less on what else the machine is doing).
+if [[ -n $wants_gateway ]]; then
+    ratio_table "The gateway's requests per second divided by each other server's:" rps gateway
+    ratio_table "Each other server's CPU per request divided by the gateway's:" server_cpu_us_per_op other
 fi
 
 exit "$failed"
