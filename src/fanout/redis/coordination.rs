@@ -235,6 +235,16 @@ impl Coordination for RedisFanout {
     fn session_ends(&self) -> broadcast::Receiver<String> {
         self.session_ends.subscribe()
     }
+
+    fn session_ends_epoch(&self) -> Option<u64> {
+        // The losses counter is raised before the subscriber is marked up
+        // again, so reading it on both sides of the flag catches a loss and
+        // recovery in between.
+        let before = self.status.notice_losses.load(Ordering::SeqCst);
+        let subscribed = self.status.subscribed.load(Ordering::SeqCst);
+        let after = self.status.notice_losses.load(Ordering::SeqCst);
+        (subscribed && before == after).then_some(before)
+    }
 }
 
 impl RedisFanout {
