@@ -487,11 +487,13 @@ lt_ms() {
 }
 
 # lt_request_scenarios URL [LABEL]: runs the request scenarios named in SCENARIOS one after the other against URL
-# (CONCURRENCY clients for DURATION after WARMUP, TIMEOUT a request) and adds a Markdown table row for each to
+# (CONCURRENCY clients for DURATION after WARMUP, TIMEOUT a request; with lt_admin_key set, each client on a session's
+# client secret made with that admin key instead of the user header) and adds a Markdown table row for each to
 # lt_rows, LABEL in its first cell when given, with the CPU time the processes of lt_cpu_pids used per successful
 # request; sets lt_errors to the errors they counted. Fails when a scenario failed.
 lt_rows=()
 lt_errors=0
+lt_admin_key=
 lt_request_scenarios() {
     local url=$1 label=${2:-} scenario line rps cells cpu pid pid_args=() status=0
     lt_errors=0
@@ -501,7 +503,8 @@ lt_request_scenarios() {
         lt_say "${label:+$label / }$scenario"
         lt_run_loadtest "$lt_tmp/${label:+$label-}$scenario.json" --url "$url" --scenario "$scenario" \
             --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --timeout "$TIMEOUT" \
-            --user-header "$USER_HEADER" "${pid_args[@]}" --json || status=1
+            --user-header "$USER_HEADER" ${lt_admin_key:+--admin-key "$lt_admin_key"} "${pid_args[@]}" --json ||
+            status=1
         line=$(<"$lt_tmp/${label:+$label-}$scenario.json")
         if [[ -z $line ]]; then
             lt_rows+=("| ${label:+$label | }$scenario | failed | | | | | | |")

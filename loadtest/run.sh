@@ -11,6 +11,9 @@
 #   TIMEOUT        limit on one request (10s)
 #   SCENARIOS      which scenarios, in order ("turn list create")
 #   USER_HEADER    header that names the user, given to both programs (x-user-id)
+#   AUTH           how clients authenticate: header (the user header) or session (each client makes a session
+#                  through /v1 with an admin key first and sends its client secret; CHATKIT_AUTH=session) (header)
+#   REDIS          1: the gateway uses a private Redis for its coordination (session rate limits), as replicas do (0)
 #   READY_TIMEOUT  seconds to wait for the gateway to be ready (30)
 #   WORKERS        HTTP worker threads of the gateway (its default: one per CPU)
 #   CARGO_TARGET_DIR is respected when set.
@@ -26,15 +29,31 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 TIMEOUT=${TIMEOUT:-10s}
 SCENARIOS=${SCENARIOS:-turn list create}
+AUTH=${AUTH:-header}
+REDIS=${REDIS:-0}
 
 cd "$lt_root"
 lt_machine
 echo "Load: $CONCURRENCY clients per scenario, $DURATION measured after $WARMUP warm-up;" \
     "the gateway and the load tester share this machine."
+echo "Authentication: $AUTH$( ((REDIS)) && echo ", coordination on Redis")."
 
 lt_build release
 lt_init
-lt_start_replicas 1 "sqlite://$lt_tmp/bench.db"
+case $AUTH in
+header) ;;
+session)
+    lt_admin_key=load-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    lt_gateway_env+=(CHATKIT_AUTH=session CHATKIT_ADMIN_KEYS="$lt_admin_key")
+    ;;
+*) lt_die "AUTH must be header or session, not $AUTH" ;;
+esac
+redis_url=
+if ((REDIS)); then
+    lt_start_redis
+    redis_url=redis://127.0.0.1:$lt_redis_port
+fi
+lt_start_replicas 1 "sqlite://$lt_tmp/bench.db" "$redis_url"
 port=${lt_ports[0]}
 
 failed=0

@@ -179,7 +179,9 @@ impl App {
         let responder_name = responder.name();
         let fanout = fanout::open(config.fanout.redis_url.as_ref().map(|url| url.expose()), config.fanout.settings())?;
         let fanout_name = fanout.bus.name();
-        let sessions = Arc::new(Sessions::new(store.clone(), fanout.coordination.clone()));
+        let sessions = Arc::new(
+            Sessions::new(store.clone(), fanout.coordination.clone()).with_cache(config.access.session_cache()),
+        );
         if let Some(sweep) = config.access.sweep() {
             sessions.start_sweeper(sweep);
         }

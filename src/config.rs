@@ -18,7 +18,7 @@ use crate::fanout::FanoutSettings;
 use crate::http::AuthMode;
 use crate::responder::{parse_hosted_tools, AgentSettings, McpSettings, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use crate::secret::Secret;
-use crate::sessions::SweepSettings;
+use crate::sessions::{CacheSettings, SweepSettings};
 use crate::thread::ThreadSettings;
 
 /// The model used when an API key is set and `CHATKIT_MODEL` is not.
@@ -214,6 +214,18 @@ pub struct AccessConfig {
     /// `invalid_client_secret`).
     #[arg(long, env = "CHATKIT_SESSION_KEEP_EXPIRED_SECS", default_value_t = 3600)]
     pub session_keep_expired_secs: u64,
+
+    /// Sessions each replica keeps in its cache of authenticated client
+    /// secrets (no store read per request); 0 turns the cache off.
+    #[arg(long, env = "CHATKIT_SESSION_CACHE", default_value_t = 10_000)]
+    pub session_cache: usize,
+
+    /// Seconds a cached session is used before the store is read again: the
+    /// longest a cancel stays unseen on another replica when the cancelling
+    /// replica could not reach Redis (otherwise a cancel reaches every cache
+    /// at once through the session-ended notice).
+    #[arg(long, env = "CHATKIT_SESSION_CACHE_SECS", default_value_t = 30)]
+    pub session_cache_secs: u64,
 }
 
 impl AccessConfig {
@@ -224,6 +236,11 @@ impl AccessConfig {
             batch: self.session_sweep_batch.max(1),
             keep_expired: Duration::from_secs(self.session_keep_expired_secs),
         })
+    }
+
+    /// The settings of the session cache.
+    pub fn session_cache(&self) -> CacheSettings {
+        CacheSettings { capacity: self.session_cache, max_age: Duration::from_secs(self.session_cache_secs) }
     }
 }
 

@@ -48,6 +48,13 @@ pub struct Args {
     #[arg(long, default_value = "x-user-id", value_parser = parse_header_name)]
     pub user_header: HeaderName,
 
+    /// Request scenarios: the gateway's admin key. Each client then first makes a session for its
+    /// user through `POST /v1/chatkit/sessions` (a rate limit no run reaches) and sends its client
+    /// secret as `Authorization: Bearer` instead of the user header, for a gateway with
+    /// `CHATKIT_AUTH=session`.
+    #[arg(long, value_name = "KEY")]
+    pub admin_key: Option<String>,
+
     /// Runtime worker threads; by default one per CPU.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,

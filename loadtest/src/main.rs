@@ -89,9 +89,22 @@ fn main() -> ExitCode {
             (table, json_line, measured)
         }),
         Plan::Requests(endpoint) => {
+            let admin_key = match args
+                .admin_key
+                .as_deref()
+                .map(|key| hyper::header::HeaderValue::from_str(&format!("Bearer {key}")))
+            {
+                Some(Ok(value)) => Some(value),
+                Some(Err(_)) => {
+                    eprintln!("chatkit-loadtest: --admin-key is not valid in a header");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
             let target = Target {
                 endpoint,
                 user_header: header,
+                admin_key,
                 timeout: args.timeout,
                 scenario: args.scenario,
                 connections: AtomicU64::new(0),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::IgnoredAny;
@@ -25,12 +25,19 @@ use crate::sse::{SseParser, StreamCheck};
 const LIST_SETUP_THREADS: usize = 25;
 /// The page size `list` asks for and expects back.
 const LIST_LIMIT: usize = 20;
+/// The rate limit of the clients' sessions: far above what one client sends in a minute, so
+/// that no request is refused and each still goes through the session's sliding window.
+const SESSION_RATE_LIMIT: u32 = 10_000_000;
+/// The clients' sessions' life in seconds: longer than any run.
+const SESSION_SECONDS: u32 = 86_400;
 
 /// What every client shares: where to send and how long to wait.
 #[derive(Debug)]
 pub struct Target {
     pub endpoint: Endpoint,
     pub user_header: HeaderName,
+    /// `Bearer <admin key>`: each client then authenticates with a session's client secret.
+    pub admin_key: Option<HeaderValue>,
     pub timeout: Duration,
     pub scenario: Scenario,
     /// Connections opened by all clients, setup included; equal to the concurrency when keep-alive holds.
@@ -85,7 +92,8 @@ pub struct VirtualClient {
     /// after any request that did not read its answer to the end.
     connection: Option<SendRequest<Full<Bytes>>>,
     target: Arc<Target>,
-    user: HeaderValue,
+    /// Who the client is: the user header and its user, or `Authorization` and its session's client secret.
+    identity: (HeaderName, HeaderValue),
     content_type: HeaderValue,
     host: HeaderValue,
     thread_id: Option<String>,
@@ -97,11 +105,18 @@ impl VirtualClient {
         let user = HeaderValue::from_str(&format!("load-{index}")).map_err(|e| e.to_string())?;
         let host = HeaderValue::from_str(&target.endpoint.authority).map_err(|e| e.to_string())?;
         let content_type = HeaderValue::from_static("application/json");
-        Ok(VirtualClient { index, connection: None, target, user, content_type, host, thread_id: None, sent: 0 })
+        let identity = (target.user_header.clone(), user);
+        Ok(VirtualClient { index, connection: None, target, identity, content_type, host, thread_id: None, sent: 0 })
     }
 
-    /// Makes what the scenario needs before the clock starts: a thread to talk in, or threads to list.
+    /// Makes what the scenario needs before the clock starts: the client's session when it
+    /// authenticates with one, then a thread to talk in, or threads to list.
     pub async fn setup(&mut self) -> Result<(), String> {
+        if let Some(admin_key) = self.target.admin_key.clone() {
+            let secret = self.create_session(admin_key).await?;
+            let bearer = HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|e| e.to_string())?;
+            self.identity = (AUTHORIZATION, bearer);
+        }
         match self.target.scenario {
             Scenario::Turn => self.thread_id = Some(self.create_thread().await?),
             Scenario::List => {
@@ -113,6 +128,39 @@ impl VirtualClient {
             Scenario::Create | Scenario::Fanout | Scenario::Mixed => {}
         }
         Ok(())
+    }
+
+    /// `POST /v1/chatkit/sessions` for this client's user, beside the endpoint's `/chatkit`; the client secret.
+    async fn create_session(&mut self, admin_key: HeaderValue) -> Result<String, String> {
+        #[derive(Deserialize)]
+        struct Created {
+            client_secret: String,
+        }
+        let path = self.target.endpoint.path.strip_suffix("/chatkit").ok_or_else(|| {
+            format!("--admin-key needs a URL whose path ends in /chatkit, not {}", self.target.endpoint.path)
+        })?;
+        let body = json!({
+            "user": format!("load-{}", self.index),
+            "workflow": {"id": "load"},
+            "expires_after": SESSION_SECONDS,
+            "rate_limits": {"max_requests_per_1_minute": SESSION_RATE_LIMIT},
+        });
+        let request = Request::post(format!("{path}/v1/chatkit/sessions"))
+            .header(HOST, &self.host)
+            .header(CONTENT_TYPE, &self.content_type)
+            .header(AUTHORIZATION, admin_key)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| format!("cannot build the session request: {e}"))?;
+        let mut connection = self.ready_connection().await?;
+        let response = connection.send_request(request).await.map_err(|e| describe(&e))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|e| describe(&e))?.to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!("creating a session answered {status}: {}", String::from_utf8_lossy(&bytes)));
+        }
+        self.connection = Some(connection);
+        let created: Created = serde_json::from_slice(&bytes).map_err(|e| format!("session answer: {e}"))?;
+        Ok(created.client_secret)
     }
 
     async fn create_thread(&mut self) -> Result<String, String> {
@@ -198,7 +246,7 @@ impl VirtualClient {
         let request = Request::post(self.target.endpoint.path.as_str())
             .header(HOST, &self.host)
             .header(CONTENT_TYPE, &self.content_type)
-            .header(&self.target.user_header, &self.user)
+            .header(&self.identity.0, &self.identity.1)
             .body(Full::new(Bytes::from(body)))
             .expect("the method, path and headers were all validated up front");
         let (outcome, read_to_end) = send_and_read(&mut connection, request, expect, start).await;

@@ -85,6 +85,13 @@ pub trait Coordination: Backend {
 
     /// Ids of sessions that ended, from any replica.
     fn session_ends(&self) -> broadcast::Receiver<String>;
+
+    /// `Some(epoch)` while `session_ends` receives the end of every session
+    /// that ends on any replica, the epoch changing whenever some may have
+    /// been missed since (the Redis subscriber reconnected, or lost pushes);
+    /// `None` while some may be missed (the subscriber is down). What is
+    /// cached about sessions holds only within one epoch.
+    fn session_ends_epoch(&self) -> Option<u64>;
 }
 
 /// Counters kept on this replica: the in-process backend's, and the Redis

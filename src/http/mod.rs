@@ -182,7 +182,7 @@ async fn identify(request: &HttpRequest, state: &State) -> Result<Identity, ApiE
                 .filter(|secret| !secret.is_empty())
                 .ok_or(AuthError::Missing)?;
             let session = state.sessions.authenticate(secret).await?;
-            Ok(Identity { user: session.user.clone(), session: Some(Arc::new(session)) })
+            Ok(Identity { user: session.user.clone(), session: Some(session) })
         }
     }
 }

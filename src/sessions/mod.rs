@@ -4,9 +4,12 @@
 //!
 //! Secrets are random and stored only as SHA-256 hashes. Sessions live in the
 //! store, so every replica knows them; rate-limit counters and "session ended"
-//! notices go through the fan-out, so they hold across replicas too. A
-//! background sweeper deletes expired sessions from the store in bounded
-//! batches. This module knows nothing of HTTP.
+//! notices go through the fan-out, so they hold across replicas too. Sessions
+//! that authenticated are cached by secret hash (`cache.rs`), invalidated by
+//! those notices. A background sweeper deletes expired sessions from the store
+//! in bounded batches. This module knows nothing of HTTP.
+
+mod cache;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,9 @@ use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::hosted::{ChatSession, SessionCreateParams, SessionSettings, SessionStatus};
 use crate::store::{SessionRecord, Store, StoreError};
+
+pub use self::cache::CacheSettings;
+use self::cache::{Lookup, SecretHash, SessionCache};
 
 /// The prefix of every client secret, so that one is recognizable in a leak scan.
 pub const SECRET_PREFIX: &str = "ck_secret_";
@@ -104,11 +110,26 @@ pub struct Sessions {
     /// Carries rate-limit windows and session ends between replicas.
     coordination: Arc<dyn Coordination>,
     clock: Clock,
+    /// Sessions that authenticated, by the hash of their secret.
+    cache: SessionCache,
 }
 
 impl Sessions {
+    /// Sessions with the default cache.
     pub fn new(store: Arc<dyn Store>, coordination: Arc<dyn Coordination>) -> Self {
-        Sessions { store, coordination, clock: Arc::new(|| chrono::Utc::now().timestamp_millis()) }
+        let cache = SessionCache::new(CacheSettings::default(), coordination.session_ends());
+        Sessions { store, coordination, clock: Arc::new(|| chrono::Utc::now().timestamp_millis()), cache }
+    }
+
+    /// The same, with these cache settings.
+    pub fn with_cache(mut self, settings: CacheSettings) -> Self {
+        self.cache = SessionCache::new(settings, self.coordination.session_ends());
+        self
+    }
+
+    /// Sessions in the cache now (tests check that it stays bounded).
+    pub fn cached(&self) -> usize {
+        self.cache.len()
     }
 
     /// The same, with rate limits counted on `clock` (tests move it across a minute).
@@ -141,6 +162,8 @@ impl Sessions {
             StoreError::NotFound { .. } => SessionError::NotFound(session_id.to_string()),
             other => SessionError::Store(other),
         })?;
+        // This replica's cache forgets it at once; the others' on the notice.
+        self.cache.invalidate(session_id);
         self.coordination.end_session(session_id).await;
         tracing::info!(session = %record.id, "session cancelled");
         let settings = settings_of(&record).map_err(SessionError::BadRequest)?;
@@ -148,12 +171,22 @@ impl Sessions {
         Ok(answer(&record, settings, String::new()))
     }
 
-    /// The session a client secret belongs to, if it is still good.
-    pub async fn authenticate(&self, secret: &str) -> Result<ActiveSession, AuthError> {
+    /// The session a client secret belongs to, if it is still good: from the
+    /// cache while no notice of its end can have been missed, else from the store.
+    pub async fn authenticate(&self, secret: &str) -> Result<Arc<ActiveSession>, AuthError> {
         if !secret.starts_with(SECRET_PREFIX) {
             return Err(AuthError::Unknown);
         }
-        let record = match self.store.find_session(&hash_secret(secret)).await {
+        let key = digest_secret(secret);
+        let now = unix_now();
+        // Read before the store, so that a notice missed during the read shows as a new epoch.
+        let epoch = self.coordination.session_ends_epoch();
+        let ticket = match self.cache.lookup(&key, epoch, now) {
+            Lookup::Hit(session) if session.expires_at <= now => return Err(AuthError::Expired),
+            Lookup::Hit(session) => return Ok(session),
+            Lookup::Miss(ticket) => ticket,
+        };
+        let record = match self.store.find_session(&hex(&key)).await {
             Ok(record) => record,
             Err(StoreError::NotFound { .. }) => return Err(AuthError::Unknown),
             Err(error) => {
@@ -164,14 +197,21 @@ impl Sessions {
         if record.cancelled {
             return Err(AuthError::Cancelled);
         }
-        if record.expires_at <= unix_now() {
+        if record.expires_at <= now {
             return Err(AuthError::Expired);
         }
         let settings = settings_of(&record).map_err(|error| {
             tracing::error!(%error, session = %record.id, "a stored session has unreadable settings");
             AuthError::Unavailable
         })?;
-        Ok(ActiveSession { id: record.id, user: UserId(record.user), expires_at: record.expires_at, settings })
+        let session = Arc::new(ActiveSession {
+            id: record.id,
+            user: UserId(record.user),
+            expires_at: record.expires_at,
+            settings,
+        });
+        self.cache.fill(key, session.clone(), ticket, now);
+        Ok(session)
     }
 
     /// Counts a request against the session's limit, across replicas: at most
@@ -272,8 +312,25 @@ fn new_secret() -> String {
 
 /// Hex SHA-256: what the store keeps instead of the secret.
 pub fn hash_secret(secret: &str) -> String {
+    hex(&digest_secret(secret))
+}
+
+/// The SHA-256 of a secret, the cache's key.
+fn digest_secret(secret: &str) -> SecretHash {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 fn unix_now() -> i64 {

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub agent_breaker_open: IntGaugeVec,
     pub agent_breaker_opens: IntCounterVec,
     pub store_duration: HistogramVec,
+    /// Client-secret lookups in the session cache, by result (hit, miss).
+    pub session_cache: IntCounterVec,
 }
 
 /// The metrics of this process.
@@ -173,6 +175,11 @@ impl Metrics {
             ),
             agent_errors: counter("chatkit_agent_errors_total", "Failed agent operations, by kind.", &["kind"]),
             agent_breaker_open,
+            session_cache: counter(
+                "chatkit_session_cache_total",
+                "Client secrets looked up in the session cache, by result: hit, or miss (read from the store).",
+                &["result"],
+            ),
             agent_breaker_opens: counter(
                 "chatkit_agent_breaker_opens_total",
                 "Times an agent's circuit breaker opened (again after a failed trial call), by agent.",
@@ -270,7 +277,7 @@ mod tests {
     #[test]
     fn every_family_is_named_once_with_the_prefix() {
         let names = METRICS.names();
-        assert_eq!(names.len(), 25, "{names:?}");
+        assert_eq!(names.len(), 26, "{names:?}");
         let unique: std::collections::HashSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
         for name in &names {

@@ -28,6 +28,7 @@ mod responder_failures;
 mod responses_api;
 mod responses_oracle;
 mod rest_api;
+mod session_cache;
 mod sessions;
 mod shared_attachments;
 mod shutdown;

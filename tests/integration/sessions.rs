@@ -33,7 +33,7 @@ impl Write for Capture {
     }
 }
 
-fn capture_logs() {
+pub(crate) fn capture_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = tracing_subscriber::fmt()
@@ -48,11 +48,11 @@ fn logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
-fn session_auth(config: &mut Config) {
+pub(crate) fn session_auth(config: &mut Config) {
     config.access.auth = Some(AuthMode::Session);
 }
 
-fn spawn_sessions() -> TestApp {
+pub(crate) fn spawn_sessions() -> TestApp {
     capture_logs();
     spawn(Spawn { configure: Box::new(session_auth), ..Default::default() })
 }
@@ -64,19 +64,19 @@ async fn try_create(app: &TestApp, body: Value) -> (u16, Value) {
     (status, response.json().await.expect("JSON"))
 }
 
-async fn create(app: &TestApp, body: Value) -> Value {
+pub(crate) async fn create(app: &TestApp, body: Value) -> Value {
     let (status, session) = try_create(app, body).await;
     assert_eq!(status, 200, "{session}");
     session
 }
 
-async fn session_for(app: &TestApp, user: &str) -> (String, String) {
+pub(crate) async fn session_for(app: &TestApp, user: &str) -> (String, String) {
     let session = create(app, json!({"user": user, "workflow": {"id": "wf_test"}})).await;
     (session["id"].as_str().unwrap().to_string(), session["client_secret"].as_str().unwrap().to_string())
 }
 
 /// `POST /chatkit` with a client secret: status, `Retry-After`, body text.
-async fn call_with(app: &TestApp, secret: &str, op: &str, params: Value) -> (u16, Option<String>, String) {
+pub(crate) async fn call_with(app: &TestApp, secret: &str, op: &str, params: Value) -> (u16, Option<String>, String) {
     let response = app
         .client
         .post(app.url("/chatkit"))
@@ -91,7 +91,7 @@ async fn call_with(app: &TestApp, secret: &str, op: &str, params: Value) -> (u16
     (status, retry_after, response.text().await.expect("body"))
 }
 
-async fn list_threads(app: &TestApp, secret: &str) -> Vec<String> {
+pub(crate) async fn list_threads(app: &TestApp, secret: &str) -> Vec<String> {
     let (status, _, body) = call_with(app, secret, "threads.list", json!({})).await;
     assert_eq!(status, 200, "{body}");
     let page: Value = serde_json::from_str(&body).unwrap();
@@ -104,7 +104,7 @@ async fn new_thread(app: &TestApp, secret: &str, text: &str) -> String {
     parse_sse(&body)[0]["thread"]["id"].as_str().unwrap().to_string()
 }
 
-fn error_code(body: &str) -> String {
+pub(crate) fn error_code(body: &str) -> String {
     let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     check_error_body(&value);
     value["error"]["code"].as_str().unwrap().to_string()
@@ -198,7 +198,7 @@ async fn an_expired_secret_gets_401_saying_so() {
     assert!(body.contains("expired"), "{body}");
 }
 
-async fn open_history(app: &TestApp, secret: &str) -> Viewer {
+pub(crate) async fn open_history(app: &TestApp, secret: &str) -> Viewer {
     let (status, viewer) = viewer::try_open_with_secret(&app.url("/chatkit/events"), secret).await;
     assert_eq!(status, 200);
     viewer.unwrap()

@@ -170,6 +170,8 @@ impl Subscriber {
                 tokio::select! {
                     Some(push) = pushes.recv() => {
                         if overflowed.swap(false, Ordering::SeqCst) {
+                            // Control messages may have been dropped too: session ends among them.
+                            status.notice_losses.fetch_add(1, Ordering::SeqCst);
                             hub.resync_all();
                         }
                         match push.kind {

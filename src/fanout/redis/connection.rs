@@ -27,6 +27,9 @@ pub(super) struct ConnectionStatus {
     pub subscribed: AtomicBool,
     pub last_error: Mutex<String>,
     pub reconnects: AtomicU64,
+    /// Times control messages (session ends) may have been lost: raised
+    /// before `subscribed` turns true after a loss, and on a cluster's push overflow.
+    pub notice_losses: AtomicU64,
     pub dropped_publications: AtomicU64,
 }
 

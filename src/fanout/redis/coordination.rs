@@ -3,11 +3,11 @@
 //! channel; counters and sliding-window rate limits shared by every replica.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::RedisError;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 use tokio::sync::{broadcast, Notify};
 
 use super::{RedisFanout, CANCEL_REQUEST, CONTROL, SESSION_ENDED};
@@ -66,6 +66,13 @@ end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
 ";
+
+/// The SHA-1 of `WINDOW_SCRIPT`, which Redis caches it under: each request of
+/// a session sends this instead of the script's text.
+static WINDOW_SCRIPT_SHA: LazyLock<String> = LazyLock::new(|| {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, WINDOW_SCRIPT.as_bytes());
+    digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
+});
 
 /// The sorted set of a sliding window: `key` is its hash tag, so that every
 /// key of one session (or user) would live on one Redis Cluster shard.
@@ -199,16 +206,20 @@ impl Coordination for RedisFanout {
             let mut conn = self.connection.get().await?;
             // Unique per event, so that two events of the same millisecond both count.
             let member = format!("{now_ms}-{:016x}", rand::random::<u64>());
-            let result: Result<u64, RedisError> = redis::cmd("EVAL")
-                .arg(WINDOW_SCRIPT)
-                .arg(1)
-                .arg(window_key(key))
-                .arg(now_ms)
-                .arg(window.as_millis() as u64)
-                .arg(limit)
-                .arg(member)
-                .query_async(&mut conn)
-                .await;
+            let (set, window_ms) = (window_key(key), window.as_millis() as u64);
+            let invoke = |command: &str, script: &str| {
+                let mut call = redis::cmd(command);
+                call.arg(script).arg(1).arg(&set).arg(now_ms).arg(window_ms).arg(limit).arg(&member);
+                call
+            };
+            let mut result: Result<u64, RedisError> =
+                invoke("EVALSHA", WINDOW_SCRIPT_SHA.as_str()).query_async(&mut conn).await;
+            if result.as_ref().is_err_and(|error| error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
+                // This server has not seen the script (it restarted, or it is
+                // a cluster shard new to it): EVAL runs it and caches it there.
+                // A script that did not run admitted nothing, so the window holds.
+                result = invoke("EVAL", WINDOW_SCRIPT).query_async(&mut conn).await;
+            }
             self.connection.checked(result).await
         };
         match waited.await {
@@ -234,6 +245,16 @@ impl Coordination for RedisFanout {
 
     fn session_ends(&self) -> broadcast::Receiver<String> {
         self.session_ends.subscribe()
+    }
+
+    fn session_ends_epoch(&self) -> Option<u64> {
+        // The losses counter is raised before the subscriber is marked up
+        // again, so reading it on both sides of the flag catches a loss and
+        // recovery in between.
+        let before = self.status.notice_losses.load(Ordering::SeqCst);
+        let subscribed = self.status.subscribed.load(Ordering::SeqCst);
+        let after = self.status.notice_losses.load(Ordering::SeqCst);
+        (subscribed && before == after).then_some(before)
     }
 }
 

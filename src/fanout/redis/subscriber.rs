@@ -182,6 +182,10 @@ impl Subscriber {
     /// The subscriber connection is up: after a loss, the command connections
     /// retry at once and viewers resync.
     pub(super) fn came_back(&self, after_loss: bool) {
+        if after_loss {
+            // Before the flag: whatever was cached under the old epoch must not be trusted once it is up.
+            self.status.notice_losses.fetch_add(1, Ordering::SeqCst);
+        }
         self.status.subscribed.store(true, Ordering::SeqCst);
         METRICS.redis_connected.set(1);
         if after_loss {
