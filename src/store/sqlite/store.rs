@@ -6,7 +6,7 @@ use rusqlite::{ffi, params, Connection, Params, Row};
 use serde_json::value::RawValue;
 
 use super::{SqliteStore, SQL};
-use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
+use crate::protocol::{Attachment, ListedThread, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 use crate::store::paging::{effective_limit, finish_page, Listed, Window};
 use crate::store::sql::{fetch_limit, found, raw_json, to_json, SqlRow};
 use crate::store::{
@@ -107,6 +107,41 @@ fn query_page<T: Listed>(
     Ok(finish_page(data, false, window))
 }
 
+impl SqliteStore {
+    /// A page of threads (of `user`, or of everyone), each read from its row by `parse`.
+    async fn threads_page<T: Listed + Send + 'static>(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+        parse: fn(&Row<'_>) -> StoreResult<T>,
+    ) -> StoreResult<Page<T>> {
+        let limit = effective_limit(query.limit);
+        let (user, query) = (user.map(|user| user.0.clone()), query.clone());
+        self.workers
+            .read(move |conn| {
+                let (mut after_seq, mut before_seq) = (None, None);
+                if query.has_cursor() {
+                    (after_seq, before_seq) = conn
+                        .prepare_cached(&SQL.thread_cursors)
+                        .and_then(|mut statement| {
+                            let cursors = params![query.after, query.before, user];
+                            statement.query_row(cursors, |row| Ok((row.get(0)?, row.get(1)?)))
+                        })
+                        .map_err(backend_error)?;
+                }
+                let window = Window::of(&query, after_seq, before_seq)?;
+                let (low, high) = window.sql_bounds();
+                let sql = SQL.threads_window(user.is_some(), window.ascending);
+                let fetch = fetch_limit(limit);
+                match &user {
+                    None => query_page(conn, sql, params![low, high, fetch], limit, &window, parse),
+                    Some(user) => query_page(conn, sql, params![user, low, high, fetch], limit, &window, parse),
+                }
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -162,32 +197,11 @@ impl Store for SqliteStore {
         user: Option<&UserId>,
         query: &ListQuery,
     ) -> StoreResult<Page<(UserId, ThreadMetadata)>> {
-        let limit = effective_limit(query.limit);
-        let (user, query) = (user.map(|user| user.0.clone()), query.clone());
-        self.workers
-            .read(move |conn| {
-                let (mut after_seq, mut before_seq) = (None, None);
-                if query.has_cursor() {
-                    (after_seq, before_seq) = conn
-                        .prepare_cached(&SQL.thread_cursors)
-                        .and_then(|mut statement| {
-                            let cursors = params![query.after, query.before, user];
-                            statement.query_row(cursors, |row| Ok((row.get(0)?, row.get(1)?)))
-                        })
-                        .map_err(backend_error)?;
-                }
-                let window = Window::of(&query, after_seq, before_seq)?;
-                let (low, high) = window.sql_bounds();
-                let sql = SQL.threads_window(user.is_some(), window.ascending);
-                let fetch = fetch_limit(limit);
-                match &user {
-                    None => query_page(conn, sql, params![low, high, fetch], limit, &window, |row| row.owned_thread()),
-                    Some(user) => {
-                        query_page(conn, sql, params![user, low, high, fetch], limit, &window, |row| row.owned_thread())
-                    }
-                }
-            })
-            .await
+        self.threads_page(user, query, |row| row.owned_thread()).await
+    }
+
+    async fn list_listed_threads(&self, user: &UserId, query: &ListQuery) -> StoreResult<Page<ListedThread>> {
+        self.threads_page(Some(user), query, |row| row.listed_thread()).await
     }
 
     async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {
