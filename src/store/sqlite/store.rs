@@ -118,7 +118,7 @@ impl SqliteStore {
         let limit = effective_limit(query.limit);
         let (user, query) = (user.map(|user| user.0.clone()), query.clone());
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 let (mut after_seq, mut before_seq) = (None, None);
                 if query.has_cursor() {
                     (after_seq, before_seq) = conn
@@ -164,7 +164,7 @@ impl Store for SqliteStore {
     async fn load_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<ThreadMetadata> {
         let (id, user) = (thread_id.to_owned(), user.0.clone());
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.load_thread, params![id, user], |row| row.record(0))?
                     .ok_or_else(|| StoreError::not_found(Entity::Thread, id))
             })
@@ -207,7 +207,7 @@ impl Store for SqliteStore {
     async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {
         let id = thread_id.to_owned();
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.find_thread, params![id], |row| row.owned_thread())?
                     .ok_or_else(|| StoreError::not_found(Entity::Thread, id))
             })
@@ -275,7 +275,7 @@ impl Store for SqliteStore {
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {
         let (thread_id, id, user) = (thread_id.to_owned(), item_id.to_owned(), user.0.clone());
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.load_item, params![thread_id, id, user], |row| row.record(0))?
                     .ok_or_else(|| StoreError::not_found(Entity::Item, id))
             })
@@ -489,7 +489,7 @@ impl Store for SqliteStore {
     async fn load_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
         let id = session_id.to_owned();
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.load_session, params![id], |row| row.session())?
                     .ok_or_else(|| StoreError::not_found(Entity::Session, id))
             })
@@ -499,7 +499,7 @@ impl Store for SqliteStore {
     async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord> {
         let hash = secret_hash.to_owned();
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.find_session, params![hash], |row| row.session())?
                     .ok_or_else(|| StoreError::not_found(Entity::Session, SESSION_BY_SECRET))
             })
