@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatkit_gateway::blobs::DirBlobs;
-use chatkit_gateway::engine::{CancelSignal, Engine, EngineSettings};
+use chatkit_gateway::engine::{CancelSignal, Engine, EngineSettings, TurnEvent};
 use chatkit_gateway::fanout::{self, FanoutSettings};
 use chatkit_gateway::ids::UserId;
 use chatkit_gateway::protocol::{Request, ThreadStreamEvent};
@@ -30,7 +30,7 @@ fn message(thread_id: &str, text: &str) -> Request {
     ))
 }
 
-async fn drain(mut events: mpsc::Receiver<ThreadStreamEvent>) -> usize {
+async fn drain(mut events: mpsc::Receiver<TurnEvent>) -> usize {
     let mut count = 0;
     while events.recv().await.is_some() {
         count += 1;
@@ -63,7 +63,9 @@ fn main() {
                 r#"{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"hi"}]}}}"#.into(),
             ), Default::default()).await.expect("create");
             let mut events = events;
-            let Some(ThreadStreamEvent::ThreadCreated { thread }) = events.recv().await else { panic!("no thread") };
+            let Some(ThreadStreamEvent::ThreadCreated { thread }) = events.recv().await.map(|e| e.event) else {
+                panic!("no thread")
+            };
             drain(events).await;
             thread.id
         });

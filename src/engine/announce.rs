@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::TurnEvent;
 use crate::fanout::{Bus, MessageKind, SnapshotChange, Topic};
 use crate::ids::UserId;
 use crate::protocol::{Thread, ThreadStreamEvent};
@@ -45,25 +46,32 @@ impl Announcer {
         self.bus.publish(&Topic::Thread(thread_id.to_string()), MessageKind::Event, encode(event), snapshot).await;
     }
 
-    /// A turn event, routed by type; events that only concern the requesting
-    /// client (stream options, progress, errors, notices, effects) stay private.
-    pub async fn turn_event(
-        &self,
-        user: &UserId,
-        thread_id: &str,
-        event: &ThreadStreamEvent,
-        snapshot: SnapshotChange,
-    ) {
-        match event {
-            ThreadStreamEvent::ThreadCreated { thread } => self.thread_created(user, thread).await,
-            ThreadStreamEvent::ThreadUpdated { thread } => self.thread_updated(user, thread).await,
+    /// `None` while a thread's in-progress snapshot must follow its items (it
+    /// has viewers here, or the fan-out cannot tell); otherwise how many
+    /// messages may pass between snapshots (see `Bus::snapshot_every`).
+    pub fn unwatched_snapshot_every(&self, thread_id: &str) -> Option<u32> {
+        self.bus.snapshot_every(&Topic::Thread(thread_id.to_string()))
+    }
+
+    /// A turn event, routed by type, as its client got it (serialized once);
+    /// events that only concern the requesting client (stream options,
+    /// progress, errors, notices, effects) stay private.
+    pub async fn turn_event(&self, user: &UserId, thread_id: &str, event: &TurnEvent, snapshot: SnapshotChange) {
+        let topic = match &event.event {
+            ThreadStreamEvent::ThreadCreated { .. } => Topic::User(user.clone()),
+            ThreadStreamEvent::ThreadUpdated { .. } => {
+                let thread_topic = Topic::Thread(thread_id.to_string());
+                self.bus.publish(&thread_topic, MessageKind::Event, event.json.clone(), SnapshotChange::Keep).await;
+                Topic::User(user.clone())
+            }
             ThreadStreamEvent::ItemAdded { .. }
             | ThreadStreamEvent::ItemUpdated { .. }
             | ThreadStreamEvent::ItemDone { .. }
             | ThreadStreamEvent::ItemRemoved { .. }
-            | ThreadStreamEvent::ItemReplaced { .. } => self.item_event(thread_id, event, snapshot).await,
-            _ => {}
-        }
+            | ThreadStreamEvent::ItemReplaced { .. } => Topic::Thread(thread_id.to_string()),
+            _ => return,
+        };
+        self.bus.publish(&topic, MessageKind::Event, event.json.clone(), snapshot).await;
     }
 }
 

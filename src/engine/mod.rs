@@ -23,7 +23,7 @@ use crate::blobs::BlobStore;
 use crate::fanout::{Bus, CatchUp, FanoutError, Health, Subscription, Topic};
 use crate::ids::UserId;
 use crate::protocol::{
-    Attachment, ItemBody, ListParams, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem,
+    Attachment, ItemBody, ListParams, ListedThread, Order, Page, Request, SyncCustomActionResponse, Thread, ThreadItem,
     ThreadMetadata, ThreadStatus, TranscriptionResult, DEFAULT_PAGE_SIZE,
 };
 use crate::responder::{AudioInput, Responder, ResponderError, SharedThread, TurnContext};
@@ -33,7 +33,7 @@ use crate::telemetry::metrics::METRICS;
 
 pub use announce::Announcer;
 pub use attachments::{AttachmentContent, Upload, SWEEP_BATCH};
-pub use turn::{refusal, CancelSignal, PreparedTurn, TurnOutcome};
+pub use turn::{refusal, CancelSignal, PreparedTurn, TurnEvent, TurnOutcome};
 
 /// Who is asking, beyond the user: what the responder and the session rules need.
 #[derive(Clone, Debug, Default)]
@@ -129,7 +129,7 @@ pub struct EngineSettings {
 #[derive(Debug)]
 pub enum JsonAnswer {
     Thread(Thread),
-    Threads(Page<Thread>),
+    Threads(Page<ListedThread>),
     Items(Page<ThreadItem>),
     Attachment(Attachment),
     Transcription(TranscriptionResult),
@@ -256,8 +256,7 @@ impl Engine {
                 if let Some(recent) = self.recent_threads(user, caller).await? {
                     return Ok(JsonAnswer::Threads(page_of_recent(recent, &query)?));
                 }
-                let page = self.store.list_threads(Some(user), &query).await?;
-                Ok(JsonAnswer::Threads(page.map(|(_, thread)| thread.to_wire(Page::default()))))
+                Ok(JsonAnswer::Threads(self.store.list_listed_threads(user, &query).await?))
             }
             Request::ListItems(params) => {
                 let query = page_query(&params.page)?;
@@ -434,7 +433,7 @@ impl Engine {
 /// first) rather than the store, with the store's paging rules: `after` keeps
 /// what follows its thread in the listing's order, and names the page's last
 /// thread when more follow.
-fn page_of_recent(mut recent: Vec<ThreadMetadata>, query: &ListQuery) -> EngineResult<Page<Thread>> {
+fn page_of_recent(mut recent: Vec<ThreadMetadata>, query: &ListQuery) -> EngineResult<Page<ListedThread>> {
     if matches!(query.order, Order::Asc) {
         recent.reverse();
     }
@@ -447,7 +446,8 @@ fn page_of_recent(mut recent: Vec<ThreadMetadata>, query: &ListQuery) -> EngineR
     };
     let rest = &recent[start..];
     let has_more = rest.len() > query.limit;
-    let data: Vec<Thread> = rest.iter().take(query.limit).map(|thread| thread.to_wire(Page::default())).collect();
+    let data = rest.iter().take(query.limit).map(ListedThread::from_metadata).collect::<Result<Vec<_>, _>>();
+    let data = data.map_err(|error| StoreError::Backend(format!("cannot serialize a thread: {error}")))?;
     let after = if has_more { data.last().map(|thread| thread.id.clone()) } else { None };
     Ok(Page { data, has_more, after })
 }

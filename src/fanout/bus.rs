@@ -150,6 +150,16 @@ pub trait Bus: Backend {
     /// reach the subscription.
     async fn subscribe(&self, topic: &Topic) -> Subscription;
 
+    /// How often a running turn must refresh the topic's in-progress
+    /// snapshot. `None` (the default, for a backend that cannot tell where
+    /// the viewers are) means with every item change. `Some(n)` says nobody
+    /// views the topic: a snapshot started when items are first in progress
+    /// and refreshed every `n` messages is enough, because a viewer joining
+    /// replays the history since the snapshot, which keeps more than `n`.
+    fn snapshot_every(&self, _topic: &Topic) -> Option<u32> {
+        None
+    }
+
     /// Where a joining viewer starts: the topic's head and snapshot, and its
     /// history when `after` (the viewer's `Last-Event-ID`) is given or a
     /// snapshot exists; a fresh viewer with nothing to replay needs none.

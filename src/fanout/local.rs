@@ -112,6 +112,17 @@ impl Bus for LocalFanout {
         self.hub.join(&topic.channel()).0
     }
 
+    /// Every viewer of a topic is on this replica, so the hub knows whether
+    /// there are any. A viewer that joins between two checks finds the last
+    /// snapshot and the history since it, which a quarter of the history
+    /// leaves room for.
+    fn snapshot_every(&self, topic: &Topic) -> Option<u32> {
+        if self.hub.has_viewers(&topic.channel()) {
+            return None;
+        }
+        Some(u32::try_from(self.settings.history / 4).unwrap_or(u32::MAX).max(1))
+    }
+
     async fn catch_up(&self, topic: &Topic, after: Option<u64>) -> Result<CatchUp, FanoutError> {
         let Some(state) = self.topics.get(&topic.channel()).map(|entry| entry.clone()) else {
             return Ok(CatchUp::default());
@@ -165,5 +176,39 @@ impl Coordination for LocalFanout {
     /// In one process no notice is ever missed.
     fn session_ends_epoch(&self) -> Option<u64> {
         Some(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn snapshots_follow_the_items_only_while_someone_views_the_topic() {
+        let settings = FanoutSettings { history: 40, ..FanoutSettings::default() };
+        let fanout = LocalFanout::new(settings);
+        let topic = Topic::Thread("thr_1".into());
+        assert_eq!(fanout.snapshot_every(&topic), Some(10), "nobody views it: a quarter of the history");
+        let viewer = fanout.subscribe(&topic).await;
+        assert_eq!(fanout.snapshot_every(&topic), None, "a viewer is here: every item change");
+        drop(viewer);
+        assert_eq!(fanout.snapshot_every(&topic), Some(10), "the viewer left");
+        let tiny = LocalFanout::new(FanoutSettings { history: 2, ..FanoutSettings::default() });
+        assert_eq!(tiny.snapshot_every(&topic), Some(1), "never less than every message");
+    }
+
+    #[tokio::test]
+    async fn a_stale_snapshot_and_the_history_since_it_come_to_the_current_items() {
+        let fanout = LocalFanout::new(FanoutSettings { history: 8, ..FanoutSettings::default() });
+        let topic = Topic::Thread("thr_1".into());
+        fanout.publish(&topic, MessageKind::Event, "{\"n\":1}".into(), SnapshotChange::Set("[1]".into())).await;
+        for n in 2..=4 {
+            fanout.publish(&topic, MessageKind::Event, format!("{{\"n\":{n}}}"), SnapshotChange::Keep).await;
+        }
+        let catch_up = fanout.catch_up(&topic, None).await.expect("local catch-up");
+        let snapshot = catch_up.snapshot.clone().expect("the snapshot of message 1");
+        let since = catch_up.since(snapshot.seq).expect("the history reaches back to it");
+        let bodies: Vec<&str> = since.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["{\"n\":2}", "{\"n\":3}", "{\"n\":4}"]);
     }
 }

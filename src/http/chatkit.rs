@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures_util::stream;
 
 use super::{identify, read_body, ApiError, Identity, State};
-use crate::engine::{Caller, JsonAnswer};
-use crate::protocol::{Request, ThreadStreamEvent};
+use crate::engine::{Caller, JsonAnswer, TurnEvent};
+use crate::protocol::Request;
 use crate::sessions::Admission;
 use crate::telemetry::metrics::{OpenStream, METRICS};
 
@@ -62,9 +62,14 @@ async fn answer(
     }
     let events = state.threads.turn(user, parsed, caller).await?;
     let open = OpenStream::new("turn");
-    let frames = stream::unfold((events, open), |(mut events, open)| async move {
-        let event = events.recv().await?;
-        Some((Ok::<_, Infallible>(sse_frame(&event)), (events, open)))
+    // Events that are ready together go out as one chunk: one write for the
+    // socket instead of one per event.
+    let frames = stream::unfold((events, open, Vec::new()), |(mut events, open, mut ready)| async move {
+        if events.recv_many(&mut ready, FRAMES_PER_CHUNK).await == 0 {
+            return None;
+        }
+        let chunk = sse_frames(ready.drain(..));
+        Some((Ok::<_, Infallible>(chunk), (events, open, ready)))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -102,17 +107,17 @@ fn json_body(answer: &JsonAnswer) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-/// One Server-Sent Event: `data: <json>` and a blank line, nothing else, as
+/// The most turn events framed into one chunk of the response.
+const FRAMES_PER_CHUNK: usize = 32;
+
+/// Server-Sent Events, each `data: <json>` and a blank line, nothing else, as
 /// the reference frames turn streams.
-pub fn sse_frame(event: &ThreadStreamEvent) -> Bytes {
-    let mut frame = Vec::with_capacity(256);
-    frame.extend_from_slice(b"data: ");
-    if let Err(error) = serde_json::to_writer(&mut frame, event) {
-        // Only a non-string map key could fail here; say so rather than send half a frame.
-        tracing::error!(%error, "could not serialize a stream event");
-        frame.truncate(6);
-        frame.extend_from_slice(br#"{"type":"error","code":"stream.error","allow_retry":true}"#);
+fn sse_frames(events: impl Iterator<Item = TurnEvent>) -> Bytes {
+    let mut chunk = Vec::with_capacity(512);
+    for event in events {
+        chunk.extend_from_slice(b"data: ");
+        chunk.extend_from_slice(event.json.as_bytes());
+        chunk.extend_from_slice(b"\n\n");
     }
-    frame.extend_from_slice(b"\n\n");
-    Bytes::from(frame)
+    Bytes::from(chunk)
 }

@@ -7,12 +7,14 @@
 mod events;
 pub mod hosted;
 mod items;
+mod listed;
 mod requests;
 mod thread;
 mod time;
 
 pub use events::*;
 pub use items::*;
+pub use listed::ListedThread;
 pub use requests::*;
 pub use thread::*;
 pub use time::Timestamp;

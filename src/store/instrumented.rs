@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use super::{Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreResult, UserId};
-use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
+use crate::protocol::{Attachment, ListedThread, Page, ThreadItem, ThreadMetadata};
 use crate::telemetry::metrics::METRICS;
 
 pub struct Instrumented {
@@ -60,6 +60,10 @@ impl Store for Instrumented {
         query: &ListQuery,
     ) -> StoreResult<Page<(UserId, ThreadMetadata)>> {
         self.timed("list_threads", self.inner.list_threads(user, query)).await
+    }
+
+    async fn list_listed_threads(&self, user: &UserId, query: &ListQuery) -> StoreResult<Page<ListedThread>> {
+        self.timed("list_threads", self.inner.list_listed_threads(user, query)).await
     }
 
     async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {

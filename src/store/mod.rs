@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use crate::ids::UserId;
-use crate::protocol::{Attachment, Order, Page, ThreadItem, ThreadMetadata};
+use crate::protocol::{Attachment, ListedThread, Order, Page, ThreadItem, ThreadMetadata};
 
 pub use instrumented::Instrumented;
 pub use memory::MemoryStore;
@@ -191,6 +191,15 @@ pub trait Store: Send + Sync + 'static {
         user: Option<&UserId>,
         query: &ListQuery,
     ) -> StoreResult<Page<(UserId, ThreadMetadata)>>;
+    /// The same page of `user`'s threads as `list_threads`, each as the JSON a client receives:
+    /// for `threads.list`, which then need not parse and serialize every thread. This default
+    /// converts `list_threads`; SQL backends write it from their stored text.
+    async fn list_listed_threads(&self, user: &UserId, query: &ListQuery) -> StoreResult<Page<ListedThread>> {
+        let page = self.list_threads(Some(user), query).await?;
+        let data = page.data.iter().map(|(_, thread)| ListedThread::from_metadata(thread)).collect::<Result<_, _>>();
+        let data = data.map_err(|err| StoreError::Backend(format!("cannot serialize record: {err}")))?;
+        Ok(Page { data, has_more: page.has_more, after: page.after })
+    }
     /// Finds a thread by id alone, with its owner: for admin operations, which
     /// act on a thread without acting as its user.
     async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)>;

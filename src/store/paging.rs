@@ -3,7 +3,7 @@
 //! the cursor of the next page.
 
 use super::{ListQuery, StoreError, StoreResult, UserId};
-use crate::protocol::{Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
+use crate::protocol::{ListedThread, Order, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 
 /// A zero limit would give an empty page that can never advance, so it means
 /// the protocol's default page size, as it does on the wire.
@@ -70,6 +70,12 @@ pub(super) trait Listed {
 }
 
 impl Listed for ThreadItem {
+    fn cursor(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Listed for ListedThread {
     fn cursor(&self) -> &str {
         &self.id
     }

@@ -23,7 +23,7 @@ use super::sql::{
 use super::{
     Entity, Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreError, StoreResult, UserId, SESSION_BY_SECRET,
 };
-use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata};
+use crate::protocol::{Attachment, ListedThread, Page, ThreadItem, ThreadMetadata};
 
 /// The store's SQL, rendered for PostgreSQL once per process.
 static SQL: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Postgres));
@@ -161,6 +161,36 @@ async fn migrate(pool: &PgPool) -> StoreResult<()> {
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 impl PostgresStore {
+    /// A page of threads (of `user`, or of everyone), each read from its row by `parse`.
+    async fn threads_page<T: Listed>(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+        parse: fn(&PgRow) -> StoreResult<T>,
+    ) -> StoreResult<Page<T>> {
+        let limit = effective_limit(query.limit);
+        let user = user.map(UserId::as_str);
+        let (mut after_seq, mut before_seq) = (None, None);
+        if query.has_cursor() {
+            (after_seq, before_seq) = sqlx::query_as(&SQL.thread_cursors)
+                .bind(query.after.as_deref())
+                .bind(query.before.as_deref())
+                .bind(user)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend_error)?;
+        }
+        let window = Window::of(query, after_seq, before_seq)?;
+        let (low, high) = window.sql_bounds();
+        let mut select = sqlx::query(SQL.threads_window(user.is_some(), window.ascending));
+        if let Some(user) = user {
+            select = select.bind(user);
+        }
+        let rows =
+            select.bind(low).bind(high).bind(fetch_limit(limit)).fetch_all(&self.pool).await.map_err(backend_error)?;
+        into_page(&rows, limit, &window, parse)
+    }
+
     /// The schema version this build brings a database up to.
     pub const SCHEMA_VERSION: i64 = SCHEMA_VERSION;
 
@@ -262,27 +292,11 @@ impl Store for PostgresStore {
         user: Option<&UserId>,
         query: &ListQuery,
     ) -> StoreResult<Page<(UserId, ThreadMetadata)>> {
-        let limit = effective_limit(query.limit);
-        let user = user.map(UserId::as_str);
-        let (mut after_seq, mut before_seq) = (None, None);
-        if query.has_cursor() {
-            (after_seq, before_seq) = sqlx::query_as(&SQL.thread_cursors)
-                .bind(query.after.as_deref())
-                .bind(query.before.as_deref())
-                .bind(user)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(backend_error)?;
-        }
-        let window = Window::of(query, after_seq, before_seq)?;
-        let (low, high) = window.sql_bounds();
-        let mut select = sqlx::query(SQL.threads_window(user.is_some(), window.ascending));
-        if let Some(user) = user {
-            select = select.bind(user);
-        }
-        let rows =
-            select.bind(low).bind(high).bind(fetch_limit(limit)).fetch_all(&self.pool).await.map_err(backend_error)?;
-        into_page(&rows, limit, &window, SqlRow::owned_thread)
+        self.threads_page(user, query, SqlRow::owned_thread).await
+    }
+
+    async fn list_listed_threads(&self, user: &UserId, query: &ListQuery) -> StoreResult<Page<ListedThread>> {
+        self.threads_page(Some(user), query, SqlRow::listed_thread).await
     }
 
     async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {

@@ -16,7 +16,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{Entity, SessionRecord, StoreError, StoreResult, UserId};
-use crate::protocol::ThreadMetadata;
+use crate::protocol::{ListedThread, ThreadMetadata};
 
 /// The SQL dialects the store speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,6 +383,12 @@ pub(super) trait SqlRow {
     /// A thread with its owner, from `user_id, data` columns.
     fn owned_thread(&self) -> StoreResult<(UserId, ThreadMetadata)> {
         Ok((UserId(self.text(0)?.to_owned()), self.record(1)?))
+    }
+
+    /// A thread as a listing shows it, from the same `user_id, data` columns.
+    fn listed_thread(&self) -> StoreResult<ListedThread> {
+        ListedThread::from_stored(self.text(1)?)
+            .map_err(|err| StoreError::Backend(format!("stored record does not parse: {err}")))
     }
 
     /// A session, from the columns of `session_columns!`.

@@ -13,7 +13,7 @@ use actix::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Caller, CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn};
+use crate::engine::{Caller, CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn, TurnEvent};
 use crate::fanout::{Coordination, Lease};
 use crate::ids::UserId;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
@@ -26,11 +26,11 @@ pub(super) enum Job {
         user: UserId,
         request: Request,
         caller: Caller,
-        sink: mpsc::Sender<ThreadStreamEvent>,
+        sink: mpsc::Sender<TurnEvent>,
         started: oneshot::Sender<EngineResult<()>>,
     },
     /// Run a turn prepared outside the actor (a new thread's first turn).
-    Run { turn: PreparedTurn, sink: mpsc::Sender<ThreadStreamEvent> },
+    Run { turn: PreparedTurn, sink: mpsc::Sender<TurnEvent> },
     /// An operator's status change.
     Status { thread_id: String, status: ThreadStatus, answer: oneshot::Sender<EngineResult<(UserId, Thread)>> },
     /// A non-streaming request that changes the thread.
@@ -218,13 +218,7 @@ async fn run_job(setup: Arc<ActorSetup>, work: Arc<ActorWork>, thread_id: String
     }
 }
 
-async fn run_turn(
-    engine: &Engine,
-    work: &ActorWork,
-    turn: PreparedTurn,
-    sink: mpsc::Sender<ThreadStreamEvent>,
-    lease: &Lease,
-) {
+async fn run_turn(engine: &Engine, work: &ActorWork, turn: PreparedTurn, sink: mpsc::Sender<TurnEvent>, lease: &Lease) {
     let cancel = CancelSignal::new();
     work.set_running(Some(cancel.clone()));
     let run = engine.run(turn, sink, cancel.clone());
@@ -248,7 +242,7 @@ impl Job {
                 let _ = started.send(Err(error));
             }
             Job::Run { sink, .. } => {
-                let _ = sink.try_send(ThreadStreamEvent::custom_error(error.to_string(), true));
+                let _ = sink.try_send(TurnEvent::new(ThreadStreamEvent::custom_error(error.to_string(), true)));
             }
             Job::Status { answer, .. } => {
                 let _ = answer.send(Err(error));

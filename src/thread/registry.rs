@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::actor::{ActorSetup, ActorWork, Envelope, Job, Roster, ThreadActor};
-use crate::engine::{Caller, Engine, EngineError, EngineResult, JsonAnswer};
+use crate::engine::{Caller, Engine, EngineError, EngineResult, JsonAnswer, TurnEvent};
 use crate::fanout::Coordination;
 use crate::ids::UserId;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
@@ -158,7 +158,7 @@ impl ThreadRegistry {
         user: UserId,
         request: Request,
         caller: Caller,
-    ) -> EngineResult<mpsc::Receiver<ThreadStreamEvent>> {
+    ) -> EngineResult<mpsc::Receiver<TurnEvent>> {
         let (sink, events) = mpsc::channel(STREAM_BUFFER);
         let Some(thread_id) = request.thread_id().map(str::to_string) else {
             // A new thread: nothing can be queued on it yet, so it is prepared
@@ -166,14 +166,14 @@ impl ThreadRegistry {
             let turn = self.engine().prepare(&user, request, None).await?.with_caller(caller);
             let thread_id = turn.thread_id();
             if let Submit::Busy = self.submit(&thread_id, Job::Run { turn, sink: sink.clone() }) {
-                let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
+                let _ = sink.try_send(TurnEvent::new(ThreadStreamEvent::custom_error(BUSY, true)));
             }
             return Ok(events);
         };
         let (started, accepted) = oneshot::channel();
         match self.submit(&thread_id, Job::Turn { user, request, caller, sink: sink.clone(), started }) {
             Submit::Busy => {
-                let _ = sink.try_send(ThreadStreamEvent::custom_error(BUSY, true));
+                let _ = sink.try_send(TurnEvent::new(ThreadStreamEvent::custom_error(BUSY, true)));
                 Ok(events)
             }
             Submit::Queued => match accepted.await {

@@ -121,6 +121,25 @@ impl PreparedTurn {
     }
 }
 
+/// One event of a turn as its client receives it: the event and its JSON,
+/// serialized once for both the client's stream and the thread's viewers.
+#[derive(Clone, Debug)]
+pub struct TurnEvent {
+    pub event: ThreadStreamEvent,
+    pub json: String,
+}
+
+impl TurnEvent {
+    pub fn new(event: ThreadStreamEvent) -> Self {
+        let json = serde_json::to_string(&event).unwrap_or_else(|error| {
+            // Only a non-string map key could fail here; say so rather than send half an event.
+            tracing::error!(%error, "could not serialize a stream event");
+            r#"{"type":"error","code":"stream.error","allow_retry":true}"#.to_string()
+        });
+        TurnEvent { event, json }
+    }
+}
+
 /// How a turn ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TurnOutcome {
@@ -340,12 +359,7 @@ impl Engine {
 
     /// Streams a prepared turn into `sink`, persisting as it goes. Runs to the
     /// end even if the client leaves: then it keeps the partial output.
-    pub async fn run(
-        &self,
-        turn: PreparedTurn,
-        sink: mpsc::Sender<ThreadStreamEvent>,
-        cancel: CancelSignal,
-    ) -> TurnOutcome {
+    pub async fn run(&self, turn: PreparedTurn, sink: mpsc::Sender<TurnEvent>, cancel: CancelSignal) -> TurnOutcome {
         let started = Instant::now();
         let outcome = self.run_inner(turn, sink, cancel, started).await;
         let label = match outcome {
@@ -360,7 +374,7 @@ impl Engine {
     async fn run_inner(
         &self,
         turn: PreparedTurn,
-        sink: mpsc::Sender<ThreadStreamEvent>,
+        sink: mpsc::Sender<TurnEvent>,
         cancel: CancelSignal,
         started: Instant,
     ) -> TurnOutcome {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{CancelSignal, TurnOutcome, CANCELLED_CONTEXT};
+use super::{CancelSignal, TurnEvent, TurnOutcome, CANCELLED_CONTEXT};
 use crate::engine::pending::PendingItems;
 use crate::engine::{panic_message, Engine};
 use crate::fanout::SnapshotChange;
@@ -36,7 +36,7 @@ pub(super) struct Run<'a> {
     /// Fixed for the turn; kept here so that streaming events need not lock `thread`.
     thread_id: String,
     pub(super) thread: SharedThread,
-    sink: mpsc::Sender<ThreadStreamEvent>,
+    sink: mpsc::Sender<TurnEvent>,
     cancel: CancelSignal,
     pending: PendingItems,
     /// The thread version last persisted; a newer one means the responder changed it.
@@ -70,7 +70,7 @@ impl<'a> Run<'a> {
         engine: &'a Engine,
         user: UserId,
         thread: SharedThread,
-        sink: mpsc::Sender<ThreadStreamEvent>,
+        sink: mpsc::Sender<TurnEvent>,
         cancel: CancelSignal,
         started: Instant,
         writes: Writes,
@@ -93,28 +93,47 @@ impl<'a> Run<'a> {
     }
 
     /// Announces an event to live viewers and sends it to the client; false
-    /// when the client has gone. Viewers get it either way.
+    /// when the client has gone. Viewers get it either way. The event is
+    /// serialized once, for both.
     pub(super) async fn send(&mut self, event: ThreadStreamEvent) -> bool {
-        let snapshot = match &event {
+        let snapshot = self.snapshot_change(&event);
+        let event = TurnEvent::new(event);
+        self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
+        self.sink.send(event).await.is_ok()
+    }
+
+    /// What an item event does to the in-progress snapshot. While the thread
+    /// has viewers on this replica (or the fan-out cannot tell), the snapshot
+    /// follows the items. Without viewers it is only started, cleared and
+    /// refreshed often enough that the fan-out history still reaches back to
+    /// it: a viewer joining then gets that snapshot and the messages since,
+    /// which come to the same items, at a fraction of the serializing.
+    fn snapshot_change(&mut self, event: &ThreadStreamEvent) -> SnapshotChange {
+        let changes_items = match event {
             ThreadStreamEvent::ItemAdded { .. }
             | ThreadStreamEvent::ItemDone { .. }
             | ThreadStreamEvent::ItemRemoved { .. }
-            | ThreadStreamEvent::ItemReplaced { .. } => self.snapshot_now(),
-            ThreadStreamEvent::ItemUpdated { .. } => {
-                self.snapshot.updates += 1;
-                if self.snapshot.bytes < SNAPSHOT_EAGER_BYTES
-                    || self.snapshot.updates >= SNAPSHOT_EVERY_UPDATES
-                    || self.snapshot.at.elapsed() >= SNAPSHOT_EVERY
-                {
-                    self.snapshot_now()
-                } else {
-                    SnapshotChange::Keep
-                }
-            }
-            _ => SnapshotChange::Keep,
+            | ThreadStreamEvent::ItemReplaced { .. } => true,
+            ThreadStreamEvent::ItemUpdated { .. } => false,
+            _ => return SnapshotChange::Keep,
         };
-        self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
-        self.sink.send(event).await.is_ok()
+        self.snapshot.updates += 1;
+        if let Some(every) = self.engine.announce.unwatched_snapshot_every(&self.thread_id) {
+            let due = !self.snapshot.live || self.snapshot.updates >= every;
+            return match (self.pending.is_empty(), due) {
+                (true, _) | (false, true) => self.snapshot_now(),
+                (false, false) => SnapshotChange::Keep,
+            };
+        }
+        if changes_items
+            || self.snapshot.bytes < SNAPSHOT_EAGER_BYTES
+            || self.snapshot.updates >= SNAPSHOT_EVERY_UPDATES
+            || self.snapshot.at.elapsed() >= SNAPSHOT_EVERY
+        {
+            self.snapshot_now()
+        } else {
+            SnapshotChange::Keep
+        }
     }
 
     /// The in-progress items as they stand, for viewers that join mid-turn.
@@ -159,6 +178,7 @@ impl<'a> Run<'a> {
                 ThreadStreamEvent::ItemRemoved { item_id: item.id }
             };
             let snapshot = if index == last { SnapshotChange::Clear } else { SnapshotChange::Keep };
+            let event = TurnEvent::new(event);
             self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
         }
         self.snapshot.live = false;
@@ -318,7 +338,7 @@ impl<'a> Run<'a> {
                 // lost): nothing of it was kept, and a client still listening is told to retry.
                 let error = persist_failed(error);
                 self.announce_abandoned(false).await;
-                let _ = self.sink.send(error).await;
+                let _ = self.sink.send(TurnEvent::new(error)).await;
                 return TurnOutcome::Failed;
             }
             Err(error) => tracing::error!(%error, "could not persist a cancelled turn"),

@@ -6,7 +6,7 @@ use rusqlite::{ffi, params, Connection, Params, Row};
 use serde_json::value::RawValue;
 
 use super::{SqliteStore, SQL};
-use crate::protocol::{Attachment, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
+use crate::protocol::{Attachment, ListedThread, Page, ThreadItem, ThreadMetadata, DEFAULT_PAGE_SIZE};
 use crate::store::paging::{effective_limit, finish_page, Listed, Window};
 use crate::store::sql::{fetch_limit, found, raw_json, to_json, SqlRow};
 use crate::store::{
@@ -107,6 +107,41 @@ fn query_page<T: Listed>(
     Ok(finish_page(data, false, window))
 }
 
+impl SqliteStore {
+    /// A page of threads (of `user`, or of everyone), each read from its row by `parse`.
+    async fn threads_page<T: Listed + Send + 'static>(
+        &self,
+        user: Option<&UserId>,
+        query: &ListQuery,
+        parse: fn(&Row<'_>) -> StoreResult<T>,
+    ) -> StoreResult<Page<T>> {
+        let limit = effective_limit(query.limit);
+        let (user, query) = (user.map(|user| user.0.clone()), query.clone());
+        self.workers
+            .read_small(move |conn| {
+                let (mut after_seq, mut before_seq) = (None, None);
+                if query.has_cursor() {
+                    (after_seq, before_seq) = conn
+                        .prepare_cached(&SQL.thread_cursors)
+                        .and_then(|mut statement| {
+                            let cursors = params![query.after, query.before, user];
+                            statement.query_row(cursors, |row| Ok((row.get(0)?, row.get(1)?)))
+                        })
+                        .map_err(backend_error)?;
+                }
+                let window = Window::of(&query, after_seq, before_seq)?;
+                let (low, high) = window.sql_bounds();
+                let sql = SQL.threads_window(user.is_some(), window.ascending);
+                let fetch = fetch_limit(limit);
+                match &user {
+                    None => query_page(conn, sql, params![low, high, fetch], limit, &window, parse),
+                    Some(user) => query_page(conn, sql, params![user, low, high, fetch], limit, &window, parse),
+                }
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -129,7 +164,7 @@ impl Store for SqliteStore {
     async fn load_thread(&self, user: &UserId, thread_id: &str) -> StoreResult<ThreadMetadata> {
         let (id, user) = (thread_id.to_owned(), user.0.clone());
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.load_thread, params![id, user], |row| row.record(0))?
                     .ok_or_else(|| StoreError::not_found(Entity::Thread, id))
             })
@@ -162,38 +197,17 @@ impl Store for SqliteStore {
         user: Option<&UserId>,
         query: &ListQuery,
     ) -> StoreResult<Page<(UserId, ThreadMetadata)>> {
-        let limit = effective_limit(query.limit);
-        let (user, query) = (user.map(|user| user.0.clone()), query.clone());
-        self.workers
-            .read(move |conn| {
-                let (mut after_seq, mut before_seq) = (None, None);
-                if query.has_cursor() {
-                    (after_seq, before_seq) = conn
-                        .prepare_cached(&SQL.thread_cursors)
-                        .and_then(|mut statement| {
-                            let cursors = params![query.after, query.before, user];
-                            statement.query_row(cursors, |row| Ok((row.get(0)?, row.get(1)?)))
-                        })
-                        .map_err(backend_error)?;
-                }
-                let window = Window::of(&query, after_seq, before_seq)?;
-                let (low, high) = window.sql_bounds();
-                let sql = SQL.threads_window(user.is_some(), window.ascending);
-                let fetch = fetch_limit(limit);
-                match &user {
-                    None => query_page(conn, sql, params![low, high, fetch], limit, &window, |row| row.owned_thread()),
-                    Some(user) => {
-                        query_page(conn, sql, params![user, low, high, fetch], limit, &window, |row| row.owned_thread())
-                    }
-                }
-            })
-            .await
+        self.threads_page(user, query, |row| row.owned_thread()).await
+    }
+
+    async fn list_listed_threads(&self, user: &UserId, query: &ListQuery) -> StoreResult<Page<ListedThread>> {
+        self.threads_page(Some(user), query, |row| row.listed_thread()).await
     }
 
     async fn find_thread(&self, thread_id: &str) -> StoreResult<(UserId, ThreadMetadata)> {
         let id = thread_id.to_owned();
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.find_thread, params![id], |row| row.owned_thread())?
                     .ok_or_else(|| StoreError::not_found(Entity::Thread, id))
             })
@@ -261,7 +275,7 @@ impl Store for SqliteStore {
     async fn load_item(&self, user: &UserId, thread_id: &str, item_id: &str) -> StoreResult<ThreadItem> {
         let (thread_id, id, user) = (thread_id.to_owned(), item_id.to_owned(), user.0.clone());
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.load_item, params![thread_id, id, user], |row| row.record(0))?
                     .ok_or_else(|| StoreError::not_found(Entity::Item, id))
             })
@@ -475,7 +489,7 @@ impl Store for SqliteStore {
     async fn load_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
         let id = session_id.to_owned();
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.load_session, params![id], |row| row.session())?
                     .ok_or_else(|| StoreError::not_found(Entity::Session, id))
             })
@@ -485,7 +499,7 @@ impl Store for SqliteStore {
     async fn find_session(&self, secret_hash: &str) -> StoreResult<SessionRecord> {
         let hash = secret_hash.to_owned();
         self.workers
-            .read(move |conn| {
+            .read_small(move |conn| {
                 query_one(conn, &SQL.find_session, params![hash], |row| row.session())?
                     .ok_or_else(|| StoreError::not_found(Entity::Session, SESSION_BY_SECRET))
             })
