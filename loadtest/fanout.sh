@@ -4,7 +4,9 @@
 # database, starts REPLICAS gateways on free loopback ports sharing both, waits until every one
 # answers /readyz with 200, then runs the load tester's fanout scenario: VIEWERS viewer streams
 # over THREADS threads (spread over the replicas), RATE thread updates a second for DURATION,
-# each timed from its send to its receipt by every viewer. Everything it started is stopped
+# each timed from its send to its receipt by every viewer, and the replicas' CPU time from the first update to the end
+# of the drain per delivery (updates included: with many viewers per thread it approaches the cost of one delivery; see
+# the README's Benchmark for the method). Everything it started is stopped
 # (SIGTERM, then SIGKILL after 10 s) and the database dropped on exit, failure and Ctrl-C included.
 #
 # Settings come from the environment:
@@ -67,10 +69,12 @@ lt_start_replicas "$REPLICAS" "$database_url" "redis://127.0.0.1:$lt_redis_port"
 
 mkdir -p "$(dirname "$REPORT")"
 status=0
+pid_args=()
+for pid in "${lt_cpu_pids[@]}"; do pid_args+=(--server-pid "$pid"); done
 lt_run_loadtest "$lt_tmp/report.json" --scenario fanout --url "$(lt_urls)" --threads "$THREADS" \
     --viewers "$VIEWERS" --rate "$RATE" --duration "$DURATION" --drain "$DRAIN" \
     --open-concurrency "$OPEN_CONCURRENCY" --timeout "$TIMEOUT" --setup-timeout "$SETUP_TIMEOUT" \
-    ${LOADTEST_WORKERS:+--workers "$LOADTEST_WORKERS"} --json || status=$?
+    ${LOADTEST_WORKERS:+--workers "$LOADTEST_WORKERS"} "${pid_args[@]}" --json || status=$?
 lt_replica_report || status=1
 
 line=$(<"$lt_tmp/report.json")
@@ -83,6 +87,7 @@ echo "Summary ($VIEWERS viewers, $THREADS threads, $REPLICAS replicas, $RATE upd
 echo "  updates    $(field updates_sent) sent at $(field update_rate)/s, $(field updates_ok) ok, $(field updates_failed) failed"
 echo "  deliveries $(field expected) expected, $(field received) received, $(field lost) lost, $(field resyncs) resyncs"
 echo "  fan-out ms p50 $(field fanout_p50_ms), p90 $(field fanout_p90_ms), p99 $(field fanout_p99_ms), max $(field fanout_max_ms)"
+echo "  server CPU $(field server_cpu_s) s: $(field server_cpu_us_per_delivery) µs per delivery (updates included)"
 echo "  errors     $(field errors_total)"
 echo "  report     $REPORT"
 

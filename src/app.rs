@@ -218,7 +218,7 @@ impl App {
             user_header,
             max_body_bytes: config.server.max_body_bytes,
             max_upload_bytes: usize::try_from(config.storage.max_upload_bytes).unwrap_or(usize::MAX),
-            heartbeat: config.fanout.heartbeat(),
+            heartbeats: http::heartbeat_ticks(config.fanout.heartbeat()),
             closing: closing.subscribe(),
             auth,
             sessions,

@@ -30,8 +30,9 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
-    /// Request scenarios: a server process (repeat for several replicas) whose CPU time, user and system from
-    /// `/proc/<PID>/stat`, over the measured window is reported per successful request.
+    /// A server process (repeat for several replicas) whose CPU time, user and system from `/proc/<PID>/stat`, is
+    /// reported: over the measured window per successful request for the request scenarios; over the send phase and
+    /// the drain per delivery for fanout; over the hold per viewer and second for idle.
     #[arg(long = "server-pid", value_name = "PID")]
     pub server_pids: Vec<u32>,
 
@@ -129,6 +130,8 @@ pub struct Spread {
     pub drain: Duration,
     pub open_concurrency: u32,
     pub setup_timeout: Duration,
+    /// The `--server-pid` processes whose CPU time the run reports.
+    pub server_pids: Vec<u32>,
 }
 
 /// What a fanout run does: the spread, and thread updates at a steady rate.
@@ -214,6 +217,7 @@ impl Args {
             drain: self.drain.unwrap_or(Duration::from_secs(2)),
             open_concurrency: self.open_concurrency.unwrap_or(256),
             setup_timeout: self.setup_timeout.unwrap_or(Duration::from_secs(120)),
+            server_pids: self.server_pids.clone(),
         })
     }
 
@@ -226,6 +230,17 @@ impl Args {
             );
         }
         Ok(FanoutShape { spread: self.spread(1000, 10_000)?, rate: self.rate.unwrap_or(200.0) })
+    }
+
+    /// The idle run the options describe: viewers that open and then only listen for `--duration`.
+    pub fn idle_shape(&self) -> Result<Spread, String> {
+        if self.writers.is_some() || self.check_store.is_some() || self.pin_writers || self.rate.is_some() {
+            return Err(
+                "--writers, --pin-writers, --check-store and --rate belong to other scenarios; idle sends nothing"
+                    .into(),
+            );
+        }
+        self.spread(100, 1000)
     }
 
     /// The mixed run the options describe.
@@ -264,6 +279,9 @@ pub enum Scenario {
     /// Viewer streams on threads across replicas, writers sending turns back to back, and
     /// the time each user message takes to reach every viewer of its thread.
     Mixed,
+    /// Viewer streams on threads across replicas that open and then only listen (heartbeats)
+    /// for `--duration`: what an idle viewer costs a gateway.
+    Idle,
 }
 
 impl Scenario {
@@ -274,6 +292,7 @@ impl Scenario {
             Scenario::Create => "create",
             Scenario::Fanout => "fanout",
             Scenario::Mixed => "mixed",
+            Scenario::Idle => "idle",
         }
     }
 
@@ -416,6 +435,26 @@ mod tests {
         let v6 = endpoint("http://[::1]:9000").unwrap();
         assert_eq!((v6.addr, v6.authority.as_str()), ("[::1]:9000".parse().unwrap(), "[::1]:9000"));
         assert!(endpoint("http://localhost:9000").unwrap().addr.ip().is_loopback());
+    }
+
+    #[test]
+    fn idle_holds_viewers_sends_nothing_and_reads_the_server_cpu() {
+        let args = Args::parse_from([
+            "chatkit-loadtest",
+            "--scenario",
+            "idle",
+            "--viewers",
+            "5000",
+            "--server-pid",
+            "42",
+            "--drain",
+            "0s",
+        ]);
+        let spread = args.idle_shape().unwrap();
+        assert_eq!((spread.threads, spread.viewers, spread.drain), (100, 5000, Duration::ZERO));
+        assert_eq!(spread.server_pids, vec![42]);
+        let rate = Args::parse_from(["chatkit-loadtest", "--scenario", "idle", "--rate", "5"]);
+        assert!(rate.idle_shape().is_err(), "idle sends no updates");
     }
 
     #[test]

@@ -111,7 +111,13 @@ pub async fn run(shape: FanoutShape, user_header: HeaderName, timeout: Duration)
     let net = &finished.net;
     let (tally, detail) = count(&finished.threads, net.pool.count(), net.sends_from_us.load(Ordering::Relaxed));
     let (send_time, send_lag_max) = finished.send_phase;
-    let summary = FanoutShapeSummary { spread: finished.summary, rate: shape.rate, send_time, send_lag_max };
+    let summary = FanoutShapeSummary {
+        spread: finished.summary,
+        rate: shape.rate,
+        send_time,
+        send_lag_max,
+        server_cpu: finished.server_cpu,
+    };
     Ok(FanoutReport::new(summary, tally, finished.stats, detail))
 }
 

@@ -5,6 +5,7 @@ mod agent_echo;
 mod chaos;
 mod cli;
 mod fanout;
+mod idle;
 mod mixed;
 mod multi;
 mod replicas;
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
     let plan = match args.scenario {
         Scenario::Fanout => args.fanout_shape().map(Plan::Fanout),
         Scenario::Mixed => args.mixed_shape().map(Plan::Mixed),
+        Scenario::Idle => args.idle_shape().map(|spread| Plan::Idle(idle::IdleShape(spread))),
         _ => args.single_endpoint().map(Plan::Requests),
     };
     let plan = match plan {
@@ -69,6 +71,10 @@ fn main() -> ExitCode {
     let mut check_failed = false;
     let result = match plan {
         Plan::Fanout(shape) => runtime.block_on(fanout::run(shape, header, args.timeout)).map(|report| {
+            let measured = report.measured();
+            (report.table(), report.json_line(), measured)
+        }),
+        Plan::Idle(shape) => runtime.block_on(idle::run(shape, header, args.timeout)).map(|report| {
             let measured = report.measured();
             (report.table(), report.json_line(), measured)
         }),
@@ -173,6 +179,7 @@ enum Plan {
     Requests(cli::Endpoint),
     Fanout(cli::FanoutShape),
     Mixed(cli::MixedShape),
+    Idle(idle::IdleShape),
 }
 
 /// Sets every client up, starts them together, and collects their results.

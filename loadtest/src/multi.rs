@@ -237,6 +237,8 @@ pub struct Finished<L: Load> {
     pub summary: SpreadSummary,
     pub send_phase: L::SendPhase,
     pub stats: FanoutStats,
+    /// CPU seconds the `--server-pid` processes used from the first send to the end of the drain.
+    pub server_cpu: Option<f64>,
 }
 
 /// Runs the whole scenario; an error means setup failed and nothing was measured.
@@ -262,7 +264,7 @@ pub async fn run<L: Load>(load: &L, user_header: HeaderName, timeout: Duration) 
         // The table that follows starts on a clean line.
         eprint!("\r\x1b[2K");
     }
-    let (threads, open_time, send_phase) = result?;
+    let (threads, open_time, send_phase, server_cpu) = result?;
     let summary = SpreadSummary {
         replicas: spread.replicas.len(),
         threads: spread.threads,
@@ -273,13 +275,16 @@ pub async fn run<L: Load>(load: &L, user_header: HeaderName, timeout: Duration) 
         connections: net.pool.connections(),
     };
     let stats = net.stats();
-    Ok(Finished { net, threads, summary, send_phase, stats })
+    if server_cpu.is_none() && !spread.server_pids.is_empty() {
+        say("chatkit-loadtest: a --server-pid process was not there to read its CPU time");
+    }
+    Ok(Finished { net, threads, summary, send_phase, stats, server_cpu })
 }
 
-type Phases<L> = (Arc<Vec<Thread<<L as Load>::Book>>>, Duration, <L as Load>::SendPhase);
+type Phases<L> = (Arc<Vec<Thread<<L as Load>::Book>>>, Duration, <L as Load>::SendPhase, Option<f64>);
 
-/// Setup, send phase and drain; answers the threads with their books, the time the viewers took to open, and what the
-/// send phase answered.
+/// Setup, send phase and drain; answers the threads with their books, the time the viewers took to open, what the
+/// send phase answered, and the CPU time of the `--server-pid` processes over the send phase and the drain.
 async fn run_phases<L: Load>(load: &L, net: &Arc<Net>, setup_deadline: Instant) -> Result<Phases<L>, String> {
     let spread = load.spread();
     let threads = match tokio::time::timeout_at(setup_deadline, create_threads::<L>(net, spread.threads)).await {
@@ -309,12 +314,23 @@ async fn run_phases<L: Load>(load: &L, net: &Arc<Net>, setup_deadline: Instant) 
 
     net.progress.phase.store(PHASE_SEND, Ordering::Relaxed);
     net.sends_from_us.store(now_us(), Ordering::Relaxed);
+    // Nothing but the load and its deliveries runs in this window: every viewer is open and none has stopped.
+    let cpu_from = server_cpu(&spread.server_pids);
     let send_phase = load.send(net, &threads).await;
 
     net.progress.phase.store(PHASE_DRAIN, Ordering::Relaxed);
     tokio::time::sleep(spread.drain).await;
+    let cpu = cpu_from.zip(server_cpu(&spread.server_pids)).map(|(from, to)| to - from);
     stop_all(viewers, &stop_tx).await;
-    Ok((threads, open_time, send_phase))
+    Ok((threads, open_time, send_phase, cpu))
+}
+
+/// The CPU seconds the processes `pids` have used so far; `None` without any or when one is gone.
+fn server_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    crate::replicas::cpu_seconds_of(pids)
 }
 
 /// Creates the threads, thread `t` owned by user `<NAME>-<t>` and created through replica `t mod replicas`, and lets

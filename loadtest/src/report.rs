@@ -347,6 +347,8 @@ pub struct FanoutShapeSummary {
     pub send_time: Duration,
     /// How late the latest update started against its schedule.
     pub send_lag_max: Duration,
+    /// CPU seconds the `--server-pid` processes used from the first update to the end of the drain.
+    pub server_cpu: Option<f64>,
 }
 
 /// An update or turn answered 200 that some viewers never received.
@@ -439,6 +441,11 @@ pub struct FanoutReport {
     pub fanout_p90_ms: Option<f64>,
     pub fanout_p99_ms: Option<f64>,
     pub fanout_max_ms: Option<f64>,
+    /// CPU seconds of the `--server-pid` processes from the first update to the end of the drain.
+    pub server_cpu_s: Option<f64>,
+    /// `server_cpu_s` per delivery received, in microseconds: updates included, so with many viewers per update it
+    /// approaches the cost of one delivery.
+    pub server_cpu_us_per_delivery: Option<f64>,
     pub updates_from_us: u64,
     pub lost_by_replica: Vec<u64>,
     pub lost_updates: Vec<Lost>,
@@ -490,6 +497,11 @@ impl FanoutReport {
             fanout_p90_ms: quantile_ms(&stats.fanout, 0.90),
             fanout_p99_ms: quantile_ms(&stats.fanout, 0.99),
             fanout_max_ms: max_ms(&stats.fanout),
+            server_cpu_s: shape.server_cpu.map(|cpu| round(cpu, 3)),
+            server_cpu_us_per_delivery: shape
+                .server_cpu
+                .filter(|_| tally.received > 0)
+                .map(|cpu| round(cpu * 1e6 / tally.received as f64, 2)),
             updates_from_us: detail.from_us,
             lost_by_replica: detail.lost_by_replica,
             lost_updates: detail.lost,
@@ -544,6 +556,10 @@ impl FanoutReport {
         }
         let fanout = [self.fanout_p50_ms, self.fanout_p90_ms, self.fanout_p99_ms, self.fanout_max_ms];
         table.row("fan-out ms", format_args!("{}  (send to receipt)", quantiles(&P50_P90_P99_MAX, &fanout)));
+        if let Some(cpu) = self.server_cpu_s {
+            let per = self.server_cpu_us_per_delivery.map_or_else(|| "n/a".to_string(), |per| format!("{per:.2}"));
+            table.row("server CPU", format_args!("{cpu:.3} s, {per} µs per delivery (updates included)"));
+        }
         table.timeline("updates", self.updates_from_us, &self.timeline);
         table.resyncs(self.resyncs, &self.resync_reasons);
         table.anomalies(
@@ -887,6 +903,85 @@ impl MixedReport {
     }
 }
 
+/// The result of an idle run: viewer streams opened and then only held, and what the gateways spent on them.
+#[derive(Debug, Serialize)]
+pub struct IdleReport {
+    pub scenario: &'static str,
+    pub replicas: usize,
+    pub threads: u32,
+    pub viewers: u32,
+    pub viewers_open: u64,
+    pub open_s: f64,
+    pub connections: u64,
+    pub hold_s: f64,
+    pub resyncs: u64,
+    pub resync_reasons: BTreeMap<String, u64>,
+    /// Events of any kind on streams that should carry only heartbeats.
+    pub other_events: u64,
+    pub errors_total: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// CPU seconds of the `--server-pid` processes over the hold.
+    pub server_cpu_s: Option<f64>,
+    /// `server_cpu_s` per open viewer and second of the hold, in microseconds: what heartbeats cost.
+    pub server_cpu_us_per_viewer_s: Option<f64>,
+    #[serde(skip)]
+    pub first_error: BTreeMap<String, String>,
+}
+
+impl IdleReport {
+    pub fn new(spread: SpreadSummary, viewers_open: u64, stats: FanoutStats, server_cpu: Option<f64>) -> Self {
+        let hold_s = spread.duration.as_secs_f64() + spread.drain.as_secs_f64();
+        let viewer_seconds = viewers_open as f64 * hold_s;
+        IdleReport {
+            scenario: "idle",
+            replicas: spread.replicas,
+            threads: spread.threads,
+            viewers: spread.viewers,
+            viewers_open,
+            open_s: round(spread.open_time.as_secs_f64(), 3),
+            connections: spread.connections,
+            hold_s,
+            resyncs: stats.resyncs.values().sum(),
+            resync_reasons: stats.resyncs,
+            other_events: stats.other_events,
+            errors_total: stats.errors.values().sum(),
+            errors: stats.errors,
+            server_cpu_s: server_cpu.map(|cpu| round(cpu, 3)),
+            server_cpu_us_per_viewer_s: server_cpu
+                .filter(|_| viewer_seconds > 0.0)
+                .map(|cpu| round(cpu * 1e6 / viewer_seconds, 3)),
+            first_error: stats.first_error,
+        }
+    }
+
+    /// Whether the run measured anything: some viewer opened.
+    pub fn measured(&self) -> bool {
+        self.viewers_open > 0
+    }
+
+    pub fn json_line(&self) -> String {
+        serde_json::to_string(self).expect("a report of numbers and strings serializes")
+    }
+
+    pub fn table(&self) -> String {
+        let mut table = Table::default();
+        table.row(
+            "scenario",
+            format_args!("idle: {} viewers on {} threads over {} replicas", self.viewers, self.threads, self.replicas),
+        );
+        table.viewers(self.viewers_open, self.viewers, self.open_s, self.connections);
+        table.row("held", format_args!("{:.2} s, sending nothing", self.hold_s));
+        if let Some(cpu) = self.server_cpu_s {
+            let per = self.server_cpu_us_per_viewer_s.map_or_else(|| "n/a".to_string(), |per| format!("{per:.3}"));
+            table.row("server CPU", format_args!("{cpu:.3} s, {per} µs per viewer and second"));
+        }
+        table.resyncs(self.resyncs, &self.resync_reasons);
+        table.row("anomalies", format_args!("{} events on idle streams", self.other_events));
+        table.errors(&self.errors, &self.first_error);
+        table.0
+    }
+}
+
 /// `value` rounded to `places` decimal places.
 fn round(value: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
@@ -997,6 +1092,7 @@ mod tests {
             rate: 5.0,
             send_time: Duration::from_secs(2),
             send_lag_max: Duration::from_micros(1500),
+            server_cpu: Some(0.009),
         };
         let lost = Lost {
             lost_n: 7,
@@ -1025,7 +1121,9 @@ mod tests {
         assert_eq!(json["resync_reasons"]["lagged"], 1);
         assert_eq!(json["errors"]["stream_bad_stream"], 1);
         assert!(json["fanout_p99_ms"].as_f64().unwrap() >= 89.0);
+        assert_eq!(report.server_cpu_us_per_delivery, Some(100.0), "9 ms of server CPU over 90 deliveries");
         let table = report.table();
+        assert!(table.contains("100.00 µs per delivery"), "{table}");
         assert!(table.contains("10 lost"), "{table}");
         assert!(table.contains("lagged: 1"), "{table}");
         assert!(
@@ -1205,6 +1303,7 @@ mod tests {
             rate: 5.0,
             send_time: Duration::from_millis(3200),
             send_lag_max: Duration::from_micros(1_500),
+            server_cpu: Some(0.25),
         };
         let fanout_tally = FanoutTally {
             viewers_open: 99,
@@ -1218,7 +1317,8 @@ mod tests {
         let report = FanoutReport::new(fanout_shape, fanout_tally, busy(), detail(["title", "lock"]));
         add("fanout, busy", report.table(), report.json_line());
         let quiet = FanoutTally { viewers_open: 100, received: 150, received_for_failed: 0, ..fanout_tally };
-        let report = FanoutReport::new(fanout_shape, quiet, FanoutStats::default(), LossDetail::default());
+        let quiet_shape = FanoutShapeSummary { server_cpu: None, ..fanout_shape };
+        let report = FanoutReport::new(quiet_shape, quiet, FanoutStats::default(), LossDetail::default());
         add("fanout, quiet", report.table(), report.json_line());
 
         let mixed_shape = MixedShapeSummary {
@@ -1244,6 +1344,12 @@ mod tests {
         let quiet = MixedTally { received: 3000, answers_received: 3000, received_for_failed: 0, ..mixed_tally };
         let report = MixedReport::new(quiet_shape, quiet, FanoutStats::default(), LossDetail::default());
         add("mixed, quiet", report.table(), report.json_line());
+
+        let idle_spread = SpreadSummary { threads: 2, viewers: 200, drain: Duration::ZERO, connections: 202, ..spread };
+        let mut idle_stats = FanoutStats::default();
+        idle_stats.record_named_error("stream_closed".into(), "the gateway ended the stream");
+        let report = IdleReport::new(idle_spread, 199, idle_stats, Some(0.597));
+        add("idle", report.table(), report.json_line());
 
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/reports.txt");
         if std::env::var_os("BLESS").is_some() {

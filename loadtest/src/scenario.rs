@@ -124,8 +124,8 @@ impl VirtualClient {
                     self.create_thread().await?;
                 }
             }
-            // The fan-out and mixed scenarios run their own setup in `fanout` and `mixed`, not through a virtual client.
-            Scenario::Create | Scenario::Fanout | Scenario::Mixed => {}
+            // The fan-out, mixed and idle scenarios run their own setup in their modules, not through a virtual client.
+            Scenario::Create | Scenario::Fanout | Scenario::Mixed | Scenario::Idle => {}
         }
         Ok(())
     }
@@ -184,8 +184,8 @@ impl VirtualClient {
                 Scenario::Turn => (self.turn_body(), Expect::Turn),
                 Scenario::Create => (self.create_body(), Expect::Create),
                 Scenario::List => (json!({"type": "threads.list", "params": {"limit": LIST_LIMIT}}), Expect::FullPage),
-                // The fan-out and mixed scenarios have no request loop of this kind; `fanout` and `mixed` drive them.
-                Scenario::Fanout | Scenario::Mixed => break,
+                // The fan-out, mixed and idle scenarios have no request loop of this kind; their modules drive them.
+                Scenario::Fanout | Scenario::Mixed | Scenario::Idle => break,
             };
             let outcome = self.exchange(&body, expect, Some(phases.end)).await;
             if started < phases.measure_from {

@@ -1,7 +1,10 @@
 //! The message bus: topics, the numbered messages published on them, and the
 //! [`Bus`] trait that publishes, subscribes and catches a joining viewer up.
 
+use std::sync::OnceLock;
+
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::{Backend, FanoutError, Subscription};
 use crate::ids::UserId;
@@ -67,9 +70,34 @@ pub struct SequencedMessage {
     pub sent_at_us: u64,
     pub kind: MessageKind,
     pub body: String,
+    /// The message as viewers receive it, made by the first viewer on this replica that sends it and shared by the
+    /// others (the hub hands every viewer of a topic the same `Arc`); never carried between replicas.
+    rendered: Rendered,
 }
 
+/// A cache of a message's rendering: not part of the message, so equal whether filled or not.
+#[derive(Clone, Debug, Default)]
+struct Rendered(OnceLock<Bytes>);
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Rendered) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
+
 impl SequencedMessage {
+    pub fn new(seq: u64, sent_at_us: u64, kind: MessageKind, body: String) -> SequencedMessage {
+        SequencedMessage { seq, sent_at_us, kind, body, rendered: Rendered::default() }
+    }
+
+    /// The message as `render` makes it, made once: later calls, from any viewer, share the first one's bytes.
+    /// The fan-out does not know the format (HTTP frames the message); it only keeps the result.
+    pub fn rendered(&self, render: impl FnOnce(&SequencedMessage) -> Bytes) -> Bytes {
+        self.rendered.0.get_or_init(|| render(self)).clone()
+    }
+
     /// The text carried between replicas: `<seq> <sent_at_us> <kind> <body>`.
     #[cfg(test)]
     fn encode(&self) -> String {
@@ -82,7 +110,7 @@ impl SequencedMessage {
         let sent_at_us = parts.next()?.parse().ok()?;
         let kind = MessageKind::from_tag(parts.next()?)?;
         let body = parts.next()?.to_string();
-        Some(SequencedMessage { seq, sent_at_us, kind, body })
+        Some(SequencedMessage::new(seq, sent_at_us, kind, body))
     }
 }
 
@@ -171,22 +199,27 @@ mod tests {
     use super::*;
 
     fn message(seq: u64) -> SequencedMessage {
-        SequencedMessage { seq, sent_at_us: 7, kind: MessageKind::Event, body: format!("{{\"n\":{seq}}}") }
+        SequencedMessage::new(seq, 7, MessageKind::Event, format!("{{\"n\":{seq}}}"))
     }
 
     #[test]
     fn messages_survive_the_trip_between_replicas() {
-        let deleted = SequencedMessage {
-            seq: 1_764_000_000_000_001,
-            sent_at_us: 9,
-            kind: MessageKind::Deleted,
-            body: "{\"a\": \"b c\"}".into(),
-        };
+        let deleted = SequencedMessage::new(1_764_000_000_000_001, 9, MessageKind::Deleted, "{\"a\": \"b c\"}".into());
         for original in [message(3), deleted] {
             assert_eq!(SequencedMessage::decode(&original.encode()), Some(original));
         }
         assert_eq!(SequencedMessage::decode("12 x e {}"), None);
         assert_eq!(SequencedMessage::decode("12 5 z {}"), None);
+    }
+
+    #[test]
+    fn a_rendering_is_made_once_and_shared() {
+        let shared = std::sync::Arc::new(message(4));
+        let first = shared.rendered(|m| Bytes::from(format!("<{}>", m.seq)));
+        let again = shared.rendered(|_| panic!("rendered a second time"));
+        assert_eq!((&first[..], &again[..]), (&b"<4>"[..], &b"<4>"[..]));
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes, not a copy");
+        assert_eq!(*shared, message(4), "the cache is not part of the message");
     }
 
     #[test]

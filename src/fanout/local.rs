@@ -93,7 +93,7 @@ impl Bus for LocalFanout {
         let state = self.topic(&channel);
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         state.seq = if state.seq == 0 { sequence_base() } else { state.seq + 1 };
-        let message = Arc::new(SequencedMessage { seq: state.seq, sent_at_us: now_us(), kind, body });
+        let message = Arc::new(SequencedMessage::new(state.seq, now_us(), kind, body));
         state.history.push_back(message.clone());
         while state.history.len() > self.settings.history {
             state.history.pop_front();

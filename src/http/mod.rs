@@ -29,6 +29,7 @@ use crate::thread::ThreadRegistry;
 pub use cors::{middleware as cors_middleware, parse_base_path, parse_origin, Cors};
 pub use error::ApiError;
 pub use v1::AdminAccess;
+pub use viewers::heartbeat_ticks;
 
 /// The longest user id accepted, in bytes.
 const MAX_USER_ID_BYTES: usize = 256;
@@ -41,8 +42,9 @@ pub struct State {
     pub user_header: HeaderName,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
-    /// Between heartbeat comments on idle viewer streams.
-    pub heartbeat: std::time::Duration,
+    /// The replica's heartbeat clock: each tick sends a heartbeat comment on every viewer stream
+    /// (`viewers::heartbeat_ticks`).
+    pub heartbeats: tokio::sync::watch::Receiver<u64>,
     /// Turns true when the replica stops; viewer streams then close.
     pub closing: tokio::sync::watch::Receiver<bool>,
     pub auth: AuthMode,

@@ -24,7 +24,7 @@ use crate::fanout::hub::Received;
 use crate::fanout::now_us;
 use crate::fanout::{CatchUp, Delivery, FanoutError, MessageKind, SequencedMessage, Subscription, Topic};
 use crate::sessions::ActiveSession;
-use crate::telemetry::metrics::{OpenStream, METRICS};
+use crate::telemetry::metrics::{DeliveryMetrics, OpenStream};
 
 /// `GET /chatkit/threads/{thread_id}/events`.
 pub async fn thread_events(
@@ -70,7 +70,7 @@ async fn open(state: &State, topic: Topic, last: Option<u64>, session: Option<Ar
     let closes_on_delete = matches!(topic, Topic::Thread(_));
     let kind = if closes_on_delete { "thread_viewer" } else { "history_viewer" };
     let ends = Ends { closing: state.closing.clone(), session, open: OpenStream::new(kind) };
-    let frames = frames(subscription, catch_up, last, state.heartbeat, ends, closes_on_delete);
+    let frames = frames(subscription, catch_up, last, state.heartbeats.clone(), ends, closes_on_delete);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(CacheControl(vec![CacheDirective::NoCache]))
@@ -82,12 +82,14 @@ fn frames(
     mut subscription: Subscription,
     catch_up: Result<CatchUp, FanoutError>,
     last: Option<u64>,
-    heartbeat: Duration,
+    mut heartbeats: watch::Receiver<u64>,
     ends: Ends,
     closes_on_delete: bool,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let Ends { mut closing, mut session, open } = ends;
-    let topic = if closes_on_delete { "thread" } else { "user" };
+    let metrics = DeliveryMetrics::of(closes_on_delete);
+    // The first heartbeat is the next tick after opening, not one that came before.
+    heartbeats.borrow_and_update();
     async_stream::stream! {
         // The highest sequence number this viewer has; later copies are skipped.
         let mut delivered = last.unwrap_or(0);
@@ -135,8 +137,6 @@ fn frames(
             }
         }
         let _open = open;
-        let mut ticker = tokio::time::interval(heartbeat);
-        ticker.tick().await;
         loop {
             tokio::select! {
                 received = subscription.recv() => match received {
@@ -145,10 +145,9 @@ fn frames(
                             continue;
                         }
                         delivered = message.seq;
-                        METRICS.fanout_delivered.with_label_values(&[topic]).inc();
-                        let latency = now_us().saturating_sub(message.sent_at_us) as f64 / 1e6;
-                        METRICS.fanout_latency.with_label_values(&[topic]).observe(latency);
-                        yield Ok(frame(&message));
+                        metrics.record(now_us().saturating_sub(message.sent_at_us) as f64 / 1e6);
+                        // Framed by the first viewer on this replica; the others share its bytes.
+                        yield Ok(message.rendered(frame));
                         if closes_on_delete && message.kind == MessageKind::Deleted {
                             break;
                         }
@@ -161,7 +160,8 @@ fn frames(
                         break;
                     }
                 },
-                _ = ticker.tick() => yield Ok(Bytes::from_static(b": heartbeat\n\n")),
+                // The sender lives as long as the server's state, so an error only means it is stopping.
+                Ok(()) = heartbeats.changed() => yield Ok(Bytes::from_static(HEARTBEAT)),
                 reason = session_ended(&mut session) => {
                     // The session's secret no longer works: neither does its stream.
                     yield Ok(Bytes::from(format!("event: session.ended\ndata: {{\"reason\":\"{reason}\"}}\n\n")));
@@ -214,7 +214,30 @@ async fn session_ended(session: &mut Option<SessionWatch>) -> &'static str {
     }
 }
 
-/// One message: a ChatKit event as a plain `data:` frame, a deletion as a named event.
+/// What an idle stream receives at every heartbeat: a comment.
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// Starts the one heartbeat clock of this replica and answers its ticks, which every viewer stream waits on: a
+/// shared clock costs one timer, where one per stream cost a timer each (about 19,000 on a busy replica). It stops
+/// when nothing listens any more.
+pub fn heartbeat_ticks(every: Duration) -> watch::Receiver<u64> {
+    let (ticks, receiver) = watch::channel(0u64);
+    tokio::spawn(async move {
+        let mut clock = tokio::time::interval(every);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        clock.tick().await;
+        for tick in 1u64.. {
+            clock.tick().await;
+            if ticks.send(tick).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// One message: a ChatKit event as a plain `data:` frame, a deletion as a named event. Made once per message and
+/// replica (see `SequencedMessage::rendered`), so its allocation is not per viewer.
 fn frame(message: &SequencedMessage) -> Bytes {
     let event = match message.kind {
         MessageKind::Event => "",
@@ -245,4 +268,74 @@ fn snapshot_frames(seq: u64, items: &str) -> Vec<Bytes> {
             Bytes::from(format!("id: {seq}\ndata: {{\"type\":\"thread.item.added\",\"item\":{}}}\n\n", item.get()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::fanout::Hub;
+
+    type Frames = Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>>>>;
+
+    fn open(hub: &Arc<Hub>, beats: &watch::Sender<u64>, closing: &watch::Sender<bool>) -> Frames {
+        let (subscription, _) = hub.join("ck:{t:thr_1}");
+        let ends = Ends { closing: closing.subscribe(), session: None, open: OpenStream::new("thread_viewer") };
+        Box::pin(frames(subscription, Ok(CatchUp::default()), None, beats.subscribe(), ends, true))
+    }
+
+    async fn next(stream: &mut Frames) -> Bytes {
+        stream.next().await.expect("the stream goes on").expect("infallible")
+    }
+
+    #[tokio::test]
+    async fn every_viewer_of_a_message_gets_the_same_bytes_framed_once() {
+        let hub = Hub::new(8, None);
+        let (beats, closing) = (watch::channel(0).0, watch::channel(false).0);
+        let (mut first, mut second) = (open(&hub, &beats, &closing), open(&hub, &beats, &closing));
+        let message = SequencedMessage::new(7, now_us(), MessageKind::Event, r#"{"type":"thread.updated"}"#.into());
+        hub.deliver("ck:{t:thr_1}", Delivery::Message(Arc::new(message)));
+        let (a, b) = (next(&mut first).await, next(&mut second).await);
+        assert_eq!(&a[..], b"id: 7\ndata: {\"type\":\"thread.updated\"}\n\n");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one frame shared, not one per viewer");
+
+        let deleted = SequencedMessage::new(8, now_us(), MessageKind::Deleted, r#"{"thread_id":"thr_1"}"#.into());
+        hub.deliver("ck:{t:thr_1}", Delivery::Message(Arc::new(deleted)));
+        let (a, b) = (next(&mut first).await, next(&mut second).await);
+        assert_eq!(&a[..], b"id: 8\nevent: thread.deleted\ndata: {\"thread_id\":\"thr_1\"}\n\n");
+        assert_eq!(a, b);
+        assert!(first.next().await.is_none(), "a deleted thread's stream ends");
+    }
+
+    #[tokio::test]
+    async fn idle_streams_beat_at_each_tick_of_the_shared_clock_and_close_on_shutdown() {
+        let hub = Hub::new(8, None);
+        let (beats, closing) = (watch::channel(0).0, watch::channel(false).0);
+        beats.send_replace(3);
+        let (mut first, mut second) = (open(&hub, &beats, &closing), open(&hub, &beats, &closing));
+        // A tick from before a stream opened is not its heartbeat: the next thing it sends is the message.
+        let message = SequencedMessage::new(1, now_us(), MessageKind::Event, "{}".into());
+        hub.deliver("ck:{t:thr_1}", Delivery::Message(Arc::new(message)));
+        assert_eq!(&next(&mut first).await[..], b"id: 1\ndata: {}\n\n");
+        beats.send_replace(4);
+        assert_eq!(&next(&mut first).await[..], b": heartbeat\n\n");
+        assert_eq!(&next(&mut second).await[..], b"id: 1\ndata: {}\n\n");
+        assert_eq!(&next(&mut second).await[..], b": heartbeat\n\n");
+        closing.send_replace(true);
+        assert_eq!(&next(&mut first).await[..], b"retry: 1000\n: closing\n\n");
+        assert!(first.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_replica_clock_counts_its_ticks() {
+        let mut ticks = heartbeat_ticks(Duration::from_millis(5));
+        assert_eq!(*ticks.borrow(), 0, "no tick at the start");
+        ticks.changed().await.unwrap();
+        assert_eq!(*ticks.borrow_and_update(), 1);
+        ticks.changed().await.unwrap();
+        assert_eq!(*ticks.borrow(), 2);
+    }
 }

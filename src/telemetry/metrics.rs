@@ -10,8 +10,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -267,6 +267,39 @@ impl OpenStream {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         METRICS.open_streams.with_label_values(&[self.0]).dec();
+    }
+}
+
+/// The series a viewer stream touches for every message it delivers, looked up by label once per process rather
+/// than once per delivery (a message to 10,000 viewers is 10,000 deliveries).
+pub struct DeliveryMetrics {
+    delivered: IntCounter,
+    latency: Histogram,
+}
+
+impl DeliveryMetrics {
+    /// Those of thread viewers (`thread`) or of history viewers (`user`).
+    pub fn of(thread_topic: bool) -> &'static DeliveryMetrics {
+        static THREAD: LazyLock<DeliveryMetrics> = LazyLock::new(|| DeliveryMetrics::labelled("thread"));
+        static USER: LazyLock<DeliveryMetrics> = LazyLock::new(|| DeliveryMetrics::labelled("user"));
+        if thread_topic {
+            &THREAD
+        } else {
+            &USER
+        }
+    }
+
+    fn labelled(topic: &str) -> DeliveryMetrics {
+        DeliveryMetrics {
+            delivered: METRICS.fanout_delivered.with_label_values(&[topic]),
+            latency: METRICS.fanout_latency.with_label_values(&[topic]),
+        }
+    }
+
+    /// Counts one delivery, `latency_seconds` after its publication.
+    pub fn record(&self, latency_seconds: f64) {
+        self.delivered.inc();
+        self.latency.observe(latency_seconds);
     }
 }
 
