@@ -138,6 +138,11 @@ impl Coordination for LocalFanout {
         Ok(Lease::local())
     }
 
+    async fn still_held(&self, _lease: &Lease) -> bool {
+        // In-process leases are never kept: every job takes its own.
+        false
+    }
+
     async fn request_cancel(&self, _thread_id: &str) -> bool {
         false
     }

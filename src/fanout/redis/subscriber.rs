@@ -213,8 +213,10 @@ impl Subscriber {
                     self.hub.deliver(target, Delivery::Resync);
                 }
             }
-        } else if let Some(message) = SequencedMessage::decode(payload) {
-            self.hub.deliver(channel, Delivery::Message(Arc::new(message)));
+        } else if let Some(messages) = SequencedMessage::decode_publication(payload) {
+            for message in messages {
+                self.hub.deliver(channel, Delivery::Message(Arc::new(message)));
+            }
         } else {
             tracing::warn!(channel, "ignoring a malformed fan-out message");
         }
