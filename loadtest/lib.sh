@@ -551,11 +551,12 @@ lt_request_scenarios() {
     for scenario in $SCENARIOS; do
         echo >&2
         lt_say "${label:+$label / }$scenario"
-        if [[ -n $lt_count_database ]]; then counted=$(lt_counts); fi
+        counted=
+        if [[ -n $lt_count_database && $scenario != list ]]; then counted=$(lt_counts); fi
         lt_run_loadtest "$lt_tmp/${label:+$label-}$scenario.json" --url "$url" --scenario "$scenario" \
             --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --timeout "$TIMEOUT" \
             --user-header "$USER_HEADER" "${pid_args[@]}" --json || status=1
-        if [[ -n $lt_count_database ]]; then
+        if [[ -n $counted ]]; then
             # An idle PostgreSQL connection reports its counts within ten seconds.
             sleep 11
             lt_count_row "${label:+$label / }$scenario" "$counted" "$(lt_counts)"
