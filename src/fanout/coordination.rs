@@ -74,6 +74,9 @@ pub trait Coordination: Backend {
     /// when another replica holds the thread's lease, i.e. runs something.
     async fn request_cancel(&self, thread_id: &str) -> bool;
 
+    /// Thread ids whose lease another replica waits for: a replica keeping one idle lets it go.
+    fn lease_wanted(&self) -> broadcast::Receiver<String>;
+
     /// Thread ids whose running turn another replica asked to cancel.
     fn cancel_requests(&self) -> broadcast::Receiver<String>;
 

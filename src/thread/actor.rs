@@ -11,7 +11,7 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, SpawnHandle,
     WrapFuture,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::engine::{Caller, CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn};
 use crate::fanout::{Coordination, Lease};
@@ -50,6 +50,8 @@ pub(super) struct ActorWork {
     pub queued: AtomicUsize,
     /// The running turn's cancel signal, so a cancel need not queue behind it.
     pub running: Mutex<Option<CancelSignal>>,
+    /// Told when another replica waits for the thread's lease, which the actor then stops keeping.
+    pub lease_wanted: Notify,
 }
 
 impl ActorWork {
@@ -186,8 +188,16 @@ impl Handler<Envelope> for ThreadActor {
         AtomicResponse::new(Box::pin(running.into_actor(self).map(|kept, actor, ctx| {
             if kept.is_some() {
                 actor.kept = kept;
-                // Dropping the kept lease releases it.
-                actor.linger_timer = Some(ctx.run_later(LEASE_LINGER, |actor, _| actor.kept = None));
+                // Dropping the kept lease releases it: after the linger, or as soon as another
+                // replica asks for it (a permit left from an earlier ask only lets it go early).
+                let work = actor.work.clone();
+                let linger = async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_LINGER) => {}
+                        _ = work.lease_wanted.notified() => {}
+                    }
+                };
+                actor.linger_timer = Some(ctx.spawn(linger.into_actor(actor).map(|(), actor, _| actor.kept = None)));
             }
             actor.arm_idle_timer(ctx)
         })))

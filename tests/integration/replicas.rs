@@ -564,3 +564,26 @@ async fn batched_and_single_publications_reach_viewers_in_order() {
         vec![(Some(head + 1), json!("single")), (Some(head + 2), json!("second")), (Some(head + 3), json!("third"))]
     );
 }
+
+/// A replica keeps a thread's lease for a moment after a job, for the thread's next message. When
+/// that message goes to another replica instead, the waiting replica asks for the lease on the
+/// control channel, the holder hears it (and its actor lets the lease go), and the waiter gets
+/// the lease, with a higher fencing token, once it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waiting_for_a_lease_asks_its_holder_for_it() {
+    use chatkit_gateway::fanout::{Backend, Coordination, FanoutSettings, Health, RedisFanout};
+    let redis = RedisServer::start();
+    let holder = RedisFanout::open(&redis.url(), FanoutSettings::default()).unwrap();
+    let waiter = RedisFanout::open(&redis.url(), FanoutSettings::default()).unwrap();
+    eventually("the holder's subscriber is up", || async { holder.health() == Health::Connected }).await;
+    let mut asked = holder.lease_wanted();
+    let lease = holder.lease("thr_wanted").await.expect("a lease");
+    assert!(holder.still_held(&lease).await, "the holder's lease is its own");
+    let waiting = tokio::spawn(async move { waiter.lease("thr_wanted").await.map(|granted| granted.token) });
+    let wanted = tokio::time::timeout(Duration::from_secs(10), asked.recv()).await.expect("the waiter asked");
+    assert_eq!(wanted.expect("a thread id"), "thr_wanted");
+    let token = lease.token;
+    drop(lease);
+    let granted = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("granted").unwrap();
+    assert!(granted.expect("the lease, once released") > token);
+}

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use redis::{RedisError, Script};
 use tokio::sync::{broadcast, Notify};
 
-use super::{RedisFanout, CANCEL_REQUEST, CONTROL, SESSION_ENDED};
+use super::{RedisFanout, CANCEL_REQUEST, CONTROL, LEASE_WANTED, SESSION_ENDED};
 use crate::fanout::{Coordination, FanoutError, Lease, Topic};
 use crate::telemetry::metrics::METRICS;
 
@@ -131,6 +131,13 @@ impl Coordination for RedisFanout {
                     if !contended {
                         contended = true;
                         METRICS.lease_contended.inc();
+                        // The holder may only be keeping it for a next message that went elsewhere.
+                        let wanted = format!("{LEASE_WANTED}{thread_id}");
+                        let asked: Result<(), RedisError> =
+                            redis::cmd("PUBLISH").arg(CONTROL).arg(wanted).query_async(&mut conn).await;
+                        if let Err(error) = asked {
+                            self.connection.failed(&error).await;
+                        }
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(25));
@@ -192,6 +199,10 @@ impl Coordination for RedisFanout {
                 false
             }
         }
+    }
+
+    fn lease_wanted(&self) -> broadcast::Receiver<String> {
+        self.lease_wanted.subscribe()
     }
 
     fn cancel_requests(&self) -> broadcast::Receiver<String> {

@@ -42,6 +42,8 @@ use super::{Backend, FanoutError, FanoutSettings, Health, Hub};
 const CONTROL: &str = "ck:control";
 /// The prefix of a control message that asks to cancel a thread's running turn.
 const CANCEL_REQUEST: &str = "cancel ";
+/// The prefix of a control message that asks the replica keeping a thread's lease idle to let it go.
+const LEASE_WANTED: &str = "lease-wanted ";
 /// The prefix of a control message that says a client session ended.
 const SESSION_ENDED: &str = "session-ended ";
 /// The prefix of a control message that tells the viewers of a channel (or of
@@ -61,6 +63,7 @@ pub struct RedisFanout {
     publications: mpsc::Sender<Publication>,
     subscriber: mpsc::Sender<SubscriberCommand>,
     cancels: broadcast::Sender<String>,
+    lease_wanted: broadcast::Sender<String>,
     session_ends: broadcast::Sender<String>,
     /// Counts while Redis is away.
     fallback_counters: LocalCounters,
@@ -89,6 +92,7 @@ impl RedisFanout {
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (subscriber, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let cancels = broadcast::channel(256).0;
+        let lease_wanted = broadcast::channel(256).0;
         let session_ends = broadcast::channel(256).0;
         tokio::spawn(publisher(publish_connection.clone(), status.clone(), publication_rx, settings.clone(), sharded));
         let task = Subscriber {
@@ -97,6 +101,7 @@ impl RedisFanout {
             hub: hub.clone(),
             status: status.clone(),
             cancels: cancels.clone(),
+            lease_wanted: lease_wanted.clone(),
             session_ends: session_ends.clone(),
             ping_every: settings.ping_every,
         };
@@ -110,6 +115,7 @@ impl RedisFanout {
             publications,
             subscriber,
             cancels,
+            lease_wanted,
             session_ends,
             fallback_counters: LocalCounters::default(),
             fallback_windows: LocalWindows::default(),
