@@ -1,9 +1,10 @@
 //! Fan-out between replicas over Redis pub/sub.
 //!
 //! Each message goes through one Lua script that numbers it in its topic's
-//! sequence, appends it to the topic's bounded history, updates the thread's
+//! sequence, keeps it in the topic's bounded history, updates the thread's
 //! in-progress snapshot and publishes it, atomically, so every replica sees
-//! one order. Each replica holds one subscriber connection, subscribed to the
+//! one order; the messages of one topic queued together go through one call
+//! of it, as one batch, and the topic's sequence, history and snapshot are one hash. Each replica holds one subscriber connection, subscribed to the
 //! channels its local viewers watch, one multiplexed connection for
 //! publications and one for everything else. Redis going away never fails a
 //! turn: publications are dropped, viewers are told to `resync`, and the
