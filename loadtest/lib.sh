@@ -13,6 +13,7 @@
 #   READY_TIMEOUT  seconds to wait for Redis and for each replica (30)
 #   USER_HEADER    header that names the user, given to the gateway (x-user-id)
 #   WORKERS        HTTP worker threads per replica (the gateway's default: one per CPU)
+#   PREBUILT       a directory holding chatkit-gateway and chatkit-loadtest to run instead of building them
 #   CARGO_TARGET_DIR is respected when set.
 
 export LC_ALL=C
@@ -76,6 +77,13 @@ lt_machine() {
 # some dependencies again. With `test`, right after the test command's `cargo test` nothing but the load tester's own
 # binary compiles; on its own it also builds every test target.
 lt_build() {
+    if [[ -n ${PREBUILT:-} ]]; then
+        # Binaries built earlier (another commit's, for a before-and-after comparison): nothing is compiled.
+        lt_gateway=$PREBUILT/chatkit-gateway
+        lt_loadtest=$PREBUILT/chatkit-loadtest
+        [[ -x $lt_gateway && -x $lt_loadtest ]] || lt_die "PREBUILT=$PREBUILT lacks chatkit-gateway or chatkit-loadtest"
+        return 0
+    fi
     local dir=debug packages=(-p chatkit-gateway -p chatkit-loadtest)
     if [[ ${2:-} == loadtest ]]; then packages=(-p chatkit-loadtest); fi
     case $1 in
@@ -486,6 +494,50 @@ lt_ms() {
     if [[ -z $value || $value == null ]]; then echo "n/a"; else printf '%.2f' "$value"; fi
 }
 
+# lt_counts: prints "REDIS_COMMANDS PG_COMMITS TURNS": the commands the private Redis ran so far (INFO commandstats,
+# which counts those a script runs too, but not INFO itself), the transactions committed in the database named
+# lt_count_database (0 without one), and the turns the replicas ran (their chatkit_turn_duration_seconds counts).
+lt_count_database=
+lt_counts() {
+    local redis=0 pg=0 turns=0 port
+    if [[ -n $lt_redis_port ]]; then
+        redis=$("$REDIS_CLI" -p "$lt_redis_port" INFO commandstats |
+            awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" { s += $3 } END { print s + 0 }')
+    fi
+    if [[ -n $lt_count_database ]]; then
+        pg=$(psql "$PG_URL/postgres" -qAtc \
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = '$lt_count_database'")
+    fi
+    for port in "${lt_ports[@]}"; do
+        turns=$((turns + $(lt_metrics "$port" | awk '/^chatkit_turn_duration_seconds_count/ { s += $2 } END { print s + 0 }')))
+    done
+    echo "$redis $pg $turns"
+}
+
+# lt_count_row LABEL BEFORE AFTER: adds to lt_count_rows the Redis commands and PostgreSQL commits per turn between
+# two lt_counts lines.
+lt_count_row() {
+    local label=$1 before after
+    read -r -a before <<<"$2"
+    read -r -a after <<<"$3"
+    awk -v label="$label" -v r="$((after[0] - before[0]))" -v p="$((after[1] - before[1]))" \
+        -v t="$((after[2] - before[2]))" 'BEGIN {
+            if (t == 0) { printf "| %s | 0 | n/a | n/a |\n", label; exit }
+            printf "| %s | %d | %.1f | %.2f |\n", label, t, r / t, p / t }' >>"$lt_tmp/count-rows"
+}
+
+# lt_count_table: prints what lt_count_row gathered.
+lt_count_table() {
+    [[ -s $lt_tmp/count-rows ]] || return 0
+    echo
+    echo "Per turn over each whole scenario (its setup, warm-up and measured time): Redis commands, counting those"
+    echo "scripts run (INFO commandstats), and PostgreSQL transactions committed (pg_stat_database.xact_commit)."
+    echo
+    echo "| scenario | turns | Redis commands/turn | PostgreSQL commits/turn |"
+    echo "|---|---:|---:|---:|"
+    cat "$lt_tmp/count-rows"
+}
+
 # lt_request_scenarios URL [LABEL]: runs the request scenarios named in SCENARIOS one after the other against URL
 # (CONCURRENCY clients for DURATION after WARMUP, TIMEOUT a request; with lt_admin_key set, each client on a session's
 # client secret made with that admin key instead of the user header) and adds a Markdown table row for each to
@@ -495,16 +547,23 @@ lt_rows=()
 lt_errors=0
 lt_admin_key=
 lt_request_scenarios() {
-    local url=$1 label=${2:-} scenario line rps cells cpu pid pid_args=() status=0
+    local url=$1 label=${2:-} scenario line rps cells cpu pid pid_args=() status=0 counted=
     lt_errors=0
     for pid in "${lt_cpu_pids[@]}"; do pid_args+=(--server-pid "$pid"); done
     for scenario in $SCENARIOS; do
         echo >&2
         lt_say "${label:+$label / }$scenario"
+        counted=
+        if [[ -n $lt_count_database && $scenario != list ]]; then counted=$(lt_counts); fi
         lt_run_loadtest "$lt_tmp/${label:+$label-}$scenario.json" --url "$url" --scenario "$scenario" \
             --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --timeout "$TIMEOUT" \
             --user-header "$USER_HEADER" ${lt_admin_key:+--admin-key "$lt_admin_key"} "${pid_args[@]}" --json ||
             status=1
+        if [[ -n $counted ]]; then
+            # An idle PostgreSQL connection reports its counts within ten seconds.
+            sleep 11
+            lt_count_row "${label:+$label / }$scenario" "$counted" "$(lt_counts)"
+        fi
         line=$(<"$lt_tmp/${label:+$label-}$scenario.json")
         if [[ -z $line ]]; then
             lt_rows+=("| ${label:+$label | }$scenario | failed | | | | | | |")

@@ -16,6 +16,10 @@
 #   REDIS          1: the gateway uses a private Redis for its coordination (session rate limits), as replicas do (0)
 #   READY_TIMEOUT  seconds to wait for the gateway to be ready (30)
 #   WORKERS        HTTP worker threads of the gateway (its default: one per CPU)
+#   STORE          sqlite (the default: a fresh SQLite database), or postgres: the scaled path, a fresh
+#                  PostgreSQL database on PG_URL (postgres://postgres@127.0.0.1:5432) and a private Redis, with
+#                  a second table of Redis commands and PostgreSQL commits per turn (each scenario then ends
+#                  with an 11 s pause, for PostgreSQL's counts to arrive)
 #   CARGO_TARGET_DIR is respected when set.
 #
 # Details of each run go to stderr; the machine line and the table go to stdout.
@@ -38,6 +42,8 @@ echo "Load: $CONCURRENCY clients per scenario, $DURATION measured after $WARMUP 
     "the gateway and the load tester share this machine."
 echo "Authentication: $AUTH$( ((REDIS)) && echo ", coordination on Redis")."
 
+STORE=${STORE:-sqlite}
+
 lt_build release
 lt_init
 case $AUTH in
@@ -48,17 +54,30 @@ session)
     ;;
 *) lt_die "AUTH must be header or session, not $AUTH" ;;
 esac
-redis_url=
-if ((REDIS)); then
-    lt_start_redis
-    redis_url=redis://127.0.0.1:$lt_redis_port
-fi
-lt_start_replicas 1 "sqlite://$lt_tmp/bench.db" "$redis_url"
+case $STORE in
+    sqlite)
+        redis_url=
+        if ((REDIS)); then
+            lt_start_redis
+            redis_url=redis://127.0.0.1:$lt_redis_port
+        fi
+        lt_start_replicas 1 "sqlite://$lt_tmp/bench.db" "$redis_url"
+        ;;
+    postgres)
+        echo "Store: PostgreSQL ($PG_URL) with a private Redis (the scaled path)."
+        lt_start_redis
+        lt_create_database database_url
+        lt_count_database=${database_url##*/}
+        lt_start_replicas 1 "$database_url" "redis://127.0.0.1:$lt_redis_port"
+        ;;
+    *) lt_die "unknown STORE \`$STORE\`; use sqlite or postgres" ;;
+esac
 port=${lt_ports[0]}
 
 failed=0
 lt_request_scenarios "http://127.0.0.1:$port" || failed=1
 lt_request_table "" # one server, so no label column
+lt_count_table
 
 if ((failed)); then
     lt_say "at least one scenario failed; the gateway log follows"

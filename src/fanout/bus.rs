@@ -105,14 +105,44 @@ impl SequencedMessage {
     }
 
     pub(super) fn decode(text: &str) -> Option<SequencedMessage> {
-        let mut parts = text.splitn(4, ' ');
-        let seq = parts.next()?.parse().ok()?;
+        let (seq, rest) = text.split_once(' ')?;
+        SequencedMessage::numbered(seq.parse().ok()?, rest)
+    }
+
+    /// A message from its number and its unsequenced text (`<sent_at_us> <kind> <body>`).
+    pub(super) fn numbered(seq: u64, text: &str) -> Option<SequencedMessage> {
+        let mut parts = text.splitn(3, ' ');
         let sent_at_us = parts.next()?.parse().ok()?;
         let kind = MessageKind::from_tag(parts.next()?)?;
         let body = parts.next()?.to_string();
         Some(SequencedMessage::new(seq, sent_at_us, kind, body))
     }
+
+    /// The messages of one publication: a single message (`<seq> <sent_at_us> <kind> <body>`,
+    /// what every release publishes for one message), or a batch of consecutive ones,
+    /// `B <first seq>` followed by ` <length>:<unsequenced message>` for each, the length in
+    /// bytes. `None` when the text is neither.
+    pub(super) fn decode_publication(text: &str) -> Option<Vec<SequencedMessage>> {
+        let Some(rest) = text.strip_prefix(BATCH_TAG) else {
+            return SequencedMessage::decode(text).map(|message| vec![message]);
+        };
+        let (first, mut rest) = rest.split_once(' ')?;
+        let mut seq: u64 = first.parse().ok()?;
+        let mut messages = Vec::new();
+        while !rest.is_empty() {
+            let (length, tail) = rest.split_once(':')?;
+            let length: usize = length.parse().ok()?;
+            let text = tail.get(..length)?;
+            messages.push(SequencedMessage::numbered(seq, text)?);
+            seq += 1;
+            rest = tail[length..].strip_prefix(' ').unwrap_or(&tail[length..]);
+        }
+        (!messages.is_empty()).then_some(messages)
+    }
 }
+
+/// What a batch publication starts with; no single message does, since those start with a number.
+pub(super) const BATCH_TAG: &str = "B ";
 
 /// A message before its topic numbered it.
 pub(super) fn unsequenced(sent_at_us: u64, kind: MessageKind, body: &str) -> String {
@@ -220,6 +250,33 @@ mod tests {
         assert_eq!((&first[..], &again[..]), (&b"<4>"[..], &b"<4>"[..]));
         assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes, not a copy");
         assert_eq!(*shared, message(4), "the cache is not part of the message");
+    }
+
+    #[test]
+    fn a_batch_publication_carries_consecutive_messages() {
+        // As the publish script writes it: lengths in bytes, bodies with spaces, colons and non-ASCII.
+        let texts = ["7 e {\"a\": \"x y\"}", "8 d {\"é\":1}", "9 e 3:4 5"];
+        let mut batch = format!("{BATCH_TAG}41");
+        for text in texts {
+            batch.push_str(&format!(" {}:{text}", text.len()));
+        }
+        let messages = SequencedMessage::decode_publication(&batch).expect("a batch");
+        let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![41, 42, 43]);
+        assert_eq!(messages[0].body, "{\"a\": \"x y\"}");
+        assert_eq!(
+            (messages[1].kind, messages[1].sent_at_us, messages[1].body.as_str()),
+            (MessageKind::Deleted, 8, "{\"é\":1}")
+        );
+        assert_eq!(messages[2].body, "3:4 5");
+        // A single message, as every earlier release publishes it, still reads.
+        assert_eq!(
+            SequencedMessage::decode_publication("5 1 e {}"),
+            Some(vec![SequencedMessage::new(5, 1, MessageKind::Event, "{}".into())])
+        );
+        for broken in ["B 41 99:7 e {}", "B x 3:1 e", "B 41", "B 41 3:1 q {}"] {
+            assert_eq!(SequencedMessage::decode_publication(broken), None, "{broken}");
+        }
     }
 
     #[test]

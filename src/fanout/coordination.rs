@@ -20,13 +20,22 @@ pub struct Lease {
     pub token: u64,
     pub(super) lost: Arc<Notify>,
     pub(super) lost_flag: Arc<AtomicBool>,
-    pub(super) release: Option<Box<dyn FnOnce() + Send>>,
+    pub(super) release: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// A lease held in Redis: its key and the value that names this holder, so that a later
+    /// job can check it is still this replica's (see `Coordination::still_held`).
+    pub(super) held: Option<(String, String)>,
 }
 
 impl Lease {
     /// A lease that needs no coordination (the in-process backend).
     pub fn local() -> Lease {
-        Lease { token: 0, lost: Arc::new(Notify::new()), lost_flag: Default::default(), release: None }
+        Lease { token: 0, lost: Arc::new(Notify::new()), lost_flag: Default::default(), release: None, held: None }
+    }
+
+    /// Whether the lease may be kept for the thread's next job: it is held in Redis (a lease
+    /// granted without coordination is not), and it was not lost.
+    pub fn keepable(&self) -> bool {
+        self.held.is_some() && !self.lost_flag.load(Ordering::SeqCst)
     }
 
     /// Resolves if the lease is lost while held (it expired and another
@@ -57,9 +66,16 @@ pub trait Coordination: Backend {
     /// Without coordination (in-process, or Redis unreachable) it grants at once.
     async fn lease(&self, thread_id: &str) -> Result<Lease, FanoutError>;
 
+    /// Whether a lease kept since an earlier job is still this replica's, so that the next job
+    /// may run under it (and under the fence claimed with it) without taking it again.
+    async fn still_held(&self, lease: &Lease) -> bool;
+
     /// Asks every other replica to cancel the thread's running turn; true
     /// when another replica holds the thread's lease, i.e. runs something.
     async fn request_cancel(&self, thread_id: &str) -> bool;
+
+    /// Thread ids whose lease another replica waits for: a replica keeping one idle lets it go.
+    fn lease_wanted(&self) -> broadcast::Receiver<String>;
 
     /// Thread ids whose running turn another replica asked to cancel.
     fn cancel_requests(&self) -> broadcast::Receiver<String>;

@@ -149,6 +149,16 @@ impl Coordination for LocalFanout {
         Ok(Lease::local())
     }
 
+    fn lease_wanted(&self) -> broadcast::Receiver<String> {
+        // No other replica: nobody ever waits. The sender goes at once, which ends the receiver.
+        broadcast::channel(1).1
+    }
+
+    async fn still_held(&self, _lease: &Lease) -> bool {
+        // In-process leases are never kept: every job takes its own.
+        false
+    }
+
     async fn request_cancel(&self, _thread_id: &str) -> bool {
         false
     }

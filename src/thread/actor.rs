@@ -11,12 +11,13 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, SpawnHandle,
     WrapFuture,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::engine::{Caller, CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn, TurnEvent};
 use crate::fanout::{Coordination, Lease};
 use crate::ids::UserId;
 use crate::protocol::{Request, Thread, ThreadStatus, ThreadStreamEvent};
+use crate::store::Fence;
 
 /// What a thread's actor is asked to do.
 pub(super) enum Job {
@@ -49,6 +50,8 @@ pub(super) struct ActorWork {
     pub queued: AtomicUsize,
     /// The running turn's cancel signal, so a cancel need not queue behind it.
     pub running: Mutex<Option<CancelSignal>>,
+    /// Told when another replica waits for the thread's lease, which the actor then stops keeping.
+    pub lease_wanted: Notify,
 }
 
 impl ActorWork {
@@ -96,6 +99,18 @@ pub(super) struct ActorSetup {
     pub mailbox: usize,
 }
 
+/// How long an actor keeps its thread's lease (and the fence claimed with it) after a job, so
+/// that a thread's next message, which usually follows within milliseconds, runs without taking
+/// them again (a Redis script and a PostgreSQL write saved per job). Another replica that wants
+/// the thread meanwhile waits this long at most.
+const LEASE_LINGER: Duration = Duration::from_millis(200);
+
+/// A lease kept between jobs, with the fence its first job claimed.
+pub(super) struct KeptLease {
+    lease: Lease,
+    fence: Option<Fence>,
+}
+
 pub(super) struct ThreadActor {
     thread_id: String,
     /// Tells this actor's entry from a later one of the same thread.
@@ -105,6 +120,9 @@ pub(super) struct ThreadActor {
     roster: Weak<dyn Roster>,
     setup: Arc<ActorSetup>,
     idle_timer: Option<SpawnHandle>,
+    /// The lease kept since the last job, and the timer that lets it go.
+    kept: Option<KeptLease>,
+    linger_timer: Option<SpawnHandle>,
 }
 
 impl ThreadActor {
@@ -115,7 +133,7 @@ impl ThreadActor {
         roster: Weak<dyn Roster>,
         setup: Arc<ActorSetup>,
     ) -> Self {
-        ThreadActor { thread_id, generation, work, roster, setup, idle_timer: None }
+        ThreadActor { thread_id, generation, work, roster, setup, idle_timer: None, kept: None, linger_timer: None }
     }
 
     /// Stops the actor after `idle_timeout` without work. It leaves the
@@ -160,36 +178,56 @@ impl Handler<Envelope> for ThreadActor {
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
         }
-        let running = run_job(self.setup.clone(), self.work.clone(), self.thread_id.clone(), job);
+        if let Some(timer) = self.linger_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let kept = self.kept.take();
+        let running = run_job(self.setup.clone(), self.work.clone(), self.thread_id.clone(), job, kept);
         // AtomicResponse keeps the mailbox closed until the job is done: this
         // is what makes a thread's operations run one at a time.
-        AtomicResponse::new(Box::pin(running.into_actor(self).map(|(), actor, ctx| actor.arm_idle_timer(ctx))))
+        AtomicResponse::new(Box::pin(running.into_actor(self).map(|kept, actor, ctx| {
+            if kept.is_some() {
+                actor.kept = kept;
+                // Dropping the kept lease releases it: after the linger, or as soon as another
+                // replica asks for it (a permit left from an earlier ask only lets it go early).
+                let work = actor.work.clone();
+                let linger = async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_LINGER) => {}
+                        _ = work.lease_wanted.notified() => {}
+                    }
+                };
+                actor.linger_timer = Some(ctx.spawn(linger.into_actor(actor).map(|(), actor, _| actor.kept = None)));
+            }
+            actor.arm_idle_timer(ctx)
+        })))
     }
 }
 
-async fn run_job(setup: Arc<ActorSetup>, work: Arc<ActorWork>, thread_id: String, job: Job) {
-    // With several replicas, the lease keeps this thread's messages one at a
-    // time across all of them. Everything below reads the thread after it is
-    // taken, so a status committed by another replica is honoured.
-    let lease = match setup.coordination.lease(&thread_id).await {
-        Ok(lease) => lease,
-        Err(error) => {
-            tracing::warn!(%thread_id, %error, "refusing a job: the thread's lease is held elsewhere");
-            job.refuse(EngineError::Busy(format!("{error}; try again in a moment")));
-            return;
-        }
-    };
+/// Runs one job under the thread's lease: the one `kept` from the previous job when it is still
+/// this replica's, else a new one. Answers the lease to keep for the next job, if any.
+async fn run_job(
+    setup: Arc<ActorSetup>,
+    work: Arc<ActorWork>,
+    thread_id: String,
+    job: Job,
+    kept: Option<KeptLease>,
+) -> Option<KeptLease> {
     let engine = &setup.engine;
-    // Claimed after the lease: a replica that lost the lease (paused past it, or without Redis)
-    // and still runs a job on this thread is refused its next write from here on.
-    let fence = match setup.fencing {
-        false => None,
-        true => match engine.claim(&thread_id).await {
-            Ok(fence) => fence,
+    let reused = match kept {
+        // Still held: nobody else ran a job on the thread since, so the fence claimed with it
+        // is still the newest and the thread as stored is as this replica left it.
+        Some(kept) if setup.coordination.still_held(&kept.lease).await => Some(kept),
+        // Lost, or Redis cannot tell: dropping it releases it if it is still ours.
+        _ => None,
+    };
+    let (lease, fence) = match reused {
+        Some(KeptLease { lease, fence }) => (lease, fence),
+        None => match take_lease(&setup, engine, &thread_id).await {
+            Ok(taken) => taken,
             Err(error) => {
-                tracing::warn!(%thread_id, %error, "refusing a job: cannot claim the thread");
                 job.refuse(error);
-                return;
+                return None;
             }
         },
     };
@@ -216,6 +254,40 @@ async fn run_job(setup: Arc<ActorSetup>, work: Arc<ActorWork>, thread_id: String
             let _ = answer.send(engine.answer(&user, request, &caller, fence).await);
         }
     }
+    // Kept only with the fence it goes with: a job on a thread that did not exist claimed none.
+    let keep = lease.keepable() && (fence.is_some() || !setup.fencing);
+    keep.then_some(KeptLease { lease, fence })
+}
+
+/// Takes the thread's lease and, when fencing, claims a fence after it.
+async fn take_lease(
+    setup: &ActorSetup,
+    engine: &Engine,
+    thread_id: &str,
+) -> Result<(Lease, Option<Fence>), EngineError> {
+    // With several replicas, the lease keeps this thread's messages one at a
+    // time across all of them. Everything below reads the thread after it is
+    // taken, so a status committed by another replica is honoured.
+    let lease = match setup.coordination.lease(thread_id).await {
+        Ok(lease) => lease,
+        Err(error) => {
+            tracing::warn!(%thread_id, %error, "refusing a job: the thread's lease is held elsewhere");
+            return Err(EngineError::Busy(format!("{error}; try again in a moment")));
+        }
+    };
+    // Claimed after the lease: a replica that lost the lease (paused past it, or without Redis)
+    // and still runs a job on this thread is refused its next write from here on.
+    let fence = match setup.fencing {
+        false => None,
+        true => match engine.claim(thread_id).await {
+            Ok(fence) => fence,
+            Err(error) => {
+                tracing::warn!(%thread_id, %error, "refusing a job: cannot claim the thread");
+                return Err(error);
+            }
+        },
+    };
+    Ok((lease, fence))
 }
 
 async fn run_turn(engine: &Engine, work: &ActorWork, turn: PreparedTurn, sink: mpsc::Sender<TurnEvent>, lease: &Lease) {

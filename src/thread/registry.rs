@@ -117,6 +117,8 @@ impl ThreadRegistry {
         if tokio::runtime::Handle::try_current().is_ok() {
             let requests = state.setup.coordination.cancel_requests();
             tokio::spawn(follow_cancel_requests(Arc::downgrade(&state), requests));
+            let wanted = state.setup.coordination.lease_wanted();
+            tokio::spawn(follow_lease_wanted(Arc::downgrade(&state), wanted));
         }
         ThreadRegistry { state }
     }
@@ -279,6 +281,25 @@ impl ThreadRegistry {
                 LiveActor { addr: thread_actor.start(), work, generation }
             })
             .clone()
+    }
+}
+
+/// Lets go of the leases other replicas wait for that an actor here keeps idle, for as long as the
+/// registry lives.
+async fn follow_lease_wanted(state: Weak<RegistryState>, mut wanted: broadcast::Receiver<String>) {
+    loop {
+        match wanted.recv().await {
+            Ok(thread_id) => {
+                let Some(registry) = state.upgrade() else { return };
+                let work = registry.actors.get(&thread_id).map(|actor| actor.work.clone());
+                if let Some(work) = work {
+                    work.lease_wanted.notify_one();
+                }
+            }
+            // A missed ask costs the asker at most the linger.
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

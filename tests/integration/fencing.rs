@@ -138,3 +138,46 @@ async fn a_replica_paused_past_its_lease_is_refused_its_next_write() {
 async fn without_redis_the_store_fence_still_refuses_the_paused_replica() {
     check_a_paused_replica_is_fenced_out(true).await;
 }
+
+/// A replica keeps a thread's lease (and the fence claimed with it) for a moment after a turn, for
+/// the thread's next message. Paused past that lease while another replica takes the thread over,
+/// it must not run its next turn under the lease it kept: it takes the thread again, and the turn
+/// completes after the other replica's, instead of being refused as taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_kept_between_turns_and_lost_in_a_pause_is_taken_again() {
+    let fake = FakeOpenAi::start();
+    let database = TestDatabase::create().await;
+    let redis = RedisServer::start();
+    let (a, b) = (replica(&fake, &database, &redis), replica(&fake, &database, &redis));
+
+    fake.push(Reply::stream(fake_openai::text_chunks(MODEL, &["First."])));
+    let mut created = post(&a, "threads.create", json!({"input": text_input("hi")})).await;
+    let events = parse_sse(&read_until(&mut created, None).await);
+    let thread_id = events[0]["thread"]["id"].as_str().expect("a thread id").to_string();
+    let params = |text: &str| json!({"thread_id": thread_id, "input": text_input(text)});
+
+    // A's turn ends and A is paused at once, holding the lease it keeps for the next message.
+    a.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    fake.push(Reply::stream(fake_openai::text_chunks(MODEL, &["B's ", "answer."])));
+    let mut second = post(&b, "threads.add_user_message", params("second")).await;
+    let second = read_until(&mut second, None).await;
+    assert!(second.contains("B's answer.") && !second.contains("\"type\":\"error\""), "{second}");
+
+    a.signal("CONT");
+    fake.push(Reply::stream(fake_openai::text_chunks(MODEL, &["A ", "again."])));
+    let mut third = post(&a, "threads.add_user_message", params("third")).await;
+    let third = read_until(&mut third, None).await;
+    assert!(third.contains("A again.") && !third.contains("\"type\":\"error\""), "A took the thread again: {third}");
+
+    let expected = [
+        ("user_message", "hi"),
+        ("assistant_message", "First."),
+        ("user_message", "second"),
+        ("assistant_message", "B's answer."),
+        ("user_message", "third"),
+        ("assistant_message", "A again."),
+    ];
+    let expected: Vec<(String, String)> = expected.iter().map(|(k, t)| (k.to_string(), t.to_string())).collect();
+    assert_eq!(stored(&database, &thread_id).await, expected);
+}

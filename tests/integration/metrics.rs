@@ -143,7 +143,9 @@ async fn workload() {
     assert!(moved("chatkit_fanout_published_total", &["topic=\"thread\""]) >= 8.0);
     assert!(moved("chatkit_fanout_delivered_total", &["topic=\"user\""]) >= 3.0, "created, titled, locked");
     assert!(moved("chatkit_fanout_latency_seconds_count", &[]) >= 4.0);
-    assert!(moved("chatkit_lease_wait_seconds_count", &["backend=\"redis\""]) >= 3.0, "every job takes the lease");
+    // The first job takes the thread's lease; the next ones, following at once, run under the
+    // lease its actor kept.
+    assert!(moved("chatkit_lease_wait_seconds_count", &["backend=\"redis\""]) >= 1.0, "a job takes the lease");
     assert!(moved("chatkit_store_operation_seconds_count", &["backend=\"memory\"", "operation=\"add_item\""]) >= 4.0);
     assert_eq!(after.sum("chatkit_thread_actors", &[]), 1.0);
     eventually("closed viewers leave the gauge", || async {

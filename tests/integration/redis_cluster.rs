@@ -158,11 +158,14 @@ async fn a_thread_whose_slot_moves_to_another_master_keeps_its_viewers_and_its_t
     assert_ne!(from, to);
 
     // Turns keep running on the new shard, and their fences keep counting up from the moved one.
+    // The first runs on the other replica, which must take the lease (a replica keeps it for a
+    // thread's next message, without a new fence).
     let mut sent = vec!["before".to_string()];
     let mut delivered = false;
     for attempt in 0..10 {
         let text = format!("after the move {attempt}");
-        let events = a.say("alice", &tid, &text).await;
+        let sender = if attempt == 0 { b } else { a };
+        let events = sender.say("alice", &tid, &text).await;
         let answer = answer_of(&events);
         assert_eq!(text_of(&answer), format!("echo: {text}"), "the turn ran: {events:?}");
         sent.push(text);

@@ -529,3 +529,61 @@ async fn health_pings_keep_a_quiet_subscriber_connection_up() {
     let frame = viewer.next().await;
     assert_eq!((frame.kind(), frame.data["thread"]["title"].clone()), ("thread.updated", json!("Still connected")));
 }
+
+/// A turn's messages reach a viewer on another replica in order under consecutive ids, however
+/// the publisher batched them; and both forms a publication takes on the wire are read: a batch
+/// of consecutive messages (this release) and a single message (every earlier release, which a
+/// rolling upgrade runs beside this one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_and_single_publications_reach_viewers_in_order() {
+    let cluster = cluster(|_| {}).await;
+    let [a, b, _] = &cluster.replicas;
+    let (tid, _) = a.create_thread("alice", "hello").await;
+    let mut tab = b.view_thread("alice", &tid).await;
+    a.say("alice", &tid, "one two three four five").await;
+    let frames = tab.until(|f| f.kind() == "thread.item.done" && f.data["item"]["type"] == "assistant_message").await;
+    let ids: Vec<u64> = frames.iter().filter_map(|f| f.id).collect();
+    assert!(ids.len() >= 8 && ids.len() == frames.len(), "{frames:?}");
+    assert_eq!(ids, (ids[0]..ids[0] + ids.len() as u64).collect::<Vec<_>>(), "consecutive ids, in order");
+
+    let head = ids[ids.len() - 1];
+    let channel = format!("ck:{{t:{tid}}}");
+    let message = |title: &str| format!("1 e {}", json!({"type": "thread.updated", "thread": {"title": title}}));
+    let single = format!("{} {}", head + 1, message("single"));
+    assert_eq!(cluster.redis.command(&["PUBLISH", &channel, &single]), ":1", "one subscriber: b's");
+    let (second, third) = (message("second"), message("third"));
+    let batch = format!("B {} {}:{second} {}:{third}", head + 2, second.len(), third.len());
+    cluster.redis.command(&["PUBLISH", &channel, &batch]);
+    let mut received = Vec::new();
+    for _ in 0..3 {
+        let frame = tab.next().await;
+        received.push((frame.id, frame.data["thread"]["title"].clone()));
+    }
+    assert_eq!(
+        received,
+        vec![(Some(head + 1), json!("single")), (Some(head + 2), json!("second")), (Some(head + 3), json!("third"))]
+    );
+}
+
+/// A replica keeps a thread's lease for a moment after a job, for the thread's next message. When
+/// that message goes to another replica instead, the waiting replica asks for the lease on the
+/// control channel, the holder hears it (and its actor lets the lease go), and the waiter gets
+/// the lease, with a higher fencing token, once it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waiting_for_a_lease_asks_its_holder_for_it() {
+    use chatkit_gateway::fanout::{Backend, Coordination, FanoutSettings, Health, RedisFanout};
+    let redis = RedisServer::start();
+    let holder = RedisFanout::open(&redis.url(), FanoutSettings::default()).unwrap();
+    let waiter = RedisFanout::open(&redis.url(), FanoutSettings::default()).unwrap();
+    eventually("the holder's subscriber is up", || async { holder.health() == Health::Connected }).await;
+    let mut asked = holder.lease_wanted();
+    let lease = holder.lease("thr_wanted").await.expect("a lease");
+    assert!(holder.still_held(&lease).await, "the holder's lease is its own");
+    let waiting = tokio::spawn(async move { waiter.lease("thr_wanted").await.map(|granted| granted.token) });
+    let wanted = tokio::time::timeout(Duration::from_secs(10), asked.recv()).await.expect("the waiter asked");
+    assert_eq!(wanted.expect("a thread id"), "thr_wanted");
+    let token = lease.token;
+    drop(lease);
+    let granted = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("granted").unwrap();
+    assert!(granted.expect("the lease, once released") > token);
+}

@@ -4,10 +4,11 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{AnyConnection, CommandConnection, ConnectionStatus};
@@ -24,6 +25,8 @@ use crate::telemetry::metrics::METRICS;
 pub(super) const PUBLISH_QUEUE: usize = 4096;
 /// Publications sent to Redis in one pipeline at most.
 const PUBLISH_BATCH: usize = 256;
+/// How many times the publisher yields to gather more publications into a batch.
+const GATHER_YIELDS: usize = 2;
 /// How often a publisher that dropped publications tries Redis again, to send
 /// the `resync` notices for them even when nothing else is published.
 const NOTICE_RETRY: Duration = Duration::from_millis(100);
@@ -31,44 +34,89 @@ const NOTICE_RETRY: Duration = Duration::from_millis(100);
 /// viewer to resync.
 const MAX_LOST_CHANNELS: usize = 1024;
 
+/// A topic's publications kept at least this long after its last one, as a
+/// fraction of the history's time to live: the script refreshes the expiry
+/// only when the last refresh is older than the rest, which spares the
+/// `PEXPIRE` of nearly every publication.
+/// (The script spells it out: `* 8 >= ttl`.)
+#[cfg(test)]
+const EXPIRY_SLACK: u64 = 8;
+/// The history is trimmed when a publication's numbers cross a multiple of
+/// this, so that only one publication in so many pays for an `HDEL`; a topic
+/// holds up to `2 * TRIM_EVERY` and a batch's messages beyond `history`, which
+/// catch-ups ignore. (The script spells it out: `every = 32`.)
+#[cfg(test)]
+const TRIM_EVERY: u64 = 32;
+
 /// The publish script, with the command that publishes (`PUBLISH`, or
-/// `SPUBLISH` on a cluster, where the channel shares the keys' hash tag).
-/// KEYS: sequence, history, snapshot. ARGV: channel, unsequenced message,
-/// sequence base, history length, ttl ms, snapshot op (`k`, `s`, `c`), snapshot.
+/// `SPUBLISH` on a cluster, where the channel shares the key's hash tag).
+///
+/// One call publishes a batch of consecutive messages of one topic, kept in
+/// one hash, `<channel>:log`: field `s` the newest number, `p` the thread's
+/// in-progress snapshot (`<seq> <items>`, empty when none), `x` when the
+/// expiry was last set (ms), and one field per kept message, its number, with
+/// the unsequenced message. KEYS: the hash. ARGV: channel, sequence base,
+/// history length, ttl ms, now ms, snapshot op (`k`, `s`, `c`), the position
+/// in the batch (from 1) of the message that carries it, snapshot items, then
+/// the unsequenced messages. Publishes `B <first seq>` and ` <length>:<message>`
+/// for each (see `SequencedMessage::decode_publication`); returns the newest number.
+/// Redis runs `HMGET`, `HSET`, the publish, and now and then `PEXPIRE` and `HDEL`.
 macro_rules! publish_script {
     ($publish:literal) => {
         concat!(
             r"
-local seq = redis.call('INCR', KEYS[1])
-if seq == 1 then
-  redis.call('SET', KEYS[1], ARGV[3])
-  seq = redis.call('GET', KEYS[1])
-else
-  seq = string.format('%d', seq)
+local key = KEYS[1]
+local state = redis.call('HMGET', key, 's', 'x')
+local count = #ARGV - 8
+local first = tonumber(ARGV[2])
+if state[1] then first = tonumber(state[1]) + 1 end
+local head = first + count - 1
+local fields = {'s', string.format('%d', head)}
+local payload = {'B', string.format('%d', first)}
+for i = 1, count do
+  local message = ARGV[8 + i]
+  fields[#fields + 1] = string.format('%d', first + i - 1)
+  fields[#fields + 1] = message
+  payload[#payload + 1] = string.format('%d', #message) .. ':' .. message
 end
-local message = seq .. ' ' .. ARGV[2]
-redis.call('RPUSH', KEYS[2], message)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
 if ARGV[6] == 's' then
-  redis.call('SET', KEYS[3], seq .. ' ' .. ARGV[7], 'PX', ARGV[5])
+  fields[#fields + 1] = 'p'
+  fields[#fields + 1] = string.format('%d', first + tonumber(ARGV[7]) - 1) .. ' ' .. ARGV[8]
 elseif ARGV[6] == 'c' then
-  redis.call('DEL', KEYS[3])
+  fields[#fields + 1] = 'p'
+  fields[#fields + 1] = ''
+end
+local ttl = tonumber(ARGV[4])
+local now = tonumber(ARGV[5])
+local refresh = not state[2] or math.abs(now - tonumber(state[2])) * 8 >= ttl
+if refresh then
+  fields[#fields + 1] = 'x'
+  fields[#fields + 1] = ARGV[5]
+end
+redis.call('HSET', key, unpack(fields))
+if refresh then redis.call('PEXPIRE', key, ARGV[4]) end
+local every = 32
+if math.floor(head / every) ~= math.floor((first - 1) / every) then
+  local newest = head - tonumber(ARGV[3])
+  local stale = {}
+  for seq = math.max(newest - 2 * every - count, 0) + 1, newest do
+    stale[#stale + 1] = string.format('%d', seq)
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
 end
 redis.call('",
             $publish,
-            r"', ARGV[1], message)
-return 1
+            r"', ARGV[1], table.concat(payload, ' '))
+return head
 "
         )
     };
 }
 
-/// The script on one Redis server; unchanged from earlier releases.
-const PUBLISH_SCRIPT: &str = publish_script!("PUBLISH");
+/// The script on one Redis server.
+static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(publish_script!("PUBLISH")));
 /// The script on a Redis Cluster: sharded pub/sub.
-const SPUBLISH_SCRIPT: &str = publish_script!("SPUBLISH");
+static SPUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(publish_script!("SPUBLISH")));
 
 pub(super) struct Publication {
     channel: String,
@@ -76,9 +124,71 @@ pub(super) struct Publication {
     snapshot: SnapshotChange,
 }
 
-/// A topic's keys: its sequence, its history and its thread's snapshot.
-fn keys(channel: &str) -> [String; 3] {
-    [format!("{channel}:seq"), format!("{channel}:history"), format!("{channel}:snapshot")]
+/// The publications of one topic in one pipeline: one script call.
+struct TopicBatch {
+    channel: String,
+    messages: Vec<String>,
+    /// The last change to the snapshot, and the position (from 1) of the message that made it.
+    snapshot: (SnapshotChange, usize),
+}
+
+impl TopicBatch {
+    fn new(channel: String) -> TopicBatch {
+        TopicBatch { channel, messages: Vec::new(), snapshot: (SnapshotChange::Keep, 0) }
+    }
+
+    fn push(&mut self, publication: Publication) {
+        self.messages.push(publication.message);
+        if publication.snapshot != SnapshotChange::Keep {
+            self.snapshot = (publication.snapshot, self.messages.len());
+        }
+    }
+
+    /// The script call that numbers, keeps and publishes the batch.
+    fn invocation<'a>(&self, script: &'a Script, settings: &FanoutSettings) -> ScriptInvocation<'a> {
+        let (op, items) = match &self.snapshot.0 {
+            SnapshotChange::Keep => ("k", ""),
+            SnapshotChange::Set(items) => ("s", items.as_str()),
+            SnapshotChange::Clear => ("c", ""),
+        };
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(log_key(&self.channel))
+            .arg(&self.channel)
+            .arg(sequence_base())
+            .arg(settings.history.max(1))
+            .arg(settings.history_ttl.as_millis() as u64)
+            .arg(now_us() / 1000)
+            .arg(op)
+            .arg(self.snapshot.1)
+            .arg(items);
+        for message in &self.messages {
+            invocation.arg(message);
+        }
+        invocation
+    }
+}
+
+/// Groups publications by topic, keeping each topic's order and the order in
+/// which topics first appear.
+fn by_topic(publications: impl IntoIterator<Item = Publication>) -> Vec<TopicBatch> {
+    let mut batches: Vec<TopicBatch> = Vec::new();
+    for publication in publications {
+        let index = match batches.iter().position(|batch| batch.channel == publication.channel) {
+            Some(index) => index,
+            None => {
+                batches.push(TopicBatch::new(publication.channel.clone()));
+                batches.len() - 1
+            }
+        };
+        batches[index].push(publication);
+    }
+    batches
+}
+
+/// A topic's one key: its sequence, its kept messages and its thread's snapshot.
+fn log_key(channel: &str) -> String {
+    format!("{channel}:log")
 }
 
 /// Channels whose publications were dropped since Redis last took some.
@@ -132,8 +242,7 @@ pub(super) async fn publisher(
     settings: FanoutSettings,
     sharded: bool,
 ) {
-    let script = if sharded { SPUBLISH_SCRIPT } else { PUBLISH_SCRIPT };
-    let ttl_ms = settings.history_ttl.as_millis() as u64;
+    let script: &Script = if sharded { &SPUBLISH_SCRIPT } else { &PUBLISH_SCRIPT };
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     let mut dropped = DroppedChannels::default();
     loop {
@@ -148,6 +257,7 @@ pub(super) async fn publisher(
                 _ = tokio::time::sleep(NOTICE_RETRY) => {}
             }
         }
+        gather(&mut queue, &mut batch).await;
         let mut conn = match connection.get().await {
             Ok(conn) => conn,
             Err(error) => {
@@ -161,52 +271,33 @@ pub(super) async fn publisher(
         };
         // One pipeline on one server, led by the notices; on a cluster, the
         // notices first, then one pipeline per channel (a pipeline must stay
-        // on one shard), sent together, each in order.
+        // on one shard), sent together. Each topic's publications of the
+        // batch go in one script call, in order.
         let mut notices = redis::pipe();
         for notice in dropped.notices() {
             notices.cmd("PUBLISH").arg(CONTROL).arg(notice).ignore();
         }
-        let mut pipes: Vec<(Vec<String>, redis::Pipeline)> = Vec::new();
+        let mut pipes: Vec<Sent> = Vec::new();
         let mut notices_sent = true;
         if !sharded {
-            pipes.push((Vec::new(), notices));
+            pipes.push(Sent { channels: Vec::new(), messages: 0, pipe: notices });
         } else if !notices.is_empty() {
-            notices_sent = send(&connection, &status, &mut conn, &notices, 0).await;
+            notices_sent = send(&connection, &status, &mut conn, &notices, 0, script).await;
         }
-        for publication in batch.drain(..) {
-            let [seq, history, snapshot] = keys(&publication.channel);
-            let (op, items) = match publication.snapshot {
-                SnapshotChange::Keep => ("k", String::new()),
-                SnapshotChange::Set(items) => ("s", items),
-                SnapshotChange::Clear => ("c", String::new()),
-            };
-            let index = match pipes.iter().position(|(channels, _)| !sharded || channels[0] == publication.channel) {
-                Some(index) => index,
-                None => {
-                    pipes.push((Vec::new(), redis::pipe()));
-                    pipes.len() - 1
-                }
-            };
-            let (channels, pipe) = &mut pipes[index];
-            channels.push(publication.channel.clone());
-            pipe.cmd("EVAL")
-                .arg(script)
-                .arg(3)
-                .arg(seq)
-                .arg(history)
-                .arg(snapshot)
-                .arg(&publication.channel)
-                .arg(publication.message)
-                .arg(sequence_base())
-                .arg(settings.history.max(1))
-                .arg(ttl_ms)
-                .arg(op)
-                .arg(items)
-                .ignore();
+        for topic in by_topic(batch.drain(..)) {
+            if sharded || pipes.is_empty() {
+                pipes.push(Sent { channels: Vec::new(), messages: 0, pipe: redis::pipe() });
+            }
+            let Some(sent) = pipes.last_mut() else { continue };
+            sent.pipe.invoke_script(&topic.invocation(script, &settings)).ignore();
+            sent.messages += topic.messages.len();
+            sent.channels.push(topic.channel);
         }
-        let sends = pipes.iter().map(|(channels, pipe)| {
+        let sends = pipes.iter().map(|sent| {
             let (connection, status, mut conn) = (connection.clone(), status.clone(), conn.clone());
-            async move { pipe.is_empty() || send(&connection, &status, &mut conn, pipe, channels.len()).await }
+            async move {
+                sent.pipe.is_empty() || send(&connection, &status, &mut conn, &sent.pipe, sent.messages, script).await
+            }
         });
         let results = futures_util::future::join_all(sends).await;
         if !sharded {
@@ -215,23 +306,59 @@ pub(super) async fn publisher(
         if notices_sent {
             dropped.clear();
         }
-        for ((channels, _), sent) in pipes.into_iter().zip(results) {
-            if !sent {
-                dropped.add(channels);
+        for (sent, delivered) in pipes.into_iter().zip(results) {
+            if !delivered {
+                dropped.add(sent.channels);
             }
         }
     }
 }
 
-/// Sends one pipeline of publications (`count` of them) and says whether Redis took it.
+/// Lets the tasks that just published run on before a small batch is sent: a turn publishes its
+/// events one by one but nearly at once, and what arrives meanwhile joins the batch, so that the
+/// turn's events go in one script call. Yielding costs no time when nothing else is runnable.
+async fn gather(queue: &mut mpsc::Receiver<Publication>, batch: &mut Vec<Publication>) {
+    for _ in 0..GATHER_YIELDS {
+        if batch.len() >= PUBLISH_BATCH {
+            return;
+        }
+        tokio::task::yield_now().await;
+        while batch.len() < PUBLISH_BATCH {
+            match queue.try_recv() {
+                Ok(publication) => batch.push(publication),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// One pipeline of the publisher: the channels it publishes on and how many messages.
+struct Sent {
+    channels: Vec<String>,
+    messages: usize,
+    pipe: redis::Pipeline,
+}
+
+/// Sends one pipeline of publications (`count` messages) and says whether Redis took it.
+/// Scripts run by their hash (`EVALSHA`); a server that does not know the script yet
+/// (new, restarted, or a replica promoted by a failover) is given it, and the pipeline sent again.
 async fn send(
     connection: &CommandConnection,
     status: &ConnectionStatus,
     conn: &mut AnyConnection,
     pipe: &redis::Pipeline,
     count: usize,
+    script: &Script,
 ) -> bool {
-    match pipe.query_async::<()>(conn).await {
+    let mut result = pipe.query_async::<()>(conn).await;
+    if matches!(&result, Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
+        // NOSCRIPT refuses the call before it runs, so sending again publishes nothing twice.
+        result = match script.load_async(conn).await {
+            Ok(_) => pipe.query_async::<()>(conn).await,
+            Err(error) => Err(error),
+        };
+    }
+    match result {
         Ok(()) => true,
         Err(error) => {
             // Some of the pipeline may have gone through; resyncing too many viewers is harmless.
@@ -267,23 +394,74 @@ impl Bus for RedisFanout {
     }
 
     async fn catch_up(&self, topic: &Topic, after: Option<u64>) -> Result<CatchUp, FanoutError> {
-        let [seq, history, snapshot] = keys(&topic.channel());
+        let key = log_key(&topic.channel());
         let mut conn = self.connection.get().await?;
-        let (head, snap): (Option<u64>, Option<String>) =
-            self.connection.checked(redis::pipe().get(&seq).get(&snapshot).query_async(&mut conn).await).await?;
+        let (head, snap): (Option<u64>, Option<String>) = self
+            .connection
+            .checked(redis::cmd("HMGET").arg(&key).arg("s").arg("p").query_async(&mut conn).await)
+            .await?;
+        let head = head.unwrap_or(0);
         let snapshot = snap.and_then(|text| {
             let (seq, items) = text.split_once(' ')?;
             Some(Snapshot { seq: seq.parse().ok()?, items: items.to_string() })
         });
         let from = after.or(snapshot.as_ref().map(|s| s.seq));
-        let mut messages = Vec::new();
-        if from.is_some() {
-            let entries: Vec<String> = self
-                .connection
-                .checked(redis::cmd("LRANGE").arg(&history).arg(0).arg(-1).query_async(&mut conn).await)
-                .await?;
-            messages = entries.iter().filter_map(|entry| SequencedMessage::decode(entry)).collect();
+        let mut history = Vec::new();
+        if let Some(from) = from.filter(|from| *from < head) {
+            // Only the messages after `from`, and only the newest `history` of them: the script
+            // deletes older ones only now and then, but a viewer sees exactly `history` kept.
+            // Further back, the first one missing makes the viewer resync.
+            let kept = self.settings.history.max(1) as u64;
+            let seqs: Vec<u64> = (from.max(head.saturating_sub(kept)) + 1..=head).collect();
+            let texts: Vec<Option<String>> =
+                self.connection.checked(redis::cmd("HMGET").arg(&key).arg(&seqs).query_async(&mut conn).await).await?;
+            let found = seqs.into_iter().zip(texts).skip_while(|(_, text)| text.is_none());
+            history = found.map_while(|(seq, text)| SequencedMessage::numbered(seq, &text?)).collect();
         }
-        Ok(CatchUp { head: head.unwrap_or(0), snapshot, history: messages })
+        Ok(CatchUp { head, snapshot, history })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(channel: &str, n: u32, snapshot: SnapshotChange) -> Publication {
+        Publication { channel: channel.into(), message: format!("{n} e {{}}"), snapshot }
+    }
+
+    #[test]
+    fn a_batch_is_one_script_call_per_topic_in_order() {
+        let set = |items: &str| SnapshotChange::Set(items.into());
+        let batches = by_topic([
+            publication("ck:{t:a}", 1, set("[1]")),
+            publication("ck:{u:ann}", 2, SnapshotChange::Keep),
+            publication("ck:{t:a}", 3, set("[3]")),
+            publication("ck:{t:a}", 4, SnapshotChange::Keep),
+            publication("ck:{t:b}", 5, SnapshotChange::Clear),
+        ]);
+        let summary: Vec<(&str, Vec<&str>, &(SnapshotChange, usize))> = batches
+            .iter()
+            .map(|b| (b.channel.as_str(), b.messages.iter().map(String::as_str).collect(), &b.snapshot))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("ck:{t:a}", vec!["1 e {}", "3 e {}", "4 e {}"], &(set("[3]"), 2)),
+                ("ck:{u:ann}", vec!["2 e {}"], &(SnapshotChange::Keep, 0)),
+                ("ck:{t:b}", vec!["5 e {}"], &(SnapshotChange::Clear, 1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_scripts_spell_the_constants_and_touch_one_key() {
+        for script in [publish_script!("PUBLISH"), publish_script!("SPUBLISH")] {
+            assert!(script.contains(&format!("* {EXPIRY_SLACK} >= ttl")));
+            assert!(script.contains(&format!("local every = {TRIM_EVERY}\n")));
+            // Every key the script names is KEYS[1], so that a cluster runs it on one shard.
+            assert!(!script.contains("KEYS[2]"));
+        }
+        assert_eq!(log_key(&Topic::Thread("thr_1".into()).channel()), "ck:{t:thr_1}:log");
     }
 }

@@ -7,28 +7,34 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::{RedisError, Script};
 use tokio::sync::{broadcast, Notify};
 
-use super::{RedisFanout, CANCEL_REQUEST, CONTROL, SESSION_ENDED};
+use super::{RedisFanout, CANCEL_REQUEST, CONTROL, LEASE_WANTED, SESSION_ENDED};
 use crate::fanout::{Coordination, FanoutError, Lease, Topic};
 use crate::telemetry::metrics::METRICS;
 
 /// KEYS: lease, fence. ARGV: holder, ttl ms. Returns the fencing token, or 0
 /// when another holder has the lease.
-const ACQUIRE_SCRIPT: &str = r"
+static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', token), 'PX', ARGV[2])
 return token
-";
+",
+    )
+});
 
 /// KEYS: lease, fence. ARGV: value, ttl ms, token. 1 when still held and
 /// extended. A lease Redis no longer has (it restarted empty, or the lease
 /// expired unnoticed) that nobody took since is taken back, with the fence
 /// raised to its token so that later grants still get higher ones; 0 only when
 /// another holder has it.
-const RENEW_SCRIPT: &str = r"
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -40,13 +46,19 @@ if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
   redis.call('SET', KEYS[2], ARGV[3])
 end
 return 1
-";
+",
+    )
+});
 
 /// KEYS: lease. ARGV: value. Deletes the lease only if it is still ours.
-const RELEASE_SCRIPT: &str = r"
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-";
+",
+    )
+});
 
 /// KEYS: the window's sorted set (members: admitted events, scores: their
 /// times in ms). ARGV: now ms, window ms, limit, a member unique to this event.
@@ -54,7 +66,9 @@ return 0
 /// fewer than the limit remain (0), else answers the milliseconds until the
 /// oldest leaves the window (at least 1). The set lives one window past its
 /// newest event.
-const WINDOW_SCRIPT: &str = r"
+static WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now - window))
@@ -65,13 +79,8 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
-";
-
-/// The SHA-1 of `WINDOW_SCRIPT`, which Redis caches it under: each request of
-/// a session sends this instead of the script's text.
-static WINDOW_SCRIPT_SHA: LazyLock<String> = LazyLock::new(|| {
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, WINDOW_SCRIPT.as_bytes());
-    digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
+",
+    )
 });
 
 /// The sorted set of a sliding window: `key` is its hash tag, so that every
@@ -106,14 +115,12 @@ impl Coordination for RedisFanout {
                     return Ok(Lease::local());
                 }
             };
-            let granted: Result<u64, RedisError> = redis::cmd("EVAL")
-                .arg(ACQUIRE_SCRIPT)
-                .arg(2)
-                .arg(&lease_key)
-                .arg(&fence_key)
+            let granted: Result<u64, RedisError> = ACQUIRE_SCRIPT
+                .key(&lease_key)
+                .key(&fence_key)
                 .arg(&self.replica)
                 .arg(ttl_ms)
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await;
             match granted {
                 Ok(0) if Instant::now() >= deadline => {
@@ -124,6 +131,13 @@ impl Coordination for RedisFanout {
                     if !contended {
                         contended = true;
                         METRICS.lease_contended.inc();
+                        // The holder may only be keeping it for a next message that went elsewhere.
+                        let wanted = format!("{LEASE_WANTED}{thread_id}");
+                        let asked: Result<(), RedisError> =
+                            redis::cmd("PUBLISH").arg(CONTROL).arg(wanted).query_async(&mut conn).await;
+                        if let Err(error) = asked {
+                            self.connection.failed(&error).await;
+                        }
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(25));
@@ -138,6 +152,21 @@ impl Coordination for RedisFanout {
                     tracing::warn!(%error, thread_id, "running without a cross-replica lease");
                     return Ok(Lease::local());
                 }
+            }
+        }
+    }
+
+    async fn still_held(&self, lease: &Lease) -> bool {
+        let Some((key, value)) = lease.held.as_ref().filter(|_| lease.keepable()) else { return false };
+        let Ok(mut conn) = self.connection.get().await else { return false };
+        // One GET: the renewals keep the lease alive between jobs; this catches a lease lost
+        // since the last renewal (taken over after a pause, or Redis restarted empty).
+        let holder: Result<Option<String>, RedisError> = redis::cmd("GET").arg(key).query_async(&mut conn).await;
+        match holder {
+            Ok(holder) => holder.as_ref() == Some(value),
+            Err(error) => {
+                self.connection.failed(&error).await;
+                false
             }
         }
     }
@@ -170,6 +199,10 @@ impl Coordination for RedisFanout {
                 false
             }
         }
+    }
+
+    fn lease_wanted(&self) -> broadcast::Receiver<String> {
+        self.lease_wanted.subscribe()
     }
 
     fn cancel_requests(&self) -> broadcast::Receiver<String> {
@@ -206,20 +239,14 @@ impl Coordination for RedisFanout {
             let mut conn = self.connection.get().await?;
             // Unique per event, so that two events of the same millisecond both count.
             let member = format!("{now_ms}-{:016x}", rand::random::<u64>());
-            let (set, window_ms) = (window_key(key), window.as_millis() as u64);
-            let invoke = |command: &str, script: &str| {
-                let mut call = redis::cmd(command);
-                call.arg(script).arg(1).arg(&set).arg(now_ms).arg(window_ms).arg(limit).arg(&member);
-                call
-            };
-            let mut result: Result<u64, RedisError> =
-                invoke("EVALSHA", WINDOW_SCRIPT_SHA.as_str()).query_async(&mut conn).await;
-            if result.as_ref().is_err_and(|error| error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
-                // This server has not seen the script (it restarted, or it is
-                // a cluster shard new to it): EVAL runs it and caches it there.
-                // A script that did not run admitted nothing, so the window holds.
-                result = invoke("EVAL", WINDOW_SCRIPT).query_async(&mut conn).await;
-            }
+            let result: Result<u64, RedisError> = WINDOW_SCRIPT
+                .key(window_key(key))
+                .arg(now_ms)
+                .arg(window.as_millis() as u64)
+                .arg(limit)
+                .arg(member)
+                .invoke_async(&mut conn)
+                .await;
             self.connection.checked(result).await
         };
         match waited.await {
@@ -272,15 +299,13 @@ impl RedisFanout {
                 loop {
                     tokio::time::sleep(renew_every).await;
                     let Ok(mut conn) = connection.get().await else { continue };
-                    let renewed: Result<u64, RedisError> = redis::cmd("EVAL")
-                        .arg(RENEW_SCRIPT)
-                        .arg(2)
-                        .arg(&key)
-                        .arg(&fence)
+                    let renewed: Result<u64, RedisError> = RENEW_SCRIPT
+                        .key(&key)
+                        .key(&fence)
                         .arg(&value)
                         .arg(ttl_ms)
                         .arg(token)
-                        .query_async(&mut conn)
+                        .invoke_async(&mut conn)
                         .await;
                     match renewed {
                         Ok(1) => {}
@@ -296,24 +321,20 @@ impl RedisFanout {
             }
         });
         let connection = self.connection.clone();
+        let held = Some((key.clone(), value.clone()));
         let release = Box::new(move || {
             renewer.abort();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     let Ok(mut conn) = connection.get().await else { return };
-                    let released: Result<u64, RedisError> = redis::cmd("EVAL")
-                        .arg(RELEASE_SCRIPT)
-                        .arg(1)
-                        .arg(&key)
-                        .arg(&value)
-                        .query_async(&mut conn)
-                        .await;
+                    let released: Result<u64, RedisError> =
+                        RELEASE_SCRIPT.key(&key).arg(&value).invoke_async(&mut conn).await;
                     if let Err(error) = released {
                         connection.failed(&error).await;
                     }
                 });
             }
         });
-        Lease { token, lost, lost_flag, release: Some(release) }
+        Lease { token, lost, lost_flag, release: Some(release), held }
     }
 }

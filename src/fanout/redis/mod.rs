@@ -1,9 +1,10 @@
 //! Fan-out between replicas over Redis pub/sub.
 //!
 //! Each message goes through one Lua script that numbers it in its topic's
-//! sequence, appends it to the topic's bounded history, updates the thread's
+//! sequence, keeps it in the topic's bounded history, updates the thread's
 //! in-progress snapshot and publishes it, atomically, so every replica sees
-//! one order. Each replica holds one subscriber connection, subscribed to the
+//! one order; the messages of one topic queued together go through one call
+//! of it, as one batch, and the topic's sequence, history and snapshot are one hash. Each replica holds one subscriber connection, subscribed to the
 //! channels its local viewers watch, one multiplexed connection for
 //! publications and one for everything else. Redis going away never fails a
 //! turn: publications are dropped, viewers are told to `resync`, and the
@@ -42,6 +43,8 @@ use super::{Backend, FanoutError, FanoutSettings, Health, Hub};
 const CONTROL: &str = "ck:control";
 /// The prefix of a control message that asks to cancel a thread's running turn.
 const CANCEL_REQUEST: &str = "cancel ";
+/// The prefix of a control message that asks the replica keeping a thread's lease idle to let it go.
+const LEASE_WANTED: &str = "lease-wanted ";
 /// The prefix of a control message that says a client session ended.
 const SESSION_ENDED: &str = "session-ended ";
 /// The prefix of a control message that tells the viewers of a channel (or of
@@ -61,6 +64,7 @@ pub struct RedisFanout {
     publications: mpsc::Sender<Publication>,
     subscriber: mpsc::Sender<SubscriberCommand>,
     cancels: broadcast::Sender<String>,
+    lease_wanted: broadcast::Sender<String>,
     session_ends: broadcast::Sender<String>,
     /// Counts while Redis is away.
     fallback_counters: LocalCounters,
@@ -89,6 +93,7 @@ impl RedisFanout {
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (subscriber, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let cancels = broadcast::channel(256).0;
+        let lease_wanted = broadcast::channel(256).0;
         let session_ends = broadcast::channel(256).0;
         tokio::spawn(publisher(publish_connection.clone(), status.clone(), publication_rx, settings.clone(), sharded));
         let task = Subscriber {
@@ -97,6 +102,7 @@ impl RedisFanout {
             hub: hub.clone(),
             status: status.clone(),
             cancels: cancels.clone(),
+            lease_wanted: lease_wanted.clone(),
             session_ends: session_ends.clone(),
             ping_every: settings.ping_every,
         };
@@ -110,6 +116,7 @@ impl RedisFanout {
             publications,
             subscriber,
             cancels,
+            lease_wanted,
             session_ends,
             fallback_counters: LocalCounters::default(),
             fallback_windows: LocalWindows::default(),

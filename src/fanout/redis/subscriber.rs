@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::connection::{
     CommandConnection, ConnectionStatus, RedisClient, CONNECT_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF, RESPONSE_TIMEOUT,
 };
-use super::{CANCEL_REQUEST, CONTROL, RESYNC_NOTICE, SESSION_ENDED};
+use super::{CANCEL_REQUEST, CONTROL, LEASE_WANTED, RESYNC_NOTICE, SESSION_ENDED};
 use crate::fanout::{Delivery, Hub, SequencedMessage};
 use crate::telemetry::metrics::METRICS;
 
@@ -55,6 +55,7 @@ pub(super) struct Subscriber {
     pub hub: Arc<Hub>,
     pub status: Arc<ConnectionStatus>,
     pub cancels: broadcast::Sender<String>,
+    pub lease_wanted: broadcast::Sender<String>,
     pub session_ends: broadcast::Sender<String>,
     pub ping_every: Duration,
 }
@@ -207,6 +208,8 @@ impl Subscriber {
         if channel == CONTROL {
             if let Some(thread_id) = payload.strip_prefix(CANCEL_REQUEST) {
                 let _ = self.cancels.send(thread_id.to_string());
+            } else if let Some(thread_id) = payload.strip_prefix(LEASE_WANTED) {
+                let _ = self.lease_wanted.send(thread_id.to_string());
             } else if let Some(session_id) = payload.strip_prefix(SESSION_ENDED) {
                 let _ = self.session_ends.send(session_id.to_string());
             } else if let Some(target) = payload.strip_prefix(RESYNC_NOTICE) {
@@ -217,8 +220,10 @@ impl Subscriber {
                     self.hub.deliver(target, Delivery::Resync);
                 }
             }
-        } else if let Some(message) = SequencedMessage::decode(payload) {
-            self.hub.deliver(channel, Delivery::Message(Arc::new(message)));
+        } else if let Some(messages) = SequencedMessage::decode_publication(payload) {
+            for message in messages {
+                self.hub.deliver(channel, Delivery::Message(Arc::new(message)));
+            }
         } else {
             tracing::warn!(channel, "ignoring a malformed fan-out message");
         }
