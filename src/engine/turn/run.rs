@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{CancelSignal, TurnEvent, TurnOutcome, CANCELLED_CONTEXT};
 use crate::engine::pending::PendingItems;
 use crate::engine::{panic_message, Engine};
-use crate::fanout::SnapshotChange;
+use crate::fanout::{SnapshotChange, Topic};
 use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
 use crate::protocol::{ItemBody, Page, ThreadItem, ThreadStreamEvent};
@@ -35,6 +35,8 @@ pub(super) struct Run<'a> {
     pub(super) user: UserId,
     /// Fixed for the turn; kept here so that streaming events need not lock `thread`.
     thread_id: String,
+    /// The thread's fan-out topic, built once for every event of the turn.
+    topic: Topic,
     pub(super) thread: SharedThread,
     sink: mpsc::Sender<TurnEvent>,
     cancel: CancelSignal,
@@ -79,6 +81,7 @@ impl<'a> Run<'a> {
         Run {
             engine,
             user,
+            topic: Topic::Thread(thread_id.clone()),
             thread_id,
             thread,
             sink,
@@ -98,7 +101,7 @@ impl<'a> Run<'a> {
     pub(super) async fn send(&mut self, event: ThreadStreamEvent) -> bool {
         let snapshot = self.snapshot_change(&event);
         let event = TurnEvent::new(event);
-        self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
+        self.engine.announce.turn_event(&self.user, &self.topic, &event, snapshot).await;
         self.sink.send(event).await.is_ok()
     }
 
@@ -118,7 +121,7 @@ impl<'a> Run<'a> {
             _ => return SnapshotChange::Keep,
         };
         self.snapshot.updates += 1;
-        if let Some(every) = self.engine.announce.unwatched_snapshot_every(&self.thread_id) {
+        if let Some(every) = self.engine.announce.unwatched_snapshot_every(&self.topic) {
             let due = !self.snapshot.live || self.snapshot.updates >= every;
             return match (self.pending.is_empty(), due) {
                 (true, _) | (false, true) => self.snapshot_now(),
@@ -179,7 +182,7 @@ impl<'a> Run<'a> {
             };
             let snapshot = if index == last { SnapshotChange::Clear } else { SnapshotChange::Keep };
             let event = TurnEvent::new(event);
-            self.engine.announce.turn_event(&self.user, &self.thread_id, &event, snapshot).await;
+            self.engine.announce.turn_event(&self.user, &self.topic, &event, snapshot).await;
         }
         self.snapshot.live = false;
     }
