@@ -138,7 +138,21 @@ fn frames(
         }
         let _open = open;
         loop {
+            // In this order: the ends first, so that a busy stream still closes on them; a
+            // heartbeat only when nothing else is ready, since any message keeps the stream alive.
             tokio::select! {
+                biased;
+                _ = closing.wait_for(|closing| *closing) => {
+                    // The replica is stopping: reconnect (through the load
+                    // balancer, to another replica) after a second.
+                    yield Ok(Bytes::from_static(b"retry: 1000\n: closing\n\n"));
+                    break;
+                }
+                reason = session_ended(&mut session) => {
+                    // The session's secret no longer works: neither does its stream.
+                    yield Ok(Bytes::from(format!("event: session.ended\ndata: {{\"reason\":\"{reason}\"}}\n\n")));
+                    break;
+                }
                 received = subscription.recv() => match received {
                     Received::Delivery(Delivery::Message(message)) => {
                         if message.seq <= delivered {
@@ -162,17 +176,6 @@ fn frames(
                 },
                 // The sender lives as long as the server's state, so an error only means it is stopping.
                 Ok(()) = heartbeats.changed() => yield Ok(Bytes::from_static(HEARTBEAT)),
-                reason = session_ended(&mut session) => {
-                    // The session's secret no longer works: neither does its stream.
-                    yield Ok(Bytes::from(format!("event: session.ended\ndata: {{\"reason\":\"{reason}\"}}\n\n")));
-                    break;
-                }
-                _ = closing.wait_for(|closing| *closing) => {
-                    // The replica is stopping: reconnect (through the load
-                    // balancer, to another replica) after a second.
-                    yield Ok(Bytes::from_static(b"retry: 1000\n: closing\n\n"));
-                    break;
-                }
             }
         }
     }
