@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::TurnEvent;
-use crate::fanout::{Bus, MessageKind, SnapshotChange, Topic};
+use crate::fanout::{Bus, MessageKind, Outgoing, SnapshotChange, Topic};
 use crate::ids::UserId;
 use crate::protocol::{Thread, ThreadStreamEvent};
 
@@ -43,28 +43,41 @@ impl Announcer {
         self.bus.snapshot_every(thread)
     }
 
-    /// A turn event, routed by type, as its client got it (serialized once);
-    /// events that only concern the requesting client (stream options,
-    /// progress, errors, notices, effects) stay private. `thread` is the
-    /// turn's thread topic, which the turn builds once.
-    pub async fn turn_event(&self, user: &UserId, thread: &Topic, event: &TurnEvent, snapshot: SnapshotChange) {
-        let json = || event.json.clone();
-        match &event.event {
-            ThreadStreamEvent::ThreadCreated { .. } => {
-                self.bus.publish(&Topic::User(user.clone()), MessageKind::Event, json(), snapshot).await
+    /// A turn's events that are ready together, routed by type, as its client
+    /// got them (serialized once), each with its change to the snapshot; all
+    /// of a topic's go in one publication. Events that only concern the
+    /// requesting client (stream options, progress, errors, notices, effects)
+    /// stay private. `thread` is the turn's thread topic, which the turn
+    /// builds once.
+    pub async fn turn_events<'e>(
+        &self,
+        user: &UserId,
+        thread: &Topic,
+        events: impl IntoIterator<Item = (&'e TurnEvent, SnapshotChange)>,
+    ) {
+        let (mut to_thread, mut to_user) = (Vec::new(), Vec::new());
+        let message =
+            |event: &TurnEvent, snapshot| Outgoing { kind: MessageKind::Event, body: event.json.clone(), snapshot };
+        for (event, snapshot) in events {
+            match &event.event {
+                ThreadStreamEvent::ThreadCreated { .. } => to_user.push(message(event, snapshot)),
+                ThreadStreamEvent::ThreadUpdated { .. } => {
+                    to_thread.push(message(event, SnapshotChange::Keep));
+                    to_user.push(message(event, snapshot));
+                }
+                ThreadStreamEvent::ItemAdded { .. }
+                | ThreadStreamEvent::ItemUpdated { .. }
+                | ThreadStreamEvent::ItemDone { .. }
+                | ThreadStreamEvent::ItemRemoved { .. }
+                | ThreadStreamEvent::ItemReplaced { .. } => to_thread.push(message(event, snapshot)),
+                _ => {}
             }
-            ThreadStreamEvent::ThreadUpdated { .. } => {
-                self.bus.publish(thread, MessageKind::Event, json(), SnapshotChange::Keep).await;
-                self.bus.publish(&Topic::User(user.clone()), MessageKind::Event, json(), snapshot).await;
-            }
-            ThreadStreamEvent::ItemAdded { .. }
-            | ThreadStreamEvent::ItemUpdated { .. }
-            | ThreadStreamEvent::ItemDone { .. }
-            | ThreadStreamEvent::ItemRemoved { .. }
-            | ThreadStreamEvent::ItemReplaced { .. } => {
-                self.bus.publish(thread, MessageKind::Event, json(), snapshot).await
-            }
-            _ => {}
+        }
+        if !to_thread.is_empty() {
+            self.bus.publish_all(thread, to_thread).await;
+        }
+        if !to_user.is_empty() {
+            self.bus.publish_all(&Topic::User(user.clone()), to_user).await;
         }
     }
 }

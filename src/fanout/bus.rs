@@ -196,13 +196,29 @@ impl CatchUp {
     }
 }
 
+/// One message for a topic, before the topic numbers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub kind: MessageKind,
+    pub body: String,
+    pub snapshot: SnapshotChange,
+}
+
 /// Carries numbered messages to viewers, on this replica and every other one.
 #[async_trait]
 pub trait Bus: Backend {
-    /// Publishes a message to every viewer of `topic`, on every replica.
-    /// Never fails the caller: the store is the source of truth, and a
-    /// message that cannot be carried is made up for by a `resync`.
-    async fn publish(&self, topic: &Topic, kind: MessageKind, body: String, snapshot: SnapshotChange);
+    /// Publishes consecutive messages to every viewer of `topic`, on every
+    /// replica, numbered in order. Messages published together travel
+    /// together (on Redis, one script call), which is why a turn hands over
+    /// the events that are ready at once in one call. Never fails the
+    /// caller: the store is the source of truth, and a message that cannot
+    /// be carried is made up for by a `resync`.
+    async fn publish_all(&self, topic: &Topic, messages: Vec<Outgoing>);
+
+    /// Publishes one message: `publish_all` of one.
+    async fn publish(&self, topic: &Topic, kind: MessageKind, body: String, snapshot: SnapshotChange) {
+        self.publish_all(topic, vec![Outgoing { kind, body, snapshot }]).await
+    }
 
     /// Joins `topic` on this replica; messages published after this returns
     /// reach the subscription.

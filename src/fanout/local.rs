@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use super::coordination::{LocalCounters, LocalWindows};
 use super::{
     now_us, sequence_base, Backend, Bus, CatchUp, Coordination, Delivery, FanoutError, FanoutSettings, Health, Hub,
-    Lease, MessageKind, SequencedMessage, Snapshot, SnapshotChange, Subscription, Topic,
+    Lease, Outgoing, SequencedMessage, Snapshot, SnapshotChange, Subscription, Topic,
 };
 
 /// How often topics without viewers and recent messages are forgotten.
@@ -58,6 +58,10 @@ impl LocalFanout {
     }
 
     fn topic(&self, channel: &str) -> Arc<Mutex<TopicState>> {
+        // A topic that exists (every message but a thread's first) costs no key allocation.
+        if let Some(state) = self.topics.get(channel) {
+            return state.clone();
+        }
         self.topics.entry(channel.to_string()).or_default().clone()
     }
 }
@@ -87,25 +91,31 @@ impl Backend for LocalFanout {
 
 #[async_trait]
 impl Bus for LocalFanout {
-    async fn publish(&self, topic: &Topic, kind: MessageKind, body: String, snapshot: SnapshotChange) {
-        METRICS.fanout_published.with_label_values(&[topic.kind()]).inc();
+    async fn publish_all(&self, topic: &Topic, messages: Vec<Outgoing>) {
+        if messages.is_empty() {
+            return;
+        }
+        METRICS.fanout_published.with_label_values(&[topic.kind()]).inc_by(messages.len() as u64);
         let channel = topic.channel();
         let state = self.topic(&channel);
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        state.seq = if state.seq == 0 { sequence_base() } else { state.seq + 1 };
-        let message = Arc::new(SequencedMessage::new(state.seq, now_us(), kind, body));
-        state.history.push_back(message.clone());
-        while state.history.len() > self.settings.history {
-            state.history.pop_front();
-        }
-        match snapshot {
-            SnapshotChange::Keep => {}
-            SnapshotChange::Set(items) => state.snapshot = Some(Snapshot { seq: message.seq, items }),
-            SnapshotChange::Clear => state.snapshot = None,
+        let sent_at = now_us();
+        for Outgoing { kind, body, snapshot } in messages {
+            state.seq = if state.seq == 0 { sequence_base() } else { state.seq + 1 };
+            let message = Arc::new(SequencedMessage::new(state.seq, sent_at, kind, body));
+            state.history.push_back(message.clone());
+            while state.history.len() > self.settings.history {
+                state.history.pop_front();
+            }
+            match snapshot {
+                SnapshotChange::Keep => {}
+                SnapshotChange::Set(items) => state.snapshot = Some(Snapshot { seq: message.seq, items }),
+                SnapshotChange::Clear => state.snapshot = None,
+            }
+            // Delivered under the topic's lock, so viewers see the sequence in order.
+            self.hub.deliver(&channel, Delivery::Message(message));
         }
         state.touched = Some(Instant::now());
-        // Delivered under the topic's lock, so viewers see the sequence in order.
-        self.hub.deliver(&channel, Delivery::Message(message));
     }
 
     async fn subscribe(&self, topic: &Topic) -> Subscription {
@@ -192,6 +202,7 @@ impl Coordination for LocalFanout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fanout::MessageKind;
 
     #[tokio::test]
     async fn snapshots_follow_the_items_only_while_someone_views_the_topic() {

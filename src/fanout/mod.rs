@@ -23,7 +23,7 @@ mod redis;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use bus::{Bus, CatchUp, MessageKind, SequencedMessage, Snapshot, SnapshotChange, Topic};
+pub use bus::{Bus, CatchUp, MessageKind, Outgoing, SequencedMessage, Snapshot, SnapshotChange, Topic};
 pub use coordination::{Coordination, Lease};
 pub use hub::{Delivery, Hub, Subscription};
 pub use local::LocalFanout;

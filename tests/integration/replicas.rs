@@ -587,3 +587,61 @@ async fn a_replica_waiting_for_a_lease_asks_its_holder_for_it() {
     let granted = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("granted").unwrap();
     assert!(granted.expect("the lease, once released") > token);
 }
+
+/// What a turn's responder has ready together (the echo's whole answer) is announced as one
+/// publication on the thread's channel: the user's message, every event of the answer and the
+/// new title, in the order the client got them, so that an echo turn costs one publish script call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turns_ready_events_reach_redis_as_one_publication() {
+    let redis = RedisServer::start();
+    let app = crate::common::redis::replicas_on(&redis.url(), 1, Spawn::default).remove(0);
+    eventually("the replica is connected to Redis", || async { readiness(&app).await.0 == 200 }).await;
+    let client = ::redis::Client::open(redis.url()).expect("a Redis URL");
+    let mut pubsub = client.get_async_pubsub().await.expect("a subscriber connection");
+    pubsub.psubscribe("ck:{t:*}").await.expect("subscribed to every thread's channel");
+    let mut publications = pubsub.into_on_message();
+    let on_thread = |events: &[Value]| -> Vec<String> {
+        let announced =
+            types(events).into_iter().filter(|kind| kind.starts_with("thread.item.") || *kind == "thread.updated");
+        announced.map(String::from).collect()
+    };
+
+    let (tid, created) = app.create_thread("alice", "hello").await;
+    let (channel, payload) = next_publication(&mut publications).await;
+    assert_eq!(channel, format!("ck:{{t:{tid}}}"));
+    assert_eq!(batch_types(&payload), on_thread(&created), "the first turn, titled, in one batch: {payload}");
+    assert!(on_thread(&created).contains(&"thread.updated".to_string()), "{created:?}");
+
+    let said = app.say("alice", &tid, "one two three").await;
+    let (_, payload) = next_publication(&mut publications).await;
+    assert_eq!(batch_types(&payload), on_thread(&said), "the next turn in one batch: {payload}");
+    assert!(on_thread(&said).len() >= 4, "the user's message and the answer's events: {said:?}");
+}
+
+/// The channel and text of the next publication a subscriber gets, within 5 s.
+async fn next_publication(
+    publications: &mut (impl futures_util::Stream<Item = ::redis::Msg> + Unpin),
+) -> (String, String) {
+    use futures_util::StreamExt;
+    let next = tokio::time::timeout(Duration::from_secs(5), publications.next()).await;
+    let message = next.expect("a publication in time").expect("a message");
+    (message.get_channel_name().to_string(), message.get_payload::<String>().expect("text"))
+}
+
+/// The event types of a batch publication, `B <first seq>` then ` <length>:<sent_at> <kind> <body>` each.
+fn batch_types(payload: &str) -> Vec<String> {
+    batch_bodies(payload).iter().map(|body| body["type"].as_str().unwrap_or("?").to_string()).collect()
+}
+
+/// The bodies of a batch publication, `B <first seq>` then ` <length>:<sent_at> <kind> <body>` each.
+fn batch_bodies(payload: &str) -> Vec<Value> {
+    let mut rest = payload.strip_prefix("B ").expect("a batch").split_once(' ').expect("messages").1;
+    let mut bodies = Vec::new();
+    while !rest.is_empty() {
+        let (length, tail) = rest.split_once(':').expect("a length");
+        let (message, after) = tail.split_at(length.parse().expect("a number"));
+        bodies.push(serde_json::from_str(message.splitn(3, ' ').nth(2).expect("a body")).expect("JSON"));
+        rest = after.strip_prefix(' ').unwrap_or(after);
+    }
+    bodies
+}

@@ -381,14 +381,19 @@ impl Engine {
         let PreparedTurn { user, thread, caller, prelude, work, fence } = turn;
         let writes = self.writes(fence);
         let mut run = Run::new(self, user, thread, sink, cancel, started, writes.clone());
+        // The prelude waits in the outbox for the responder's first events, so that what is ready at
+        // once goes out together.
         for event in prelude {
-            if !run.send(event).await {
-                return run.cancelled().await;
-            }
+            run.hold(event);
         }
         let context = self.turn_context(&run.user, run.thread.clone(), caller, writes);
         let events: EventStream = match work {
-            Work::Nothing => return TurnOutcome::Completed,
+            Work::Nothing => {
+                return match run.flush().await {
+                    true => TurnOutcome::Completed,
+                    false => run.cancelled().await,
+                }
+            }
             Work::Respond { first, input } => {
                 let response = self.responder.respond(context, input);
                 match first {
@@ -398,9 +403,7 @@ impl Engine {
             }
             Work::Action { action, sender } => self.responder.action(context, action, sender),
         };
-        if !run.send(ThreadStreamEvent::StreamOptions { stream_options: StreamOptions { allow_cancel: true } }).await {
-            return run.cancelled().await;
-        }
+        run.hold(ThreadStreamEvent::StreamOptions { stream_options: StreamOptions { allow_cancel: true } });
         run.drive(events).await
     }
 }

@@ -49,7 +49,23 @@ pub(super) struct Run<'a> {
     first_event: bool,
     /// The turn's writes, under its job's fence.
     writes: Writes,
+    /// Events persisted (where they persist) but not yet announced nor sent:
+    /// the ones the responder had ready together, so that they reach the
+    /// fan-out as one publication and the client as one chunk.
+    outbox: Vec<Outgoing>,
 }
+
+/// An event waiting in the outbox, with its change to the snapshot.
+struct Outgoing {
+    event: TurnEvent,
+    snapshot: SnapshotChange,
+    /// False for what only viewers are told (how an abandoned turn left its items).
+    to_client: bool,
+}
+
+/// The most events a turn holds back before it announces and sends them, so
+/// that a responder with a long run of ready events still streams.
+const OUTBOX_LIMIT: usize = 32;
 
 /// When the in-progress snapshot was last published, and whether one is up.
 struct SnapshotState {
@@ -92,17 +108,42 @@ impl<'a> Run<'a> {
             started,
             first_event: false,
             writes,
+            outbox: Vec::with_capacity(OUTBOX_LIMIT),
         }
     }
 
-    /// Announces an event to live viewers and sends it to the client; false
-    /// when the client has gone. Viewers get it either way. The event is
-    /// serialized once, for both.
-    pub(super) async fn send(&mut self, event: ThreadStreamEvent) -> bool {
+    /// Announces an event to live viewers and sends it to the client, after
+    /// whatever the outbox holds; false when the client has gone. Viewers
+    /// get it either way.
+    async fn send(&mut self, event: ThreadStreamEvent) -> bool {
+        self.hold(event);
+        self.flush().await
+    }
+
+    /// Puts an event in the outbox, for the client and the viewers. The
+    /// event is serialized once, for both.
+    pub(super) fn hold(&mut self, event: ThreadStreamEvent) {
         let snapshot = self.snapshot_change(&event);
-        let event = TurnEvent::new(event);
-        self.engine.announce.turn_event(&self.user, &self.topic, &event, snapshot).await;
-        self.sink.send(event).await.is_ok()
+        self.outbox.push(Outgoing { event: TurnEvent::new(event), snapshot, to_client: true });
+    }
+
+    /// Announces what the outbox holds, in one publication per topic, then
+    /// sends the client its part; false when the client has gone.
+    pub(super) async fn flush(&mut self) -> bool {
+        if self.outbox.is_empty() {
+            return !self.sink.is_closed();
+        }
+        let mut outbox = std::mem::take(&mut self.outbox);
+        let announced =
+            outbox.iter_mut().map(|out| (&out.event, std::mem::replace(&mut out.snapshot, SnapshotChange::Keep)));
+        self.engine.announce.turn_events(&self.user, &self.topic, announced).await;
+        let mut open = true;
+        for out in outbox.drain(..).filter(|out| out.to_client) {
+            open = open && self.sink.send(out.event).await.is_ok();
+        }
+        // The emptied outbox keeps its capacity for the next round.
+        self.outbox = outbox;
+        open
     }
 
     /// What an item event does to the in-progress snapshot. While the thread
@@ -181,27 +222,29 @@ impl<'a> Run<'a> {
                 ThreadStreamEvent::ItemRemoved { item_id: item.id }
             };
             let snapshot = if index == last { SnapshotChange::Clear } else { SnapshotChange::Keep };
-            let event = TurnEvent::new(event);
-            self.engine.announce.turn_event(&self.user, &self.topic, &event, snapshot).await;
+            self.outbox.push(Outgoing { event: TurnEvent::new(event), snapshot, to_client: false });
         }
         self.snapshot.live = false;
+        self.flush().await;
     }
 
     pub(super) async fn drive(&mut self, mut events: EventStream) -> TurnOutcome {
         let failure = loop {
-            let step = tokio::select! {
-                biased;
-                _ = self.sink.closed() => Step::ClientGone,
-                _ = self.cancel.cancelled() => Step::ClientGone,
-                next = AssertUnwindSafe(events.next()).catch_unwind() => match next {
-                    Ok(Some(Ok(event))) => Step::Event(event),
-                    Ok(None) => Step::End,
-                    Ok(Some(Err(error))) => Step::Fail(error_event(error)),
-                    Err(panic) => {
-                        tracing::error!(panic = %panic_message(&panic), "responder panicked during a turn");
-                        Step::Fail(ThreadStreamEvent::stream_error(true))
+            let step = match self.ready_now(&mut events) {
+                Some(step) => step,
+                None => {
+                    // Nothing more is ready: what the outbox holds goes out before the turn waits.
+                    if !self.flush().await {
+                        drop(events);
+                        return self.cancelled().await;
                     }
-                },
+                    tokio::select! {
+                        biased;
+                        _ = self.sink.closed() => Step::ClientGone,
+                        _ = self.cancel.cancelled() => Step::ClientGone,
+                        next = AssertUnwindSafe(events.next()).catch_unwind() => step_of(next),
+                    }
+                }
             };
             let mut event = match step {
                 Step::Event(event) => {
@@ -223,20 +266,25 @@ impl<'a> Run<'a> {
                 break Some(persist_failed(error));
             }
             let hidden = matches!(&event, ThreadStreamEvent::ItemDone { item } if item.is_hidden());
-            if !hidden && !self.send(event).await {
+            if !hidden {
+                self.hold(event);
+            }
+            if let Err(error) = self.sync_thread().await {
+                break Some(persist_failed(error));
+            }
+        };
+        if failure.is_none() {
+            // A change the responder made at the very end (a title, say) goes out with the last events.
+            if let Err(error) = self.sync_thread().await {
+                tracing::error!(%error, "could not persist a thread change");
+            }
+        }
+        let delivered = self.flush().await;
+        let outcome = match failure {
+            None if !delivered => {
                 drop(events);
                 return self.cancelled().await;
             }
-            match self.sync_thread().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    drop(events);
-                    return self.cancelled().await;
-                }
-                Err(error) => break Some(persist_failed(error)),
-            }
-        };
-        let outcome = match failure {
             None => TurnOutcome::Completed,
             Some(error) => {
                 // Keep what the user already saw streaming, so nothing shown is lost; unless the
@@ -260,7 +308,18 @@ impl<'a> Run<'a> {
         if let Err(error) = self.sync_thread().await {
             tracing::error!(%error, "could not persist a thread change");
         }
+        self.flush().await;
         outcome
+    }
+
+    /// The responder's next step if it is ready now, while the outbox has room:
+    /// events that come together are persisted one by one, then announced and
+    /// sent together.
+    fn ready_now(&mut self, events: &mut EventStream) -> Option<Step> {
+        if self.outbox.len() >= OUTBOX_LIMIT {
+            return None;
+        }
+        AssertUnwindSafe(events.next()).catch_unwind().now_or_never().map(step_of)
     }
 
     /// Applies an event to the store as the reference does: done items are
@@ -299,17 +358,17 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Persists and announces a thread the responder changed. Returns false
-    /// when the client has gone.
-    async fn sync_thread(&mut self) -> StoreResult<bool> {
+    /// Persists a thread the responder changed, and puts its announcement in the outbox.
+    async fn sync_thread(&mut self) -> StoreResult<()> {
         let version = self.thread.version();
         if version == self.saved_version {
-            return Ok(true);
+            return Ok(());
         }
         let snapshot = self.thread.snapshot();
         self.writes.save_thread(&self.user, &snapshot).await?;
         self.saved_version = version;
-        Ok(self.send(ThreadStreamEvent::ThreadUpdated { thread: snapshot.to_wire(Page::default()) }).await)
+        self.hold(ThreadStreamEvent::ThreadUpdated { thread: snapshot.to_wire(Page::default()) });
+        Ok(())
     }
 
     async fn keep_partial_messages(&self) -> StoreResult<()> {
@@ -349,6 +408,19 @@ impl<'a> Run<'a> {
         }
         self.announce_abandoned(true).await;
         TurnOutcome::Cancelled
+    }
+}
+
+/// What the responder's stream gave, as a step of the turn; a panic in the responder fails it.
+fn step_of(next: std::thread::Result<Option<Result<ThreadStreamEvent, ResponderError>>>) -> Step {
+    match next {
+        Ok(Some(Ok(event))) => Step::Event(event),
+        Ok(None) => Step::End,
+        Ok(Some(Err(error))) => Step::Fail(error_event(error)),
+        Err(panic) => {
+            tracing::error!(panic = %panic_message(&panic), "responder panicked during a turn");
+            Step::Fail(ThreadStreamEvent::stream_error(true))
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use super::subscriber::SubscriberCommand;
 use super::{RedisFanout, CONTROL, RESYNC_NOTICE};
 use crate::fanout::bus::unsequenced;
 use crate::fanout::{
-    now_us, sequence_base, Bus, CatchUp, FanoutError, FanoutSettings, MessageKind, SequencedMessage, Snapshot,
+    now_us, sequence_base, Bus, CatchUp, FanoutError, FanoutSettings, Outgoing, SequencedMessage, Snapshot,
     SnapshotChange, Subscription, Topic,
 };
 use crate::telemetry::metrics::METRICS;
@@ -118,14 +118,9 @@ static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(publish_s
 /// The script on a Redis Cluster: sharded pub/sub.
 static SPUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(publish_script!("SPUBLISH")));
 
-pub(super) struct Publication {
-    channel: String,
-    message: String,
-    snapshot: SnapshotChange,
-}
-
-/// The publications of one topic in one pipeline: one script call.
-struct TopicBatch {
+/// Consecutive publications of one topic: what `publish_all` queues, and what
+/// the publisher sends as one script call (the queued ones of a topic, merged).
+pub(super) struct TopicBatch {
     channel: String,
     messages: Vec<String>,
     /// The last change to the snapshot, and the position (from 1) of the message that made it.
@@ -137,10 +132,19 @@ impl TopicBatch {
         TopicBatch { channel, messages: Vec::new(), snapshot: (SnapshotChange::Keep, 0) }
     }
 
-    fn push(&mut self, publication: Publication) {
-        self.messages.push(publication.message);
-        if publication.snapshot != SnapshotChange::Keep {
-            self.snapshot = (publication.snapshot, self.messages.len());
+    fn push(&mut self, message: String, snapshot: SnapshotChange) {
+        self.messages.push(message);
+        if snapshot != SnapshotChange::Keep {
+            self.snapshot = (snapshot, self.messages.len());
+        }
+    }
+
+    /// Appends a later batch of the same topic.
+    fn append(&mut self, later: TopicBatch) {
+        let offset = self.messages.len();
+        self.messages.extend(later.messages);
+        if later.snapshot.0 != SnapshotChange::Keep {
+            self.snapshot = (later.snapshot.0, offset + later.snapshot.1);
         }
     }
 
@@ -169,19 +173,15 @@ impl TopicBatch {
     }
 }
 
-/// Groups publications by topic, keeping each topic's order and the order in
-/// which topics first appear.
-fn by_topic(publications: impl IntoIterator<Item = Publication>) -> Vec<TopicBatch> {
+/// Merges queued batches by topic, keeping each topic's order and the order
+/// in which topics first appear.
+fn by_topic(queued: impl IntoIterator<Item = TopicBatch>) -> Vec<TopicBatch> {
     let mut batches: Vec<TopicBatch> = Vec::new();
-    for publication in publications {
-        let index = match batches.iter().position(|batch| batch.channel == publication.channel) {
-            Some(index) => index,
-            None => {
-                batches.push(TopicBatch::new(publication.channel.clone()));
-                batches.len() - 1
-            }
-        };
-        batches[index].push(publication);
+    for batch in queued {
+        match batches.iter_mut().find(|merged| merged.channel == batch.channel) {
+            Some(merged) => merged.append(batch),
+            None => batches.push(batch),
+        }
     }
     batches
 }
@@ -238,7 +238,7 @@ impl DroppedChannels {
 pub(super) async fn publisher(
     connection: Arc<CommandConnection>,
     status: Arc<ConnectionStatus>,
-    mut queue: mpsc::Receiver<Publication>,
+    mut queue: mpsc::Receiver<TopicBatch>,
     settings: FanoutSettings,
     sharded: bool,
 ) {
@@ -262,9 +262,10 @@ pub(super) async fn publisher(
             Ok(conn) => conn,
             Err(error) => {
                 if !batch.is_empty() {
-                    status.dropped_publications.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    tracing::debug!(%error, dropped = batch.len(), "fan-out publications dropped");
-                    dropped.add(batch.drain(..).map(|publication| publication.channel));
+                    let count: usize = batch.iter().map(|queued| queued.messages.len()).sum();
+                    status.dropped_publications.fetch_add(count as u64, Ordering::Relaxed);
+                    tracing::debug!(%error, dropped = count, "fan-out publications dropped");
+                    dropped.add(batch.drain(..).map(|queued| queued.channel));
                 }
                 continue;
             }
@@ -314,10 +315,10 @@ pub(super) async fn publisher(
     }
 }
 
-/// Lets the tasks that just published run on before a small batch is sent: a turn publishes its
-/// events one by one but nearly at once, and what arrives meanwhile joins the batch, so that the
-/// turn's events go in one script call. Yielding costs no time when nothing else is runnable.
-async fn gather(queue: &mut mpsc::Receiver<Publication>, batch: &mut Vec<Publication>) {
+/// Lets the tasks that just published run on before a small batch is sent: a turn hands over the
+/// events that are ready together in one `publish_all`, but other turns publish meanwhile, and what
+/// arrives now joins the batch. Yielding costs no time when nothing else is runnable.
+async fn gather(queue: &mut mpsc::Receiver<TopicBatch>, batch: &mut Vec<TopicBatch>) {
     for _ in 0..GATHER_YIELDS {
         if batch.len() >= PUBLISH_BATCH {
             return;
@@ -372,13 +373,20 @@ async fn send(
 
 #[async_trait]
 impl Bus for RedisFanout {
-    async fn publish(&self, topic: &Topic, kind: MessageKind, body: String, snapshot: SnapshotChange) {
-        METRICS.fanout_published.with_label_values(&[topic.kind()]).inc();
-        let channel = topic.channel();
-        let message = unsequenced(now_us(), kind, &body);
+    async fn publish_all(&self, topic: &Topic, messages: Vec<Outgoing>) {
+        if messages.is_empty() {
+            return;
+        }
+        let count = messages.len();
+        METRICS.fanout_published.with_label_values(&[topic.kind()]).inc_by(count as u64);
+        let mut batch = TopicBatch::new(topic.channel());
+        let sent_at = now_us();
+        for Outgoing { kind, body, snapshot } in messages {
+            batch.push(unsequenced(sent_at, kind, &body), snapshot);
+        }
         // Waiting here when the queue is full slows the turn rather than lose order.
-        if self.publications.send(Publication { channel, message, snapshot }).await.is_err() {
-            self.status.dropped_publications.fetch_add(1, Ordering::Relaxed);
+        if self.publications.send(batch).await.is_err() {
+            self.status.dropped_publications.fetch_add(count as u64, Ordering::Relaxed);
         }
     }
 
@@ -426,8 +434,10 @@ impl Bus for RedisFanout {
 mod tests {
     use super::*;
 
-    fn publication(channel: &str, n: u32, snapshot: SnapshotChange) -> Publication {
-        Publication { channel: channel.into(), message: format!("{n} e {{}}"), snapshot }
+    fn publication(channel: &str, n: u32, snapshot: SnapshotChange) -> TopicBatch {
+        let mut batch = TopicBatch::new(channel.into());
+        batch.push(format!("{n} e {{}}"), snapshot);
+        batch
     }
 
     #[test]
@@ -452,6 +462,20 @@ mod tests {
                 ("ck:{t:b}", vec!["5 e {}"], &(SnapshotChange::Clear, 1)),
             ]
         );
+    }
+
+    #[test]
+    fn batches_queued_apart_merge_with_their_snapshot_in_place() {
+        let mut later = TopicBatch::new("ck:{t:a}".into());
+        later.push("2 e {}".into(), SnapshotChange::Keep);
+        later.push("3 e {}".into(), SnapshotChange::Clear);
+        later.push("4 e {}".into(), SnapshotChange::Keep);
+        let merged = by_topic([publication("ck:{t:a}", 1, SnapshotChange::Set("[1]".into())), later]);
+        assert_eq!(merged.len(), 1, "one script call");
+        assert_eq!(merged[0].messages, ["1 e {}", "2 e {}", "3 e {}", "4 e {}"]);
+        assert_eq!(merged[0].snapshot, (SnapshotChange::Clear, 3), "the clear, at its place in the merged batch");
+        let keep = |n| publication("ck:{t:a}", n, SnapshotChange::Keep);
+        assert_eq!(by_topic([keep(8), keep(9)])[0].snapshot, (SnapshotChange::Keep, 0));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
 
-use self::bus::{publisher, Publication, PUBLISH_QUEUE};
+use self::bus::{publisher, TopicBatch, PUBLISH_QUEUE};
 use self::connection::{CommandConnection, ConnectionStatus};
 use self::subscriber::{Subscriber, SubscriberCommand};
 use super::coordination::{LocalCounters, LocalWindows};
@@ -61,7 +61,7 @@ pub struct RedisFanout {
     /// For catch-ups and coordination; publications have their own.
     connection: Arc<CommandConnection>,
     status: Arc<ConnectionStatus>,
-    publications: mpsc::Sender<Publication>,
+    publications: mpsc::Sender<TopicBatch>,
     subscriber: mpsc::Sender<SubscriberCommand>,
     cancels: broadcast::Sender<String>,
     lease_wanted: broadcast::Sender<String>,
