@@ -412,7 +412,12 @@ const CHECKS = {
         component: { type: "Row", id: "status-row", gap: 2, children: [{ type: "Icon", name: "check", color: "success" }, { type: "Text", value: "Approved" }] },
       });
       mount("transition", transition);
-      out.transition = document.querySelector('#fx-transition [data-widget="Transition"]').textContent;
+      const changed = document.querySelector('#fx-transition [data-widget="Transition"]');
+      out.transition = changed.textContent;
+      out.fades = changed.classList.contains("w-changed");
+      // The same tree rendered again (another update elsewhere in the widget) does not fade again.
+      mount("transition", transition);
+      out.fadesAgain = document.querySelector('#fx-transition [data-widget="Transition"]').classList.contains("w-changed");
       // The whole root replaced.
       const replaced = applyWidgetUpdate(byName("basic"), { type: "widget.root.updated", widget: { type: "Card", children: [{ type: "Text", value: "A new root" }] } });
       mount("basic", replaced);
@@ -434,6 +439,7 @@ const CHECKS = {
     assert(result.pure, "applyWidgetUpdate changed the tree it was given");
     assert(result.shared, "applyWidgetUpdate copied an unchanged subtree");
     assert(result.transition === "Approved", `the replaced component shows ${JSON.stringify(result.transition)}`);
+    assert(result.fades && !result.fadesAgain, `the Transition fades on a change only: ${result.fades} then ${result.fadesAgain}`);
     assert(result.rootType === "Card" && result.rootText === "A new root", `the replaced root: ${result.rootType} ${result.rootText}`);
     assert(result.unknownSame && result.missingSame && result.garbageSame, `no-op updates: ${JSON.stringify(result)}`);
   },

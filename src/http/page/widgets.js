@@ -3,10 +3,13 @@
 // and everything they hold) into DOM, applies the streamed widget updates to a
 // tree, and renders a tree as plain text. This file holds the public API,
 // colours and layout, the containers, text and media; the form controls and
-// actions live in widgets-forms.js and charts in widgets-chart.js, so that no
-// file grows past a screenful of concerns. No dependencies, no build step: the
-// page loads it as an ES module under a CSP that allows only same-origin
-// scripts and styles set from script.
+// actions live in widgets-forms.js and charts in widgets-chart.js. This file
+// is still longer than the house's ~600 lines: its sections (API, tree
+// helpers, colours and layout props, icons, containers, text, media) share
+// the colour and layout helpers, and a fourth module would be one more file
+// for the gateway to serve. No dependencies, no build step: the page loads it
+// as an ES module under a CSP that allows only same-origin scripts (and styles
+// set from script).
 
 import { CONTROLS, bindForm, editableText, fireAction } from "./widgets-forms.js";
 import { chartText, renderChart } from "./widgets-chart.js";
@@ -557,6 +560,10 @@ function Card(p, env) {
   const body = h(p.asForm ? "form" : "div", { class: "w-card-body" });
   if (p.padding != null) {
     applySpacing(body, "padding", p.padding);
+    // Flush dividers and images reach the edge by this much.
+    if (space(p.padding)) {
+      body.style.setProperty("--w-pad", space(p.padding));
+    }
   }
   appendChildren(body, p, env);
 
@@ -699,8 +706,28 @@ function Basic(p, env) {
   return appendChildren(box, p, env);
 }
 
+// What each Transition last showed, by widget item and position, so that only
+// a change fades in: the chat page re-renders a whole widget on every streamed
+// update, and fading unchanged content each time would flicker.
+const transitionsSeen = new Map();
+const TRANSITIONS_KEPT = 500;
+
 function Transition(p, env) {
   const wrap = h("div", { class: "w-transition" });
+  env.transitions = (env.transitions ?? 0) + 1;
+  if (env.ctx.itemId != null) {
+    const key = `${env.ctx.itemId}|${p.id ?? env.transitions}`;
+    const shown = JSON.stringify(p.children ?? null);
+    const before = transitionsSeen.get(key);
+    if (before !== undefined && before !== shown) {
+      wrap.classList.add("w-changed");
+    }
+    transitionsSeen.delete(key);
+    transitionsSeen.set(key, shown);
+    if (transitionsSeen.size > TRANSITIONS_KEPT) {
+      transitionsSeen.delete(transitionsSeen.keys().next().value);
+    }
+  }
   return appendChildren(wrap, p, env);
 }
 
@@ -821,7 +848,9 @@ function Image(p) {
   }
   // Under the page's CSP only data: and same-origin images load; others still
   // get an <img> so their alt text shows.
-  const img = h("img", { class: `w-image${p.frame ? " w-frame" : ""}${p.flush ? " w-flush" : ""}`, src: p.src, alt: p.alt ?? "", loading: "lazy", decoding: "async" });
+  // Remote images load lazily, as a long thread may hold many; data: URLs are already here.
+  const lazy = p.src.startsWith("data:") ? null : "lazy";
+  const img = h("img", { class: `w-image${p.frame ? " w-frame" : ""}${p.flush ? " w-flush" : ""}`, src: p.src, alt: p.alt ?? "", loading: lazy, decoding: "async" });
   const s = img.style;
   if (typeof p.fit === "string") {
     s.objectFit = p.fit;
