@@ -8,7 +8,7 @@ use serde_json::json;
 use super::TurnEvent;
 use crate::fanout::{Bus, MessageKind, Outgoing, SnapshotChange, Topic};
 use crate::ids::UserId;
-use crate::protocol::{Thread, ThreadStreamEvent};
+use crate::protocol::{Thread, ThreadItem, ThreadStreamEvent};
 
 #[derive(Clone)]
 pub struct Announcer {
@@ -34,6 +34,16 @@ impl Announcer {
         let thread_topic = Topic::Thread(thread_id.to_string());
         self.bus.publish(&thread_topic, MessageKind::Deleted, body.clone(), SnapshotChange::Clear).await;
         self.bus.publish(&Topic::User(user.clone()), MessageKind::Deleted, body, SnapshotChange::Keep).await;
+    }
+
+    /// An item a synchronous action replaced (a widget's new state): for the thread's viewers.
+    pub async fn item_replaced(&self, thread_id: &str, item: &ThreadItem) {
+        if item.is_hidden() {
+            return;
+        }
+        let body = TurnEvent::new(ThreadStreamEvent::ItemReplaced { item: item.clone() }).json;
+        let topic = Topic::Thread(thread_id.to_string());
+        self.bus.publish(&topic, MessageKind::Event, body, SnapshotChange::Keep).await;
     }
 
     /// `None` while a thread's in-progress snapshot must follow its items (it

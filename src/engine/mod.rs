@@ -329,6 +329,10 @@ impl Engine {
                     writes.save_thread(user, &snapshot).await?;
                     self.announce.thread_updated(user, &snapshot.to_wire(Page::default())).await;
                 }
+                // The caller's tab swaps the answer in itself; the thread's other tabs learn of it here.
+                if let Some(item) = &answer.updated_item {
+                    self.announce.item_replaced(&params.thread_id, item).await;
+                }
                 Ok(JsonAnswer::SyncAction(answer))
             }
             streaming => Err(EngineError::BadRequest(format!("`{}` is a streaming operation", streaming.op()))),

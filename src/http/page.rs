@@ -11,13 +11,23 @@ use actix_web::body::MessageBody;
 use actix_web::http::header::{CacheControl, CacheDirective, LOCATION};
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::error::ApiError;
 use super::AuthMode;
 use super::State;
 
 const INDEX: &str = include_str!("page/index.html");
-const SCRIPT: &str = include_str!("page/chat.js");
-const STYLE: &str = include_str!("page/chat.css");
 const LIVE: &str = include_str!("page/chatkit-live.js");
+
+/// The page's scripts and style sheets under `/page/`: the chat itself, and the widget renderer's
+/// modules, which `chat.js` imports.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("chat.js", JAVASCRIPT, include_str!("page/chat.js")),
+    ("chat.css", CSS, include_str!("page/chat.css")),
+    ("widgets.js", JAVASCRIPT, include_str!("page/widgets.js")),
+    ("widgets-forms.js", JAVASCRIPT, include_str!("page/widgets-forms.js")),
+    ("widgets-chart.js", JAVASCRIPT, include_str!("page/widgets-chart.js")),
+    ("widgets.css", CSS, include_str!("page/widgets.css")),
+];
 
 const HTML: &str = "text/html; charset=utf-8";
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
@@ -48,14 +58,12 @@ pub async fn to_folder(request: HttpRequest) -> HttpResponse {
     HttpResponse::PermanentRedirect().insert_header((LOCATION, location)).finish()
 }
 
-/// `GET /page/chat.js`.
-pub async fn script() -> HttpResponse {
-    asset(JAVASCRIPT, None, SCRIPT)
-}
-
-/// `GET /page/chat.css`.
-pub async fn style() -> HttpResponse {
-    asset(CSS, None, STYLE)
+/// `GET /page/{name}`: one of the page's assets, or a 404 that names the path.
+pub async fn page_asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    match ASSETS.iter().find(|(asset_name, _, _)| *asset_name == name.as_str()) {
+        Some((_, content_type, body)) => Ok(asset(content_type, None, *body)),
+        None => Err(ApiError::not_found(format!("the page has no asset `{}`", name.as_str()))),
+    }
 }
 
 /// `GET /chatkit-live.js`.

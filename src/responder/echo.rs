@@ -22,7 +22,8 @@ fn counter_text(count: i64) -> String {
 }
 
 /// Answers every message with `echo: <text>` and a few commands with other item
-/// types: `/widget` (a counter card), `/tool` (a pending client tool call) and
+/// types: `/widget` (a counter card), `/gallery` (a widget per component
+/// family, from `gallery.json`), `/tool` (a pending client tool call) and
 /// `/ask` (a pending structured input).
 #[derive(Clone, Debug, Default)]
 pub struct EchoResponder;
@@ -50,6 +51,11 @@ impl Responder for EchoResponder {
                     };
                     match text.trim() {
                         "/widget" => yield Ok(done(widget_item(&thread_id, 0))),
+                        "/gallery" => {
+                            for item in gallery_items(&thread_id) {
+                                yield Ok(done(item));
+                            }
+                        }
                         "/tool" => yield Ok(done(tool_call_item(&thread_id))),
                         "/ask" => yield Ok(done(structured_input_item(&thread_id))),
                         _ => {
@@ -180,13 +186,36 @@ fn widget_item(thread_id: &str, count: i64) -> ThreadItem {
         "type": "Card",
         "children": [
             {"type": "Text", "id": "counter", "value": counter_text(count)},
+            // Not streamed: the page increments through `threads.sync_custom_action`, whose
+            // answer replaces the widget in place (and is announced to the thread's other tabs).
             {"type": "Button", "label": "Increment", "onClickAction": {
-                "type": "counter.increment", "handler": "server", "loadingBehavior": "auto", "streaming": true
+                "type": "counter.increment", "handler": "server", "loadingBehavior": "auto", "streaming": false
             }}
         ]
     });
     let body = ItemBody::Widget { widget, copy_text: Some(counter_text(count)) };
     ThreadItem::new(new_id(IdKind::Message), thread_id.to_string(), body)
+}
+
+/// The widget gallery: one widget root per component family of openai-chatkit's
+/// `widgets.py`, with a title each. `tests/conformance/check_widget_gallery.py`
+/// checks them against the reference's types; the chat page's browser tests
+/// render them (`tests/browser/widgets-harness.mjs` also renders its
+/// `degraded` entries, which only the renderer sees).
+const GALLERY: &str = include_str!("gallery.json");
+
+/// The gallery as widget items, in order; `copy_text` is each entry's title.
+fn gallery_items(thread_id: &str) -> Vec<ThreadItem> {
+    let gallery: Value = serde_json::from_str(GALLERY).unwrap_or_default();
+    let entries = gallery["gallery"].as_array().cloned().unwrap_or_default();
+    entries
+        .into_iter()
+        .map(|entry| {
+            let copy_text = entry["title"].as_str().map(str::to_string);
+            let body = ItemBody::Widget { widget: entry["widget"].clone(), copy_text };
+            ThreadItem::new(new_id(IdKind::Message), thread_id.to_string(), body)
+        })
+        .collect()
 }
 
 /// Reads the count back from a counter widget item.
@@ -279,6 +308,17 @@ mod tests {
     fn sorted_json_sorts_nested_keys() {
         let value = json!({"b": 1, "a": {"d": [{"z": 1, "y": 2}], "c": null}});
         assert_eq!(sorted_json(&value), r#"{"a":{"c":null,"d":[{"y":2,"z":1}]},"b":1}"#);
+    }
+
+    #[test]
+    fn the_gallery_has_a_widget_root_per_family() {
+        let items = gallery_items("thr_1");
+        assert!(items.len() >= 12, "{}", items.len());
+        for item in items {
+            let ItemBody::Widget { widget, copy_text } = &item.body else { panic!("a widget") };
+            assert!(["Card", "ListView", "Basic"].contains(&widget["type"].as_str().unwrap_or("")), "{widget}");
+            assert!(copy_text.as_deref().is_some_and(|text| !text.is_empty()));
+        }
     }
 
     #[test]

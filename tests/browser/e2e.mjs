@@ -15,6 +15,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { crossOriginScenarios } from "./cross-origin.mjs";
+import { widgetScenarios } from "./widgets-e2e.mjs";
 
 const WAIT_MS = 15_000;
 const SCENARIO_MS = 100_000;
@@ -551,7 +552,7 @@ const scenarios = {
   },
 };
 
-Object.assign(scenarios, crossOriginScenarios(assert));
+Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert));
 
 // ---------------------------------------------------------------------------
 // Main.

@@ -1,6 +1,6 @@
 // The browser harness of the chat page's widget renderer (src/http/page/widgets*.js).
 // It serves the renderer, its CSS and a gallery page built from
-// tests/browser/fixtures/widgets.json from a loopback server with the chat
+// src/responder/gallery.json from a loopback server with the chat
 // page's CSP, drives headless Chromium through the gallery, and checks what a
 // user and the lead's integration rely on: every component family renders,
 // unknown and malformed components degrade to text without a page error,
@@ -126,7 +126,7 @@ async function startServer() {
     "/": { type: "text/html", body: HARNESS_HTML },
     "/harness.css": { type: "text/css", body: HARNESS_CSS },
     "/harness-page.js": { type: "text/javascript", body: HARNESS_PAGE_JS },
-    "/fixtures.json": { type: "application/json", path: join(HERE, "fixtures/widgets.json") },
+    "/fixtures.json": { type: "application/json", path: join(HERE, "../../src/responder/gallery.json") },
     "/widgets.css": { type: "text/css", path: join(PAGE_DIR, "widgets.css") },
   };
   for (const module of ["widgets.js", "widgets-forms.js", "widgets-chart.js"]) {
@@ -550,7 +550,16 @@ async function main() {
     process.exit(2);
   }, RUN_TIMEOUT_MS);
   const { server, base } = await startServer();
-  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", headless: !args.headed });
+  // Debian's Chromium (CHATKIT_CHROMIUM, as e2e.mjs); its sandbox refuses to run as root.
+  const chromiumArgs = ["--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"];
+  if (typeof process.getuid === "function" && process.getuid() === 0) {
+    chromiumArgs.push("--no-sandbox");
+  }
+  const browser = await chromium.launch({
+    executablePath: process.env.CHATKIT_CHROMIUM ?? "/usr/bin/chromium",
+    headless: !args.headed,
+    args: chromiumArgs,
+  });
   const failures = [];
   try {
     const context = await browser.newContext({ viewport: { width: 900, height: 900 }, colorScheme: "light" });
@@ -591,7 +600,7 @@ async function main() {
     }
     await context.close();
 
-    const fixtures = JSON.parse(await readFile(join(HERE, "fixtures/widgets.json"), "utf-8"));
+    const fixtures = JSON.parse(await readFile(join(HERE, "../../src/responder/gallery.json"), "utf-8"));
     const names = [...fixtures.gallery, ...fixtures.degraded].map((entry) => entry.name);
     const saved = await screenshots(browser, base, args.artifacts, names);
     console.log(`saved ${saved.length} screenshots in ${args.artifacts}`);

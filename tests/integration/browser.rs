@@ -192,6 +192,49 @@ fn the_page_works_under_a_base_path() {
     run("turn", &[&app]);
 }
 
+/// The echo's `/gallery`: a widget per component family renders in the page, none as text
+/// (a screenshot of each under `target/browser-artifacts/gallery/`).
+#[test]
+fn every_widget_component_family_renders() {
+    let app = spawn_app();
+    run("gallery", &[&app]);
+}
+
+/// The counter widget's Increment is a `streaming: false` action: it goes through
+/// `threads.sync_custom_action`, and the count changes in place in this tab and, live, in another.
+#[test]
+fn the_counter_increments_in_place_in_both_tabs_through_a_sync_action() {
+    let app = spawn_app();
+    run("counter", &[&app]);
+}
+
+/// A form widget's values reach the server in the submitted action's payload.
+#[test]
+fn a_form_widget_sends_its_values_in_the_action_payload() {
+    let app = spawn_app();
+    run("widget-form", &[&app]);
+}
+
+/// The widget renderer on its own (`tests/browser/widgets-harness.mjs`): every component of the
+/// gallery and of its degraded entries, form values, loading states, streamed updates, keyboard use.
+#[test]
+fn the_widget_renderer_passes_its_harness() {
+    let browser = browser();
+    let dir = artifacts("widgets");
+    let output = Command::new("node")
+        .arg(browser.dir.join("widgets-harness.mjs"))
+        .arg("--artifacts")
+        .arg(&dir)
+        .env("CHATKIT_CHROMIUM", &browser.chromium)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .stdin(Stdio::null())
+        .output()
+        .expect("node starts");
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("{log}");
+    assert!(output.status.success(), "the widget harness failed; artifacts in {}:\n{log}", dir.display());
+}
+
 /// The origin of a page the browser serves itself, other than the gateway's
 /// (`127.0.0.1`): `localhost`, so that both are on loopback.
 fn another_origin() -> String {
@@ -233,6 +276,10 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
         ("/page/chat.js", "text/javascript; charset=utf-8", "/chatkit/events"),
         ("/page/chat.css", "text/css; charset=utf-8", "#closed-banner"),
         ("/chatkit-live.js", "text/javascript; charset=utf-8", "fetchUpdates"),
+        ("/page/widgets.js", "text/javascript; charset=utf-8", "export function renderWidget"),
+        ("/page/widgets-forms.js", "text/javascript; charset=utf-8", "export"),
+        ("/page/widgets-chart.js", "text/javascript; charset=utf-8", "export"),
+        ("/page/widgets.css", "text/css; charset=utf-8", ".w-"),
     ] {
         let response = app.client.get(app.url(path)).send().await.expect(path);
         assert_eq!(response.status(), 200, "{path}");
@@ -240,4 +287,8 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
         assert_eq!(content_type.as_deref(), Some(kind), "{path}");
         assert!(response.text().await.unwrap().contains(needle), "{path}");
     }
+    let missing = app.client.get(app.url("/page/nothing.js")).send().await.expect("answer");
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.expect("an error body");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("nothing.js")), "{body}");
 }

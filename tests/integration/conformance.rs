@@ -5,14 +5,6 @@ use crate::common::*;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-fn find_item<'a>(events: &'a [Value], kind: &str) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["type"] == "thread.item.done" && e["item"]["type"] == kind)
-        .map(|e| &e["item"])
-        .unwrap_or_else(|| panic!("no {kind} item among {:?}", types(events)))
-}
-
 /// Drives every op, recording each response and event.
 async fn drive_every_op(app: &TestApp) {
     let user = "conformance";
@@ -26,6 +18,7 @@ async fn drive_every_op(app: &TestApp) {
 
     let widget = app.say(user, tid, "/widget").await;
     let widget_id = find_item(&widget, "widget")["id"].clone();
+    app.say(user, tid, "/gallery").await;
     let action = json!({"type": "counter.increment", "payload": {"b": [1, 2], "a": null}});
     app.call(user, "threads.sync_custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": action}))
         .await;
@@ -67,7 +60,11 @@ async fn viewer_frames(app: &TestApp, history: &mut crate::common::viewer::Viewe
     let user = "conformance";
     let (tid, _) = app.create_thread(user, "watched").await;
     let mut thread = app.view_thread(user, &tid).await;
-    app.say(user, &tid, "/widget").await;
+    let widget = app.say(user, &tid, "/widget").await;
+    let widget_id = find_item(&widget, "widget")["id"].clone();
+    let increment = json!({"type": "counter.increment", "payload": {}});
+    app.call(user, "threads.sync_custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": increment}))
+        .await;
     app.say(user, &tid, "and a plain answer").await;
     app.call(user, "threads.update", json!({"thread_id": tid, "title": "Watched"})).await;
     let locked = app.client.post(app.url(&format!("/v1/chatkit/threads/{tid}/status")));
@@ -83,7 +80,15 @@ async fn viewer_frames(app: &TestApp, history: &mut crate::common::viewer::Viewe
         }
     }
     let kinds: std::collections::BTreeSet<&str> = frames.iter().filter_map(|(_, f)| f["type"].as_str()).collect();
-    for kind in ["thread.created", "thread.updated", "thread.item.added", "thread.item.updated", "thread.item.done"] {
+    let expected = [
+        "thread.created",
+        "thread.updated",
+        "thread.item.added",
+        "thread.item.updated",
+        "thread.item.done",
+        "thread.item.replaced",
+    ];
+    for kind in expected {
         assert!(kinds.contains(kind), "viewer streams carried no {kind}: {kinds:?}");
     }
     frames
@@ -110,4 +115,15 @@ async fn every_response_and_event_validates_with_the_reference_types() {
     let report = check_conformance(&transcript);
     let checked = format!("{} passed, 0 failed", transcript.lines().count());
     assert!(viewer_lines > 0 && report.contains(&checked), "every line, viewer frames too, was checked: {report}");
+}
+
+/// The echo's widget gallery (`src/responder/gallery.json`, what `/gallery` sends and the chat
+/// page's renderer is tested on) is valid to openai-chatkit's widget types, each component strictly
+/// as its own class (`tests/conformance/check_widget_gallery.py`).
+#[test]
+fn the_widget_gallery_validates_with_the_reference_widget_types() {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/check_widget_gallery.py");
+    let output = std::process::Command::new(venv_python()).arg(&script).output().expect("run the gallery check");
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && report.contains("fixtures are valid"), "{report}");
 }

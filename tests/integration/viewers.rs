@@ -38,6 +38,35 @@ async fn a_rename_reaches_the_thread_and_history_streams_with_rising_ids() {
     }
 }
 
+/// A widget changed by a synchronous action (the echo counter's Increment) is stored and
+/// replaced in every other tab: the thread's viewers get `thread.item.replaced` with the new state.
+#[tokio::test]
+async fn a_widget_a_sync_action_changes_is_replaced_in_other_tabs() {
+    let app = spawn_app();
+    let (tid, _) = app.create_thread("alice", "hello").await;
+    let events = app.say("alice", &tid, "/widget").await;
+    let widget = find_item(&events, "widget").clone();
+    let increment = &widget["widget"]["children"][1]["onClickAction"];
+    assert_eq!(increment["streaming"], json!(false), "the page increments through the sync path");
+    let mut tab = app.view_thread("alice", &tid).await;
+    let action = json!({"type": "counter.increment", "payload": {}});
+    let answer = app
+        .call(
+            "alice",
+            "threads.sync_custom_action",
+            json!({"thread_id": tid, "item_id": widget["id"], "action": action}),
+        )
+        .await;
+    assert_eq!(answer["updated_item"]["widget"]["children"][0]["value"], "count: 1");
+    let frame = tab.next().await;
+    assert_eq!(frame.kind(), "thread.item.replaced");
+    assert_eq!(frame.data["item"], answer["updated_item"], "the other tab gets the answer's item");
+    let stored = app.items("alice", &tid).await;
+    assert!(stored
+        .iter()
+        .any(|item| item["id"] == widget["id"] && item["widget"]["children"][0]["value"] == "count: 1"));
+}
+
 #[tokio::test]
 async fn another_tab_sees_the_whole_turn_as_it_streams() {
     let app = spawn_app();

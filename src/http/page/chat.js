@@ -14,6 +14,13 @@
  *   every change to it, whoever made it: other tabs' turns as they stream,
  *   renames, locks and closes, deletion.
  *
+ * Widgets render with widgets.js (an ES module this script imports): their
+ * actions go where the action's config says, as ChatKit.js sends them: a
+ * `handler: "client"` action to the page's hook (`window.chatkitPage.actions`,
+ * see below), a `streaming: false` one to `threads.sync_custom_action` (its
+ * `updated_item` replaces the widget here; the gateway tells other tabs), and
+ * the rest to `threads.custom_action` as a turn.
+ *
  * A fresh stream starts at the present, so on every (re)connect and on
  * `resync` the page opens the stream first and then fetches what it shows.
  * The viewer stream is the one source of the items it streams: the turn
@@ -70,6 +77,30 @@
     send: $("send"),
     closedBanner: $("closed-banner"),
   };
+
+  /**
+   * The page's hooks, for integrators who serve their own copy of the page
+   * (the policy allows same-origin scripts only). A script may set them before
+   * or after this one runs:
+   *
+   *   window.chatkitPage = { actions: { "my.action": async (action, item) => {...} } };
+   *
+   * `actions` answers widget actions whose config says `handler: "client"`,
+   * by action type; it gets the action (its payload holds the widget's form
+   * values) and the widget item.
+   */
+  const hooks = (window.chatkitPage = Object.assign({ actions: {} }, window.chatkitPage || {}));
+
+  /** The widget renderer, once its module has loaded (null until then: widgets show as text). */
+  let widgets = null;
+  import("./widgets.js")
+    .then((module) => {
+      widgets = module;
+      if (current) {
+        renderItems();
+      }
+    })
+    .catch((error) => showNotice(`Could not load the widget renderer: ${error.message}`));
 
   // ------------------------------------------------------------------ //
   // Identity: the user header in dev mode, a client secret with sessions.
@@ -377,7 +408,7 @@
       case "client_tool_call":
         return `Tool call: ${item.name}`;
       case "widget":
-        return "A widget (shown by ChatKit.js)";
+        return item.copy_text || "A widget";
       case "task":
         return `Task: ${(item.task && item.task.title) || item.task?.type || "task"}`;
       case "workflow":
@@ -405,8 +436,59 @@
       bubble.className = "bubble";
       li.append(bubble);
     }
+    if (item.type === "widget" && widgets) {
+      li.classList.add("widget");
+      bubble.replaceChildren(widgetElement(item));
+      return li;
+    }
     bubble.textContent = kind === "other" ? describe(item) : plainText(item);
     return li;
+  }
+
+  /**
+   * A widget item's element. It is kept for as long as the item's widget tree
+   * is the same object, so that re-rendering the list keeps what the user typed
+   * into a form; a streamed update or a replaced item brings a new tree.
+   */
+  const renderedWidgets = new WeakMap();
+
+  function widgetElement(item) {
+    let element = renderedWidgets.get(item.widget);
+    if (!element) {
+      const state = current;
+      element = widgets.renderWidget(item.widget, {
+        itemId: item.id,
+        onAction: (action) => widgetAction(state, item.id, action),
+      });
+      renderedWidgets.set(item.widget, element);
+    }
+    return element;
+  }
+
+  /** Sends a widget's action where its config says (see the top of this file). */
+  async function widgetAction(state, itemId, config) {
+    const item = state.items.find((known) => known.id === itemId);
+    const action = { type: config.type, payload: config.payload || {} };
+    try {
+      if (config.handler === "client") {
+        const handler = hooks.actions[config.type];
+        if (typeof handler !== "function") {
+          throw new Error(`No handler on this page for the client action "${config.type}".`);
+        }
+        await handler(action, item);
+      } else if (config.streaming === false) {
+        const answer = await api("threads.sync_custom_action", { thread_id: state.id, item_id: itemId, action });
+        if (answer && answer.updated_item) {
+          upsertItem(state, answer.updated_item, true);
+        }
+      } else {
+        await runTurn("threads.custom_action", { thread_id: state.id, item_id: itemId, action }, state);
+      }
+    } catch (error) {
+      if (state === current) {
+        showNotice(error.message);
+      }
+    }
   }
 
   function nearBottom() {
@@ -538,8 +620,16 @@
         item.content[at] = part;
         break;
       }
+      case "widget.root.updated":
+      case "widget.component.updated":
+      case "widget.streaming_text.value_delta":
+        if (!widgets || !item.widget) {
+          return;
+        }
+        item.widget = widgets.applyWidgetUpdate(item.widget, update);
+        break;
       default:
-        // Widget, workflow and image updates: the finished item shows them.
+        // Workflow and image updates: the finished item shows them.
         return;
     }
     if (state === current) {

@@ -128,6 +128,15 @@ pub fn types(events: &[Value]) -> Vec<&str> {
     events.iter().map(|event| event["type"].as_str().unwrap_or("?")).collect()
 }
 
+/// The first item of type `kind` a turn finished (`thread.item.done`).
+pub fn find_item<'a>(events: &'a [Value], kind: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["type"] == "thread.item.done" && e["item"]["type"] == kind)
+        .map(|e| &e["item"])
+        .unwrap_or_else(|| panic!("no {kind} item among {:?}", types(events)))
+}
+
 impl TestApp {
     /// Refusals counted so far: (locked, closed).
     pub fn engine_stats(&self) -> (u64, u64) {

@@ -1,4 +1,4 @@
-"""Checks the widget gallery (tests/browser/fixtures/widgets.json) against
+"""Checks the widget gallery (src/responder/gallery.json: the echo responder's `/gallery`) against
 openai-chatkit's pydantic widget types, so the gallery the chat page renders is
 one a ChatKit server could send.
 
@@ -9,7 +9,8 @@ wrong one behind `DynamicWidgetComponent`). The `degraded` entries only need to
 pass as a `DynamicWidgetRoot`, which is how a server sends components this
 renderer does not know. Exits non-zero on the first invalid fixture.
 
-Run with the conformance venv: `.venv-conformance/bin/python tests/browser/check_widget_fixtures.py`.
+Run with the conformance venv: `.venv-conformance/bin/python tests/conformance/check_widget_gallery.py`;
+tests/integration/conformance.rs does.
 """
 
 import json
@@ -24,7 +25,7 @@ from pydantic import TypeAdapter, ValidationError  # noqa: E402
 
 from chatkit import widgets  # noqa: E402
 
-FIXTURES = Path(__file__).with_name("fixtures") / "widgets.json"
+FIXTURES = Path(__file__).resolve().parents[2] / "src" / "responder" / "gallery.json"
 STRICT_ROOT = TypeAdapter(widgets.StrictWidgetRoot)
 
 
