@@ -4,6 +4,7 @@ use async_stream::stream;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
+use super::showcase::showcase;
 use super::{AudioInput, EventStream, RespondInput, Responder, ResponderError, TurnContext};
 use crate::ids::UserId;
 use crate::ids::{new_id, IdKind};
@@ -23,8 +24,9 @@ fn counter_text(count: i64) -> String {
 
 /// Answers every message with `echo: <text>` and a few commands with other item
 /// types: `/widget` (a counter card), `/gallery` (a widget per component
-/// family, from `gallery.json`), `/tool` (a pending client tool call) and
-/// `/ask` (a pending structured input).
+/// family, from `gallery.json`), `/tool` (a pending client tool call),
+/// `/ask` (a pending structured input), and the turn content of `showcase.rs`
+/// (`/markdown`, `/cite`, `/workflow`, `/image`).
 #[derive(Clone, Debug, Default)]
 pub struct EchoResponder;
 
@@ -58,8 +60,10 @@ impl Responder for EchoResponder {
                         }
                         "/tool" => yield Ok(done(tool_call_item(&thread_id))),
                         "/ask" => yield Ok(done(structured_input_item(&thread_id))),
-                        _ => {
-                            for event in assistant_message(&thread_id, &format!("echo: {text}")) {
+                        command => {
+                            let shown = showcase(command, &thread_id);
+                            let events = shown.unwrap_or_else(|| assistant_message(&thread_id, &format!("echo: {text}")));
+                            for event in events {
                                 yield Ok(event);
                             }
                         }

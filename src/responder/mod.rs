@@ -13,6 +13,7 @@ mod echo;
 pub mod mcp;
 mod openai;
 mod router;
+mod showcase;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -18,7 +18,9 @@ async fn drive_every_op(app: &TestApp) {
 
     let widget = app.say(user, tid, "/widget").await;
     let widget_id = find_item(&widget, "widget")["id"].clone();
-    app.say(user, tid, "/gallery").await;
+    for command in ["/gallery", "/markdown", "/cite", "/workflow", "/image"] {
+        app.say(user, tid, command).await;
+    }
     let action = json!({"type": "counter.increment", "payload": {"b": [1, 2], "a": null}});
     app.call(user, "threads.sync_custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": action}))
         .await;
@@ -66,6 +68,10 @@ async fn viewer_frames(app: &TestApp, history: &mut crate::common::viewer::Viewe
     app.call(user, "threads.sync_custom_action", json!({"thread_id": tid, "item_id": widget_id, "action": increment}))
         .await;
     app.say(user, &tid, "and a plain answer").await;
+    // Workflow task updates, annotations and image progress reach viewers too.
+    for command in ["/workflow", "/cite", "/image"] {
+        app.say(user, &tid, command).await;
+    }
     app.call(user, "threads.update", json!({"thread_id": tid, "title": "Watched"})).await;
     let locked = app.client.post(app.url(&format!("/v1/chatkit/threads/{tid}/status")));
     assert!(locked.json(&json!({"type": "locked", "reason": "r"})).send().await.unwrap().status().is_success());
