@@ -33,7 +33,7 @@ PLAN=(
     'Node.js and npm              | have node npm                                           | apt_install nodejs npm                         |'
     'Node.js 20 or later          | node_at_least 20                                        | refuse_old_node                                |'
     'Chromium                     | chromium_ok                                             | install_chromium                               | CHATKIT_CHROMIUM=chromium_path'
-    'playwright-core              | playwright_ok                                           | npm_ci                                         |'
+    'playwright-core, axe-core    | playwright_ok                                           | npm_ci                                         |'
 )
 # Why each is needed: tests/integration/replicas.rs and others start their own redis-server on free ports (the default instance is
 # a convenience; tests/integration/redis_cluster.rs makes a six-node Redis Cluster of them with redis-cli, Redis 7 or later); the PostgreSQL store tests and the load test's postgres scenario make throwaway databases on
@@ -267,12 +267,15 @@ install_chromium() {
     apt_install chromium
 }
 
-# playwright_ok: tests/browser/node_modules holds playwright-core at the version package.json pins.
+# playwright_ok: tests/browser/node_modules holds every package package.json pins (playwright-core, axe-core), at its version.
 playwright_ok() {
-    local want have
-    want="$(node -p 'require("./tests/browser/package.json").dependencies["playwright-core"]')"
-    have="$(node -p 'require("./tests/browser/node_modules/playwright-core/package.json").version' 2>/dev/null)" &&
-        [ "$have" = "$want" ]
+    node -e '
+        const wanted = require("./tests/browser/package.json").dependencies;
+        for (const [name, version] of Object.entries(wanted)) {
+            let have = null;
+            try { have = require(`./tests/browser/node_modules/${name}/package.json`).version; } catch (_) {}
+            if (have !== version) process.exit(1);
+        }' 2>/dev/null
 }
 
 npm_ci() {

@@ -15,6 +15,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { crossOriginScenarios } from "./cross-origin.mjs";
+import { a11yScenarios } from "./a11y.mjs";
 import { widgetScenarios } from "./widgets-e2e.mjs";
 
 const WAIT_MS = 15_000;
@@ -552,7 +553,7 @@ const scenarios = {
   },
 };
 
-Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert));
+Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert), a11yScenarios(assert));
 
 // ---------------------------------------------------------------------------
 // Main.

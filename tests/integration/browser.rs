@@ -215,6 +215,14 @@ fn a_form_widget_sends_its_values_in_the_action_payload() {
     run("widget-form", &[&app]);
 }
 
+/// axe-core finds no serious or critical accessibility violation on the page with messages and
+/// every widget family, in the light and the dark colour scheme.
+#[test]
+fn the_page_has_no_serious_accessibility_violations() {
+    let app = spawn_app();
+    run("a11y", &[&app]);
+}
+
 /// The widget renderer on its own (`tests/browser/widgets-harness.mjs`): every component of the
 /// gallery and of its degraded entries, form values, loading states, streamed updates, keyboard use.
 #[test]

@@ -245,7 +245,7 @@ function resolveColor(value, kind = "text") {
   if (primitive && HUES[primitive[1]]) {
     const [hue, saturation] = HUES[primitive[1]];
     const step = Math.min(950, Math.max(50, Number(primitive[2])));
-    return `hsl(${hue} ${saturation}% ${Math.round(97 - (step / 1000) * 86)}%)`;
+    return `hsl(${hue} ${saturation}% ${Math.round(97 - (step / 1000) * 95)}%)`;
   }
   const alpha = /^alpha-(\d{1,3})$/.exec(value);
   if (alpha) {
