@@ -1,11 +1,13 @@
 //! The chat page at `GET /` (or `GET <base path>/`) and its assets, embedded in the binary.
 //!
 //! The page speaks only the public protocol (`POST /chatkit` and the viewer
-//! streams), so it doubles as a worked example for integrators. Its script
-//! and style sheet are served under `/page/`; `/chatkit-live.js` is the small
-//! script that gives a ChatKit.js page live multi-tab sync, and the page uses
-//! it for its own streams too. Every URL the page uses is relative, so it
-//! works unchanged under `CHATKIT_BASE_PATH`.
+//! streams), so it doubles as a worked example for integrators. Its script is
+//! a graph of ES modules by concern, entered at `app.js`, served with its
+//! style sheets and the widget renderer's modules under `/page/`;
+//! `/chatkit-live.js` is the small classic script that gives a ChatKit.js page
+//! live multi-tab sync, and the page loads it first and uses it for its own
+//! streams too. Every URL the page uses is relative, so it works unchanged
+//! under `CHATKIT_BASE_PATH`.
 
 use actix_web::body::MessageBody;
 use actix_web::http::header::{CacheControl, CacheDirective, LOCATION};
@@ -18,10 +20,18 @@ use super::State;
 const INDEX: &str = include_str!("page/index.html");
 const LIVE: &str = include_str!("page/chatkit-live.js");
 
-/// The page's scripts and style sheets under `/page/`: the chat itself, and the widget renderer's
-/// modules, which `chat.js` imports.
+/// The page's scripts and style sheets under `/page/`: the chat's modules (`index.html` loads
+/// `app.js`, which imports the rest), and the widget renderer's modules, which `items.js` imports.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("chat.js", JAVASCRIPT, include_str!("page/chat.js")),
+    ("app.js", JAVASCRIPT, include_str!("page/app.js")),
+    ("api.js", JAVASCRIPT, include_str!("page/api.js")),
+    ("state.js", JAVASCRIPT, include_str!("page/state.js")),
+    ("history.js", JAVASCRIPT, include_str!("page/history.js")),
+    ("thread.js", JAVASCRIPT, include_str!("page/thread.js")),
+    ("items.js", JAVASCRIPT, include_str!("page/items.js")),
+    ("composer.js", JAVASCRIPT, include_str!("page/composer.js")),
+    ("thread-actions.js", JAVASCRIPT, include_str!("page/thread-actions.js")),
+    ("hooks.js", JAVASCRIPT, include_str!("page/hooks.js")),
     ("chat.css", CSS, include_str!("page/chat.css")),
     ("widgets.js", JAVASCRIPT, include_str!("page/widgets.js")),
     ("widgets-forms.js", JAVASCRIPT, include_str!("page/widgets-forms.js")),

@@ -280,20 +280,42 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"<meta name="chatkit-auth" content="header">"#), "{html}");
     assert!(html.contains(r#"<meta name="chatkit-user-header" content="x-user-id">"#), "{html}");
+    assert!(html.contains(r#"<script src="page/app.js" type="module"></script>"#), "{html}");
+    let javascript = "text/javascript; charset=utf-8";
+    let mut modules = Vec::new();
     for (path, kind, needle) in [
-        ("/page/chat.js", "text/javascript; charset=utf-8", "/chatkit/events"),
+        ("/page/app.js", javascript, "function start()"),
+        ("/page/api.js", javascript, "export async function post"),
+        ("/page/state.js", javascript, "export function setCurrent"),
+        ("/page/history.js", javascript, "\"chatkit/events\""),
+        ("/page/thread.js", javascript, "/events`"),
+        ("/page/items.js", javascript, "threads.sync_custom_action"),
+        ("/page/composer.js", javascript, "export async function runTurn"),
+        ("/page/thread-actions.js", javascript, "threads.delete"),
+        ("/page/hooks.js", javascript, "window.chatkitPage"),
         ("/page/chat.css", "text/css; charset=utf-8", "#closed-banner"),
-        ("/chatkit-live.js", "text/javascript; charset=utf-8", "fetchUpdates"),
-        ("/page/widgets.js", "text/javascript; charset=utf-8", "export function renderWidget"),
-        ("/page/widgets-forms.js", "text/javascript; charset=utf-8", "export"),
-        ("/page/widgets-chart.js", "text/javascript; charset=utf-8", "export"),
+        ("/chatkit-live.js", javascript, "fetchUpdates"),
+        ("/page/widgets.js", javascript, "export function renderWidget"),
+        ("/page/widgets-forms.js", javascript, "export"),
+        ("/page/widgets-chart.js", javascript, "export"),
         ("/page/widgets.css", "text/css; charset=utf-8", ".w-"),
     ] {
         let response = app.client.get(app.url(path)).send().await.expect(path);
         assert_eq!(response.status(), 200, "{path}");
         let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
         assert_eq!(content_type.as_deref(), Some(kind), "{path}");
-        assert!(response.text().await.unwrap().contains(needle), "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(needle), "{path}");
+        if path.starts_with("/page/") && kind == javascript {
+            modules.push((path, body));
+        }
+    }
+    // Every module a page module imports is served too (and so listed above).
+    for (path, body) in &modules {
+        for import in body.split(['"', '\'']).filter(|s| s.starts_with("./") && s.ends_with(".js")) {
+            let imported = format!("/page/{}", &import[2..]);
+            assert!(modules.iter().any(|(served, _)| *served == imported), "{path} imports {import}, not served");
+        }
     }
     let missing = app.client.get(app.url("/page/nothing.js")).send().await.expect("answer");
     assert_eq!(missing.status(), 404);

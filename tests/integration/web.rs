@@ -263,13 +263,21 @@ async fn under_a_base_path_everything_moves_under_the_prefix() {
     let page = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
-    for asset in ["page/chat.css", "chatkit-live.js", "page/chat.js"] {
+    for asset in ["page/chat.css", "page/widgets.css", "chatkit-live.js", "page/app.js"] {
         assert!(html.contains(&format!("\"{asset}\"")), "{asset} in {html}");
         let response = app.client.get(app.url(&format!("/{asset}"))).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{asset}");
     }
-    let script = app.client.get(app.url("/page/chat.js")).send().await.unwrap().text().await.unwrap();
-    assert!(script.contains("fetch(\"chatkit\"") && !script.contains("\"/chatkit"), "the page's calls are relative");
+    // The modules `app.js` imports resolve under the prefix too, and none calls an absolute path.
+    for module in ["app", "api", "state", "history", "thread", "items", "composer", "thread-actions", "hooks"] {
+        let response = app.client.get(app.url(&format!("/page/{module}.js"))).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{module}.js");
+        let script = response.text().await.unwrap();
+        assert!(!script.contains("\"/chatkit") && !script.contains("`/chatkit"), "{module}.js calls are relative");
+        if module == "api" {
+            assert!(script.contains("fetch(\"chatkit\""), "the page's calls go to `chatkit`, relative");
+        }
+    }
     // `/chat` redirects to `/chat/`, where relative URLs resolve under the prefix.
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let response = no_redirects.get(format!("{root}/chat?thread=thr_1")).send().await.unwrap();

@@ -1,0 +1,72 @@
+// The chat page's composer: sending a message, and running a turn (a turn
+// stream on `POST /chatkit`) for it or for a widget's action. A turn stream
+// of this tab adds only what is idempotent and what no viewer sees (see
+// `applyThreadEvent`): the open thread's viewer stream carries the rest.
+
+import { identity, post, textInput } from "./api.js";
+import { upsertHistory } from "./history.js";
+import { clearNotice, creating, current, setCreating, showNotice, ui } from "./state.js";
+import { applyThreadEvent, openThread, renderStatus } from "./thread.js";
+
+const live = window.ChatKitLive;
+
+/**
+ * Runs a streaming operation and applies its events to `state`, the thread
+ * it acts on (null for `threads.create`, whose new thread becomes the open
+ * one if the user is still on the new chat).
+ */
+export async function runTurn(type, params, state) {
+  let target = state;
+  const response = await post(type, params);
+  await live.readStream(response, (message) => {
+    if (message.event !== "message") {
+      return;
+    }
+    const event = JSON.parse(message.data);
+    if (event.type === "thread.created") {
+      upsertHistory(event.thread, true);
+      setCreating(false);
+      if (current === null) {
+        target = openThread(event.thread.id, { url: "replace", thread: event.thread });
+        renderStatus();
+      }
+      return;
+    }
+    if (target) {
+      applyThreadEvent(target, event, true);
+    }
+  });
+}
+
+/** Sends the composer's text to the open thread, or creates a thread with it; a failed send gives the text back. */
+export async function send() {
+  const text = ui.input.value.trim();
+  if (!text || ui.input.disabled || creating || !identity) {
+    return;
+  }
+  const state = current;
+  if (state && (state.gone || !state.thread)) {
+    return;
+  }
+  ui.input.value = "";
+  clearNotice();
+  try {
+    if (state) {
+      await runTurn("threads.add_user_message", { thread_id: state.id, input: textInput(text) }, state);
+    } else {
+      setCreating(true);
+      renderStatus();
+      await runTurn("threads.create", { input: textInput(text) }, null);
+    }
+  } catch (error) {
+    showNotice(error.message);
+    if (!ui.input.value) {
+      ui.input.value = text;
+    }
+  } finally {
+    if (creating) {
+      setCreating(false);
+      renderStatus();
+    }
+  }
+}

@@ -1,0 +1,148 @@
+// The chat page's item list: how each thread item renders (messages as text,
+// widgets through the widget renderer, other items as a short description),
+// the list itself and its scrolling, and the widget glue that sends a
+// widget's action where its config says, as ChatKit.js sends it: a
+// `handler: "client"` action to the page's hook (`window.chatkitPage.actions`,
+// see hooks.js), a `streaming: false` one to `threads.sync_custom_action` (its
+// `updated_item` replaces the widget here; the gateway tells other tabs), and
+// the rest to `threads.custom_action` as a turn.
+
+import { api } from "./api.js";
+import { runTurn } from "./composer.js";
+import { hooks } from "./hooks.js";
+import { current, showNotice, ui } from "./state.js";
+import { upsertItem } from "./thread.js";
+import { renderWidget } from "./widgets.js";
+
+/** Items the protocol keeps for the model, never shown. */
+const HIDDEN_TYPES = new Set(["hidden_context_item", "sdk_hidden_context", "end_of_turn"]);
+
+function plainText(item) {
+  const parts = Array.isArray(item.content) ? item.content : [];
+  if (item.type === "user_message") {
+    return parts.map((p) => (p.type === "input_tag" ? `@${p.text}` : p.text || "")).join("");
+  }
+  return parts.map((p) => p.text || "").join("");
+}
+
+/** A line for the items this page does not render yet. */
+function describe(item) {
+  switch (item.type) {
+    case "client_tool_call":
+      return `Tool call: ${item.name}`;
+    case "task":
+      return `Task: ${(item.task && item.task.title) || item.task?.type || "task"}`;
+    case "workflow":
+      return "A workflow";
+    case "structured_input":
+      return "A question for you (answer it in ChatKit.js)";
+    case "generated_image":
+      return "A generated image";
+    default:
+      return item.type;
+  }
+}
+
+/** Renders an item into `element` (its existing element, or a new one). */
+function renderItem(item, element) {
+  const li = element || document.createElement("li");
+  li.dataset.itemId = item.id;
+  const kind = item.type === "user_message" ? "user" : item.type === "assistant_message" ? "assistant" : "other";
+  li.className = `message ${kind}`;
+  if (kind === "assistant" && !current.done.has(item.id)) {
+    li.classList.add("streaming");
+  }
+  let bubble = li.firstElementChild;
+  if (!bubble) {
+    bubble = document.createElement("div");
+    bubble.className = "bubble";
+    li.append(bubble);
+  }
+  if (item.type === "widget") {
+    li.classList.add("widget");
+    bubble.replaceChildren(widgetElement(item));
+    return li;
+  }
+  bubble.textContent = kind === "other" ? describe(item) : plainText(item);
+  return li;
+}
+
+/**
+ * A widget item's element. It is kept for as long as the item's widget tree
+ * is the same object, so that re-rendering the list keeps what the user typed
+ * into a form; a streamed update or a replaced item brings a new tree.
+ */
+const renderedWidgets = new WeakMap();
+
+function widgetElement(item) {
+  let element = renderedWidgets.get(item.widget);
+  if (!element) {
+    const state = current;
+    element = renderWidget(item.widget, {
+      itemId: item.id,
+      onAction: (action) => widgetAction(state, item.id, action),
+    });
+    renderedWidgets.set(item.widget, element);
+  }
+  return element;
+}
+
+/** Sends a widget's action where its config says (see the top of this file). */
+async function widgetAction(state, itemId, config) {
+  const item = state.items.find((known) => known.id === itemId);
+  const action = { type: config.type, payload: config.payload || {} };
+  try {
+    if (config.handler === "client") {
+      const handler = hooks.actions[config.type];
+      if (typeof handler !== "function") {
+        throw new Error(`No handler on this page for the client action "${config.type}".`);
+      }
+      await handler(action, item);
+    } else if (config.streaming === false) {
+      const answer = await api("threads.sync_custom_action", { thread_id: state.id, item_id: itemId, action });
+      if (answer && answer.updated_item) {
+        upsertItem(state, answer.updated_item, true);
+      }
+    } else {
+      await runTurn("threads.custom_action", { thread_id: state.id, item_id: itemId, action }, state);
+    }
+  } catch (error) {
+    if (state === current) {
+      showNotice(error.message);
+    }
+  }
+}
+
+function nearBottom() {
+  const s = ui.scroller;
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+}
+
+/** Runs `update`, then keeps the list scrolled to the bottom if it was there: a reader scrolled up stays put. */
+function keepScrolled(update) {
+  const stick = nearBottom();
+  update();
+  if (stick) {
+    ui.scroller.scrollTop = ui.scroller.scrollHeight;
+  }
+}
+
+/** Renders the open thread's whole item list. */
+export function renderItems() {
+  keepScrolled(() => {
+    const shown = current ? current.items.filter((item) => !HIDDEN_TYPES.has(item.type)) : [];
+    ui.messages.replaceChildren(...shown.map((item) => renderItem(item)));
+    ui.empty.hidden = shown.length > 0 || (current !== null && current.thread === null);
+    ui.loadEarlier.hidden = !(current && current.hasEarlier);
+  });
+}
+
+/** Re-renders one item of the open thread in place, or the whole list when it is not shown yet. */
+export function renderOne(item) {
+  const element = ui.messages.querySelector(`li[data-item-id="${CSS.escape(item.id)}"]`);
+  if (!element) {
+    renderItems();
+    return;
+  }
+  keepScrolled(() => renderItem(item, element));
+}
