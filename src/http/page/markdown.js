@@ -7,6 +7,7 @@
 // new tab without an opener, images load only from data: URLs or this origin
 // (the page's CSP would refuse any other), fenced code gets a Copy button, and
 // an answer's annotations become numbered citation markers and a Sources list.
+// It also exports the two URL checks content.js shares (webUrl, isPageImage).
 //
 // Streaming: the page re-renders a message on every text delta. Parsing and
 // sanitizing the whole text again is linear in its length and takes a few
