@@ -89,7 +89,7 @@ fn gateway_routes(config: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/", web::get().to(page::index))
-        .route("/page/{name}", web::get().to(page::page_asset))
+        .route("/page/{name:.+}", web::get().to(page::page_asset))
         .route("/chatkit-live.js", web::get().to(page::live))
         .route("/agent/wire-schema.json", web::get().to(agent_wire_schema));
 }

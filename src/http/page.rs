@@ -37,6 +37,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("widgets-forms.js", JAVASCRIPT, include_str!("page/widgets-forms.js")),
     ("widgets-chart.js", JAVASCRIPT, include_str!("page/widgets-chart.js")),
     ("widgets.css", CSS, include_str!("page/widgets.css")),
+    ("markdown.js", JAVASCRIPT, include_str!("page/markdown.js")),
+    ("content.js", JAVASCRIPT, include_str!("page/content.js")),
+    ("content.css", CSS, include_str!("page/content.css")),
+    // Vendored as npm ships them (versions and checksums in vendor/README.md, licenses beside them).
+    ("vendor/marked.esm.js", JAVASCRIPT, include_str!("page/vendor/marked.esm.js")),
+    ("vendor/purify.es.mjs", JAVASCRIPT, include_str!("page/vendor/purify.es.mjs")),
 ];
 
 const HTML: &str = "text/html; charset=utf-8";

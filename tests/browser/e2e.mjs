@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { crossOriginScenarios } from "./cross-origin.mjs";
 import { a11yScenarios } from "./a11y.mjs";
+import { contentScenarios } from "./content-e2e.mjs";
 import { widgetScenarios } from "./widgets-e2e.mjs";
 
 const WAIT_MS = 15_000;
@@ -62,7 +63,8 @@ function installProbes() {
     messages: () =>
       [...document.querySelectorAll("#messages .message")].map((li) => ({
         role: li.classList.contains("user") ? "user" : li.classList.contains("assistant") ? "assistant" : "other",
-        text: li.querySelector(".bubble").textContent,
+        // Rendered Markdown ends its blocks with line breaks; the text is what counts.
+        text: li.querySelector(".bubble").textContent.trim(),
       })),
     history: () =>
       [...document.querySelectorAll("#history li")].map((li) => ({
@@ -553,7 +555,7 @@ const scenarios = {
   },
 };
 
-Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert), a11yScenarios(assert));
+Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert), a11yScenarios(assert), contentScenarios(assert));
 
 // ---------------------------------------------------------------------------
 // Main.

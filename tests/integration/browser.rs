@@ -223,14 +223,34 @@ fn the_page_has_no_serious_accessibility_violations() {
     run("a11y", &[&app]);
 }
 
+/// The echo's showcase turns in the page: Markdown rendered with its script and handler
+/// neutralized, citations with their sources, a workflow's tasks complete, a generated image.
+#[test]
+fn markdown_citations_workflows_and_images_render_safely() {
+    let app = spawn_app();
+    run("content", &[&app]);
+}
+
+/// The content renderer on its own (`tests/browser/content-harness.mjs`): sanitized Markdown,
+/// citations, workflows and their updates, images, streamed deltas.
+#[test]
+fn the_content_renderer_passes_its_harness() {
+    harness("content-harness.mjs", "content-harness");
+}
+
 /// The widget renderer on its own (`tests/browser/widgets-harness.mjs`): every component of the
 /// gallery and of its degraded entries, form values, loading states, streamed updates, keyboard use.
 #[test]
 fn the_widget_renderer_passes_its_harness() {
+    harness("widgets-harness.mjs", "widgets-harness");
+}
+
+/// Runs one of the renderers' harnesses in `tests/browser/`; fails with its log.
+fn harness(script: &str, artifacts_name: &str) {
     let browser = browser();
-    let dir = artifacts("widgets");
+    let dir = artifacts(artifacts_name);
     let output = Command::new("node")
-        .arg(browser.dir.join("widgets-harness.mjs"))
+        .arg(browser.dir.join(script))
         .arg("--artifacts")
         .arg(&dir)
         .env("CHATKIT_CHROMIUM", &browser.chromium)
@@ -240,7 +260,7 @@ fn the_widget_renderer_passes_its_harness() {
         .expect("node starts");
     let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     println!("{log}");
-    assert!(output.status.success(), "the widget harness failed; artifacts in {}:\n{log}", dir.display());
+    assert!(output.status.success(), "{script} failed; artifacts in {}:\n{log}", dir.display());
 }
 
 /// The origin of a page the browser serves itself, other than the gateway's
@@ -299,6 +319,11 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
         ("/page/widgets-forms.js", javascript, "export"),
         ("/page/widgets-chart.js", javascript, "export"),
         ("/page/widgets.css", "text/css; charset=utf-8", ".w-"),
+        ("/page/markdown.js", javascript, "export function renderMarkdown"),
+        ("/page/content.js", javascript, "export function renderAssistant"),
+        ("/page/content.css", "text/css; charset=utf-8", ".c-"),
+        ("/page/vendor/marked.esm.js", javascript, "marked"),
+        ("/page/vendor/purify.es.mjs", javascript, "DOMPurify"),
     ] {
         let response = app.client.get(app.url(path)).send().await.expect(path);
         assert_eq!(response.status(), 200, "{path}");
@@ -312,7 +337,9 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
     }
     // Every module a page module imports is served too (and so listed above).
     for (path, body) in &modules {
-        for import in body.split(['"', '\'']).filter(|s| s.starts_with("./") && s.ends_with(".js")) {
+        let imports =
+            body.split(['"', '\'']).filter(|s| s.starts_with("./") && (s.ends_with(".js") || s.ends_with(".mjs")));
+        for import in imports {
             let imported = format!("/page/{}", &import[2..]);
             assert!(modules.iter().any(|(served, _)| *served == imported), "{path} imports {import}, not served");
         }

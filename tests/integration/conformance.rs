@@ -128,8 +128,22 @@ async fn every_response_and_event_validates_with_the_reference_types() {
 /// as its own class (`tests/conformance/check_widget_gallery.py`).
 #[test]
 fn the_widget_gallery_validates_with_the_reference_widget_types() {
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/check_widget_gallery.py");
-    let output = std::process::Command::new(venv_python()).arg(&script).output().expect("run the gallery check");
+    let report = run_check("check_widget_gallery.py");
+    assert!(report.contains("fixtures are valid"), "{report}");
+}
+
+/// The items the content renderer's harness renders (`tests/browser/content-fixtures.json`) are
+/// items openai-chatkit would send (`tests/conformance/check_content_fixtures.py`).
+#[test]
+fn the_content_fixtures_validate_with_the_reference_item_types() {
+    run_check("check_content_fixtures.py");
+}
+
+/// Runs a check script of `tests/conformance/` with the test venv's Python; fails with its output.
+fn run_check(script: &str) -> String {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance").join(script);
+    let output = std::process::Command::new(venv_python()).arg(&path).output().expect("run the check");
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && report.contains("fixtures are valid"), "{report}");
+    assert!(output.status.success(), "{script} failed:\n{report}");
+    report
 }

@@ -1,5 +1,7 @@
-// The chat page's item list: how each thread item renders (messages as text,
-// widgets through the widget renderer, other items as a short description),
+// The chat page's item list: how each thread item renders (user messages as
+// text; assistant messages, workflows, tasks and generated images through
+// content.js, Markdown sanitized; widgets through the widget renderer; other
+// items as a short description),
 // the list itself and its scrolling, and the widget glue that sends a
 // widget's action where its config says, as ChatKit.js sends it: a
 // `handler: "client"` action to the page's hook (`window.chatkitPage.actions`,
@@ -12,7 +14,56 @@ import { runTurn } from "./composer.js";
 import { hooks } from "./hooks.js";
 import { current, showNotice, ui } from "./state.js";
 import { upsertItem } from "./thread.js";
-import { renderWidget } from "./widgets.js";
+import { renderAssistant, renderGeneratedImage, renderTask, renderWorkflow } from "./content.js";
+import { renderMarkdown } from "./markdown.js";
+import { renderWidget, setMarkdownRenderer } from "./widgets.js";
+
+// Widgets' Markdown components render as the messages' Markdown does.
+setMarkdownRenderer((text) => renderMarkdown(text));
+
+/** The progress of a generated image still being made, by item object (thread.js sets it from its updates). */
+export const imageProgress = new WeakMap();
+
+/**
+ * The rendered content of assistant messages, workflows, tasks and images, by
+ * item object: thread.js replaces an item's object on every change, so a
+ * re-rendered list renders only what changed (Markdown is not free).
+ */
+const renderedContent = new WeakMap();
+
+/** Workflows the user opened or closed, by item id: the choice outlives the item's own `expanded`. */
+const workflowChoice = new Map();
+
+/** An element for an item content.js renders, or null for other types. */
+function contentElement(item) {
+  let element = renderedContent.get(item);
+  if (element) {
+    return element;
+  }
+  switch (item.type) {
+    case "assistant_message":
+      element = renderAssistant(item);
+      break;
+    case "workflow": {
+      // The item's own `expanded` decides (open while it works, closed once done), unless the user chose.
+      const choice = workflowChoice.get(item.id);
+      const details = renderWorkflow(item, choice === undefined ? {} : { expanded: choice });
+      details.querySelector("summary")?.addEventListener("click", () => workflowChoice.set(item.id, !details.open));
+      element = details;
+      break;
+    }
+    case "task":
+      element = renderTask(item);
+      break;
+    case "generated_image":
+      element = renderGeneratedImage(item, { progress: imageProgress.get(item) });
+      break;
+    default:
+      return null;
+  }
+  renderedContent.set(item, element);
+  return element;
+}
 
 /** Items the protocol keeps for the model, never shown. */
 const HIDDEN_TYPES = new Set(["hidden_context_item", "sdk_hidden_context", "end_of_turn"]);
@@ -30,14 +81,8 @@ function describe(item) {
   switch (item.type) {
     case "client_tool_call":
       return `Tool call: ${item.name}`;
-    case "task":
-      return `Task: ${(item.task && item.task.title) || item.task?.type || "task"}`;
-    case "workflow":
-      return "A workflow";
     case "structured_input":
       return "A question for you (answer it in ChatKit.js)";
-    case "generated_image":
-      return "A generated image";
     default:
       return item.type;
   }
@@ -61,6 +106,12 @@ function renderItem(item, element) {
   if (item.type === "widget") {
     li.classList.add("widget");
     bubble.replaceChildren(widgetElement(item));
+    return li;
+  }
+  const content = contentElement(item);
+  if (content) {
+    li.classList.add("rich");
+    bubble.replaceChildren(content);
     return li;
   }
   bubble.textContent = kind === "other" ? describe(item) : plainText(item);

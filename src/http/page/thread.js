@@ -11,7 +11,8 @@
 
 import { api, authHeaders, identity } from "./api.js";
 import { removeHistory, renderHistory, upsertHistory } from "./history.js";
-import { renderItems, renderOne } from "./items.js";
+import { applyContentUpdate } from "./content.js";
+import { imageProgress, renderItems, renderOne } from "./items.js";
 import {
   clearNotice,
   creating,
@@ -127,35 +128,23 @@ function applyUpdate(state, itemId, update) {
     return;
   }
   const item = state.items[index];
-  if (!Array.isArray(item.content)) {
-    item.content = [];
-  }
-  const at = update.content_index;
-  switch (update.type) {
-    case "assistant_message.content_part.added":
-    case "assistant_message.content_part.done":
-      item.content[at] = update.content;
-      break;
-    case "assistant_message.content_part.text_delta": {
-      const part = item.content[at] || { type: "output_text", text: "", annotations: [] };
-      part.text = (part.text || "") + update.delta;
-      item.content[at] = part;
-      break;
+  let next;
+  if (update.type.startsWith("widget.")) {
+    next = item.widget ? Object.assign({}, item, { widget: applyWidgetUpdate(item.widget, update) }) : item;
+  } else {
+    // Message parts, annotations, workflow tasks and image progress (content.js).
+    next = applyContentUpdate(item, update);
+    if (update.type === "generated_image.updated" && typeof update.progress === "number") {
+      imageProgress.set(next, update.progress);
     }
-    case "widget.root.updated":
-    case "widget.component.updated":
-    case "widget.streaming_text.value_delta":
-      if (!item.widget) {
-        return;
-      }
-      item.widget = applyWidgetUpdate(item.widget, update);
-      break;
-    default:
-      // Workflow and image updates: the finished item shows them.
-      return;
   }
+  if (next === item) {
+    return;
+  }
+  // A new object for every change: items.js keeps an item's rendering for as long as it is the same object.
+  state.items[index] = next;
   if (state === current) {
-    renderOne(item);
+    renderOne(next);
   }
 }
 
