@@ -32,6 +32,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("composer.js", JAVASCRIPT, include_str!("page/composer.js")),
     ("thread-actions.js", JAVASCRIPT, include_str!("page/thread-actions.js")),
     ("hooks.js", JAVASCRIPT, include_str!("page/hooks.js")),
+    ("time.js", JAVASCRIPT, include_str!("page/time.js")),
     ("chat.css", CSS, include_str!("page/chat.css")),
     ("widgets.js", JAVASCRIPT, include_str!("page/widgets.js")),
     ("widgets-forms.js", JAVASCRIPT, include_str!("page/widgets-forms.js")),

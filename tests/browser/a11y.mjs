@@ -1,7 +1,8 @@
-// The accessibility scenario of e2e.mjs: axe-core (pinned in package.json)
-// scans the chat page in the browser, with a thread holding messages and the
-// echo's widget gallery, and the scenario fails on any serious or critical
-// violation, naming the rule and the elements.
+// The accessibility and layout scenarios of e2e.mjs: axe-core (pinned in
+// package.json) scans the chat page in the browser, with a thread holding
+// messages and the echo's widget gallery, and the scenario fails on any
+// serious or critical violation, naming the rule and the elements; and the
+// page on a phone-sized screen keeps everything within its width.
 
 import { createRequire } from "node:module";
 
@@ -28,6 +29,39 @@ async function scan(page) {
 
 export function a11yScenarios(assert) {
   return {
+    /** On a 375 px wide screen the history sits above the thread and nothing overflows sideways. */
+    async narrow(s) {
+      const [base] = s.bases;
+      const context = await s.browser.newContext({ viewport: { width: 375, height: 740 } });
+      const page = await context.newPage();
+      page.setDefaultTimeout(15_000);
+      await page.goto(s.pageUrl(base));
+      for (const text of ["A message long enough to wrap on a narrow screen, and then some more words", "/gallery"]) {
+        await page.fill("#input", text);
+        await page.press("#input", "Enter");
+        await page.waitForFunction(() => new URLSearchParams(location.search).has("thread"));
+      }
+      await page.waitForFunction(() => document.querySelectorAll("#messages li.widget .w-root").length === 12);
+      const layout = await page.evaluate(() => {
+        const box = (id) => document.getElementById(id).getBoundingClientRect();
+        const wide = [...document.querySelectorAll("#messages .bubble")].filter(
+          (b) => b.getBoundingClientRect().right > window.innerWidth + 1,
+        );
+        return {
+          overflow: document.documentElement.scrollWidth - window.innerWidth,
+          stacked: box("sidebar").bottom <= box("thread").top + 1,
+          wide: wide.length,
+          time: document.querySelector("#history time")?.textContent ?? null,
+        };
+      });
+      await page.screenshot({ path: `${s.artifacts}/narrow.png` });
+      assert(layout.overflow <= 0, `the page scrolls sideways by ${layout.overflow} px`);
+      assert(layout.stacked, "the history list sits above the thread");
+      assert(layout.wide === 0, `${layout.wide} messages reach past the screen's edge`);
+      assert(layout.time === "just now", `the history shows when each thread started: ${layout.time}`);
+      await context.close();
+    },
+
     /** The page with messages and every widget family, in light and dark colour schemes, has no serious violations. */
     async a11y(s) {
       const [base] = s.bases;

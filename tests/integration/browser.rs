@@ -238,6 +238,14 @@ fn the_content_renderer_passes_its_harness() {
     harness("content-harness.mjs", "content-harness");
 }
 
+/// On a phone-sized screen the history sits above the thread and no message reaches past the
+/// screen's edge; the history shows when each thread started ("just now").
+#[test]
+fn the_page_fits_a_narrow_screen() {
+    let app = spawn_app();
+    run("narrow", &[&app]);
+}
+
 /// The widget renderer on its own (`tests/browser/widgets-harness.mjs`): every component of the
 /// gallery and of its degraded entries, form values, loading states, streamed updates, keyboard use.
 #[test]
@@ -319,6 +327,7 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
         ("/page/widgets-forms.js", javascript, "export"),
         ("/page/widgets-chart.js", javascript, "export"),
         ("/page/widgets.css", "text/css; charset=utf-8", ".w-"),
+        ("/page/time.js", javascript, "export function relativeTime"),
         ("/page/markdown.js", javascript, "export function renderMarkdown"),
         ("/page/content.js", javascript, "export function renderAssistant"),
         ("/page/content.css", "text/css; charset=utf-8", ".c-"),

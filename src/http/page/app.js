@@ -48,6 +48,7 @@ import "./hooks.js";
 import { showNotice, ui } from "./state.js";
 import { askDelete, cancelDelete, deleteThread, endRename, saveRename, startRename } from "./thread-actions.js";
 import { loadEarlier, newChat, openThread, renderThread } from "./thread.js";
+import { refreshTimes } from "./time.js";
 
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -107,6 +108,8 @@ function start() {
   }
   ui.who.textContent = identity.label;
   watchHistory();
+  // "5 minutes ago" stays true while the page stays open.
+  setInterval(refreshTimes, 60_000);
   const initial = new URLSearchParams(location.search).get("thread");
   if (initial) {
     openThread(initial);
