@@ -2,7 +2,8 @@
 // package.json) scans the chat page in the browser, with a thread holding
 // messages and the echo's widget gallery, and the scenario fails on any
 // serious or critical violation, naming the rule and the elements; and the
-// page on a phone-sized screen keeps everything within its width.
+// page on a phone-sized screen keeps everything within its width, and the
+// thread follows a streaming answer only while the reader is at the bottom.
 
 import { createRequire } from "node:module";
 
@@ -29,6 +30,37 @@ async function scan(page) {
 
 export function a11yScenarios(assert) {
   return {
+    /**
+     * The thread follows a streaming answer while the reader is at the bottom, and stays where the
+     * reader scrolled to once they scroll up.
+     */
+    async autoscroll(s) {
+      const [base] = s.bases;
+      const tab = await s.tab("scroll-tab", s.pageUrl(base));
+      // The gallery first, so that the thread is taller than the screen.
+      await tab.send("/gallery");
+      await tab.until("the gallery shows", () => document.querySelectorAll("#messages li.widget .w-root").length === 12);
+      await tab.untilLive();
+      const atBottom = () =>
+        tab.page.evaluate(() => {
+          const el = document.getElementById("scroller");
+          return el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+        });
+      const long = Array.from({ length: 60 }, (_, i) => `word${i}`).join(" ");
+      await tab.send(long);
+      await tab.until("the answer streams", () =>
+        [...document.querySelectorAll("#messages .message.assistant.streaming")].some((li) => li.textContent.length > 0),
+      );
+      assert(await atBottom(), "the thread follows the answer while the reader is at the bottom");
+      await tab.page.evaluate(() => {
+        document.getElementById("scroller").scrollTop = 0;
+      });
+      await tab.until("the answer is done", (text) => window.__e2e.messages().some((m) => m.text === `echo: ${text}`), long);
+      const top = await tab.page.evaluate(() => document.getElementById("scroller").scrollTop);
+      assert(top < 80, `the thread stayed where the reader scrolled (scrollTop ${top})`);
+      s.finish();
+    },
+
     /** On a 375 px wide screen the history sits above the thread and nothing overflows sideways. */
     async narrow(s) {
       const [base] = s.bases;

@@ -238,6 +238,14 @@ fn the_content_renderer_passes_its_harness() {
     harness("content-harness.mjs", "content-harness");
 }
 
+/// The thread follows a streaming answer while the reader is at the bottom, and stops following
+/// once they scroll up.
+#[test]
+fn auto_scroll_stops_when_the_reader_scrolls_up() {
+    let app = spawn(paced());
+    run("autoscroll", &[&app]);
+}
+
 /// On a phone-sized screen the history sits above the thread and no message reaches past the
 /// screen's edge; the history shows when each thread started ("just now").
 #[test]
