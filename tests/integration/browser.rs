@@ -32,7 +32,7 @@ const DELTA_PACE: Duration = Duration::from_millis(250);
 const INSTALL: &str = "run `bash scripts/test.sh`, which installs them, or by hand (as root): \
                        `apt-get install -y chromium` and `(cd tests/browser && npm ci)` with Node.js 20 or later";
 
-/// The echo responder, with a pause before each text delta.
+/// The echo responder, with a pause before each text delta (of a message or of a widget).
 struct PacedEcho(EchoResponder);
 
 #[async_trait::async_trait]
@@ -43,7 +43,11 @@ impl Responder for PacedEcho {
 
     fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream {
         Box::pin(self.0.respond(turn, input).then(|event| async move {
-            if let Ok(ThreadStreamEvent::ItemUpdated { update: ItemUpdate::TextDelta { .. }, .. }) = &event {
+            if let Ok(ThreadStreamEvent::ItemUpdated {
+                update: ItemUpdate::TextDelta { .. } | ItemUpdate::WidgetTextDelta { .. },
+                ..
+            }) = &event
+            {
                 tokio::time::sleep(DELTA_PACE).await;
             }
             event
@@ -206,6 +210,14 @@ fn every_widget_component_family_renders() {
 fn the_counter_increments_in_place_in_both_tabs_through_a_sync_action() {
     let app = spawn_app();
     run("counter", &[&app]);
+}
+
+/// A widget's streamed updates render live: its text grows delta by delta and its badge is
+/// replaced, in the tab that sent the turn and in another tab watching the thread.
+#[test]
+fn a_streamed_widget_updates_live_in_both_tabs() {
+    let app = spawn(paced());
+    run("live-widget", &[&app]);
 }
 
 /// A form widget's values reach the server in the submitted action's payload.
