@@ -262,6 +262,7 @@ export function interactScenarios(assert) {
       await tab.page.getByRole("button", { name: "Thumbs down" }).click();
       await tab.until("thumbs down is pressed", () => document.querySelector('[aria-label="Thumbs down"]').getAttribute("aria-pressed") === "true");
       assert(JSON.stringify(await pressed()) === '["Thumbs up=false","Thumbs down=true"]', "one choice at a time");
+      await tab.shot("feedback");
       const deadline = Date.now() + 5_000;
       while (feedback.length < 2 && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 50));

@@ -73,11 +73,6 @@ export function endTurn(turn) {
   renderControls();
 }
 
-/** Whether a turn of this tab runs on `state`. */
-export function turnRunning(state) {
-  return running.some((turn) => turn.state === state);
-}
-
 /** The newest turn of this tab on the open thread, or null. */
 function openTurn() {
   for (let i = running.length - 1; i >= 0; i -= 1) {
