@@ -41,6 +41,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("markdown.js", JAVASCRIPT, include_str!("page/markdown.js")),
     ("content.js", JAVASCRIPT, include_str!("page/content.js")),
     ("content.css", CSS, include_str!("page/content.css")),
+    ("turn-controls.js", JAVASCRIPT, include_str!("page/turn-controls.js")),
+    ("interactive-items.js", JAVASCRIPT, include_str!("page/interactive-items.js")),
+    ("message-actions.js", JAVASCRIPT, include_str!("page/message-actions.js")),
+    ("interact.css", CSS, include_str!("page/interact.css")),
     // Vendored as npm ships them (versions and checksums in vendor/README.md, licenses beside them).
     ("vendor/marked.esm.js", JAVASCRIPT, include_str!("page/vendor/marked.esm.js")),
     ("vendor/purify.es.mjs", JAVASCRIPT, include_str!("page/vendor/purify.es.mjs")),

@@ -1,9 +1,11 @@
 // The accessibility and layout scenarios of e2e.mjs: axe-core (pinned in
 // package.json) scans the chat page in the browser, with a thread holding
-// messages and the echo's widget gallery, and the scenario fails on any
-// serious or critical violation, naming the rule and the elements; and the
-// page on a phone-sized screen keeps everything within its width, and the
-// thread follows a streaming answer only while the reader is at the bottom.
+// messages (and their Copy, feedback and Retry buttons), the echo's widget
+// gallery, a question form and a client tool call's card, and the scenario
+// fails on any serious or critical violation, naming the rule and the
+// elements; the page on a phone-sized screen keeps everything within its
+// width, and the thread follows a streaming answer only while the reader is
+// at the bottom.
 
 import { createRequire } from "node:module";
 
@@ -108,6 +110,13 @@ export function a11yScenarios(assert) {
           await page.waitForFunction(() => new URLSearchParams(location.search).has("thread"));
         }
         await page.waitForFunction(() => document.querySelectorAll("#messages li.widget .w-root").length === 12);
+        // A question form and a tool call's card (left pending: no handler), with the answers' buttons.
+        await page.fill("#input", "/ask");
+        await page.press("#input", "Enter");
+        await page.waitForFunction(() => document.querySelector("#messages form.si") !== null);
+        await page.fill("#input", "/tool");
+        await page.press("#input", "Enter");
+        await page.waitForFunction(() => document.querySelector("#messages .tool-call") !== null);
         const violations = await scan(page);
         for (const v of violations) {
           console.log(`[a11y ${colorScheme}] ${v.impact} ${v.id}: ${v.help}\n  ${v.nodes.join("\n  ")}`);

@@ -17,6 +17,7 @@ import { chromium } from "playwright-core";
 import { crossOriginScenarios } from "./cross-origin.mjs";
 import { a11yScenarios } from "./a11y.mjs";
 import { contentScenarios } from "./content-e2e.mjs";
+import { interactScenarios } from "./interact-e2e.mjs";
 import { widgetScenarios } from "./widgets-e2e.mjs";
 
 const WAIT_MS = 15_000;
@@ -556,6 +557,7 @@ const scenarios = {
 };
 
 Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert), a11yScenarios(assert), contentScenarios(assert));
+Object.assign(scenarios, interactScenarios(assert));
 
 // ---------------------------------------------------------------------------
 // Main.

@@ -4,7 +4,9 @@
 //! list, the same across two replicas sharing Redis, chatkit-live.js
 //! driving a ChatKit.js element, and a page on another origin that streams a
 //! turn and a viewer stream when `CHATKIT_ALLOWED_ORIGINS` lists it and is
-//! refused by the browser otherwise, and the page under `CHATKIT_BASE_PATH`.
+//! refused by the browser otherwise, the page under `CHATKIT_BASE_PATH`, and the
+//! turn interactions (`interact-e2e.mjs`): client tool calls answered by the page's
+//! handler, structured input, Stop by button and by Escape, Retry, feedback, Copy.
 //!
 //! Each test starts the gateway and runs one scenario of
 //! `tests/browser/e2e.mjs` (playwright-core with Debian's Chromium) under a
@@ -32,8 +34,12 @@ const DELTA_PACE: Duration = Duration::from_millis(250);
 const INSTALL: &str = "run `bash scripts/test.sh`, which installs them, or by hand (as root): \
                        `apt-get install -y chromium` and `(cd tests/browser && npm ci)` with Node.js 20 or later";
 
-/// The echo responder, with a pause before each text delta (of a message or of a widget).
+/// The echo responder, with a pause before each text delta (of a message or of a widget) and a
+/// progress update first.
 struct PacedEcho(EchoResponder);
+
+/// The progress update the paced echo sends before its answer (`interact-e2e.mjs` expects it).
+const PACED_PROGRESS: &str = "Echoing slowly…";
 
 #[async_trait::async_trait]
 impl Responder for PacedEcho {
@@ -42,7 +48,8 @@ impl Responder for PacedEcho {
     }
 
     fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream {
-        Box::pin(self.0.respond(turn, input).then(|event| async move {
+        let progress = ThreadStreamEvent::ProgressUpdate { icon: None, text: PACED_PROGRESS.to_string() };
+        let answer = self.0.respond(turn, input).then(|event| async move {
             if let Ok(ThreadStreamEvent::ItemUpdated {
                 update: ItemUpdate::TextDelta { .. } | ItemUpdate::WidgetTextDelta { .. },
                 ..
@@ -51,7 +58,8 @@ impl Responder for PacedEcho {
                 tokio::time::sleep(DELTA_PACE).await;
             }
             event
-        }))
+        });
+        Box::pin(futures_util::stream::once(async { Ok(progress) }).chain(answer))
     }
 }
 
@@ -235,6 +243,52 @@ fn the_page_has_no_serious_accessibility_violations() {
     run("a11y", &[&app]);
 }
 
+/// A client tool handler the page registers (after it loaded) answers the echo's `/tool`, and
+/// the answer with the handler's result shows; without a handler the call stays pending, named.
+#[test]
+fn a_client_tool_call_is_answered_by_the_pages_handler() {
+    let app = spawn_app();
+    run("tool", &[&app]);
+}
+
+/// The echo's `/ask` renders as a form: one is answered (a choice and a reason), another skipped;
+/// both then show read-only with their answers.
+#[test]
+fn structured_input_forms_are_answered_and_skipped() {
+    let app = spawn_app();
+    run("ask", &[&app]);
+}
+
+/// Stop mid-answer (the paced echo): streaming stops, the partial answer stays and is stored,
+/// the composer is back to Send, no error shows; the progress line showed while it streamed.
+#[test]
+fn stop_ends_a_streaming_answer_and_keeps_the_partial_text() {
+    let app = spawn(paced());
+    run("stop", &[&app]);
+}
+
+/// Keyboard only: Tab to the message field, type, Enter sends, Escape stops.
+#[test]
+fn a_turn_is_sent_and_stopped_from_the_keyboard() {
+    let app = spawn(paced());
+    run("keyboard-stop", &[&app]);
+}
+
+/// Retry on the last answer regenerates it in place of the old one (here and in the store).
+#[test]
+fn retry_replaces_the_last_answer() {
+    let app = spawn_app();
+    run("retry", &[&app]);
+}
+
+/// Thumbs up and down send `items.feedback` and show the choice with `aria-pressed`; Copy puts
+/// the answer's text on the clipboard and says so.
+#[test]
+fn feedback_and_copy_work_on_an_answer() {
+    let app = spawn_app();
+    run("feedback-copy", &[&app]);
+}
+
 /// The echo's showcase turns in the page: Markdown rendered with its script and handler
 /// neutralized, citations with their sources, a workflow's tasks complete, a generated image.
 #[test]
@@ -351,6 +405,10 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
         ("/page/markdown.js", javascript, "export function renderMarkdown"),
         ("/page/content.js", javascript, "export function renderAssistant"),
         ("/page/content.css", "text/css; charset=utf-8", ".c-"),
+        ("/page/turn-controls.js", javascript, "allow_cancel"),
+        ("/page/interactive-items.js", javascript, "threads.add_client_tool_output"),
+        ("/page/message-actions.js", javascript, "items.feedback"),
+        ("/page/interact.css", "text/css; charset=utf-8", ".tool-call"),
         ("/page/vendor/marked.esm.js", javascript, "marked"),
         ("/page/vendor/purify.es.mjs", javascript, "DOMPurify"),
     ] {

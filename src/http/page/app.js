@@ -12,8 +12,11 @@
  * - thread.js: the open thread, its stream, its events and item updates;
  * - items.js: rendering items and widgets, and sending widgets' actions;
  * - composer.js: sending messages and running turns;
+ * - turn-controls.js: Stop (and Escape) and the progress line of this tab's turns;
+ * - interactive-items.js: client tool calls (answered by the page's hooks) and structured input forms;
+ * - message-actions.js: Copy, feedback and Retry under a finished answer;
  * - thread-actions.js: rename and delete;
- * - hooks.js: the integrators' hooks (`window.chatkitPage`).
+ * - hooks.js: the integrators' hooks (`window.chatkitPage`: widget actions, client tools).
  *
  * Everything goes through `POST /chatkit` and the two viewer streams, read
  * with chatkit-live.js (`ChatKitLive.subscribe`, a classic script the page
