@@ -20,21 +20,11 @@
 
 import { runTurn } from "./composer.js";
 import { hookFor } from "./hooks.js";
+import { el } from "./markdown.js";
 import { current, showNotice } from "./state.js";
 import { upsertItem } from "./thread.js";
 
 let formCount = 0;
-
-function el(tag, className, text) {
-  const element = document.createElement(tag);
-  if (className) {
-    element.className = className;
-  }
-  if (text !== undefined) {
-    element.textContent = text;
-  }
-  return element;
-}
 
 /** Pretty JSON for a card; a value JSON cannot write shows as its string. */
 function json(value) {
