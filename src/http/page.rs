@@ -30,6 +30,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("thread.js", JAVASCRIPT, include_str!("page/thread.js")),
     ("items.js", JAVASCRIPT, include_str!("page/items.js")),
     ("composer.js", JAVASCRIPT, include_str!("page/composer.js")),
+    ("attachments.js", JAVASCRIPT, include_str!("page/attachments.js")),
+    ("attachments.css", CSS, include_str!("page/attachments.css")),
     ("thread-actions.js", JAVASCRIPT, include_str!("page/thread-actions.js")),
     ("hooks.js", JAVASCRIPT, include_str!("page/hooks.js")),
     ("chat.css", CSS, include_str!("page/chat.css")),

@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { crossOriginScenarios } from "./cross-origin.mjs";
 import { a11yScenarios } from "./a11y.mjs";
+import { attachScenarios } from "./attach-e2e.mjs";
 import { contentScenarios } from "./content-e2e.mjs";
 import { widgetScenarios } from "./widgets-e2e.mjs";
 
@@ -555,7 +556,14 @@ const scenarios = {
   },
 };
 
-Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert), a11yScenarios(assert), contentScenarios(assert));
+Object.assign(
+  scenarios,
+  crossOriginScenarios(assert),
+  widgetScenarios(assert),
+  a11yScenarios(assert),
+  contentScenarios(assert),
+  attachScenarios(assert),
+);
 
 // ---------------------------------------------------------------------------
 // Main.

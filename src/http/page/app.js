@@ -12,6 +12,8 @@
  * - thread.js: the open thread, its stream, its events and item updates;
  * - items.js: rendering items and widgets, and sending widgets' actions;
  * - composer.js: sending messages and running turns;
+ * - attachments.js: the composer's attachments (upload, progress, chips) and
+ *   those of sent messages;
  * - thread-actions.js: rename and delete;
  * - hooks.js: the integrators' hooks (`window.chatkitPage`).
  *
