@@ -31,6 +31,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("items.js", JAVASCRIPT, include_str!("page/items.js")),
     ("composer.js", JAVASCRIPT, include_str!("page/composer.js")),
     ("attachments.js", JAVASCRIPT, include_str!("page/attachments.js")),
+    ("attachment-chips.js", JAVASCRIPT, include_str!("page/attachment-chips.js")),
     ("attachments.css", CSS, include_str!("page/attachments.css")),
     ("thread-actions.js", JAVASCRIPT, include_str!("page/thread-actions.js")),
     ("hooks.js", JAVASCRIPT, include_str!("page/hooks.js")),

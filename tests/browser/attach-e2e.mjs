@@ -7,8 +7,8 @@
 //   in the message;
 // - `attach-drop`: a text file dropped on the composer (a `drop` event with a
 //   DataTransfer built in the page) highlights the composer and uploads; a
-//   held upload keeps Send back with a notice, a failed one says so on its
-//   chip and recovers with Retry; the file alone (no text) is sent and shows
+//   held upload keeps Send back with a notice (kept current until the upload
+//   is done), a failed one says so on its chip and recovers with Retry; the file alone (no text) is sent and shows
 //   as a chip with its name and type.
 
 import { deflateSync } from "node:zlib";
@@ -235,14 +235,13 @@ export function attachScenarios(assert) {
         return li.dataset.state === "failed" && !error.hidden && error.textContent.startsWith("Upload failed") &&
           !li.querySelector(".attachment-retry").hidden;
       });
-      await tab.shot("drop-failed");
-      await tab.page.press("#input", "Enter");
-      await tab.until("a notice asks to retry or remove the failed file", () =>
+      await tab.until("the notice that held the message back now asks to retry or remove the file", () =>
         (window.__e2e.notice() || "").includes("Retry or remove notes.txt"),
       );
+      await tab.shot("drop-failed");
       await tab.page.getByRole("button", { name: "Retry notes.txt" }).click();
-      await tab.until("the retried upload is done", () =>
-        document.querySelector('#attachments .attachment[data-state="done"]') !== null,
+      await tab.until("the retried upload is done, and the notice is gone", () =>
+        document.querySelector('#attachments .attachment[data-state="done"]') !== null && window.__e2e.notice() === null,
       );
       const [chip] = await tab.page.evaluate(chipsProbe);
       assert(chip.name === "notes.txt" && chip.thumb === null, `the file's chip: ${JSON.stringify(chip)}`);

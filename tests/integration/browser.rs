@@ -329,6 +329,7 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
         ("/page/items.js", javascript, "threads.sync_custom_action"),
         ("/page/composer.js", javascript, "export async function runTurn"),
         ("/page/attachments.js", javascript, "attachments.create"),
+        ("/page/attachment-chips.js", javascript, "export function renderMessageAttachments"),
         ("/page/attachments.css", "text/css; charset=utf-8", "#attachments"),
         ("/page/thread-actions.js", javascript, "threads.delete"),
         ("/page/hooks.js", javascript, "window.chatkitPage"),

@@ -12,8 +12,9 @@
  * - thread.js: the open thread, its stream, its events and item updates;
  * - items.js: rendering items and widgets, and sending widgets' actions;
  * - composer.js: sending messages and running turns;
- * - attachments.js: the composer's attachments (upload, progress, chips) and
- *   those of sent messages;
+ * - attachments.js: the composer's attachments (upload, progress, retry,
+ *   remove), drawn by attachment-chips.js, which also draws those of sent
+ *   messages;
  * - thread-actions.js: rename and delete;
  * - hooks.js: the integrators' hooks (`window.chatkitPage`).
  *

@@ -1,7 +1,7 @@
-// The chat page's attachments: ChatKit.js's two-phase upload from the
-// composer (the Attach button's file picker, files dropped on the composer,
-// pasted images), a chip per file with its progress, preview and remove
-// button, and how a sent user message shows the attachments it holds.
+// The chat page's attachments in the composer: ChatKit.js's two-phase upload
+// of the files the Attach button's picker chooses, dropped on the composer or
+// pasted into the message box, each with a chip (attachment-chips.js draws
+// it) showing its progress and preview, with Retry and Remove.
 //
 // Each file is registered with `attachments.create` (`{name, size,
 // mime_type}`), which answers where to send the bytes (`upload_descriptor`)
@@ -12,7 +12,8 @@
 // send while one is under way or failed (`attachmentProblem`).
 
 import { api } from "./api.js";
-import { showNotice, ui } from "./state.js";
+import { chipFor, reachable, showThumb, updateChip } from "./attachment-chips.js";
+import { clearNotice, showNotice, ui } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
 const tray = $("attachments");
@@ -31,53 +32,12 @@ const LOCAL_PREVIEW_LIMIT = 8 * 1024 * 1024;
  */
 let entries = [];
 
-/** A size as people read it. */
-export function formatSize(bytes) {
-  if (bytes < 1024) {
-    return `${bytes} B`;
-  }
-  if (bytes < 1024 * 1024) {
-    return `${(bytes / 1024).toFixed(1)} KB`;
-  }
-  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
-}
-
-/**
- * A URL of this gateway as the page can reach it. The gateway names its
- * upload and preview URLs after its public URL; when the page was opened
- * under another name of the same gateway (localhost for 127.0.0.1), the
- * page's policy (`connect-src 'self'`) would refuse them, so the path under
- * `chatkit/attachments/` is taken relative to the page instead.
- */
-function reachable(url) {
-  let parsed;
-  try {
-    parsed = new URL(url, document.baseURI);
-  } catch (_) {
-    return url;
-  }
-  const marker = "/chatkit/attachments/";
-  const at = parsed.pathname.lastIndexOf(marker);
-  if (parsed.origin === location.origin || at < 0) {
-    return parsed.href;
-  }
-  return `chatkit/attachments/${parsed.pathname.slice(at + marker.length)}${parsed.search}`;
-}
+/** The notice `attachmentProblem` last gave the composer to show, or null. */
+let heldNotice = null;
 
 /** Says `text` through the composer's status region, which screen readers announce. */
 function announce(text) {
   announcer.textContent = text;
-}
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) {
-    node.className = className;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
 }
 
 // ---------------------------------------------------------------------------
@@ -104,7 +64,7 @@ export function addFiles(files) {
       chip: null,
     };
     entries.push(entry);
-    entry.chip = chipFor(entry);
+    entry.chip = chipFor(entry, { retry, remove });
     tray.append(entry.chip.root);
     readPreview(entry);
     start(entry);
@@ -132,7 +92,7 @@ async function start(entry) {
   entry.state = "creating";
   entry.progress = 0;
   entry.error = "";
-  update(entry);
+  updateChip(entry);
   let attachment;
   try {
     attachment = await api("attachments.create", { name: entry.name, size: entry.file.size, mime_type: entry.mimeType });
@@ -159,7 +119,7 @@ function upload(entry) {
     return;
   }
   entry.state = "uploading";
-  update(entry);
+  updateChip(entry);
   announce(`Uploading ${entry.name}`);
   const xhr = new XMLHttpRequest();
   entry.xhr = xhr;
@@ -171,7 +131,7 @@ function upload(entry) {
     if (event.lengthComputable && event.total > 0) {
       // The last percent waits for the server's answer: the bytes are stored only then.
       entry.progress = Math.min(99, Math.floor((event.loaded / event.total) * 100));
-      update(entry);
+      updateChip(entry);
     }
   });
   xhr.addEventListener("load", () => {
@@ -209,8 +169,9 @@ function finish(entry, attachment) {
   entry.attachment = Object.assign({}, entry.attachment, attachment.id ? attachment : {});
   entry.state = "done";
   entry.progress = 100;
-  update(entry);
+  updateChip(entry);
   announce(`${entry.name} uploaded`);
+  refreshHeldNotice();
   const preview = entry.attachment.preview_url;
   if (preview) {
     // Swapped in once it loads, so the chip never shows a broken image.
@@ -226,8 +187,9 @@ function fail(entry, reason) {
   }
   entry.state = "failed";
   entry.error = reason;
-  update(entry);
+  updateChip(entry);
   announce(`Upload of ${entry.name} failed: ${reason}`);
+  refreshHeldNotice();
 }
 
 /** Starts a failed attachment again: its registration goes (an upload URL works once) and a new one is made. */
@@ -255,6 +217,7 @@ async function remove(entry) {
   const next = entries[Math.min(index, entries.length - 1)];
   (next ? next.chip.remove : attachButton).focus();
   announce(`Removed ${entry.name}`);
+  refreshHeldNotice();
   if (entry.attachment) {
     try {
       await api("attachments.delete", { attachment_id: entry.attachment.id });
@@ -271,70 +234,6 @@ function deleteQuietly(id) {
 }
 
 // ---------------------------------------------------------------------------
-// Chips.
-// ---------------------------------------------------------------------------
-
-/** A chip's elements, made once; `update` shows the entry's state in them. */
-function chipFor(entry) {
-  const root = element("li", "attachment");
-  const thumb = element("img", "attachment-thumb");
-  thumb.alt = "";
-  thumb.hidden = true;
-  const icon = element("span", "attachment-icon", fileLabel(entry.name, entry.mimeType));
-  icon.setAttribute("aria-hidden", "true");
-  const text = element("span", "attachment-text");
-  const name = element("span", "attachment-name", entry.name);
-  const size = element("span", "attachment-size", formatSize(entry.file.size));
-  const progress = element("div", "attachment-progress");
-  progress.setAttribute("role", "progressbar");
-  progress.setAttribute("aria-label", `Upload of ${entry.name}`);
-  progress.setAttribute("aria-valuemin", "0");
-  progress.setAttribute("aria-valuemax", "100");
-  const bar = element("div", "attachment-bar");
-  progress.append(bar);
-  const error = element("span", "attachment-error");
-  text.append(name, size, progress, error);
-  const retryButton = element("button", "attachment-retry", "Retry");
-  retryButton.type = "button";
-  retryButton.setAttribute("aria-label", `Retry ${entry.name}`);
-  retryButton.addEventListener("click", () => retry(entry));
-  const removeButton = element("button", "attachment-remove", "×");
-  removeButton.type = "button";
-  removeButton.setAttribute("aria-label", `Remove ${entry.name}`);
-  removeButton.title = `Remove ${entry.name}`;
-  removeButton.addEventListener("click", () => remove(entry));
-  root.append(thumb, icon, text, retryButton, removeButton);
-  return { root, thumb, icon, progress, bar, error, retry: retryButton, remove: removeButton };
-}
-
-/** The short type a file chip shows in place of a thumbnail: its extension, else its media subtype. */
-function fileLabel(name, mimeType) {
-  const dot = name.lastIndexOf(".");
-  const label = dot > 0 && name.length - dot <= 5 ? name.slice(dot + 1) : mimeType.split("/").pop();
-  return label.slice(0, 4).toUpperCase();
-}
-
-function update(entry) {
-  const chip = entry.chip;
-  chip.root.dataset.state = entry.state;
-  chip.progress.setAttribute("aria-valuenow", String(entry.progress));
-  // A finished upload's bar has nothing more to say once it reads 100; the status region says it is done.
-  chip.progress.hidden = entry.state === "done" || entry.state === "failed";
-  // Scaled rather than sized, since the page's policy refuses inline style attributes but not the CSSOM.
-  chip.bar.style.transform = `scaleX(${entry.progress / 100})`;
-  chip.error.textContent = entry.state === "failed" ? `Upload failed: ${entry.error}` : "";
-  chip.error.hidden = entry.state !== "failed";
-  chip.retry.hidden = entry.state !== "failed";
-}
-
-/** Shows an image in the chip in place of the file's type. */
-function showThumb(entry, src) {
-  entry.chip.thumb.src = src;
-  entry.chip.thumb.hidden = false;
-  entry.chip.icon.hidden = true;
-}
-
-// ---------------------------------------------------------------------------
 // What the composer asks.
 // ---------------------------------------------------------------------------
 
@@ -343,8 +242,17 @@ export function hasAttachments() {
   return entries.length > 0;
 }
 
-/** Why the message cannot go yet (uploads under way or failed), or null. */
+/**
+ * Why the message cannot go yet (uploads under way or failed), or null. The
+ * composer shows the answer as a notice, which this module then keeps
+ * current as uploads end (`refreshHeldNotice`).
+ */
 export function attachmentProblem() {
+  heldNotice = problemNow();
+  return heldNotice;
+}
+
+function problemNow() {
   const failed = entries.filter((entry) => entry.state === "failed");
   if (failed.length > 0) {
     return `Retry or remove ${failed.map((entry) => entry.name).join(", ")} before sending: the upload failed.`;
@@ -355,6 +263,20 @@ export function attachmentProblem() {
     return `Wait a moment: ${what} still uploading. Send again once the upload is done.`;
   }
   return null;
+}
+
+/** The notice that held a message back, if it still shows: it says what holds it now, or goes. */
+function refreshHeldNotice() {
+  if (heldNotice === null || ui.notice.hidden || ui.notice.textContent !== heldNotice) {
+    heldNotice = null;
+    return;
+  }
+  heldNotice = problemNow();
+  if (heldNotice) {
+    showNotice(heldNotice, "info");
+  } else {
+    clearNotice();
+  }
 }
 
 /** Takes the finished attachments out of the composer for a message: their ids, and the entries to give back. */
@@ -371,41 +293,6 @@ export function restoreAttachments(taken) {
   entries = taken.entries.concat(entries);
   tray.replaceChildren(...entries.map((entry) => entry.chip.root));
   tray.hidden = entries.length === 0;
-}
-
-// ---------------------------------------------------------------------------
-// Attachments in the thread.
-// ---------------------------------------------------------------------------
-
-/** A sent user message's attachments: images as thumbnails from their preview, other files as a chip. */
-export function renderMessageAttachments(attachments) {
-  const list = element("ul", "message-attachments");
-  list.setAttribute("aria-label", "Attachments");
-  for (const attachment of attachments) {
-    const item = element("li");
-    if (attachment.type === "image" && attachment.preview_url) {
-      const url = reachable(attachment.preview_url);
-      const link = element("a", "message-image");
-      link.href = url;
-      link.target = "_blank";
-      link.rel = "noopener";
-      const image = element("img");
-      image.src = url;
-      image.alt = attachment.name;
-      image.loading = "lazy";
-      link.append(image);
-      item.append(link);
-    } else {
-      const chip = element("span", "message-file");
-      const icon = element("span", "attachment-icon", fileLabel(attachment.name, attachment.mime_type || ""));
-      icon.setAttribute("aria-hidden", "true");
-      chip.append(icon, element("span", "attachment-name", attachment.name));
-      chip.append(element("span", "attachment-size", attachment.mime_type || "file"));
-      item.append(chip);
-    }
-    list.append(item);
-  }
-  return list;
 }
 
 // ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 // The chat page's item list: how each thread item renders (user messages as
-// text, with their attachments through attachments.js; assistant messages, workflows, tasks and generated images through
+// text, with their attachments through attachment-chips.js; assistant messages, workflows, tasks and generated images through
 // content.js, Markdown sanitized; widgets through the widget renderer; other
 // items as a short description),
 // the list itself and its scrolling, and the widget glue that sends a
@@ -10,7 +10,7 @@
 // the rest to `threads.custom_action` as a turn.
 
 import { api } from "./api.js";
-import { renderMessageAttachments } from "./attachments.js";
+import { renderMessageAttachments } from "./attachment-chips.js";
 import { runTurn } from "./composer.js";
 import { hooks } from "./hooks.js";
 import { current, showNotice, ui } from "./state.js";
@@ -117,7 +117,7 @@ function renderItem(item, element) {
   }
   bubble.textContent = kind === "other" ? describe(item) : plainText(item);
   if (item.type === "user_message" && Array.isArray(item.attachments) && item.attachments.length > 0) {
-    bubble.append(renderMessageAttachments(item.attachments));
+    bubble.append(renderMessageAttachments(item.attachments, bubble.textContent !== ""));
   }
   return li;
 }
