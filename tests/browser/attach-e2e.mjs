@@ -1,15 +1,16 @@
 // The attachment scenarios of e2e.mjs, against the echo responder:
 //
-// - `attach`: an image chosen with the Attach button uploads (its progress
-//   bar reaches 100), previews in its chip, goes with a message and shows as a
-//   thumbnail in the sent message, and the stored message lists it; a second
-//   file removed before sending is deleted (`attachments.delete`) and is not
+// - `attach`: an image chosen with the Attach button previews in its chip
+//   from its own bytes while it uploads, then from the server once its
+//   progress bar reaches 100, goes with a message and shows as a thumbnail
+//   in the sent message, and the stored message lists it; a second file
+//   removed before sending is deleted (`attachments.delete`) and is not
 //   in the message;
 // - `attach-drop`: a text file dropped on the composer (a `drop` event with a
 //   DataTransfer built in the page) highlights the composer and uploads; a
 //   held upload keeps Send back with a notice (kept current until the upload
-//   is done), a failed one says so on its chip and recovers with Retry; the file alone (no text) is sent and shows
-//   as a chip with its name and type.
+//   is done), a failed one says so on its chip and recovers with Retry; the
+//   file alone (no text) is sent and shows as a chip with its name and type.
 
 import { deflateSync } from "node:zlib";
 
@@ -118,14 +119,29 @@ export function attachScenarios(assert) {
       const operations = watchOperations(tab);
       await tab.page.evaluate(recordProgress);
 
+      // The image's upload is held until its chip shows the local preview, read before the upload ends.
+      let release;
+      const held = new Promise((resolve) => (release = resolve));
+      await tab.page.route("**/chatkit/attachments/*/upload*", async (route) => {
+        await held;
+        await route.continue();
+      });
       const png = pngBuffer();
       await tab.page.setInputFiles("#attach-input", { name: "gradient.png", mimeType: "image/png", buffer: png });
+      await tab.until("the image's chip previews it from its own bytes while the upload runs", () => {
+        const li = document.querySelector("#attachments .attachment");
+        const thumb = li && li.querySelector(".attachment-thumb");
+        return li !== null && li.dataset.state === "uploading" && !thumb.hidden &&
+          thumb.src.startsWith("data:image/png;base64,") && thumb.naturalWidth > 0;
+      });
+      release();
       await tab.until("the image's chip shows the server's preview once uploaded", () => {
         const li = document.querySelector("#attachments .attachment");
         const thumb = li && li.querySelector(".attachment-thumb");
         return li !== null && li.dataset.state === "done" && thumb.src.startsWith("http") && thumb.complete && thumb.naturalWidth > 0;
       });
       const progress = await tab.page.evaluate(() => window.__progress);
+      console.log(`[attach-tab] progress: ${JSON.stringify(progress)}`);
       assert(progress.includes(100), `the progress bar never read 100: ${JSON.stringify(progress)}`);
       assert(
         progress.every((value, i) => value >= 0 && value <= 100 && (i === 0 || value >= progress[i - 1] || value === 0)),
@@ -141,16 +157,21 @@ export function attachScenarios(assert) {
       );
       await tab.shot("attach-two-chips");
       const draft = (await tab.page.evaluate(chipsProbe)).find((chip) => chip.name === "draft.txt");
+      const deletion = tab.page.waitForRequest(
+        (request) => {
+          const operation = request.method() === "POST" && new URL(request.url()).pathname.endsWith("/chatkit");
+          const body = operation ? JSON.parse(request.postData() || "{}") : {};
+          return body.type === "attachments.delete" && body.params.attachment_id === draft.id;
+        },
+        { timeout: 10_000 },
+      );
       await tab.page.getByRole("button", { name: "Remove draft.txt" }).click();
       await tab.until("the removed file's chip is gone", () => document.querySelectorAll("#attachments .attachment").length === 1);
       await tab.until("the status region says the file was removed", () =>
         document.getElementById("attach-status").textContent === "Removed draft.txt",
       );
-      const deadline = Date.now() + 10_000;
-      while (!operations.some((op) => op.type === "attachments.delete" && op.params.attachment_id === draft.id)) {
-        assert(Date.now() < deadline, `no attachments.delete for ${draft.id}: ${JSON.stringify(operations)}`);
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
+      await deletion;
+      console.log(`[attach-tab] attachments.delete sent for ${draft.id}`);
 
       const text = "Here is a picture";
       await tab.send(text);

@@ -4,7 +4,8 @@
 //! list, the same across two replicas sharing Redis, chatkit-live.js
 //! driving a ChatKit.js element, and a page on another origin that streams a
 //! turn and a viewer stream when `CHATKIT_ALLOWED_ORIGINS` lists it and is
-//! refused by the browser otherwise, and the page under `CHATKIT_BASE_PATH`.
+//! refused by the browser otherwise, the page under `CHATKIT_BASE_PATH`, and
+//! attachments uploaded from the composer and sent with a message.
 //!
 //! Each test starts the gateway and runs one scenario of
 //! `tests/browser/e2e.mjs` (playwright-core with Debian's Chromium) under a

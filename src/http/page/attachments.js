@@ -21,7 +21,10 @@ const picker = $("attach-input");
 const attachButton = $("attach");
 const announcer = $("attach-status");
 
-/** Images larger than this get no local preview, as a `data:` URL of them would be huge; the server's follows the upload. */
+/**
+ * Images larger than this get no local preview, as a `data:` URL of them
+ * would be huge: the server's preview follows the upload.
+ */
 const LOCAL_PREVIEW_LIMIT = 8 * 1024 * 1024;
 
 /**
@@ -95,7 +98,8 @@ async function start(entry) {
   updateChip(entry);
   let attachment;
   try {
-    attachment = await api("attachments.create", { name: entry.name, size: entry.file.size, mime_type: entry.mimeType });
+    const params = { name: entry.name, size: entry.file.size, mime_type: entry.mimeType };
+    attachment = await api("attachments.create", params);
   } catch (error) {
     fail(entry, error.message);
     return;
