@@ -1,5 +1,8 @@
 //! Items that were added but are not done yet, kept current so that a
-//! cancelled or failed turn can persist what the user already saw.
+//! cancelled or failed turn can persist what the user already saw, and so
+//! that a viewer joining mid-turn starts from them as they stand.
+
+use serde_json::Value;
 
 use crate::protocol::{AssistantMessageContent, ItemBody, ItemUpdate, ThreadItem};
 
@@ -28,8 +31,10 @@ impl PendingItems {
         self.items.retain(|item| item.id != item_id);
     }
 
-    /// Applies an update to an assistant message or workflow; other updates
-    /// (widgets, images) are not kept, as in the reference.
+    /// Applies an update to the item it names: message parts, workflow
+    /// tasks, widget updates and image progress. (A cancelled turn keeps only
+    /// its messages, as the reference does; the rest serves the snapshot a
+    /// viewer joining mid-turn starts from.)
     pub fn apply(&mut self, item_id: &str, update: &ItemUpdate) {
         let Some(item) = self.items.iter_mut().find(|item| item.id == item_id) else { return };
         match (&mut item.body, update) {
@@ -41,6 +46,10 @@ impl PendingItems {
                 if let Some(slot) = workflow.tasks.get_mut(*task_index) {
                     *slot = task.clone();
                 }
+            }
+            (ItemBody::Widget { widget, .. }, update) => apply_to_widget(widget, update),
+            (ItemBody::GeneratedImage { image }, ItemUpdate::GeneratedImageUpdated { image: latest, .. }) => {
+                *image = Some(latest.clone())
             }
             _ => {}
         }
@@ -81,6 +90,38 @@ fn apply_to_message(content: &mut Vec<AssistantMessageContent>, update: &ItemUpd
     }
 }
 
+/// A widget update applied to the widget's tree, as ChatKit.js applies it: the root replaced,
+/// a component (found by its `id` anywhere in the tree) replaced, or text streamed into one.
+fn apply_to_widget(widget: &mut Value, update: &ItemUpdate) {
+    match update {
+        ItemUpdate::WidgetRootUpdated { widget: root } => *widget = root.clone(),
+        ItemUpdate::WidgetComponentUpdated { component_id, component } => {
+            if let Some(found) = component_by_id(widget, component_id) {
+                *found = component.clone();
+            }
+        }
+        ItemUpdate::WidgetTextDelta { component_id, delta, .. } => {
+            if let Some(found) = component_by_id(widget, component_id) {
+                let value = found["value"].as_str().unwrap_or_default();
+                found["value"] = Value::String(format!("{value}{delta}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The component whose `id` is `id`, at any depth of a widget tree.
+fn component_by_id<'a>(node: &'a mut Value, id: &str) -> Option<&'a mut Value> {
+    if node.get("id").and_then(Value::as_str) == Some(id) {
+        return Some(node);
+    }
+    match node {
+        Value::Object(fields) => fields.values_mut().find_map(|child| component_by_id(child, id)),
+        Value::Array(children) => children.iter_mut().find_map(|child| component_by_id(child, id)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +143,43 @@ mod tests {
         assert_eq!(content[1].text, "hello");
         pending.remove("msg_1");
         assert_eq!(pending.non_empty_messages().count(), 0);
+    }
+
+    #[test]
+    fn widget_updates_and_image_progress_keep_the_item_current() {
+        let card = serde_json::json!({"type": "Card", "children": [
+            {"type": "Text", "id": "status", "value": "Rea"},
+            {"type": "Row", "children": [{"type": "Badge", "id": "state", "label": "working"}]}
+        ]});
+        let mut pending = PendingItems::default();
+        pending.add(ThreadItem::new(
+            "msg_1".into(),
+            "thr_1".into(),
+            ItemBody::Widget { widget: card, copy_text: None },
+        ));
+        let delta =
+            |text: &str| ItemUpdate::WidgetTextDelta { component_id: "status".into(), delta: text.into(), done: false };
+        pending.apply("msg_1", &delta("dy"));
+        let badge = serde_json::json!({"type": "Badge", "id": "state", "label": "ready"});
+        pending.apply("msg_1", &ItemUpdate::WidgetComponentUpdated { component_id: "state".into(), component: badge });
+        pending.apply(
+            "msg_1",
+            &ItemUpdate::WidgetComponentUpdated { component_id: "nowhere".into(), component: Value::Null },
+        );
+        let ItemBody::Widget { widget, .. } = &pending.items()[0].body else { panic!("a widget") };
+        assert_eq!(widget["children"][0]["value"], "Ready");
+        assert_eq!(widget["children"][1]["children"][0]["label"], "ready", "found at any depth");
+        pending.apply(
+            "msg_1",
+            &ItemUpdate::WidgetRootUpdated { widget: serde_json::json!({"type": "Card", "children": []}) },
+        );
+        let ItemBody::Widget { widget, .. } = &pending.items()[0].body else { panic!("a widget") };
+        assert_eq!(widget["children"], serde_json::json!([]));
+
+        let image = crate::protocol::GeneratedImage { id: "img_1".into(), url: "data:image/png;base64,AA".into() };
+        pending.add(ThreadItem::new("msg_2".into(), "thr_1".into(), ItemBody::GeneratedImage { image: None }));
+        pending.apply("msg_2", &ItemUpdate::GeneratedImageUpdated { image: image.clone(), progress: Some(0.5) });
+        assert_eq!(pending.items()[1].body, ItemBody::GeneratedImage { image: Some(image) });
+        assert_eq!(pending.non_empty_messages().count(), 0, "a cancelled turn still keeps only messages");
     }
 }

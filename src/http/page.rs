@@ -35,6 +35,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("attachments.css", CSS, include_str!("page/attachments.css")),
     ("thread-actions.js", JAVASCRIPT, include_str!("page/thread-actions.js")),
     ("hooks.js", JAVASCRIPT, include_str!("page/hooks.js")),
+    ("time.js", JAVASCRIPT, include_str!("page/time.js")),
     ("chat.css", CSS, include_str!("page/chat.css")),
     ("widgets.js", JAVASCRIPT, include_str!("page/widgets.js")),
     ("widgets-forms.js", JAVASCRIPT, include_str!("page/widgets-forms.js")),
@@ -43,6 +44,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("markdown.js", JAVASCRIPT, include_str!("page/markdown.js")),
     ("content.js", JAVASCRIPT, include_str!("page/content.js")),
     ("content.css", CSS, include_str!("page/content.css")),
+    ("turn-controls.js", JAVASCRIPT, include_str!("page/turn-controls.js")),
+    ("interactive-items.js", JAVASCRIPT, include_str!("page/interactive-items.js")),
+    ("message-actions.js", JAVASCRIPT, include_str!("page/message-actions.js")),
+    ("interact.css", CSS, include_str!("page/interact.css")),
     // Vendored as npm ships them (versions and checksums in vendor/README.md, licenses beside them).
     ("vendor/marked.esm.js", JAVASCRIPT, include_str!("page/vendor/marked.esm.js")),
     ("vendor/purify.es.mjs", JAVASCRIPT, include_str!("page/vendor/purify.es.mjs")),

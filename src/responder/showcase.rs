@@ -1,7 +1,8 @@
-//! The echo responder's showcase turns: `/markdown`, `/cite`, `/workflow` and `/image`
-//! stream the turn content a chat page renders (Markdown with a link, a code block and markup
-//! that must be neutralized; citations; a workflow whose tasks change status; a generated
-//! image), so that a front-end team sees every shape without a model.
+//! The echo responder's showcase turns: `/markdown`, `/cite`, `/workflow`, `/image` and
+//! `/live-widget` stream the turn content a chat page renders (Markdown with a link, a code block
+//! and markup that must be neutralized; citations; a workflow whose tasks change status; a
+//! generated image; a widget whose text streams and whose badge is replaced), so that a
+//! front-end team sees every shape without a model.
 
 use serde_json::{json, Value};
 
@@ -28,6 +29,7 @@ pub fn showcase(command: &str, thread_id: &str) -> Option<Vec<ThreadStreamEvent>
         "/cite" => Some(cited(thread_id)),
         "/workflow" => Some(workflow(thread_id)),
         "/image" => Some(image(thread_id)),
+        "/live-widget" => Some(live_widget(thread_id)),
         _ => None,
     }
 }
@@ -124,6 +126,38 @@ fn image(thread_id: &str) -> Vec<ThreadStreamEvent> {
     ]
 }
 
+/// What `/live-widget`'s status text streams, delta by delta.
+pub const LIVE_STATUS: [&str; 3] = ["Reading the store, ", "asking the fan-out, ", "all good."];
+
+/// A widget that updates as it streams: its status text arrives in deltas, then its badge is
+/// replaced, as a server's `stream_widget` sends a changing widget.
+fn live_widget(thread_id: &str) -> Vec<ThreadStreamEvent> {
+    let card = |status: &str, badge: Value| {
+        json!({"type": "Card", "children": [
+            {"type": "Title", "value": "Checking the gateway", "size": "sm"},
+            {"type": "Text", "id": "status", "value": status, "streaming": true},
+            badge
+        ]})
+    };
+    let badge = |label: &str, color: &str| json!({"type": "Badge", "id": "state", "label": label, "color": color});
+    let item_id = new_id(IdKind::Message);
+    let item = |widget: Value| {
+        let body = ItemBody::Widget { widget, copy_text: Some("Checking the gateway".into()) };
+        ThreadItem::new(item_id.clone(), thread_id.to_string(), body)
+    };
+    let mut events = vec![ThreadStreamEvent::ItemAdded { item: item(card("", badge("working", "info"))) }];
+    for (index, delta) in LIVE_STATUS.iter().enumerate() {
+        let done = index + 1 == LIVE_STATUS.len();
+        let update = ItemUpdate::WidgetTextDelta { component_id: "status".into(), delta: delta.to_string(), done };
+        events.push(ThreadStreamEvent::ItemUpdated { item_id: item_id.clone(), update });
+    }
+    let update =
+        ItemUpdate::WidgetComponentUpdated { component_id: "state".into(), component: badge("ready", "success") };
+    events.push(ThreadStreamEvent::ItemUpdated { item_id: item_id.clone(), update });
+    events.push(ThreadStreamEvent::ItemDone { item: item(card(&LIVE_STATUS.concat(), badge("ready", "success"))) });
+    events
+}
+
 /// A task with its status indicator set.
 fn with_status(task: &Task, status: &str) -> Task {
     let mut value = serde_json::to_value(task).unwrap_or_default();
@@ -142,7 +176,7 @@ mod tests {
 
     #[test]
     fn every_showcase_turn_is_built() {
-        for command in ["/markdown", "/cite", "/workflow", "/image"] {
+        for command in ["/markdown", "/cite", "/workflow", "/image", "/live-widget"] {
             let events = showcase(command, "thr_1").expect(command);
             assert!(matches!(events.last(), Some(ThreadStreamEvent::ItemDone { .. })), "{command}");
         }

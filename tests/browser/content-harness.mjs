@@ -16,34 +16,13 @@
 //
 // Exits 0 when every check passes, 1 with the failed checks listed otherwise.
 
-import { createServer } from "node:http";
-import { mkdir, readFile } from "node:fs/promises";
-import { dirname, extname, join, normalize, resolve, sep } from "node:path";
+import { readFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { CSP, assert, runHarness, until } from "./harness-lib.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const ROOT = resolve(HERE, "../..");
-const PAGE_DIR = join(ROOT, "src/http/page");
 const FIXTURES = join(HERE, "content-fixtures.json");
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'";
-// Every wait is bounded; the whole run too, so a hang cannot stall CI.
-const STEP_TIMEOUT_MS = 5_000;
-const RUN_TIMEOUT_MS = 120_000;
-
-function parseArgs(argv) {
-  const args = { artifacts: join(ROOT, "target/browser-artifacts/content"), headed: false };
-  for (let i = 0; i < argv.length; i += 1) {
-    if (argv[i] === "--artifacts" && argv[i + 1]) {
-      args.artifacts = resolve(argv[(i += 1)]);
-    } else if (argv[i] === "--headed") {
-      args.headed = true;
-    } else {
-      throw new Error(`unknown argument ${argv[i]} (use --artifacts <dir> or --headed)`);
-    }
-  }
-  return args;
-}
 
 // ---------------------------------------------------------------------------
 // The test page: HTML, its stylesheet and its script; the page's own modules
@@ -122,67 +101,12 @@ for (const entry of fixtures.items) {
 window.harness.ready = true;
 `;
 
-const TYPES = { ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css" };
-
-async function startServer() {
-  const generated = {
-    "/": { type: "text/html", body: HARNESS_HTML },
-    "/harness.css": { type: "text/css", body: HARNESS_CSS },
-    "/harness-page.js": { type: "text/javascript", body: HARNESS_PAGE_JS },
-    "/fixtures.json": { type: "application/json", path: FIXTURES },
-  };
-  const server = createServer(async (request, response) => {
-    const pathname = decodeURIComponent(new URL(request.url, "http://x").pathname);
-    let file = generated[pathname];
-    // Any script or stylesheet of the page directory (and its vendor/) is served
-    // as the gateway would, so the modules' own imports resolve.
-    if (!file && TYPES[extname(pathname)]) {
-      const path = normalize(join(PAGE_DIR, pathname));
-      if (path.startsWith(PAGE_DIR + sep)) {
-        file = { type: TYPES[extname(pathname)], path };
-      }
-    }
-    try {
-      if (!file) {
-        throw new Error("not found");
-      }
-      // Files are read on every request, so a rerun always sees the working tree.
-      const body = file.body ?? (await readFile(file.path));
-      response.writeHead(200, { "content-type": `${file.type}; charset=utf-8`, "content-security-policy": CSP, "cache-control": "no-store" });
-      response.end(body);
-    } catch {
-      response.writeHead(404, { "content-security-policy": CSP }).end();
-    }
-  });
-  await new Promise((ready, fail) => {
-    server.once("error", fail);
-    server.listen(0, "127.0.0.1", ready);
-  });
-  return { server, base: `http://127.0.0.1:${server.address().port}/` };
-}
 
 // ---------------------------------------------------------------------------
 // Checks
 // ---------------------------------------------------------------------------
 
-class CheckFailed extends Error {}
-
-function assert(condition, message) {
-  if (!condition) {
-    throw new CheckFailed(message);
-  }
-}
-
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
-
-/** Waits, bounded, until `fn(arg)` is truthy in the page. */
-async function until(page, what, fn, arg) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout: STEP_TIMEOUT_MS });
-  } catch {
-    throw new CheckFailed(`timed out after ${STEP_TIMEOUT_MS} ms waiting for ${what}`);
-  }
-}
 
 // Markdown that tries every way in we know of; none of it may survive as markup.
 const HOSTILE = [
@@ -579,106 +503,22 @@ const CHECKS = {
 // Screenshots and the run
 // ---------------------------------------------------------------------------
 
-async function screenshots(browser, base, dir, names) {
-  await mkdir(dir, { recursive: true });
-  const saved = [];
-  for (const [scheme, width, suffix] of [["light", 900, ""], ["dark", 900, "-dark"], ["light", 380, "-narrow"]]) {
-    const context = await browser.newContext({ viewport: { width, height: 900 }, colorScheme: scheme, deviceScaleFactor: 1 });
-    const page = await context.newPage();
-    await page.goto(base);
-    await until(page, "the fixtures to render", () => window.harness?.ready === true);
-    // Open the Sources lists so the pictures show them.
-    await page.evaluate(() => document.querySelectorAll("details.c-sources").forEach((d) => {
+runHarness({
+  name: "content harness",
+  artifacts: "content",
+  prefix: "content",
+  files: {
+    "/": { type: "text/html", body: HARNESS_HTML },
+    "/harness.css": { type: "text/css", body: HARNESS_CSS },
+    "/harness-page.js": { type: "text/javascript", body: HARNESS_PAGE_JS },
+    "/fixtures.json": { type: "application/json", path: FIXTURES },
+  },
+  checks: CHECKS,
+  fixtures: async () => JSON.parse(await readFile(FIXTURES, "utf-8")).items.map((entry) => entry.name),
+  // Open the Sources lists so the pictures show them.
+  beforeScreenshots: (page) =>
+    page.evaluate(() => document.querySelectorAll("details.c-sources").forEach((d) => {
       d.open = true;
-    }));
-    if (suffix) {
-      await page.screenshot({ path: join(dir, `content${suffix}.png`), fullPage: true });
-      saved.push(`content${suffix}.png`);
-    } else {
-      for (const name of names) {
-        await page.locator(`#fx-${name}`).screenshot({ path: join(dir, `${name}.png`) });
-        saved.push(`${name}.png`);
-      }
-    }
-    await context.close();
-  }
-  return saved;
-}
-
-async function main() {
-  const args = parseArgs(process.argv.slice(2));
-  const watchdog = setTimeout(() => {
-    console.error(`content harness: FAILED, the run took longer than ${RUN_TIMEOUT_MS / 1000} s`);
-    process.exit(2);
-  }, RUN_TIMEOUT_MS);
-  const { server, base } = await startServer();
-  // Debian's Chromium (CHATKIT_CHROMIUM, as e2e.mjs); its sandbox refuses to run as root.
-  const chromiumArgs = ["--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"];
-  if (typeof process.getuid === "function" && process.getuid() === 0) {
-    chromiumArgs.push("--no-sandbox");
-  }
-  const browser = await chromium.launch({
-    executablePath: process.env.CHATKIT_CHROMIUM ?? "/usr/bin/chromium",
-    headless: !args.headed,
-    args: chromiumArgs,
-  });
-  const failures = [];
-  try {
-    const context = await browser.newContext({ viewport: { width: 900, height: 900 }, colorScheme: "light" });
-    await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base.slice(0, -1) });
-    const page = await context.newPage();
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    const run = { dialogs: [], pageErrors: [], consoleErrors: [] };
-    page.on("pageerror", (error) => run.pageErrors.push(String(error.stack ?? error)));
-    page.on("console", (message) => {
-      if (message.type() === "error") {
-        run.consoleErrors.push(message.text());
-      }
-    });
-    // An alert means injected script ran: record it and close it so the run goes on.
-    page.on("dialog", (dialog) => {
-      run.dialogs.push(`${dialog.type()}: ${dialog.message()}`);
-      dialog.dismiss().catch(() => undefined);
-    });
-    const response = await page.goto(base);
-    assert(response.headers()["content-security-policy"] === CSP, "the page was not served with the CSP");
-    await until(page, "the fixtures to render", () => window.harness?.ready === true);
-
-    for (const [name, check] of Object.entries(CHECKS)) {
-      try {
-        await check(page, run);
-        console.log(`ok   ${name}`);
-      } catch (error) {
-        failures.push(`${name}: ${error instanceof CheckFailed ? error.message : error.stack}`);
-        console.log(`FAIL ${name}\n     ${error.message}`);
-      }
-    }
-    for (const [what, list] of [["no page errors", run.pageErrors], ["no dialogs (no injected script ran)", run.dialogs], ["no console errors", run.consoleErrors]]) {
-      if (list.length) {
-        failures.push(`${what}: ${list.join("\n")}`);
-        console.log(`FAIL ${what}\n     ${list.join("\n     ")}`);
-      } else {
-        console.log(`ok   ${what}`);
-      }
-    }
-    await context.close();
-
-    const fixtures = JSON.parse(await readFile(FIXTURES, "utf-8"));
-    const saved = await screenshots(browser, base, args.artifacts, fixtures.items.map((entry) => entry.name));
-    console.log(`saved ${saved.length} screenshots in ${args.artifacts}`);
-  } finally {
-    await browser.close();
-    server.close();
-    clearTimeout(watchdog);
-  }
-  if (failures.length) {
-    console.error(`\ncontent harness: FAILED, ${failures.length} check(s):\n- ${failures.join("\n- ")}`);
-    process.exit(1);
-  }
-  console.log("\ncontent harness: all checks passed");
-}
-
-main().catch((error) => {
-  console.error(`content harness: FAILED to run: ${error.stack ?? error}`);
-  process.exit(1);
+    })),
+  clipboard: true,
 });

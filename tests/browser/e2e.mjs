@@ -18,6 +18,7 @@ import { crossOriginScenarios } from "./cross-origin.mjs";
 import { a11yScenarios } from "./a11y.mjs";
 import { attachScenarios } from "./attach-e2e.mjs";
 import { contentScenarios } from "./content-e2e.mjs";
+import { interactScenarios } from "./interact-e2e.mjs";
 import { widgetScenarios } from "./widgets-e2e.mjs";
 
 const WAIT_MS = 15_000;
@@ -556,14 +557,8 @@ const scenarios = {
   },
 };
 
-Object.assign(
-  scenarios,
-  crossOriginScenarios(assert),
-  widgetScenarios(assert),
-  a11yScenarios(assert),
-  contentScenarios(assert),
-  attachScenarios(assert),
-);
+Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert), a11yScenarios(assert), contentScenarios(assert));
+Object.assign(scenarios, interactScenarios(assert), attachScenarios(assert));
 
 // ---------------------------------------------------------------------------
 // Main.

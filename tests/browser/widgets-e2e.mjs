@@ -1,7 +1,8 @@
 // The widget scenarios of e2e.mjs, against the echo responder: its `/gallery`
 // (a widget per component family) rendered by the chat page, the counter
-// widget's Increment through `threads.sync_custom_action` in two tabs, and a
-// form widget whose values reach the server in the action's payload.
+// widget's Increment through `threads.sync_custom_action` in two tabs, a
+// streamed widget (`/live-widget`) updating live in two tabs, and a form
+// widget whose values reach the server in the action's payload.
 
 /** Every component type of openai-chatkit 1.6.5's widgets.py that the gallery holds. */
 const COMPONENT_TYPES = [
@@ -95,6 +96,45 @@ export function widgetScenarios(assert) {
       assert((await countIn(b)) === "count: 2", "the second tab followed");
       await a.shot("counter-first-tab");
       await b.shot("counter-second-tab");
+      s.finish();
+    },
+
+    /** `/live-widget` (paced): its status text grows delta by delta and its badge is replaced, in both tabs. */
+    async "live-widget"(s) {
+      const [base] = s.bases;
+      const a = await s.tab("first-tab", s.pageUrl(base));
+      const threadId = await startWith(s, a, "Hello");
+      const b = await s.tab("second-tab", s.pageUrl(base, threadId));
+      await b.untilLive();
+      for (const tab of [a, b]) {
+        await tab.page.evaluate(() => {
+          // Every status text the widget showed, as the DOM changes.
+          window.__statuses = [];
+          new MutationObserver(() => {
+            const status = document.querySelector('#messages [data-component-id="status"]');
+            if (status) {
+              window.__statuses.push(status.textContent);
+            }
+          }).observe(document.getElementById("messages"), { subtree: true, childList: true, characterData: true });
+        });
+      }
+      await a.send("/live-widget");
+      const final = "Reading the store, asking the fan-out, all good.";
+      for (const tab of [a, b]) {
+        await tab.until("the status streams into the widget", () =>
+          window.__statuses.some((text) => text.length > 0 && text !== "Reading the store, asking the fan-out, all good."),
+        );
+        await tab.until("the widget ends with its full status and the replaced badge", (want) => {
+          const status = document.querySelector('#messages [data-component-id="status"]');
+          const badge = document.querySelector('#messages [data-component-id="state"]');
+          return status?.textContent === want && badge?.textContent === "ready";
+        }, final);
+        const seen = await tab.page.evaluate(() => [...new Set(window.__statuses)]);
+        const partial = seen.filter((text) => text && text !== final);
+        assert(partial.every((text) => final.startsWith(text)), `${tab.name} showed only prefixes: ${JSON.stringify(seen)}`);
+        assert(partial.length >= 1, `${tab.name} showed the status part-way: ${JSON.stringify(seen)}`);
+      }
+      await b.shot("live-widget-second-tab");
       s.finish();
     },
 

@@ -12,33 +12,11 @@
 //
 // Exits 0 when every check passes, 1 with the failed checks listed otherwise.
 
-import { createServer } from "node:http";
-import { mkdir, readFile } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { CSP, ROOT, assert, runHarness, until } from "./harness-lib.mjs";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const ROOT = resolve(HERE, "../..");
-const PAGE_DIR = join(ROOT, "src/http/page");
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'";
-// Every wait is bounded; the whole run too, so a hang cannot stall CI.
-const STEP_TIMEOUT_MS = 5_000;
-const RUN_TIMEOUT_MS = 120_000;
-
-function parseArgs(argv) {
-  const args = { artifacts: join(ROOT, "target/browser-artifacts/widgets"), headed: false };
-  for (let i = 0; i < argv.length; i += 1) {
-    if (argv[i] === "--artifacts" && argv[i + 1]) {
-      args.artifacts = resolve(argv[(i += 1)]);
-    } else if (argv[i] === "--headed") {
-      args.headed = true;
-    } else {
-      throw new Error(`unknown argument ${argv[i]} (use --artifacts <dir> or --headed)`);
-    }
-  }
-  return args;
-}
+const GALLERY = join(ROOT, "src/responder/gallery.json");
 
 // ---------------------------------------------------------------------------
 // The gallery page: HTML, its stylesheet and its script, all served files
@@ -121,46 +99,9 @@ for (const group of ["gallery", "degraded"]) {
 window.harness.ready = true;
 `;
 
-async function startServer() {
-  const files = {
-    "/": { type: "text/html", body: HARNESS_HTML },
-    "/harness.css": { type: "text/css", body: HARNESS_CSS },
-    "/harness-page.js": { type: "text/javascript", body: HARNESS_PAGE_JS },
-    "/fixtures.json": { type: "application/json", path: join(HERE, "../../src/responder/gallery.json") },
-    "/widgets.css": { type: "text/css", path: join(PAGE_DIR, "widgets.css") },
-  };
-  for (const module of ["widgets.js", "widgets-forms.js", "widgets-chart.js"]) {
-    files[`/${module}`] = { type: "text/javascript", path: join(PAGE_DIR, module) };
-  }
-  const server = createServer(async (request, response) => {
-    const file = files[new URL(request.url, "http://x").pathname];
-    if (!file) {
-      response.writeHead(404, { "content-security-policy": CSP }).end();
-      return;
-    }
-    // Files are read on every request, so a rerun always sees the working tree.
-    const body = file.body ?? (await readFile(file.path));
-    response.writeHead(200, { "content-type": `${file.type}; charset=utf-8`, "content-security-policy": CSP, "cache-control": "no-store" });
-    response.end(body);
-  });
-  await new Promise((ready, fail) => {
-    server.once("error", fail);
-    server.listen(0, "127.0.0.1", ready);
-  });
-  return { server, base: `http://127.0.0.1:${server.address().port}/` };
-}
-
 // ---------------------------------------------------------------------------
 // Checks
 // ---------------------------------------------------------------------------
-
-class CheckFailed extends Error {}
-
-function assert(condition, message) {
-  if (!condition) {
-    throw new CheckFailed(message);
-  }
-}
 
 function same(actual, expected) {
   return JSON.stringify(sortKeys(actual)) === JSON.stringify(sortKeys(expected));
@@ -174,15 +115,6 @@ function sortKeys(value) {
     return Object.fromEntries(Object.keys(value).sort().map((k) => [k, sortKeys(value[k])]));
   }
   return value;
-}
-
-/** Waits, bounded, until `fn(arg)` is truthy in the page. */
-async function until(page, what, fn, arg) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout: STEP_TIMEOUT_MS });
-  } catch {
-    throw new CheckFailed(`timed out after ${STEP_TIMEOUT_MS} ms waiting for ${what}`);
-  }
 }
 
 const actions = (page) => page.evaluate(() => window.harness.state.actions);
@@ -521,102 +453,21 @@ const CHECKS = {
 // Screenshots and the run
 // ---------------------------------------------------------------------------
 
-async function screenshots(browser, base, dir, names) {
-  await mkdir(dir, { recursive: true });
-  const saved = [];
-  for (const [scheme, width, suffix] of [["light", 900, ""], ["dark", 900, "-dark"], ["light", 380, "-narrow"]]) {
-    const context = await browser.newContext({ viewport: { width, height: 900 }, colorScheme: scheme, deviceScaleFactor: 1 });
-    const page = await context.newPage();
-    await page.goto(base);
-    await until(page, "the gallery to render", () => window.harness?.ready === true);
-    if (suffix) {
-      await page.screenshot({ path: join(dir, `gallery${suffix}.png`), fullPage: true });
-      saved.push(`gallery${suffix}.png`);
-    } else {
-      for (const name of names) {
-        await page.locator(`#fx-${name}`).screenshot({ path: join(dir, `${name}.png`) });
-        saved.push(`${name}.png`);
-      }
-    }
-    await context.close();
-  }
-  return saved;
-}
-
-async function main() {
-  const args = parseArgs(process.argv.slice(2));
-  const watchdog = setTimeout(() => {
-    console.error(`widgets harness: FAILED, the run took longer than ${RUN_TIMEOUT_MS / 1000} s`);
-    process.exit(2);
-  }, RUN_TIMEOUT_MS);
-  const { server, base } = await startServer();
-  // Debian's Chromium (CHATKIT_CHROMIUM, as e2e.mjs); its sandbox refuses to run as root.
-  const chromiumArgs = ["--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"];
-  if (typeof process.getuid === "function" && process.getuid() === 0) {
-    chromiumArgs.push("--no-sandbox");
-  }
-  const browser = await chromium.launch({
-    executablePath: process.env.CHATKIT_CHROMIUM ?? "/usr/bin/chromium",
-    headless: !args.headed,
-    args: chromiumArgs,
-  });
-  const failures = [];
-  try {
-    const context = await browser.newContext({ viewport: { width: 900, height: 900 }, colorScheme: "light" });
-    const page = await context.newPage();
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    const pageErrors = [];
-    const consoleErrors = [];
-    page.on("pageerror", (error) => pageErrors.push(String(error.stack ?? error)));
-    page.on("console", (message) => {
-      if (message.type() === "error") {
-        consoleErrors.push(message.text());
-      }
-    });
-    const response = await page.goto(base);
-    assert(response.headers()["content-security-policy"] === CSP, "the gallery was not served with the CSP");
-    await until(page, "the gallery to render", () => window.harness?.ready === true);
-
-    for (const [name, check] of Object.entries(CHECKS)) {
-      try {
-        await check(page);
-        console.log(`ok   ${name}`);
-      } catch (error) {
-        failures.push(`${name}: ${error instanceof CheckFailed ? error.message : error.stack}`);
-        console.log(`FAIL ${name}\n     ${error.message}`);
-      }
-    }
-    // The only console errors allowed are the CSP refusing the remote image, which the images fixture shows on purpose.
-    const unexpected = consoleErrors.filter((text) => !/images\.invalid|Content Security Policy.*img-src/i.test(text));
-    if (pageErrors.length) {
-      failures.push(`page errors: ${pageErrors.join("\n")}`);
-      console.log(`FAIL no page errors\n     ${pageErrors.join("\n     ")}`);
-    } else {
-      console.log("ok   no page errors");
-    }
-    if (unexpected.length) {
-      failures.push(`console errors: ${unexpected.join("\n")}`);
-      console.log(`FAIL no unexpected console errors\n     ${unexpected.join("\n     ")}`);
-    }
-    await context.close();
-
-    const fixtures = JSON.parse(await readFile(join(HERE, "../../src/responder/gallery.json"), "utf-8"));
-    const names = [...fixtures.gallery, ...fixtures.degraded].map((entry) => entry.name);
-    const saved = await screenshots(browser, base, args.artifacts, names);
-    console.log(`saved ${saved.length} screenshots in ${args.artifacts}`);
-  } finally {
-    await browser.close();
-    server.close();
-    clearTimeout(watchdog);
-  }
-  if (failures.length) {
-    console.error(`\nwidgets harness: FAILED, ${failures.length} check(s):\n- ${failures.join("\n- ")}`);
-    process.exit(1);
-  }
-  console.log("\nwidgets harness: all checks passed");
-}
-
-main().catch((error) => {
-  console.error(`widgets harness: FAILED to run: ${error.stack ?? error}`);
-  process.exit(1);
+runHarness({
+  name: "widgets harness",
+  artifacts: "widgets",
+  prefix: "gallery",
+  files: {
+    "/": { type: "text/html", body: HARNESS_HTML },
+    "/harness.css": { type: "text/css", body: HARNESS_CSS },
+    "/harness-page.js": { type: "text/javascript", body: HARNESS_PAGE_JS },
+    "/fixtures.json": { type: "application/json", path: GALLERY },
+  },
+  checks: CHECKS,
+  fixtures: async () => {
+    const fixtures = JSON.parse(await readFile(GALLERY, "utf-8"));
+    return [...fixtures.gallery, ...fixtures.degraded].map((entry) => entry.name);
+  },
+  // The only console errors allowed are the CSP refusing the remote image, which the images fixture shows on purpose.
+  allowedConsole: /images\.invalid|Content Security Policy.*img-src/i,
 });

@@ -4,8 +4,10 @@
 //! list, the same across two replicas sharing Redis, chatkit-live.js
 //! driving a ChatKit.js element, and a page on another origin that streams a
 //! turn and a viewer stream when `CHATKIT_ALLOWED_ORIGINS` lists it and is
-//! refused by the browser otherwise, the page under `CHATKIT_BASE_PATH`, and
-//! attachments uploaded from the composer and sent with a message.
+//! refused by the browser otherwise, the page under `CHATKIT_BASE_PATH`, the
+//! turn interactions (`interact-e2e.mjs`): client tool calls answered by the page's
+//! handler, structured input, Stop by button and by Escape, Retry, feedback, Copy,
+//! and attachments uploaded from the composer and sent with a message (`attach-e2e.mjs`).
 //!
 //! Each test starts the gateway and runs one scenario of
 //! `tests/browser/e2e.mjs` (playwright-core with Debian's Chromium) under a
@@ -33,8 +35,12 @@ const DELTA_PACE: Duration = Duration::from_millis(250);
 const INSTALL: &str = "run `bash scripts/test.sh`, which installs them, or by hand (as root): \
                        `apt-get install -y chromium` and `(cd tests/browser && npm ci)` with Node.js 20 or later";
 
-/// The echo responder, with a pause before each text delta.
+/// The echo responder, with a pause before each text delta (of a message or of a widget) and a
+/// progress update first.
 struct PacedEcho(EchoResponder);
+
+/// The progress update the paced echo sends before its answer (`interact-e2e.mjs` expects it).
+const PACED_PROGRESS: &str = "Echoing slowly…";
 
 #[async_trait::async_trait]
 impl Responder for PacedEcho {
@@ -43,12 +49,18 @@ impl Responder for PacedEcho {
     }
 
     fn respond(&self, turn: TurnContext, input: RespondInput) -> EventStream {
-        Box::pin(self.0.respond(turn, input).then(|event| async move {
-            if let Ok(ThreadStreamEvent::ItemUpdated { update: ItemUpdate::TextDelta { .. }, .. }) = &event {
+        let progress = ThreadStreamEvent::ProgressUpdate { icon: None, text: PACED_PROGRESS.to_string() };
+        let answer = self.0.respond(turn, input).then(|event| async move {
+            if let Ok(ThreadStreamEvent::ItemUpdated {
+                update: ItemUpdate::TextDelta { .. } | ItemUpdate::WidgetTextDelta { .. },
+                ..
+            }) = &event
+            {
                 tokio::time::sleep(DELTA_PACE).await;
             }
             event
-        }))
+        });
+        Box::pin(futures_util::stream::once(async { Ok(progress) }).chain(answer))
     }
 }
 
@@ -209,6 +221,14 @@ fn the_counter_increments_in_place_in_both_tabs_through_a_sync_action() {
     run("counter", &[&app]);
 }
 
+/// A widget's streamed updates render live: its text grows delta by delta and its badge is
+/// replaced, in the tab that sent the turn and in another tab watching the thread.
+#[test]
+fn a_streamed_widget_updates_live_in_both_tabs() {
+    let app = spawn(paced());
+    run("live-widget", &[&app]);
+}
+
 /// A form widget's values reach the server in the submitted action's payload.
 #[test]
 fn a_form_widget_sends_its_values_in_the_action_payload() {
@@ -222,6 +242,52 @@ fn a_form_widget_sends_its_values_in_the_action_payload() {
 fn the_page_has_no_serious_accessibility_violations() {
     let app = spawn_app();
     run("a11y", &[&app]);
+}
+
+/// A client tool handler the page registers (after it loaded) answers the echo's `/tool`, and
+/// the answer with the handler's result shows; without a handler the call stays pending, named.
+#[test]
+fn a_client_tool_call_is_answered_by_the_pages_handler() {
+    let app = spawn_app();
+    run("tool", &[&app]);
+}
+
+/// The echo's `/ask` renders as a form: one is answered (a choice and a reason), another skipped;
+/// both then show read-only with their answers.
+#[test]
+fn structured_input_forms_are_answered_and_skipped() {
+    let app = spawn_app();
+    run("ask", &[&app]);
+}
+
+/// Stop mid-answer (the paced echo): streaming stops, the partial answer stays and is stored,
+/// the composer is back to Send, no error shows; the progress line showed while it streamed.
+#[test]
+fn stop_ends_a_streaming_answer_and_keeps_the_partial_text() {
+    let app = spawn(paced());
+    run("stop", &[&app]);
+}
+
+/// Keyboard only: Tab to the message field, type, Enter sends, Escape stops.
+#[test]
+fn a_turn_is_sent_and_stopped_from_the_keyboard() {
+    let app = spawn(paced());
+    run("keyboard-stop", &[&app]);
+}
+
+/// Retry on the last answer regenerates it in place of the old one (here and in the store).
+#[test]
+fn retry_replaces_the_last_answer() {
+    let app = spawn_app();
+    run("retry", &[&app]);
+}
+
+/// Thumbs up and down send `items.feedback` and show the choice with `aria-pressed`; Copy puts
+/// the answer's text on the clipboard and says so.
+#[test]
+fn feedback_and_copy_work_on_an_answer() {
+    let app = spawn_app();
+    run("feedback-copy", &[&app]);
 }
 
 /// The echo's showcase turns in the page: Markdown rendered with its script and handler
@@ -254,6 +320,22 @@ fn a_dropped_file_uploads_and_is_sent_alone_once_its_upload_is_done() {
 #[test]
 fn the_content_renderer_passes_its_harness() {
     harness("content-harness.mjs", "content-harness");
+}
+
+/// The thread follows a streaming answer while the reader is at the bottom, and stops following
+/// once they scroll up.
+#[test]
+fn auto_scroll_stops_when_the_reader_scrolls_up() {
+    let app = spawn(paced());
+    run("autoscroll", &[&app]);
+}
+
+/// On a phone-sized screen the history sits above the thread and no message reaches past the
+/// screen's edge; the history shows when each thread started ("just now").
+#[test]
+fn the_page_fits_a_narrow_screen() {
+    let app = spawn_app();
+    run("narrow", &[&app]);
 }
 
 /// The widget renderer on its own (`tests/browser/widgets-harness.mjs`): every component of the
@@ -340,9 +422,14 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
         ("/page/widgets-forms.js", javascript, "export"),
         ("/page/widgets-chart.js", javascript, "export"),
         ("/page/widgets.css", "text/css; charset=utf-8", ".w-"),
+        ("/page/time.js", javascript, "export function relativeTime"),
         ("/page/markdown.js", javascript, "export function renderMarkdown"),
         ("/page/content.js", javascript, "export function renderAssistant"),
         ("/page/content.css", "text/css; charset=utf-8", ".c-"),
+        ("/page/turn-controls.js", javascript, "allow_cancel"),
+        ("/page/interactive-items.js", javascript, "threads.add_client_tool_output"),
+        ("/page/message-actions.js", javascript, "items.feedback"),
+        ("/page/interact.css", "text/css; charset=utf-8", ".tool-call"),
         ("/page/vendor/marked.esm.js", javascript, "marked"),
         ("/page/vendor/purify.es.mjs", javascript, "DOMPurify"),
     ] {

@@ -18,7 +18,7 @@ async fn drive_every_op(app: &TestApp) {
 
     let widget = app.say(user, tid, "/widget").await;
     let widget_id = find_item(&widget, "widget")["id"].clone();
-    for command in ["/gallery", "/markdown", "/cite", "/workflow", "/image"] {
+    for command in ["/gallery", "/markdown", "/cite", "/workflow", "/image", "/live-widget"] {
         app.say(user, tid, command).await;
     }
     let action = json!({"type": "counter.increment", "payload": {"b": [1, 2], "a": null}});
@@ -69,7 +69,7 @@ async fn viewer_frames(app: &TestApp, history: &mut crate::common::viewer::Viewe
         .await;
     app.say(user, &tid, "and a plain answer").await;
     // Workflow task updates, annotations and image progress reach viewers too.
-    for command in ["/workflow", "/cite", "/image"] {
+    for command in ["/workflow", "/cite", "/image", "/live-widget"] {
         app.say(user, &tid, command).await;
     }
     app.call(user, "threads.update", json!({"thread_id": tid, "title": "Watched"})).await;

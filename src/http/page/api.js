@@ -61,11 +61,14 @@ export class ApiError extends Error {
   }
 }
 
-/** Posts one operation and answers its response: JSON, or a turn stream for streaming operations. */
-export async function post(type, params) {
+/**
+ * Posts one operation and answers its response: JSON, or a turn stream for
+ * streaming operations. `signal` (an AbortSignal) stops it, for a user's Stop.
+ */
+export async function post(type, params, signal) {
   const headers = authHeaders();
   headers["content-type"] = "application/json";
-  const response = await fetch("chatkit", { method: "POST", headers, body: JSON.stringify({ type, params }) });
+  const response = await fetch("chatkit", { method: "POST", headers, body: JSON.stringify({ type, params }), signal });
   if (!response.ok) {
     let message = `${type} failed: HTTP ${response.status}`;
     try {

@@ -15,8 +15,11 @@
  * - attachments.js: the composer's attachments (upload, progress, retry,
  *   remove), drawn by attachment-chips.js, which also draws those of sent
  *   messages;
+ * - turn-controls.js: Stop (and Escape) and the progress line of this tab's turns;
+ * - interactive-items.js: client tool calls (answered by the page's hooks) and structured input forms;
+ * - message-actions.js: Copy, feedback and Retry under a finished answer;
  * - thread-actions.js: rename and delete;
- * - hooks.js: the integrators' hooks (`window.chatkitPage`).
+ * - hooks.js: the integrators' hooks (`window.chatkitPage`: widget actions, client tools).
  *
  * Everything goes through `POST /chatkit` and the two viewer streams, read
  * with chatkit-live.js (`ChatKitLive.subscribe`, a classic script the page
@@ -51,6 +54,7 @@ import "./hooks.js";
 import { showNotice, ui } from "./state.js";
 import { askDelete, cancelDelete, deleteThread, endRename, saveRename, startRename } from "./thread-actions.js";
 import { loadEarlier, newChat, openThread, renderThread } from "./thread.js";
+import { refreshTimes } from "./time.js";
 
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -110,6 +114,8 @@ function start() {
   }
   ui.who.textContent = identity.label;
   watchHistory();
+  // "5 minutes ago" stays true while the page stays open.
+  setInterval(refreshTimes, 60_000);
   const initial = new URLSearchParams(location.search).get("thread");
   if (initial) {
     openThread(initial);

@@ -2,12 +2,16 @@
 // stream on `POST /chatkit`) for it or for a widget's action. A turn stream
 // of this tab adds only what is idempotent and what no viewer sees (see
 // `applyThreadEvent`): the open thread's viewer stream carries the rest.
+// While it streams, turn-controls.js offers Stop and shows its progress;
+// once it ends, interactive-items.js answers a client tool call it ended with.
 
 import { identity, post, textInput } from "./api.js";
 import { attachmentProblem, hasAttachments, restoreAttachments, takeAttachments } from "./attachments.js";
 import { upsertHistory } from "./history.js";
 import { clearNotice, creating, current, setCreating, showNotice, ui } from "./state.js";
 import { applyThreadEvent, openThread, renderStatus } from "./thread.js";
+import { answerPendingToolCall } from "./interactive-items.js";
+import { endTurn, observeTurn, startTurn } from "./turn-controls.js";
 
 const live = window.ChatKitLive;
 
@@ -18,25 +22,37 @@ const live = window.ChatKitLive;
  */
 export async function runTurn(type, params, state) {
   let target = state;
-  const response = await post(type, params);
-  await live.readStream(response, (message) => {
-    if (message.event !== "message") {
-      return;
-    }
-    const event = JSON.parse(message.data);
-    if (event.type === "thread.created") {
-      upsertHistory(event.thread, true);
-      setCreating(false);
-      if (current === null) {
-        target = openThread(event.thread.id, { url: "replace", thread: event.thread });
-        renderStatus();
+  const turn = startTurn(state);
+  try {
+    const response = await post(type, params, turn.signal);
+    await live.readStream(response, (message) => {
+      if (message.event !== "message") {
+        return;
       }
-      return;
+      const event = JSON.parse(message.data);
+      if (event.type === "thread.created") {
+        upsertHistory(event.thread, true);
+        setCreating(false);
+        if (current === null) {
+          target = openThread(event.thread.id, { url: "replace", thread: event.thread });
+          renderStatus();
+        }
+        return;
+      }
+      observeTurn(turn, event, target);
+      if (target) {
+        applyThreadEvent(target, event, true);
+      }
+    });
+  } catch (error) {
+    // The user's own Stop aborts the request: no error to show.
+    if (!turn.stopped) {
+      throw error;
     }
-    if (target) {
-      applyThreadEvent(target, event, true);
-    }
-  });
+  } finally {
+    endTurn(turn);
+  }
+  await answerPendingToolCall(turn, target);
 }
 
 /**

@@ -8,7 +8,7 @@
 // item again; every renderer returns a fresh element, never throws, and shows
 // what it can of a malformed item. Styles live in content.css (`c-` classes).
 
-import { createCitations, isPageImage, renderMarkdown, renderSources, webUrl } from "./markdown.js";
+import { createCitations, el, isPageImage, renderMarkdown, renderSources, webUrl } from "./markdown.js";
 
 // ---------------------------------------------------------------------------
 // Assistant messages
@@ -341,17 +341,6 @@ function withTask(item, change) {
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-function el(tag, className, text) {
-  const element = document.createElement(tag);
-  if (className) {
-    element.className = className;
-  }
-  if (text !== undefined) {
-    element.textContent = text;
-  }
-  return element;
-}
 
 function list(value) {
   return Array.isArray(value) ? value : [];

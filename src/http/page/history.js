@@ -5,6 +5,7 @@
 import { api, authHeaders } from "./api.js";
 import { current, showNotice, threadList, titleOf, ui, urlFor } from "./state.js";
 import { openThread, threadGone } from "./thread.js";
+import { timeElement } from "./time.js";
 
 const live = window.ChatKitLive;
 const HISTORY_PAGE = 50;
@@ -29,6 +30,10 @@ export function renderHistory() {
         badge.className = "badge";
         badge.textContent = status;
         link.append(badge);
+      }
+      const created = timeElement(thread.created_at);
+      if (created) {
+        link.append(created);
       }
       link.addEventListener("click", (event) => {
         // A modified or middle click opens the link as the browser does (a new tab, say).

@@ -1,7 +1,9 @@
 // The chat page's item list: how each thread item renders (user messages as
-// text, with their attachments through attachment-chips.js; assistant messages, workflows, tasks and generated images through
-// content.js, Markdown sanitized; widgets through the widget renderer; other
-// items as a short description),
+// text, with their attachments through attachment-chips.js; assistant
+// messages, workflows, tasks and generated images through content.js,
+// Markdown sanitized; widgets through the widget renderer; client tool calls and structured input through interactive-items.js, with the
+// buttons of message-actions.js under finished answers; other items as a
+// short description),
 // the list itself and its scrolling, and the widget glue that sends a
 // widget's action where its config says, as ChatKit.js sends it: a
 // `handler: "client"` action to the page's hook (`window.chatkitPage.actions`,
@@ -12,11 +14,13 @@
 import { api } from "./api.js";
 import { renderMessageAttachments } from "./attachment-chips.js";
 import { runTurn } from "./composer.js";
-import { hooks } from "./hooks.js";
+import { hookFor } from "./hooks.js";
 import { current, showNotice, ui } from "./state.js";
 import { upsertItem } from "./thread.js";
 import { renderAssistant, renderGeneratedImage, renderTask, renderWorkflow } from "./content.js";
+import { renderStructuredInput, renderToolCall } from "./interactive-items.js";
 import { renderMarkdown } from "./markdown.js";
+import { messageActions } from "./message-actions.js";
 import { renderWidget, setMarkdownRenderer } from "./widgets.js";
 
 // Widgets' Markdown components render as the messages' Markdown does.
@@ -59,6 +63,13 @@ function contentElement(item) {
     case "generated_image":
       element = renderGeneratedImage(item, { progress: imageProgress.get(item) });
       break;
+    // Kept while the item is the same object, as widgets are, so a half-filled form survives a re-render.
+    case "client_tool_call":
+      element = renderToolCall(item);
+      break;
+    case "structured_input":
+      element = renderStructuredInput(item, current);
+      break;
     default:
       return null;
   }
@@ -79,14 +90,7 @@ function plainText(item) {
 
 /** A line for the items this page does not render yet. */
 function describe(item) {
-  switch (item.type) {
-    case "client_tool_call":
-      return `Tool call: ${item.name}`;
-    case "structured_input":
-      return "A question for you (answer it in ChatKit.js)";
-    default:
-      return item.type;
-  }
+  return item.type;
 }
 
 /** Renders an item into `element` (its existing element, or a new one). */
@@ -113,6 +117,12 @@ function renderItem(item, element) {
   if (content) {
     li.classList.add("rich");
     bubble.replaceChildren(content);
+    // A finished answer's Copy, feedback and Retry buttons follow its bubble.
+    li.querySelector(":scope > .message-actions")?.remove();
+    const actions = messageActions(item, current);
+    if (actions) {
+      li.append(actions);
+    }
     return li;
   }
   bubble.textContent = kind === "other" ? describe(item) : plainText(item);
@@ -148,8 +158,8 @@ async function widgetAction(state, itemId, config) {
   const action = { type: config.type, payload: config.payload || {} };
   try {
     if (config.handler === "client") {
-      const handler = hooks.actions[config.type];
-      if (typeof handler !== "function") {
+      const handler = hookFor("actions", config.type);
+      if (!handler) {
         throw new Error(`No handler on this page for the client action "${config.type}".`);
       }
       await handler(action, item);

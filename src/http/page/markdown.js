@@ -444,7 +444,8 @@ function sourceTitle(source) {
 // Helpers
 // ---------------------------------------------------------------------------
 
-function el(tag, className, text) {
+/** An element with an optional class and text; content.js builds with it too. */
+export function el(tag, className, text) {
   const element = document.createElement(tag);
   if (className) {
     element.className = className;
