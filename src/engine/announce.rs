@@ -46,6 +46,22 @@ impl Announcer {
         self.bus.publish(&topic, MessageKind::Event, body, SnapshotChange::Keep).await;
     }
 
+    /// Items removed without events on the client's stream (a retry drops the items after the
+    /// retried message): for the thread's viewers, in one publication.
+    pub async fn items_removed(&self, thread_id: &str, item_ids: Vec<String>) {
+        let messages: Vec<Outgoing> = item_ids
+            .into_iter()
+            .map(|item_id| Outgoing {
+                kind: MessageKind::Event,
+                body: TurnEvent::new(ThreadStreamEvent::ItemRemoved { item_id }).json,
+                snapshot: SnapshotChange::Keep,
+            })
+            .collect();
+        if !messages.is_empty() {
+            self.bus.publish_all(&Topic::Thread(thread_id.to_string()), messages).await;
+        }
+    }
+
     /// `None` while a thread's in-progress snapshot must follow its items (it
     /// has viewers here, or the fan-out cannot tell); otherwise how many
     /// messages may pass between snapshots (see `Bus::snapshot_every`).

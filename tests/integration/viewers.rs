@@ -67,6 +67,31 @@ async fn a_widget_a_sync_action_changes_is_replaced_in_other_tabs() {
         .any(|item| item["id"] == widget["id"] && item["widget"]["children"][0]["value"] == "count: 1"));
 }
 
+/// What other tabs learn that the client's own stream does not carry (as in the reference): a
+/// retry's removal of the answer after the retried message, and a client tool call completed.
+#[tokio::test]
+async fn other_tabs_see_a_retry_drop_the_old_answer_and_a_tool_call_complete() {
+    let app = spawn_app();
+    let (tid, created) = app.create_thread("alice", "hello").await;
+    let user_message = find_item(&created, "user_message")["id"].clone();
+    let old_answer = find_item(&created, "assistant_message")["id"].clone();
+    let mut tab = app.view_thread("alice", &tid).await;
+    let retried =
+        app.stream("alice", "threads.retry_after_item", json!({"thread_id": tid, "item_id": user_message})).await;
+    assert!(!types(&retried).contains(&"thread.item.removed"), "the client's own stream is as the reference's");
+    let frame = tab.next().await;
+    assert_eq!((frame.kind(), &frame.data["item_id"]), ("thread.item.removed", &old_answer));
+
+    app.say("alice", &tid, "/tool").await;
+    let frames = tab.until(|f| f.kind() == "thread.item.done" && f.data["item"]["type"] == "client_tool_call").await;
+    let call_id = frames.last().unwrap().data["item"]["id"].clone();
+    app.stream("alice", "threads.add_client_tool_output", json!({"thread_id": tid, "result": {"time": "12:00"}})).await;
+    let frames = tab.until(|f| f.kind() == "thread.item.replaced").await;
+    let completed = &frames.last().unwrap().data["item"];
+    assert_eq!((&completed["id"], &completed["status"]), (&call_id, &json!("completed")));
+    assert_eq!(completed["output"], json!({"time": "12:00"}));
+}
+
 #[tokio::test]
 async fn another_tab_sees_the_whole_turn_as_it_streams() {
     let app = spawn_app();

@@ -210,6 +210,8 @@ impl Engine {
                     call.status = ToolCallStatus::Completed;
                 }
                 writes.save_item(user, &call_item).await?;
+                // The client's stream gets no event for it, as in the reference; other tabs see the call complete.
+                self.announce.item_replaced(&thread.id, &call_item).await;
                 self.drop_dangling_tool_calls(&writes, user, &thread.id).await?;
                 Ok(turn(
                     thread,
@@ -259,10 +261,14 @@ impl Engine {
                     )));
                 }
                 // As in the reference, later items leave the store without
-                // `thread.item.removed` events: the client drops them itself.
+                // `thread.item.removed` events on the client's stream: the client
+                // drops them itself. The thread's other tabs are told.
+                let mut removed = Vec::with_capacity(later.len());
                 for item in later {
                     writes.delete_item(user, &thread.id, &item.id).await?;
+                    removed.push(item.id);
                 }
+                self.announce.items_removed(&thread.id, removed).await;
                 Ok(turn(thread, vec![], Work::Respond { first: None, input: RespondInput::Retry(message) }))
             }
             Request::CustomAction(params) => {
