@@ -1,13 +1,15 @@
 // The accessibility and layout scenarios of e2e.mjs: axe-core (pinned in
 // package.json) scans the chat page in the browser, with a thread holding
-// messages (and their Copy, feedback and Retry buttons), the echo's widget
-// gallery, a question form and a client tool call's card, and the scenario
-// fails on any serious or critical violation, naming the rule and the
-// elements; the page on a phone-sized screen keeps everything within its
-// width, and the thread follows a streaming answer only while the reader is
-// at the bottom.
+// messages (one with an image attached, and their Copy, feedback and Retry
+// buttons), the echo's widget gallery, a question form, a client tool call's
+// card and attachment chips in the composer (one uploaded, one failed), and
+// the scenario fails on any serious or critical violation, naming the rule
+// and the elements; the page on a phone-sized screen keeps everything within
+// its width, and the thread follows a streaming answer only while the reader
+// is at the bottom.
 
 import { createRequire } from "node:module";
+import { pngBuffer } from "./attach-e2e.mjs";
 
 const require = createRequire(import.meta.url);
 const AXE = require.resolve("axe-core/axe.min.js");
@@ -104,6 +106,9 @@ export function a11yScenarios(assert) {
         const page = await context.newPage();
         page.setDefaultTimeout(15_000);
         await page.goto(s.pageUrl(base));
+        // The first message carries an image, so the thread shows a sent attachment.
+        await page.setInputFiles("#attach-input", { name: "gradient.png", mimeType: "image/png", buffer: pngBuffer() });
+        await page.waitForFunction(() => document.querySelector('#attachments .attachment[data-state="done"]') !== null);
         for (const text of ["Hello there", "/gallery"]) {
           await page.fill("#input", text);
           await page.press("#input", "Enter");
@@ -117,6 +122,20 @@ export function a11yScenarios(assert) {
         await page.fill("#input", "/tool");
         await page.press("#input", "Enter");
         await page.waitForFunction(() => document.querySelector("#messages .tool-call") !== null);
+        await page.waitForFunction(() => document.querySelector("#messages .message-attachments img")?.naturalWidth > 0);
+        // And the composer holds a file's chip: one uploaded, one whose upload failed (its error and Retry).
+        await page.route("**/chatkit/attachments/*/upload*", (route) =>
+          route.request().postData()?.includes("fails") ? route.abort("failed") : route.continue(),
+        );
+        await page.setInputFiles("#attach-input", [
+          { name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("notes\n") },
+          { name: "broken.txt", mimeType: "text/plain", buffer: Buffer.from("this upload fails\n") },
+        ]);
+        await page.waitForFunction(
+          () =>
+            document.querySelector('#attachments .attachment[data-state="done"]') !== null &&
+            document.querySelector('#attachments .attachment[data-state="failed"]') !== null,
+        );
         const violations = await scan(page);
         for (const v of violations) {
           console.log(`[a11y ${colorScheme}] ${v.impact} ${v.id}: ${v.help}\n  ${v.nodes.join("\n  ")}`);

@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { crossOriginScenarios } from "./cross-origin.mjs";
 import { a11yScenarios } from "./a11y.mjs";
+import { attachScenarios } from "./attach-e2e.mjs";
 import { contentScenarios } from "./content-e2e.mjs";
 import { interactScenarios } from "./interact-e2e.mjs";
 import { widgetScenarios } from "./widgets-e2e.mjs";
@@ -557,7 +558,7 @@ const scenarios = {
 };
 
 Object.assign(scenarios, crossOriginScenarios(assert), widgetScenarios(assert), a11yScenarios(assert), contentScenarios(assert));
-Object.assign(scenarios, interactScenarios(assert));
+Object.assign(scenarios, interactScenarios(assert), attachScenarios(assert));
 
 // ---------------------------------------------------------------------------
 // Main.

@@ -4,9 +4,10 @@
 //! list, the same across two replicas sharing Redis, chatkit-live.js
 //! driving a ChatKit.js element, and a page on another origin that streams a
 //! turn and a viewer stream when `CHATKIT_ALLOWED_ORIGINS` lists it and is
-//! refused by the browser otherwise, the page under `CHATKIT_BASE_PATH`, and the
+//! refused by the browser otherwise, the page under `CHATKIT_BASE_PATH`, the
 //! turn interactions (`interact-e2e.mjs`): client tool calls answered by the page's
-//! handler, structured input, Stop by button and by Escape, Retry, feedback, Copy.
+//! handler, structured input, Stop by button and by Escape, Retry, feedback, Copy,
+//! and attachments uploaded from the composer and sent with a message (`attach-e2e.mjs`).
 //!
 //! Each test starts the gateway and runs one scenario of
 //! `tests/browser/e2e.mjs` (playwright-core with Debian's Chromium) under a
@@ -297,6 +298,23 @@ fn markdown_citations_workflows_and_images_render_safely() {
     run("content", &[&app]);
 }
 
+/// An image attached with the Attach button uploads with its progress shown, previews in its chip,
+/// goes with a message and shows as a thumbnail in it (and in the stored message); a file removed
+/// before sending is deleted and not sent.
+#[test]
+fn an_attached_image_uploads_previews_and_is_sent_with_the_message() {
+    let app = spawn_app();
+    run("attach", &[&app]);
+}
+
+/// A file dropped on the composer uploads; Send waits for it (and for a failed upload's retry), and
+/// the file alone, without text, is sent and shows with its name and type.
+#[test]
+fn a_dropped_file_uploads_and_is_sent_alone_once_its_upload_is_done() {
+    let app = spawn_app();
+    run("attach-drop", &[&app]);
+}
+
 /// The content renderer on its own (`tests/browser/content-harness.mjs`): sanitized Markdown,
 /// citations, workflows and their updates, images, streamed deltas.
 #[test]
@@ -393,6 +411,9 @@ async fn the_page_and_its_scripts_are_served_from_the_binary() {
         ("/page/thread.js", javascript, "/events`"),
         ("/page/items.js", javascript, "threads.sync_custom_action"),
         ("/page/composer.js", javascript, "export async function runTurn"),
+        ("/page/attachments.js", javascript, "attachments.create"),
+        ("/page/attachment-chips.js", javascript, "export function renderMessageAttachments"),
+        ("/page/attachments.css", "text/css; charset=utf-8", "#attachments"),
         ("/page/thread-actions.js", javascript, "threads.delete"),
         ("/page/hooks.js", javascript, "window.chatkitPage"),
         ("/page/chat.css", "text/css; charset=utf-8", "#closed-banner"),

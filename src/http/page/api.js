@@ -90,7 +90,8 @@ export async function api(type, params) {
   return response.json();
 }
 
-/** A user message's input holding only text. */
-export function textInput(text) {
-  return { content: [{ type: "input_text", text }], attachments: [], inference_options: {} };
+/** A user message's input: its text (none for a message of attachments only) and the ids of its attachments. */
+export function textInput(text, attachments = []) {
+  const content = text ? [{ type: "input_text", text }] : [];
+  return { content, attachments, inference_options: {} };
 }

@@ -12,6 +12,9 @@
  * - thread.js: the open thread, its stream, its events and item updates;
  * - items.js: rendering items and widgets, and sending widgets' actions;
  * - composer.js: sending messages and running turns;
+ * - attachments.js: the composer's attachments (upload, progress, retry,
+ *   remove), drawn by attachment-chips.js, which also draws those of sent
+ *   messages;
  * - turn-controls.js: Stop (and Escape) and the progress line of this tab's turns;
  * - interactive-items.js: client tool calls (answered by the page's hooks) and structured input forms;
  * - message-actions.js: Copy, feedback and Retry under a finished answer;

@@ -6,6 +6,7 @@
 // once it ends, interactive-items.js answers a client tool call it ended with.
 
 import { identity, post, textInput } from "./api.js";
+import { attachmentProblem, hasAttachments, restoreAttachments, takeAttachments } from "./attachments.js";
 import { upsertHistory } from "./history.js";
 import { clearNotice, creating, current, setCreating, showNotice, ui } from "./state.js";
 import { applyThreadEvent, openThread, renderStatus } from "./thread.js";
@@ -54,31 +55,42 @@ export async function runTurn(type, params, state) {
   await answerPendingToolCall(turn, target);
 }
 
-/** Sends the composer's text to the open thread, or creates a thread with it; a failed send gives the text back. */
+/**
+ * Sends the composer's text and attachments to the open thread, or creates a
+ * thread with them; a failed send gives them back. Attachments still
+ * uploading (or failed) hold the message back, with a notice saying why.
+ */
 export async function send() {
   const text = ui.input.value.trim();
-  if (!text || ui.input.disabled || creating || !identity) {
+  if ((!text && !hasAttachments()) || ui.input.disabled || creating || !identity) {
     return;
   }
   const state = current;
   if (state && (state.gone || !state.thread)) {
     return;
   }
+  const problem = attachmentProblem();
+  if (problem) {
+    showNotice(problem, "info");
+    return;
+  }
+  const files = takeAttachments();
   ui.input.value = "";
   clearNotice();
   try {
     if (state) {
-      await runTurn("threads.add_user_message", { thread_id: state.id, input: textInput(text) }, state);
+      await runTurn("threads.add_user_message", { thread_id: state.id, input: textInput(text, files.ids) }, state);
     } else {
       setCreating(true);
       renderStatus();
-      await runTurn("threads.create", { input: textInput(text) }, null);
+      await runTurn("threads.create", { input: textInput(text, files.ids) }, null);
     }
   } catch (error) {
     showNotice(error.message);
     if (!ui.input.value) {
       ui.input.value = text;
     }
+    restoreAttachments(files);
   } finally {
     if (creating) {
       setCreating(false);

@@ -1,7 +1,7 @@
 // The chat page's item list: how each thread item renders (user messages as
-// text; assistant messages, workflows, tasks and generated images through
-// content.js, Markdown sanitized; widgets through the widget renderer; client
-// tool calls and structured input through interactive-items.js, with the
+// text, with their attachments through attachment-chips.js; assistant
+// messages, workflows, tasks and generated images through content.js,
+// Markdown sanitized; widgets through the widget renderer; client tool calls and structured input through interactive-items.js, with the
 // buttons of message-actions.js under finished answers; other items as a
 // short description),
 // the list itself and its scrolling, and the widget glue that sends a
@@ -12,6 +12,7 @@
 // the rest to `threads.custom_action` as a turn.
 
 import { api } from "./api.js";
+import { renderMessageAttachments } from "./attachment-chips.js";
 import { runTurn } from "./composer.js";
 import { hookFor } from "./hooks.js";
 import { current, showNotice, ui } from "./state.js";
@@ -125,6 +126,9 @@ function renderItem(item, element) {
     return li;
   }
   bubble.textContent = kind === "other" ? describe(item) : plainText(item);
+  if (item.type === "user_message" && Array.isArray(item.attachments) && item.attachments.length > 0) {
+    bubble.append(renderMessageAttachments(item.attachments, bubble.textContent !== ""));
+  }
   return li;
 }
 
