@@ -228,6 +228,8 @@ impl App {
             HttpServer::new(move || {
                 actix_web::App::new()
                     .wrap(actix_web::middleware::from_fn(http::cors_middleware))
+                    // Wrapped last, so outermost: CORS refusals and every other answer carry the request id too.
+                    .wrap(actix_web::middleware::from_fn(http::request_id_middleware))
                     .app_data(state.clone())
                     .app_data(cors.clone())
                     .app_data(web::QueryConfig::default().error_handler(|error, _| {

@@ -19,6 +19,7 @@ use crate::http::AuthMode;
 use crate::responder::{parse_hosted_tools, AgentSettings, McpSettings, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use crate::secret::Secret;
 use crate::sessions::{CacheSettings, SweepSettings};
+use crate::telemetry::LogFormat;
 use crate::thread::ThreadSettings;
 
 /// The model used when an API key is set and `CHATKIT_MODEL` is not.
@@ -85,6 +86,11 @@ pub struct ServerConfig {
     /// Log filter, in `tracing` syntax (e.g. `info`, `chatkit_gateway=debug`).
     #[arg(long, env = "CHATKIT_LOG", default_value = "info")]
     pub log: String,
+
+    /// How log lines are written to stdout: `text` (human-readable) or `json`
+    /// (one object per line with the request span's `request_id`, for collectors).
+    #[arg(long, env = "CHATKIT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 /// Where threads, items, sessions and attachments are kept.
@@ -718,6 +724,15 @@ mod tests {
         assert_eq!(config.server.bind.port(), 9000);
         assert_eq!(config.server.max_body_bytes, 10);
         assert!(Config::try_parse_from(["chatkit-gateway", "--bind", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn log_formats_are_text_or_json() {
+        assert_eq!(Config::defaults().server.log_format, LogFormat::Text);
+        let json = Config::try_parse_from(["chatkit-gateway", "--log-format", "json"]).unwrap();
+        assert_eq!(json.server.log_format, LogFormat::Json);
+        let error = Config::try_parse_from(["chatkit-gateway", "--log-format", "xml"]).unwrap_err().to_string();
+        assert!(error.contains("xml") && error.contains("text") && error.contains("json"), "{error}");
     }
 
     #[test]

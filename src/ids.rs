@@ -29,6 +29,8 @@ pub enum IdKind {
     Attachment,
     SdkHiddenContext,
     Session,
+    /// An HTTP request, for `x-request-id` and the logs; not a stored record.
+    Request,
 }
 
 impl IdKind {
@@ -42,6 +44,7 @@ impl IdKind {
             IdKind::Attachment => "atc",
             IdKind::SdkHiddenContext => "shcx",
             IdKind::Session => "cksess",
+            IdKind::Request => "req",
         }
     }
 }

@@ -7,7 +7,7 @@ use chatkit_gateway::{app::App, config::Config, shutdown, telemetry};
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    telemetry::init(&config.server.log);
+    telemetry::init(&config.server.log, config.server.log_format);
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(error) => {

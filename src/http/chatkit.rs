@@ -49,6 +49,8 @@ async fn answer(
     let body = read_body(request, payload, state.max_body_bytes).await?;
     let parsed = Request::parse(&body)?;
     *op = parsed.op();
+    // The request span (`request_id.rs`) names the op from here on, in every line logged for it.
+    tracing::Span::current().record("op", parsed.op());
     tracing::debug!(op = parsed.op(), %user, "request");
     let caller = Caller { locale: locale_of(request), session };
     if !parsed.is_streaming() {

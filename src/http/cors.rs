@@ -21,8 +21,9 @@ const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
 /// The methods of the opened routes.
 const ALLOWED_METHODS: &str = "GET, POST, PUT";
 /// Response headers a cross-origin page may read beyond the safelisted ones:
-/// `retry-after` tells it when a rate-limited session may try again.
-const EXPOSED_HEADERS: &str = "retry-after";
+/// `retry-after` tells it when a rate-limited session may try again, and
+/// `x-request-id` names the request to quote in a report, streams included.
+const EXPOSED_HEADERS: &str = "retry-after, x-request-id";
 
 /// Which origins may call the `/chatkit` routes, and how to answer them.
 #[derive(Clone, Debug)]

@@ -1,6 +1,6 @@
 //! The one place where errors become HTTP statuses and JSON error bodies.
 //!
-//! Bodies look like `{"error": {"message", "type", "code"}}`. Internal
+//! Bodies look like `{"error": {"message", "type", "code", "request_id"}}`. Internal
 //! failures are logged in full and answered with a generic message, so no
 //! store or responder detail leaks to clients.
 
@@ -90,7 +90,13 @@ impl ResponseError for ApiError {
         if let Some(seconds) = self.retry_after {
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
         }
-        response.json(json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}}))
+        let mut error = json!({"message": self.message, "type": self.kind(), "code": self.code});
+        // The id the answer's `x-request-id` carries (`request_id.rs`), so that a client that logs
+        // only the body still holds what finds the request's log lines.
+        if let Some(id) = super::request_id::current() {
+            error["request_id"] = id.into();
+        }
+        response.json(json!({ "error": error }))
     }
 }
 

@@ -8,6 +8,7 @@ mod chatkit;
 mod cors;
 mod error;
 mod page;
+mod request_id;
 mod v1;
 mod viewers;
 
@@ -28,6 +29,7 @@ use crate::thread::ThreadRegistry;
 
 pub use cors::{middleware as cors_middleware, parse_base_path, parse_origin, Cors};
 pub use error::ApiError;
+pub use request_id::{middleware as request_id_middleware, RequestId, REQUEST_ID};
 pub use v1::AdminAccess;
 pub use viewers::heartbeat_ticks;
 

@@ -12,6 +12,7 @@ use actix::{
     WrapFuture,
 };
 use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::Instrument;
 
 use crate::engine::{Caller, CancelSignal, Engine, EngineError, EngineResult, JsonAnswer, PreparedTurn, TurnEvent};
 use crate::fanout::{Coordination, Lease};
@@ -38,9 +39,11 @@ pub(super) enum Job {
     Json { user: UserId, request: Request, caller: Caller, answer: oneshot::Sender<EngineResult<JsonAnswer>> },
 }
 
+/// A job and the span it was submitted in (an HTTP request's, with its request id), so that
+/// what the job logs, a whole turn included, carries the request's fields though it runs in the actor.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(super) struct Envelope(pub Job);
+pub(super) struct Envelope(pub Job, pub tracing::Span);
 
 /// An actor's work as its registry sees it without sending a message: the
 /// jobs queued and the turn running.
@@ -173,7 +176,7 @@ impl Actor for ThreadActor {
 impl Handler<Envelope> for ThreadActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, Envelope(job): Envelope, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Envelope(job, span): Envelope, ctx: &mut Context<Self>) -> Self::Result {
         self.work.queued.fetch_sub(1, Ordering::SeqCst);
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
@@ -182,7 +185,8 @@ impl Handler<Envelope> for ThreadActor {
             ctx.cancel_future(timer);
         }
         let kept = self.kept.take();
-        let running = run_job(self.setup.clone(), self.work.clone(), self.thread_id.clone(), job, kept);
+        let running =
+            run_job(self.setup.clone(), self.work.clone(), self.thread_id.clone(), job, kept).instrument(span);
         // AtomicResponse keeps the mailbox closed until the job is done: this
         // is what makes a thread's operations run one at a time.
         AtomicResponse::new(Box::pin(running.into_actor(self).map(|kept, actor, ctx| {

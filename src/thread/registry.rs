@@ -250,7 +250,7 @@ impl ThreadRegistry {
                 METRICS.rejected.with_label_values(&["busy"]).inc();
                 return Submit::Busy;
             }
-            match actor.addr.try_send(Envelope(job)) {
+            match actor.addr.try_send(Envelope(job, tracing::Span::current())) {
                 Ok(()) => return Submit::Queued,
                 Err(error) => {
                     actor.work.queued.fetch_sub(1, Ordering::SeqCst);

@@ -24,6 +24,7 @@ mod metrics;
 mod model_responder;
 mod redis_cluster;
 mod replicas;
+mod request_ids;
 mod responder_failures;
 mod responses_api;
 mod responses_oracle;

@@ -66,10 +66,14 @@ async fn stream_headers(app: &TestApp, path: &str, origin: &str) -> (StatusCode,
 }
 
 fn allowed_answer() -> Vec<(String, String)> {
-    [("access-control-allow-origin", ALLOWED), ("access-control-expose-headers", "retry-after"), ("vary", "Origin")]
-        .iter()
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect()
+    [
+        ("access-control-allow-origin", ALLOWED),
+        ("access-control-expose-headers", "retry-after, x-request-id"),
+        ("vary", "Origin"),
+    ]
+    .iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect()
 }
 
 #[tokio::test]

@@ -95,4 +95,6 @@ pub struct ErrorObject {
     pub kind: String,
     /// A stable code, e.g. `invalid_request`, `not_found`, `unauthorized`.
     pub code: String,
+    /// The answer's `x-request-id`: what finds the request in the gateway's logs.
+    pub request_id: String,
 }

@@ -365,7 +365,7 @@ pub fn check_error_body(body: &Value) {
     assert_eq!(body.as_object().map(|o| o.len()), Some(1), "extra keys beside `error`: {body}");
     let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["code", "message", "type"], "error keys: {body}");
+    assert_eq!(keys, ["code", "message", "request_id", "type"], "error keys: {body}");
     assert!(error.values().all(|v| v.as_str().is_some_and(|s| !s.is_empty())), "error fields must be text: {body}");
 }
 
@@ -373,11 +373,14 @@ pub fn check_error_body(body: &Value) {
 pub async fn error_of(response: reqwest::Response, status: u16) -> Value {
     let got = response.status().as_u16();
     let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap_or("?").to_string());
+    let request_id = response.headers().get("x-request-id").map(|v| v.to_str().unwrap_or("?").to_string());
     let text = response.text().await.expect("error body");
     assert_eq!(got, status, "unexpected status; body: {text}");
     assert_eq!(content_type.as_deref(), Some("application/json"), "an error must be JSON, not a stream: {text}");
     let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
     check_error_body(&body);
+    // Every error answer names its request the same way in the header and the body.
+    assert_eq!(body["error"]["request_id"].as_str(), request_id.as_deref(), "request ids differ: {text}");
     body["error"].clone()
 }
 

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 /// A running gateway process, killed when dropped.
 pub struct GatewayProcess {
     child: Child,
+    /// The thread that reads its stdout to the end; it answers every line.
+    stdout: Option<std::thread::JoinHandle<Vec<String>>>,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     /// Its data directory (and, when a test puts it there, its SQLite file).
@@ -36,16 +38,23 @@ impl GatewayProcess {
         // The start-up log names the address it bound.
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("addr=") {
-                    let addr: String = line[at + 5..].chars().take_while(|c| !c.is_whitespace()).collect();
+                if let Some(addr) = logged_addr(&line) {
                     let _ = tx.send(addr);
                 }
+                lines.push(line);
             }
+            lines
         });
         let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the gateway logs its address");
-        GatewayProcess { child, base: format!("http://{}", addr.trim_matches('"')), dir }
+        GatewayProcess { child, stdout: Some(reader), base: format!("http://{addr}"), dir }
+    }
+
+    /// Every line the process wrote to stdout; call it after [`Self::wait_exit`], when the output has ended.
+    pub fn stdout_lines(&mut self) -> Vec<String> {
+        self.stdout.take().expect("stdout read once").join().expect("the stdout reader ends")
     }
 
     /// Sends `signal` (`TERM`, `STOP`, `CONT`, …) to the process.
@@ -65,6 +74,20 @@ impl GatewayProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The address in the start-up line, `addr=<ip:port>` as text logs write it or `"addr":"<ip:port>"` as JSON logs do.
+fn logged_addr(line: &str) -> Option<String> {
+    let (at, skip) = match line.find("addr=") {
+        Some(at) => (at, "addr=".len()),
+        None => (line.find("\"addr\":")?, "\"addr\":".len()),
+    };
+    let addr: String = line[at + skip..]
+        .trim_start_matches('"')
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    (!addr.is_empty()).then_some(addr)
 }
 
 impl Drop for GatewayProcess {
