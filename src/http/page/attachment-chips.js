@@ -6,6 +6,8 @@
 // only draws, so that items.js can show a message's attachments without the
 // composer's wiring.
 
+import { el } from "./markdown.js";
+
 /** A size as people read it. */
 export function formatSize(bytes) {
   if (bytes < 1024) {
@@ -39,46 +41,35 @@ export function reachable(url) {
   return `chatkit/attachments/${parsed.pathname.slice(at + marker.length)}${parsed.search}`;
 }
 
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) {
-    node.className = className;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
-
 /**
  * A composer chip's elements for an attachment entry of attachments.js, made
  * once; `updateChip` shows the entry's state in them, and `actions` answers
  * its Retry and Remove buttons.
  */
 export function chipFor(entry, actions) {
-  const root = element("li", "attachment");
-  const thumb = element("img", "attachment-thumb");
+  const root = el("li", "attachment");
+  const thumb = el("img", "attachment-thumb");
   thumb.alt = "";
   thumb.hidden = true;
-  const icon = element("span", "attachment-icon", fileLabel(entry.name, entry.mimeType));
+  const icon = el("span", "attachment-icon", fileLabel(entry.name, entry.mimeType));
   icon.setAttribute("aria-hidden", "true");
-  const text = element("span", "attachment-text");
-  const name = element("span", "attachment-name", entry.name);
-  const size = element("span", "attachment-size", formatSize(entry.file.size));
-  const progress = element("div", "attachment-progress");
+  const text = el("span", "attachment-text");
+  const name = el("span", "attachment-name", entry.name);
+  const size = el("span", "attachment-size", formatSize(entry.file.size));
+  const progress = el("div", "attachment-progress");
   progress.setAttribute("role", "progressbar");
   progress.setAttribute("aria-label", `Upload of ${entry.name}`);
   progress.setAttribute("aria-valuemin", "0");
   progress.setAttribute("aria-valuemax", "100");
-  const bar = element("div", "attachment-bar");
+  const bar = el("div", "attachment-bar");
   progress.append(bar);
-  const error = element("span", "attachment-error");
+  const error = el("span", "attachment-error");
   text.append(name, size, progress, error);
-  const retryButton = element("button", "attachment-retry", "Retry");
+  const retryButton = el("button", "attachment-retry", "Retry");
   retryButton.type = "button";
   retryButton.setAttribute("aria-label", `Retry ${entry.name}`);
   retryButton.addEventListener("click", () => actions.retry(entry));
-  const removeButton = element("button", "attachment-remove", "×");
+  const removeButton = el("button", "attachment-remove", "×");
   removeButton.type = "button";
   removeButton.setAttribute("aria-label", `Remove ${entry.name}`);
   removeButton.title = `Remove ${entry.name}`;
@@ -117,28 +108,28 @@ export function showThumb(entry, src) {
 
 /** A sent user message's attachments: images as thumbnails from their preview, other files as a chip. */
 export function renderMessageAttachments(attachments, afterText) {
-  const list = element("ul", afterText ? "message-attachments after-text" : "message-attachments");
+  const list = el("ul", afterText ? "message-attachments after-text" : "message-attachments");
   list.setAttribute("aria-label", "Attachments");
   for (const attachment of attachments) {
-    const item = element("li");
+    const item = el("li");
     if (attachment.type === "image" && attachment.preview_url) {
       const url = reachable(attachment.preview_url);
-      const link = element("a", "message-image");
+      const link = el("a", "message-image");
       link.href = url;
       link.target = "_blank";
       link.rel = "noopener";
-      const image = element("img");
+      const image = el("img");
       image.src = url;
       image.alt = attachment.name;
       image.loading = "lazy";
       link.append(image);
       item.append(link);
     } else {
-      const chip = element("span", "message-file");
-      const icon = element("span", "attachment-icon", fileLabel(attachment.name, attachment.mime_type || ""));
+      const chip = el("span", "message-file");
+      const icon = el("span", "attachment-icon", fileLabel(attachment.name, attachment.mime_type || ""));
       icon.setAttribute("aria-hidden", "true");
-      chip.append(icon, element("span", "attachment-name", attachment.name));
-      chip.append(element("span", "attachment-size", attachment.mime_type || "file"));
+      chip.append(icon, el("span", "attachment-name", attachment.name));
+      chip.append(el("span", "attachment-size", attachment.mime_type || "file"));
       item.append(chip);
     }
     list.append(item);
