@@ -19,7 +19,7 @@
 import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { CSP, assert, runHarness, until } from "./harness-lib.mjs";
+import { CSP, harnessFiles, assert, runHarness, until } from "./harness-lib.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const FIXTURES = join(HERE, "content-fixtures.json");
@@ -28,24 +28,10 @@ const FIXTURES = join(HERE, "content-fixtures.json");
 // The test page: HTML, its stylesheet and its script; the page's own modules
 // ---------------------------------------------------------------------------
 
-const HARNESS_HTML = `<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <meta name="viewport" content="width=device-width, initial-scale=1">
-  <title>Content renderers</title>
-  <link rel="icon" href="data:,">
-  <link rel="stylesheet" href="content.css">
-  <link rel="stylesheet" href="harness.css">
-  <script type="module" src="harness-page.js"></script>
-</head>
-<body>
-  <h1>Content renderers</h1>
+const HARNESS_BODY = `  <h1>Content renderers</h1>
   <main id="items"></main>
   <h1>Scratch</h1>
-  <div id="scratch"></div>
-</body>
-</html>`;
+  <div id="scratch"></div>`;
 
 const HARNESS_CSS = `/* The test page around the content under test. */
 body { margin: 0; padding: 16px; font: 15px system-ui, sans-serif; background: #ffffff; color: #18181b; max-width: 760px; }
@@ -507,12 +493,14 @@ runHarness({
   name: "content harness",
   artifacts: "content",
   prefix: "content",
-  files: {
-    "/": { type: "text/html", body: HARNESS_HTML },
-    "/harness.css": { type: "text/css", body: HARNESS_CSS },
-    "/harness-page.js": { type: "text/javascript", body: HARNESS_PAGE_JS },
-    "/fixtures.json": { type: "application/json", path: FIXTURES },
-  },
+  files: harnessFiles({
+    title: "Content renderers",
+    stylesheet: "content.css",
+    body: HARNESS_BODY,
+    css: HARNESS_CSS,
+    script: HARNESS_PAGE_JS,
+    extra: { "/fixtures.json": { type: "application/json", path: FIXTURES } },
+  }),
   checks: CHECKS,
   fixtures: async () => JSON.parse(await readFile(FIXTURES, "utf-8")).items.map((entry) => entry.name),
   // Open the Sources lists so the pictures show them.

@@ -1,5 +1,5 @@
 // What the renderer harnesses (widgets-harness.mjs, content-harness.mjs)
-// share: a node:http server on loopback that serves a generated test page and
+// share: the generated test page's skeleton, a node:http server on loopback that serves it and
 // the chat page's own modules under the gateway's content policy, Debian's
 // Chromium, bounded waits, the run of named checks with the page's errors,
 // console errors and dialogs counted as failures, screenshots in light, dark
@@ -85,6 +85,35 @@ async function serve(generated) {
     server.listen(0, "127.0.0.1", ready);
   });
   return { server, base: `http://127.0.0.1:${server.address().port}/` };
+}
+
+/**
+ * The generated test page's files: `/` (an HTML skeleton with `title`, the renderer's
+ * `stylesheet`, and `body`), `/harness.css` (`css`) and `/harness-page.js` (`script`, the module
+ * that renders the fixtures and sets `window.harness.ready`), plus `extra` files.
+ */
+export function harnessFiles({ title, stylesheet, body, css, script, extra = {} }) {
+  const html = `<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>${title}</title>
+  <link rel="icon" href="data:,">
+  <link rel="stylesheet" href="${stylesheet}">
+  <link rel="stylesheet" href="harness.css">
+  <script type="module" src="harness-page.js"></script>
+</head>
+<body>
+${body}
+</body>
+</html>`;
+  return {
+    "/": { type: "text/html", body: html },
+    "/harness.css": { type: "text/css", body: css },
+    "/harness-page.js": { type: "text/javascript", body: script },
+    ...extra,
+  };
 }
 
 /** Debian's Chromium (CHATKIT_CHROMIUM, as e2e.mjs); its sandbox refuses to run as root. */

@@ -14,7 +14,7 @@
 
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CSP, ROOT, assert, runHarness, until } from "./harness-lib.mjs";
+import { CSP, harnessFiles, ROOT, assert, runHarness, until } from "./harness-lib.mjs";
 
 const GALLERY = join(ROOT, "src/responder/gallery.json");
 
@@ -22,24 +22,10 @@ const GALLERY = join(ROOT, "src/responder/gallery.json");
 // The gallery page: HTML, its stylesheet and its script, all served files
 // ---------------------------------------------------------------------------
 
-const HARNESS_HTML = `<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <meta name="viewport" content="width=device-width, initial-scale=1">
-  <title>Widget gallery</title>
-  <link rel="icon" href="data:,">
-  <link rel="stylesheet" href="widgets.css">
-  <link rel="stylesheet" href="harness.css">
-  <script type="module" src="harness-page.js"></script>
-</head>
-<body>
-  <h1>Widget gallery</h1>
+const HARNESS_BODY = `  <h1>Widget gallery</h1>
   <main id="gallery"></main>
   <h1>Degraded</h1>
-  <main id="degraded"></main>
-</body>
-</html>`;
+  <main id="degraded"></main>`;
 
 const HARNESS_CSS = `/* The gallery page around the widgets under test. */
 body { margin: 0; padding: 16px; font: 14px system-ui, sans-serif; background: #f4f4f5; color: #18181b; }
@@ -457,12 +443,14 @@ runHarness({
   name: "widgets harness",
   artifacts: "widgets",
   prefix: "gallery",
-  files: {
-    "/": { type: "text/html", body: HARNESS_HTML },
-    "/harness.css": { type: "text/css", body: HARNESS_CSS },
-    "/harness-page.js": { type: "text/javascript", body: HARNESS_PAGE_JS },
-    "/fixtures.json": { type: "application/json", path: GALLERY },
-  },
+  files: harnessFiles({
+    title: "Widget gallery",
+    stylesheet: "widgets.css",
+    body: HARNESS_BODY,
+    css: HARNESS_CSS,
+    script: HARNESS_PAGE_JS,
+    extra: { "/fixtures.json": { type: "application/json", path: GALLERY } },
+  }),
   checks: CHECKS,
   fixtures: async () => {
     const fixtures = JSON.parse(await readFile(GALLERY, "utf-8"));
