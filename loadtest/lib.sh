@@ -180,6 +180,11 @@ lt_teardown() {
     lt_cpu_pids=()
     lt_stop "$lt_redis_pid"
     lt_redis_pid=
+    if [[ -n $lt_sink_pid ]]; then
+        lt_stop "$lt_sink_pid"
+        lt_say "$(cat "$lt_tmp/sink.log")"
+    fi
+    lt_sink_pid=
     for pid in "${lt_cluster_pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     for pid in "${lt_cluster_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     lt_cluster_pids=()
@@ -197,6 +202,25 @@ lt_cleanup() {
     lt_teardown
     if [[ -n $lt_tmp ]]; then rm -rf "$lt_tmp"; fi
 }
+
+# lt_start_trace_sink: starts loadtest/otlp_sink.py, an OTLP/HTTP receiver that keeps nothing, on a free port, and
+# points the replicas started next at it (lt_gateway_env), so that they trace every request and export it.
+lt_sink_pid=
+lt_start_trace_sink() {
+    local port
+    lt_free_port port
+    python3 "$lt_root/loadtest/otlp_sink.py" "$port" >"$lt_tmp/sink.log" 2>&1 &
+    lt_sink_pid=$!
+    lt_await "the trace sink on 127.0.0.1:$port" "$lt_sink_pid" "$lt_tmp/sink.log" $((SECONDS + READY_TIMEOUT + 1)) \
+        lt_port_open "$port"
+    lt_gateway_env+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$port")
+    lt_say "trace sink (pid $lt_sink_pid) on 127.0.0.1:$port"
+}
+
+# lt_port_open PORT: whether something accepts connections on loopback PORT.
+lt_port_open() (
+    exec 3<>"/dev/tcp/127.0.0.1/$1"
+)
 
 # lt_start_redis [PORT]: starts a private Redis without persistence on a free port, or on PORT (to restart it where
 # the replicas look for it), sets lt_redis_port and waits until it answers.
@@ -378,7 +402,7 @@ lt_spawn_replica() {
     mkdir -p "$lt_tmp/data-$i"
     # Settings the caller's environment might hold that would change what is measured are cleared.
     env -u REDIS_URL -u OPENAI_API_KEY -u CHATKIT_ADMIN_KEYS -u RUST_LOG -u CHATKIT_AGENT_URL \
-        -u CHATKIT_AGENT_SECRET -u CHATKIT_WORKFLOWS \
+        -u CHATKIT_AGENT_SECRET -u CHATKIT_WORKFLOWS -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
         ${redis_url:+REDIS_URL="$redis_url"} DATABASE_URL="$database_url" CHATKIT_BIND="127.0.0.1:$port" \
         CHATKIT_DATA_DIR="$lt_tmp/data-$i" CHATKIT_LOG=warn CHATKIT_MODEL=echo CHATKIT_AUTH=header \
         CHATKIT_USER_HEADER="$USER_HEADER" CHATKIT_SHUTDOWN_GRACE_SECS=5 ${WORKERS:+CHATKIT_WORKERS="$WORKERS"} \

@@ -20,6 +20,8 @@
 #                  PostgreSQL database on PG_URL (postgres://postgres@127.0.0.1:5432) and a private Redis, with
 #                  a second table of Redis commands and PostgreSQL commits per turn (each scenario then ends
 #                  with an 11 s pause, for PostgreSQL's counts to arrive)
+#   TRACES         1: the gateway traces every request and exports it over OTLP/HTTP to a sink on loopback that
+#                  keeps nothing (loadtest/otlp_sink.py), to measure what exporting costs; unset, it traces nothing (0)
 #   CARGO_TARGET_DIR is respected when set.
 #
 # Details of each run go to stderr; the machine line and the table go to stdout.
@@ -35,12 +37,13 @@ TIMEOUT=${TIMEOUT:-10s}
 SCENARIOS=${SCENARIOS:-turn list create}
 AUTH=${AUTH:-header}
 REDIS=${REDIS:-0}
+TRACES=${TRACES:-0}
 
 cd "$lt_root"
 lt_machine
 echo "Load: $CONCURRENCY clients per scenario, $DURATION measured after $WARMUP warm-up;" \
     "the gateway and the load tester share this machine."
-echo "Authentication: $AUTH$( ((REDIS)) && echo ", coordination on Redis")."
+echo "Authentication: $AUTH$( ((REDIS)) && echo ", coordination on Redis")$( ((TRACES)) && echo ", every request traced and exported")."
 
 STORE=${STORE:-sqlite}
 
@@ -54,6 +57,7 @@ session)
     ;;
 *) lt_die "AUTH must be header or session, not $AUTH" ;;
 esac
+if ((TRACES)); then lt_start_trace_sink; fi
 case $STORE in
     sqlite)
         redis_url=

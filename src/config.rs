@@ -19,7 +19,7 @@ use crate::http::AuthMode;
 use crate::responder::{parse_hosted_tools, AgentSettings, McpSettings, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use crate::secret::Secret;
 use crate::sessions::{CacheSettings, SweepSettings};
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, SamplerKind, TraceSettings};
 use crate::thread::ThreadSettings;
 
 /// The model used when an API key is set and `CHATKIT_MODEL` is not.
@@ -49,6 +49,8 @@ pub struct Config {
     pub web: WebConfig,
     #[command(flatten)]
     pub agent: AgentConfig,
+    #[command(flatten)]
+    pub tracing: TracingConfig,
 }
 
 /// The HTTP server: where it listens, how it treats connections, how it stops.
@@ -91,6 +93,78 @@ pub struct ServerConfig {
     /// (one object per line with the request span's `request_id`, for collectors).
     #[arg(long, env = "CHATKIT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Traces, under OpenTelemetry's own variable names, so that a deployment sets them as for any service.
+/// The exporter reads its headers (`OTEL_EXPORTER_OTLP_HEADERS`, often an API key), timeout and compression from
+/// the environment itself: they are not settings here, and so are never printed.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Tracing")]
+pub struct TracingConfig {
+    /// Where to export traces over OTLP/HTTP (protobuf), e.g. `http://otel-collector:4318`, to which
+    /// `/v1/traces` is added. Unset (the default), nothing is traced and trace context is neither continued
+    /// nor passed on.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+
+    /// The full URL to export traces to, taken as it is; wins over `--otel-endpoint`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otel_traces_endpoint: Option<String>,
+
+    /// The OTLP protocol. Only `http/protobuf` is built in; anything else is refused at start.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = ["http/protobuf"])]
+    pub otel_protocol: String,
+
+    /// The `service.name` of the spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "chatkit-gateway")]
+    pub otel_service_name: String,
+
+    /// The `service.instance.id` of the spans, which tells the replicas apart in a trace. Defaults to the host
+    /// name, which is the container's id under Docker and the pod's name under Kubernetes; a
+    /// `service.instance.id` in `OTEL_RESOURCE_ATTRIBUTES` wins.
+    #[arg(long, env = "HOSTNAME")]
+    pub otel_instance_id: Option<String>,
+
+    /// Which traces are kept. The default follows the caller's decision, and keeps every trace that starts here.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_enum, default_value = "parentbased_always_on")]
+    pub otel_sampler: SamplerKind,
+
+    /// The ratio of traces kept by the `traceidratio` samplers, from 0 to 1.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0, value_parser = sampling_ratio)]
+    pub otel_sampler_arg: f64,
+
+    /// Turns traces off whatever else is set.
+    #[arg(long, env = "OTEL_SDK_DISABLED")]
+    pub otel_sdk_disabled: bool,
+}
+
+impl TracingConfig {
+    /// The settings `telemetry` starts traces with.
+    pub fn settings(&self) -> TraceSettings {
+        let endpoint = match (&self.otel_traces_endpoint, &self.otel_endpoint) {
+            _ if self.otel_sdk_disabled => None,
+            (Some(full), _) if !full.trim().is_empty() => Some(full.trim().to_string()),
+            (_, Some(base)) if !base.trim().is_empty() => {
+                Some(format!("{}/v1/traces", base.trim().trim_end_matches('/')))
+            }
+            _ => None,
+        };
+        TraceSettings {
+            endpoint,
+            service_name: self.otel_service_name.clone(),
+            instance_id: self.otel_instance_id.clone().filter(|id| !id.trim().is_empty()),
+            sampler: self.otel_sampler,
+            ratio: self.otel_sampler_arg,
+        }
+    }
+}
+
+/// A sampling ratio: a number from 0 to 1.
+fn sampling_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("expected a ratio from 0 to 1, got {text:?}")),
+    }
 }
 
 /// Where threads, items, sessions and attachments are kept.
@@ -724,6 +798,27 @@ mod tests {
         assert_eq!(config.server.bind.port(), 9000);
         assert_eq!(config.server.max_body_bytes, 10);
         assert!(Config::try_parse_from(["chatkit-gateway", "--bind", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn traces_are_exported_only_to_an_endpoint_and_the_sampler_is_checked() {
+        let parsed = |args: &[&str]| Config::try_parse_from([&["c"], args].concat()).map(|c| c.tracing.settings());
+        assert_eq!(Config::defaults().tracing.settings().endpoint, None, "off by default");
+        let base = parsed(&["--otel-endpoint", "http://collector:4318/"]).unwrap();
+        assert_eq!(base.endpoint.as_deref(), Some("http://collector:4318/v1/traces"));
+        assert_eq!((base.service_name.as_str(), base.sampler), ("chatkit-gateway", SamplerKind::ParentBasedAlwaysOn));
+        let full = parsed(&["--otel-endpoint", "http://a:4318", "--otel-traces-endpoint", "http://b/traces"]).unwrap();
+        assert_eq!(full.endpoint.as_deref(), Some("http://b/traces"), "the traces endpoint wins, as it is");
+        let disabled = parsed(&["--otel-endpoint", "http://a:4318", "--otel-sdk-disabled"]).unwrap();
+        assert_eq!(disabled.endpoint, None);
+        let ratio = parsed(&["--otel-sampler", "parentbased_traceidratio", "--otel-sampler-arg", "0.25"]).unwrap();
+        assert_eq!((ratio.sampler, ratio.ratio), (SamplerKind::ParentBasedTraceIdRatio, 0.25));
+        let error = parsed(&["--otel-sampler-arg", "1.5"]).unwrap_err().to_string();
+        assert!(error.contains("1.5") && error.contains("from 0 to 1"), "{error}");
+        let error = parsed(&["--otel-sampler", "sometimes"]).unwrap_err().to_string();
+        assert!(error.contains("sometimes") && error.contains("parentbased_traceidratio"), "{error}");
+        let error = parsed(&["--otel-protocol", "grpc"]).unwrap_err().to_string();
+        assert!(error.contains("grpc") && error.contains("http/protobuf"), "{error}");
     }
 
     #[test]

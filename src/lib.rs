@@ -17,3 +17,4 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod thread;
+pub mod tls;

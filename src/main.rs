@@ -7,19 +7,30 @@ use chatkit_gateway::{app::App, config::Config, shutdown, telemetry};
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    telemetry::init(&config.server.log, config.server.log_format);
-    let app = match App::build(config).await {
-        Ok(app) => app,
+    let traces = match telemetry::init(&config.server.log, config.server.log_format, &config.tracing.settings()) {
+        Ok(traces) => traces,
         Err(error) => {
-            tracing::error!(%error, "cannot start");
+            eprintln!("cannot start: {error}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match app.run_until(shutdown::signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match App::build(config).await {
         Err(error) => {
-            tracing::error!(%error, "server failed");
+            tracing::error!(%error, "cannot start");
             std::process::ExitCode::FAILURE
         }
+        Ok(app) => match app.run_until(shutdown::signal()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "server failed");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    };
+    // The last spans (the drain's included) are sent before the process ends; the wait blocks, so it runs
+    // off the runtime's thread.
+    if let Some(traces) = traces {
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown(std::time::Duration::from_secs(5))).await;
     }
+    code
 }

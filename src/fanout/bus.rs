@@ -121,10 +121,18 @@ impl SequencedMessage {
     /// The messages of one publication: a single message (`<seq> <sent_at_us> <kind> <body>`,
     /// what every release publishes for one message), or a batch of consecutive ones,
     /// `B <first seq>` followed by ` <length>:<unsequenced message>` for each, the length in
-    /// bytes. `None` when the text is neither.
-    pub(super) fn decode_publication(text: &str) -> Option<Vec<SequencedMessage>> {
+    /// bytes; either may be led by `C <traceparent> `, the trace context of the publishing
+    /// turn (sent only while traces are exported). `None` when the text is none of these.
+    pub(super) fn decode_publication(text: &str) -> Option<Publication<'_>> {
+        let (context, text) = match text.strip_prefix(CONTEXT_TAG) {
+            Some(rest) => {
+                let (context, rest) = rest.split_once(' ')?;
+                (Some(context), rest)
+            }
+            None => (None, text),
+        };
         let Some(rest) = text.strip_prefix(BATCH_TAG) else {
-            return SequencedMessage::decode(text).map(|message| vec![message]);
+            return SequencedMessage::decode(text).map(|message| Publication { context, messages: vec![message] });
         };
         let (first, mut rest) = rest.split_once(' ')?;
         let mut seq: u64 = first.parse().ok()?;
@@ -137,9 +145,20 @@ impl SequencedMessage {
             seq += 1;
             rest = tail[length..].strip_prefix(' ').unwrap_or(&tail[length..]);
         }
-        (!messages.is_empty()).then_some(messages)
+        (!messages.is_empty()).then_some(Publication { context, messages })
     }
 }
+
+/// One publication as a replica receives it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Publication<'a> {
+    /// The publishing span's `traceparent`, so that the delivery joins its trace.
+    pub context: Option<&'a str>,
+    pub messages: Vec<SequencedMessage>,
+}
+
+/// What a publication that carries trace context starts with.
+pub(super) const CONTEXT_TAG: &str = "C ";
 
 /// What a batch publication starts with; no single message does, since those start with a number.
 pub(super) const BATCH_TAG: &str = "B ";
@@ -276,7 +295,7 @@ mod tests {
         for text in texts {
             batch.push_str(&format!(" {}:{text}", text.len()));
         }
-        let messages = SequencedMessage::decode_publication(&batch).expect("a batch");
+        let messages = SequencedMessage::decode_publication(&batch).expect("a batch").messages;
         let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![41, 42, 43]);
         assert_eq!(messages[0].body, "{\"a\": \"x y\"}");
@@ -286,11 +305,21 @@ mod tests {
         );
         assert_eq!(messages[2].body, "3:4 5");
         // A single message, as every earlier release publishes it, still reads.
+        let single = vec![SequencedMessage::new(5, 1, MessageKind::Event, "{}".into())];
         assert_eq!(
             SequencedMessage::decode_publication("5 1 e {}"),
-            Some(vec![SequencedMessage::new(5, 1, MessageKind::Event, "{}".into())])
+            Some(Publication { context: None, messages: single.clone() })
         );
-        for broken in ["B 41 99:7 e {}", "B x 3:1 e", "B 41", "B 41 3:1 q {}"] {
+        // Led by the publisher's trace context, while traces are exported.
+        let traced = format!("{CONTEXT_TAG}00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 {batch}");
+        let publication = SequencedMessage::decode_publication(&traced).expect("a traced batch");
+        assert_eq!(publication.context, Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        assert_eq!(publication.messages, messages);
+        assert_eq!(
+            SequencedMessage::decode_publication("C 00-ab-cd-01 5 1 e {}"),
+            Some(Publication { context: Some("00-ab-cd-01"), messages: single })
+        );
+        for broken in ["B 41 99:7 e {}", "B x 3:1 e", "B 41", "B 41 3:1 q {}", "C 00-ab-cd-01", "C 00-ab B 41"] {
             assert_eq!(SequencedMessage::decode_publication(broken), None, "{broken}");
         }
     }

@@ -97,6 +97,15 @@ impl Bus for LocalFanout {
         }
         METRICS.fanout_published.with_label_values(&[topic.kind()]).inc_by(messages.len() as u64);
         let channel = topic.channel();
+        // Published and delivered in one step here: one span for both (below `info`: traces only).
+        let span = tracing::debug_span!(
+            "fanout.publish",
+            otel.name = %format_args!("publish {}", topic.kind()),
+            messaging.system = "local",
+            messaging.destination.name = %channel,
+            messaging.batch.message_count = messages.len() as i64,
+        );
+        let _publishing = span.enter();
         let state = self.topic(&channel);
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         let sent_at = now_us();

@@ -1,6 +1,7 @@
 //! Request ids: every answer carries `x-request-id`, every JSON error body the same id as
 //! `error.request_id`, and every line logged while a request is handled the `http.request` span
-//! that names it, so that an id a client reports finds the request's log lines.
+//! that names it, so that an id a client reports finds the request's log lines. With traces on, that span is
+//! also the trace's server span, continuing the client's `traceparent`, and its trace id joins the logs.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -11,6 +12,7 @@ use actix_web::HttpMessage;
 use tracing::Instrument;
 
 use crate::ids::{new_id, IdKind};
+use crate::telemetry::traces;
 
 /// The header that carries the id, in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -44,6 +46,21 @@ fn incoming(request: &ServiceRequest) -> Option<String> {
     sane.then(|| value.to_owned())
 }
 
+/// Makes the request's span a trace's server span: named by its route, continuing the trace the client's
+/// `traceparent` names, with the HTTP semantic conventions' attributes, and its trace id in the logs.
+fn traced(span: &tracing::Span, request: &ServiceRequest, route: Option<&str>) {
+    let route = route.unwrap_or("unmatched");
+    span.record("otel.name", format!("{} {route}", request.method()).as_str());
+    span.record("otel.kind", "server");
+    traces::continue_from(span, |name| request.headers().get(name).and_then(|value| value.to_str().ok()));
+    traces::set_attribute(span, "http.request.method", request.method().to_string());
+    traces::set_attribute(span, "http.route", route.to_string());
+    traces::set_attribute(span, "url.path", request.path().to_string());
+    if let Some((trace_id, _)) = traces::ids_of(span) {
+        span.record("trace_id", trace_id.as_str());
+    }
+}
+
 /// Probes and scrapes arrive every few seconds; their answers are logged below `info`.
 fn routine(route: &str) -> bool {
     ["/healthz", "/readyz", "/metrics"].iter().any(|probe| route.ends_with(probe))
@@ -57,9 +74,9 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let id = incoming(&request).unwrap_or_else(|| new_id(IdKind::Request));
     let route = request.match_pattern();
-    // The span every line logged while the request is handled sits in. A trace id, once requests
-    // are traced, belongs here as one more field. `op` is recorded by `POST /chatkit` once the body
-    // names it. The query string is left out: attachment links carry their capability in it.
+    // The span every line logged while the request is handled sits in, and the trace's server span. `op` is
+    // recorded by `POST /chatkit` once the body names it. The query string is left out: attachment links carry
+    // their capability in it. The `otel.*` fields name the span in traces and stay empty in the logs without them.
     let span = tracing::info_span!(
         "http.request",
         request_id = %id,
@@ -67,7 +84,14 @@ pub async fn middleware(
         path = request.path(),
         route = route.as_deref(),
         op = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
+    if traces::enabled() {
+        traced(&span, &request, route.as_deref());
+    }
     request.extensions_mut().insert(RequestId(id.clone()));
     // Always valid: a kept id is visible ASCII, a new one hex.
     let header = HeaderValue::from_str(&id).ok();
@@ -79,6 +103,13 @@ pub async fn middleware(
             Err(error) => error.as_response_error().status_code(),
         };
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if traces::enabled() {
+            let current = tracing::Span::current();
+            traces::set_attribute(&current, "http.response.status_code", i64::from(status.as_u16()));
+            if status.is_server_error() {
+                current.record("otel.status_code", "ERROR");
+            }
+        }
         // For a stream this is the time to its head; the stream itself runs on.
         if route.as_deref().is_some_and(routine) {
             tracing::debug!(status = status.as_u16(), elapsed_ms, "answered");

@@ -1,5 +1,5 @@
 //! A store wrapper that times every operation into
-//! `chatkit_store_operation_seconds{backend, operation}`, whatever the backend.
+//! `chatkit_store_operation_seconds{backend, operation}`, whatever the backend, and traces each as a span.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::{Fence, FencedWrite, ListQuery, SessionRecord, Store, StoreResult, UserId};
 use crate::protocol::{Attachment, ListedThread, Page, ThreadItem, ThreadMetadata};
@@ -23,12 +24,32 @@ impl Instrumented {
 
     async fn timed<T>(&self, operation: &'static str, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
         let started = Instant::now();
-        let result = call.await;
+        // A client span in the database conventions, below `info`: built only while traces are exported.
+        let span = tracing::debug_span!(
+            "store",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system.name = db_system(self.inner.backend()),
+            db.operation.name = operation,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = call.instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         METRICS
             .store_duration
             .with_label_values(&[self.inner.backend(), operation])
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// The backend as the database conventions name its system.
+fn db_system(backend: &'static str) -> &'static str {
+    match backend {
+        "postgres" => "postgresql",
+        other => other,
     }
 }
 

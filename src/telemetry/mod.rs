@@ -1,8 +1,19 @@
-//! Logs and metrics: the global log subscriber, in plain text or one JSON object per line, and the metrics registry.
+//! Logs, traces and metrics: the global subscriber (log lines in plain text or one JSON object per line, and the
+//! OpenTelemetry layer when traces are exported), and the metrics registry.
 
 pub mod metrics;
+pub mod traces;
 
-use tracing_subscriber::EnvFilter;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+pub use traces::{SamplerKind, TraceSettings, Traces};
 
 /// How log lines are written to stdout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -10,27 +21,101 @@ pub enum LogFormat {
     /// Human-readable lines, coloured on a terminal.
     Text,
     /// One JSON object per line, for log collectors: timestamp, level, message,
-    /// target, the event's fields, and the spans it is inside with their fields.
+    /// target, the event's fields, the spans it is inside with their fields, and
+    /// the trace and span ids while traces are exported.
     Json,
 }
 
-/// Installs the global log subscriber; `RUST_LOG` wins over the configured filter.
-pub fn init(filter: &str, format: LogFormat) {
+/// The crate whose spans traces record; everything else reaches traces only as warnings and errors.
+const OWN_TARGET: &str = "chatkit_gateway";
+
+/// Installs the global subscriber; `RUST_LOG` wins over the configured log filter. With an endpoint in `traces`,
+/// spans are exported too; the answer then has to be kept and shut down at exit, so that the last spans are sent.
+pub fn init(filter: &str, format: LogFormat, traces: &TraceSettings) -> Result<Option<Traces>, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    // A second call (several apps in one test process) keeps the first subscriber.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => {
             // Colours only on a terminal: log files and collectors get plain text.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            builder.with_target(false).with_ansi(ansi).try_init()
+            tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_filter(filter).boxed()
         }
-        // The event's fields sit at the top level beside `message`, so that a collector indexes
-        // them as they are; the span list carries the request span's `request_id`, method and
-        // route on every line logged inside a request (and is where a trace id will appear
-        // once requests are traced), so the innermost span alone is not repeated.
+        // The event's fields sit at the top level beside `message`, so that a collector indexes them as they are;
+        // the span list carries the request span's `request_id`, method and route on every line logged inside a
+        // request, so the innermost span alone is not repeated.
         LogFormat::Json => {
-            builder.json().flatten_event(true).with_current_span(false).with_span_list(true).with_ansi(false).try_init()
+            let lines = tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false);
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(JsonFields::new())
+                .event_format(WithTraceIds(lines.with_span_list(true)))
+                .with_ansi(false)
+                .with_filter(filter)
+                .boxed()
         }
     };
+    let mut layers = vec![logs];
+    let started = traces::start(traces)?;
+    let exporting = started.map(|(traces, tracer)| {
+        // Spans of this crate at `debug` and above (the store calls, the actor's queue, the fan-out hops and the
+        // model call live there, below the default log level, so that without traces they are never built), and
+        // warnings and errors as span events.
+        let wanted = filter_fn(|meta| match meta.is_span() {
+            true => meta.target().starts_with(OWN_TARGET) && *meta.level() <= LevelFilter::DEBUG,
+            false => *meta.level() <= LevelFilter::WARN,
+        })
+        .with_max_level_hint(LevelFilter::DEBUG);
+        // Without the source locations, threads and busy/idle times the layer can add: spans carry what
+        // the conventions name, and building them costs less.
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false);
+        layers.push(layer.with_filter(wanted).boxed());
+        traces
+    });
+    // A second call (several apps in one test process) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    if exporting.is_some() {
+        // The endpoint is not logged: its URL may carry credentials.
+        tracing::info!(service = %traces.service_name, sampler = ?traces.sampler, "exporting traces over OTLP/HTTP");
+    }
+    Ok(exporting)
+}
+
+/// The JSON line format with the trace and span ids of the innermost span the line is logged in (`trace_id`,
+/// `span_id`, as W3C Trace Context writes them), so that a log line finds its trace.
+struct WithTraceIds(Format<Json>);
+
+impl<S, N> FormatEvent<S, N> for WithTraceIds
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = match traces::enabled() {
+            true => ctx.lookup_current().and_then(|span| {
+                let dispatch = tracing::dispatcher::get_default(Clone::clone);
+                let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+                use opentelemetry::trace::TraceContextExt;
+                let otel = context.span();
+                let ids = otel.span_context();
+                ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
+            }),
+            false => None,
+        };
+        let Some((trace_id, span_id)) = ids else { return self.0.format_event(ctx, writer, event) };
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // The JSON format writes one object and a newline; the ids join the object as its last fields.
+        match line.trim_end().strip_suffix('}') {
+            Some(object) => writeln!(writer, "{object},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}"),
+            None => writer.write_str(&line),
+        }
+    }
 }

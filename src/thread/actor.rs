@@ -40,10 +40,22 @@ pub(super) enum Job {
 }
 
 /// A job and the span it was submitted in (an HTTP request's, with its request id), so that
-/// what the job logs, a whole turn included, carries the request's fields though it runs in the actor.
+/// what the job logs, a whole turn included, carries the request's fields though it runs in the actor;
+/// and the span of its wait in the queue, a child of that one, which ends when the job starts.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(super) struct Envelope(pub Job, pub tracing::Span);
+pub(super) struct Envelope {
+    pub job: Job,
+    submitted: tracing::Span,
+    queued: tracing::Span,
+}
+
+impl Envelope {
+    /// A job submitted in the current span, whose wait is `queued`.
+    pub fn new(job: Job, queued: tracing::Span) -> Envelope {
+        Envelope { job, submitted: tracing::Span::current(), queued }
+    }
+}
 
 /// An actor's work as its registry sees it without sending a message: the
 /// jobs queued and the turn running.
@@ -176,7 +188,11 @@ impl Actor for ThreadActor {
 impl Handler<Envelope> for ThreadActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, Envelope(job, span): Envelope, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Envelope { job, submitted, queued }: Envelope, ctx: &mut Context<Self>) -> Self::Result {
+        drop(queued);
+        // The job's run, under the request's span; the thread's lease is taken or kept inside it.
+        let span =
+            tracing::debug_span!(parent: &submitted, "thread.run", thread_id = %self.thread_id, job = job.kind());
         self.work.queued.fetch_sub(1, Ordering::SeqCst);
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
@@ -187,6 +203,8 @@ impl Handler<Envelope> for ThreadActor {
         let kept = self.kept.take();
         let running =
             run_job(self.setup.clone(), self.work.clone(), self.thread_id.clone(), job, kept).instrument(span);
+        // The request's span lives as long as the job, a turn's whole stream included.
+        let running = running.instrument(submitted);
         // AtomicResponse keeps the mailbox closed until the job is done: this
         // is what makes a thread's operations run one at a time.
         AtomicResponse::new(Box::pin(running.into_actor(self).map(|kept, actor, ctx| {
@@ -272,7 +290,7 @@ async fn take_lease(
     // With several replicas, the lease keeps this thread's messages one at a
     // time across all of them. Everything below reads the thread after it is
     // taken, so a status committed by another replica is honoured.
-    let lease = match setup.coordination.lease(thread_id).await {
+    let lease = match setup.coordination.lease(thread_id).instrument(tracing::debug_span!("thread.lease")).await {
         Ok(lease) => lease,
         Err(error) => {
             tracing::warn!(%thread_id, %error, "refusing a job: the thread's lease is held elsewhere");
@@ -311,6 +329,16 @@ async fn run_turn(engine: &Engine, work: &ActorWork, turn: PreparedTurn, sink: m
 }
 
 impl Job {
+    /// What kind of job this is, for its span.
+    fn kind(&self) -> &'static str {
+        match self {
+            Job::Turn { .. } => "turn",
+            Job::Run { .. } => "run",
+            Job::Status { .. } => "status",
+            Job::Json { .. } => "json",
+        }
+    }
+
     /// Answers a job that will not run with `error`.
     fn refuse(self, error: EngineError) {
         match self {

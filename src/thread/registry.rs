@@ -250,12 +250,14 @@ impl ThreadRegistry {
                 METRICS.rejected.with_label_values(&["busy"]).inc();
                 return Submit::Busy;
             }
-            match actor.addr.try_send(Envelope(job, tracing::Span::current())) {
+            // The wait in the queue is a span of its own, ended when the job starts (below `info`: traces only).
+            let queued = tracing::debug_span!("thread.queue", thread_id, queued_before = waiting as i64);
+            match actor.addr.try_send(Envelope::new(job, queued)) {
                 Ok(()) => return Submit::Queued,
                 Err(error) => {
                     actor.work.queued.fetch_sub(1, Ordering::SeqCst);
                     self.state.actors.remove_if(thread_id, |_, current| current.generation == actor.generation);
-                    job = error.into_inner().0;
+                    job = error.into_inner().job;
                 }
             }
         }

@@ -38,6 +38,7 @@ mod store_contract;
 mod thread_actors;
 mod thread_admin;
 mod thread_status;
+mod traces;
 mod viewers;
 mod web;
 mod workflows;

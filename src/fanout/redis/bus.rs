@@ -57,9 +57,11 @@ const TRIM_EVERY: u64 = 32;
 /// expiry was last set (ms), and one field per kept message, its number, with
 /// the unsequenced message. KEYS: the hash. ARGV: channel, sequence base,
 /// history length, ttl ms, now ms, snapshot op (`k`, `s`, `c`), the position
-/// in the batch (from 1) of the message that carries it, snapshot items, then
-/// the unsequenced messages. Publishes `B <first seq>` and ` <length>:<message>`
-/// for each (see `SequencedMessage::decode_publication`); returns the newest number.
+/// in the batch (from 1) of the message that carries it, snapshot items, the
+/// publishing span's `traceparent` (empty without traces), then the unsequenced
+/// messages. Publishes `B <first seq>` and ` <length>:<message>` for each, led by
+/// `C <traceparent>` when there is one (see `SequencedMessage::decode_publication`);
+/// returns the newest number.
 /// Redis runs `HMGET`, `HSET`, the publish, and now and then `PEXPIRE` and `HDEL`.
 macro_rules! publish_script {
     ($publish:literal) => {
@@ -67,14 +69,15 @@ macro_rules! publish_script {
             r"
 local key = KEYS[1]
 local state = redis.call('HMGET', key, 's', 'x')
-local count = #ARGV - 8
+local count = #ARGV - 9
 local first = tonumber(ARGV[2])
 if state[1] then first = tonumber(state[1]) + 1 end
 local head = first + count - 1
 local fields = {'s', string.format('%d', head)}
 local payload = {'B', string.format('%d', first)}
+if ARGV[9] ~= '' then payload = {'C', ARGV[9], 'B', string.format('%d', first)} end
 for i = 1, count do
-  local message = ARGV[8 + i]
+  local message = ARGV[9 + i]
   fields[#fields + 1] = string.format('%d', first + i - 1)
   fields[#fields + 1] = message
   payload[#payload + 1] = string.format('%d', #message) .. ':' .. message
@@ -125,11 +128,22 @@ pub(super) struct TopicBatch {
     messages: Vec<String>,
     /// The last change to the snapshot, and the position (from 1) of the message that made it.
     snapshot: (SnapshotChange, usize),
+    /// The `traceparent` of the first publishing span, sent with the batch so that deliveries on
+    /// other replicas join its trace.
+    context: Option<String>,
+    /// The publishing spans, ended once Redis has taken the batch (empty without traces).
+    spans: Vec<tracing::Span>,
 }
 
 impl TopicBatch {
     fn new(channel: String) -> TopicBatch {
-        TopicBatch { channel, messages: Vec::new(), snapshot: (SnapshotChange::Keep, 0) }
+        TopicBatch {
+            channel,
+            messages: Vec::new(),
+            snapshot: (SnapshotChange::Keep, 0),
+            context: None,
+            spans: Vec::new(),
+        }
     }
 
     fn push(&mut self, message: String, snapshot: SnapshotChange) {
@@ -143,6 +157,8 @@ impl TopicBatch {
     fn append(&mut self, later: TopicBatch) {
         let offset = self.messages.len();
         self.messages.extend(later.messages);
+        self.context = self.context.take().or(later.context);
+        self.spans.extend(later.spans);
         if later.snapshot.0 != SnapshotChange::Keep {
             self.snapshot = (later.snapshot.0, offset + later.snapshot.1);
         }
@@ -165,7 +181,8 @@ impl TopicBatch {
             .arg(now_us() / 1000)
             .arg(op)
             .arg(self.snapshot.1)
-            .arg(items);
+            .arg(items)
+            .arg(self.context.as_deref().unwrap_or(""));
         for message in &self.messages {
             invocation.arg(message);
         }
@@ -281,18 +298,19 @@ pub(super) async fn publisher(
         let mut pipes: Vec<Sent> = Vec::new();
         let mut notices_sent = true;
         if !sharded {
-            pipes.push(Sent { channels: Vec::new(), messages: 0, pipe: notices });
+            pipes.push(Sent { channels: Vec::new(), messages: 0, pipe: notices, spans: Vec::new() });
         } else if !notices.is_empty() {
             notices_sent = send(&connection, &status, &mut conn, &notices, 0, script).await;
         }
         for topic in by_topic(batch.drain(..)) {
             if sharded || pipes.is_empty() {
-                pipes.push(Sent { channels: Vec::new(), messages: 0, pipe: redis::pipe() });
+                pipes.push(Sent { channels: Vec::new(), messages: 0, pipe: redis::pipe(), spans: Vec::new() });
             }
             let Some(sent) = pipes.last_mut() else { continue };
             sent.pipe.invoke_script(&topic.invocation(script, &settings)).ignore();
             sent.messages += topic.messages.len();
             sent.channels.push(topic.channel);
+            sent.spans.extend(topic.spans);
         }
         let sends = pipes.iter().map(|sent| {
             let (connection, status, mut conn) = (connection.clone(), status.clone(), conn.clone());
@@ -309,6 +327,9 @@ pub(super) async fn publisher(
         }
         for (sent, delivered) in pipes.into_iter().zip(results) {
             if !delivered {
+                for span in &sent.spans {
+                    span.record("otel.status_code", "ERROR");
+                }
                 dropped.add(sent.channels);
             }
         }
@@ -338,6 +359,8 @@ struct Sent {
     channels: Vec<String>,
     messages: usize,
     pipe: redis::Pipeline,
+    /// The publishing spans of what the pipeline carries, ended when it has been sent.
+    spans: Vec<tracing::Span>,
 }
 
 /// Sends one pipeline of publications (`count` messages) and says whether Redis took it.
@@ -380,6 +403,22 @@ impl Bus for RedisFanout {
         let count = messages.len();
         METRICS.fanout_published.with_label_values(&[topic.kind()]).inc_by(count as u64);
         let mut batch = TopicBatch::new(topic.channel());
+        // The producer span of the messaging conventions, from the turn's hand-over until Redis took the batch;
+        // its context travels with the publication (below `info`: traces only).
+        let span = tracing::debug_span!(
+            "fanout.publish",
+            otel.name = %format_args!("publish {}", topic.kind()),
+            otel.kind = "producer",
+            messaging.system = "redis",
+            messaging.operation.type = "send",
+            messaging.destination.name = %batch.channel,
+            messaging.batch.message_count = count as i64,
+            otel.status_code = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            batch.context = crate::telemetry::traces::traceparent_of(&span);
+            batch.spans.push(span);
+        }
         let sent_at = now_us();
         for Outgoing { kind, body, snapshot } in messages {
             batch.push(unsequenced(sent_at, kind, &body), snapshot);

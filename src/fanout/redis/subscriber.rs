@@ -220,8 +220,23 @@ impl Subscriber {
                     self.hub.deliver(target, Delivery::Resync);
                 }
             }
-        } else if let Some(messages) = SequencedMessage::decode_publication(payload) {
-            for message in messages {
+        } else if let Some(publication) = SequencedMessage::decode_publication(payload) {
+            // The consumer span of the messaging conventions, in the publishing turn's trace when the
+            // publication carries its context (below `info`: traces only).
+            let span = tracing::debug_span!(
+                "fanout.deliver",
+                otel.name = "deliver",
+                otel.kind = "consumer",
+                messaging.system = "redis",
+                messaging.operation.type = "process",
+                messaging.destination.name = channel,
+                messaging.batch.message_count = publication.messages.len() as i64,
+            );
+            if let Some(context) = publication.context.filter(|_| !span.is_disabled()) {
+                crate::telemetry::traces::continue_remote(&span, context);
+            }
+            let _delivering = span.enter();
+            for message in publication.messages {
                 self.hub.deliver(channel, Delivery::Message(Arc::new(message)));
             }
         } else {

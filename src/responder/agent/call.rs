@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rand::Rng;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::breaker::{Admit, Breaker};
 use super::settings::AgentSettings;
@@ -134,9 +135,25 @@ impl Caller {
         &self.settings
     }
 
-    /// One signed request; a success status is the only `Ok`.
-    async fn send(&self, op: &str, body: &Bytes, accept: &str) -> Result<upstream_http::Response, Failure> {
+    /// One signed request; a success status is the only `Ok`, with the request's client span (below `info`:
+    /// traces only), which the caller keeps while it reads the answer. The agent receives the span's
+    /// `traceparent`, so that its own spans join the turn's trace.
+    async fn send(
+        &self,
+        op: &str,
+        body: &Bytes,
+        accept: &str,
+    ) -> Result<(upstream_http::Response, tracing::Span), Failure> {
         METRICS.agent_calls.with_label_values(&[op]).inc();
+        let span = tracing::debug_span!(
+            "agent.call",
+            otel.name = %format_args!("agent {op}"),
+            otel.kind = "client",
+            http.request.method = "POST",
+            server.address = host_of(&self.settings.url),
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let id = format!("msg_{:032x}", rand::rng().random::<u128>());
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let signature = self.settings.signer.sign(&id, timestamp, body);
@@ -149,11 +166,22 @@ impl Caller {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .body(body.clone());
-        let mut response = request.send().await.map_err(Failure::from_http)?;
+        let request = crate::telemetry::traces::context_headers(&span)
+            .into_iter()
+            .fold(request, |request, (name, value)| request.header(name, value));
+        let mut response = match request.send().instrument(span.clone()).await {
+            Ok(response) => response,
+            Err(error) => {
+                span.record("otel.status_code", "ERROR");
+                return Err(Failure::from_http(error));
+            }
+        };
         let status = response.status();
+        span.record("http.response.status_code", i64::from(status.as_u16()));
         if status.is_success() {
-            return Ok(response);
+            return Ok((response, span));
         }
+        span.record("otel.status_code", "ERROR");
         let mut text = Vec::new();
         while let Ok(Some(chunk)) = response.chunk().await {
             text.extend_from_slice(&chunk);
@@ -217,12 +245,12 @@ impl Caller {
     /// Opens an event stream and reads its first event (`None` when it ends without one).
     pub(super) async fn open_stream(&self, op: &str, body: Bytes) -> Result<(EventReader, Option<String>), Failure> {
         self.guarded(|| async {
-            let response = self.send(op, &body, "text/event-stream").await?;
+            let (response, span) = self.send(op, &body, "text/event-stream").await?;
             let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
             if !kind.starts_with("text/event-stream") {
                 return Err(Failure::Invalid(format!("expected a text/event-stream answer, got `{kind}`")));
             }
-            let mut reader = EventReader { response, buffer: Vec::new(), ended: false };
+            let mut reader = EventReader { response, buffer: Vec::new(), ended: false, _span: span };
             let first = reader.next().await?;
             Ok((reader, first))
         })
@@ -232,7 +260,7 @@ impl Caller {
     /// Posts a body and reads a JSON answer (`null` for an empty body).
     pub(super) async fn call_json(&self, op: &str, body: Bytes) -> Result<Value, Failure> {
         self.guarded(|| async {
-            let response = self.send(op, &body, "application/json").await?;
+            let (response, _span) = self.send(op, &body, "application/json").await?;
             let bytes = response.bytes().await.map_err(Failure::from_http)?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Ok(Value::Null);
@@ -243,11 +271,24 @@ impl Caller {
     }
 }
 
+/// The host an agent URL names (`server.address` in traces), without its scheme, credentials, port or path.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    }
+}
+
 /// Reads the `data:` payloads of a `text/event-stream`, one per event.
 pub(super) struct EventReader {
     response: upstream_http::Response,
     buffer: Vec<u8>,
     ended: bool,
+    /// The call's span, which lasts as long as its stream is read.
+    _span: tracing::Span,
 }
 
 impl EventReader {
@@ -319,6 +360,14 @@ fn frame_data(frame: String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_of_an_agent_url_leaves_the_rest_out() {
+        assert_eq!(host_of("https://user:pw@agents.example.com:8443/chatkit?x=1"), "agents.example.com");
+        assert_eq!(host_of("http://127.0.0.1:9000"), "127.0.0.1");
+        assert_eq!(host_of("http://[::1]:9000/a"), "::1");
+        assert_eq!(host_of("agent.local/path"), "agent.local");
+    }
 
     #[test]
     fn frames_give_their_data_lines() {

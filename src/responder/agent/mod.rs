@@ -41,7 +41,7 @@ pub struct AgentResponder {
 
 impl AgentResponder {
     pub fn new(settings: AgentSettings) -> Result<Self, String> {
-        super::openai::install_tls_provider();
+        crate::tls::install_provider();
         Ok(AgentResponder { caller: Arc::new(Caller::new(settings)?) })
     }
 }

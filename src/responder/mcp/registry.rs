@@ -96,7 +96,7 @@ impl McpRegistry {
     /// so that the tools of the servers that are up are offered from the first turn. A server that is
     /// down is logged and retried in the background; its tools are missing until it answers.
     pub async fn start(settings: McpSettings) -> Arc<McpRegistry> {
-        crate::responder::openai::install_tls_provider();
+        crate::tls::install_provider();
         let mut firsts = Vec::new();
         let mut servers = Vec::new();
         for server_settings in settings.servers {

@@ -9,13 +9,13 @@ mod responses_input;
 mod responses_stream;
 mod settings;
 mod stream;
+mod traced;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::middleware::ReqwestService;
 use async_openai::types::audio::{AudioInput as UpstreamAudio, CreateTranscriptionRequestArgs};
 use async_openai::Client;
 use async_trait::async_trait;
@@ -29,6 +29,8 @@ use crate::protocol::{ItemBody, ThreadItem, TranscriptionResult, UserMessage};
 pub(super) use settings::{check_client_tools, check_hosted_tools};
 pub use settings::{parse_hosted_tools, ClientTool, ModelApi, ModelSettings, REASONING_SUMMARIES};
 use stream::{Chunk, Translator};
+use traced::{ModelCall, TracedTransport};
+use tracing::Instrument;
 
 use super::mcp::{McpTools, ToolSpec, ToolWorkflow};
 
@@ -100,7 +102,7 @@ impl OpenAiResponder {
 
     /// A responder that also offers the tools of MCP servers and runs the model's calls of them.
     pub fn with_mcp(settings: ModelSettings, mcp: Option<McpTools>) -> Result<Self, String> {
-        install_tls_provider();
+        crate::tls::install_provider();
         let mut config = OpenAIConfig::new().with_api_base(settings.base_url.trim_end_matches('/'));
         if let Some(key) = &settings.api_key {
             config = config.with_api_key(key.expose());
@@ -109,9 +111,9 @@ impl OpenAiResponder {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| format!("cannot build the HTTP client for the model service: {e}"))?;
-        // The plain transport: async-openai's default stack retries 429 and
+        // The plain transport (plus trace context): async-openai's default stack retries 429 and
         // 5xx answers by itself, behind `CHATKIT_MODEL_RETRIES` and the timeout.
-        let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
+        let client = Client::with_config(config).with_http_service(TracedTransport::new(http));
         Ok(OpenAiResponder { inner: Arc::new(Inner { client, settings, mcp }) })
     }
 }
@@ -143,12 +145,6 @@ pub fn map_recorded_stream(
         made += translator.finish(&settings.default_model, |_| false)?.events.len();
     }
     Ok(made)
-}
-
-/// rustls needs one process-wide crypto provider; ring is the lean choice.
-pub(super) fn install_tls_provider() {
-    // Fails only when one is installed already, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Why a model call failed, in terms of what the user is told.
@@ -432,19 +428,23 @@ impl Inner {
         mcp: Option<&'a McpTools>,
     ) -> impl futures_util::Stream<Item = Result<RoundOutput<stream::Finished>, ResponderError>> + 'a {
         async_stream::try_stream! {
-            let (mut upstream, first) = self.open::<Chunk>(ModelApi::Chat, request).await.map_err(|f| f.into_error(model))?;
+            let mut call = ModelCall::start(ModelApi::Chat, model);
+            let opened = self.open::<Chunk>(ModelApi::Chat, request).instrument(call.span.clone()).await;
+            let (mut upstream, first) = opened.map_err(|f| { call.failed(); f.into_error(model) })?;
+            call.first_event(None);
             let mut translator = Translator::new(turn.thread.id(), self.settings.clone());
             let mut next = first;
             while let Some(chunk) = next.take() {
                 if let Some(usage) = chunk.usage() {
                     METRICS.model_tokens.with_label_values(&[model, "prompt"]).inc_by(usage.0);
                     METRICS.model_tokens.with_label_values(&[model, "completion"]).inc_by(usage.1);
+                    call.usage(usage.0, usage.1);
                 }
                 for event in translator.chunk(chunk)? {
                     yield RoundOutput::Event(Box::new(event));
                 }
                 // From here on nothing is retried: the user has seen output.
-                next = self.next_event(&mut upstream, model).await?;
+                next = self.next_event(&mut upstream, model).await.inspect_err(|_| call.failed())?;
             }
             // The stream is done; dropping it closes the upstream connection.
             drop(upstream);

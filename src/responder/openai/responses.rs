@@ -10,11 +10,13 @@ use futures_util::Stream;
 use serde_json::{json, Value};
 
 use super::responses_stream::{client_tool_call, refusal_error, Finished, FunctionCall, ResponseTranslator};
+use super::traced::ModelCall;
 use super::{relay_round, responses_input, settings, Inner, ModelApi, Produced, RoundOutput, TOOL_LIMIT_NOTE};
 use crate::protocol::ThreadItem;
 use crate::responder::mcp::{McpTools, ToolSpec, ToolWorkflow};
 use crate::responder::{ResponderError, TurnContext};
 use crate::telemetry::metrics::METRICS;
+use tracing::Instrument;
 
 /// What the function calls of a finished round ask of the turn.
 enum NextStep {
@@ -229,8 +231,10 @@ impl Inner {
         request: &'a Value,
     ) -> impl Stream<Item = Result<RoundOutput<Finished>, ResponderError>> + 'a {
         async_stream::try_stream! {
-            let (mut upstream, first) =
-                self.open::<Value>(ModelApi::Responses, request).await.map_err(|f| f.into_error(model))?;
+            let mut call = ModelCall::start(ModelApi::Responses, model);
+            let opened = self.open::<Value>(ModelApi::Responses, request).instrument(call.span.clone()).await;
+            let (mut upstream, first) = opened.map_err(|f| { call.failed(); f.into_error(model) })?;
+            call.first_event(None);
             let mut translator = ResponseTranslator::new(thread_id.to_string(), self.partial_images());
             let mut next = first;
             while let Some(event) = next.take() {
@@ -238,12 +242,13 @@ impl Inner {
                     yield RoundOutput::Event(Box::new(event));
                 }
                 // From here on nothing is retried: the user has seen output.
-                next = self.next_event(&mut upstream, model).await?;
+                next = self.next_event(&mut upstream, model).await.inspect_err(|_| call.failed())?;
             }
             drop(upstream);
             if let Some((input_tokens, output_tokens)) = translator.usage() {
                 METRICS.model_tokens.with_label_values(&[model, "prompt"]).inc_by(input_tokens);
                 METRICS.model_tokens.with_label_values(&[model, "completion"]).inc_by(output_tokens);
+                call.usage(input_tokens, output_tokens);
             }
             yield RoundOutput::Finished(translator.finish(model)?);
         }

@@ -340,6 +340,7 @@ pub mod fake_openai;
 pub mod gated;
 pub mod mcp;
 pub mod moto;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod redis;

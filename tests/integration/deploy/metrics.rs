@@ -292,7 +292,7 @@ fn alert_rules_cover_the_failure_modes_with_exported_metrics() {
 // Grafana
 
 /// Every panel of a dashboard, rows' nested panels included (rows themselves left out).
-fn panels(dashboard: &Value) -> Vec<&Value> {
+pub(super) fn panels(dashboard: &Value) -> Vec<&Value> {
     let mut found = Vec::new();
     let mut stack: Vec<&Value> = dashboard["panels"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
     while let Some(panel) = stack.pop() {

@@ -11,7 +11,10 @@
 //! - the Grafana dashboard and the alert rules name only metrics the gateway exports, and the
 //!   dashboard has a panel for every family group;
 //! - the compose file, the Kubernetes manifests and the Dockerfile agree with each other and
-//!   with the gateway: ports, probes, grace periods, secrets, scrape paths, shared volumes.
+//!   with the gateway: ports, probes, grace periods, secrets, scrape paths, shared volumes;
+//! - traces: the replicas export to the compose Tempo on the port its configuration receives on,
+//!   with settings the gateway accepts; Grafana's Tempo data source points at it; every latency
+//!   panel links to a Tempo search that names only spans and attributes the gateway makes.
 //!
 //! nginx, promtool, PyYAML and kubernetes-validate are installed by `scripts/test.sh`. A check
 //! whose tool is missing fails and says how to install it; none passes without running.
@@ -38,10 +41,12 @@ mod docker;
 mod kubernetes;
 mod metrics;
 mod nginx;
+mod traces;
 
 // The few helpers one area's checks borrow from another's.
 use self::compose::{gateway_port, gateway_services};
 use self::kubernetes::k8s_object;
+use self::metrics::panels;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
