@@ -11,7 +11,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{EnvFilter, Layer};
 
 pub use traces::{SamplerKind, TraceSettings, Traces};
 
@@ -33,11 +33,48 @@ const OWN_TARGET: &str = "chatkit_gateway";
 /// spans are exported too; the answer then has to be kept and shut down at exit, so that the last spans are sent.
 pub fn init(filter: &str, format: LogFormat, traces: &TraceSettings) -> Result<Option<Traces>, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+    // A second call (several apps in one test process) keeps the first subscriber.
+    let Some((traces, tracer)) = traces::start(traces)? else {
+        // Without traces the log filter is the subscriber's only filter, as a global one: callsites below it are
+        // off for good, and nothing pays for the per-layer filtering that traces need.
+        let _ = tracing_subscriber::registry().with(filter).with(log_lines(format)).try_init();
+        return Ok(None);
+    };
+    // Spans of this crate at `debug` and above (the store calls, the actor's queue, the fan-out hops and the
+    // model call live there, below the default log level, so that without traces they are never built), and
+    // warnings and errors as span events.
+    let wanted = filter_fn(|meta| match meta.is_span() {
+        true => meta.target().starts_with(OWN_TARGET) && *meta.level() <= LevelFilter::DEBUG,
+        false => *meta.level() <= LevelFilter::WARN,
+    })
+    .with_max_level_hint(LevelFilter::DEBUG);
+    // Without the source locations, threads and busy/idle times the layer can add: spans carry what the
+    // conventions name, and building them costs less.
+    let exporting = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false);
+    let _ = tracing_subscriber::registry()
+        .with(log_lines(format).with_filter(filter))
+        .with(exporting.with_filter(wanted))
+        .try_init();
+    // The endpoint is not logged: its URL may carry credentials.
+    tracing::info!(service = %traces.service_name(), "exporting traces over OTLP/HTTP");
+    Ok(Some(traces))
+}
+
+/// The layer that writes log lines in `format`.
+fn log_lines<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    match format {
         LogFormat::Text => {
             // Colours only on a terminal: log files and collectors get plain text.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_filter(filter).boxed()
+            tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).boxed()
         }
         // The event's fields sit at the top level beside `message`, so that a collector indexes them as they are;
         // the span list carries the request span's `request_id`, method and route on every line logged inside a
@@ -48,39 +85,9 @@ pub fn init(filter: &str, format: LogFormat, traces: &TraceSettings) -> Result<O
                 .fmt_fields(JsonFields::new())
                 .event_format(WithTraceIds(lines.with_span_list(true)))
                 .with_ansi(false)
-                .with_filter(filter)
                 .boxed()
         }
-    };
-    let mut layers = vec![logs];
-    let started = traces::start(traces)?;
-    let exporting = started.map(|(traces, tracer)| {
-        // Spans of this crate at `debug` and above (the store calls, the actor's queue, the fan-out hops and the
-        // model call live there, below the default log level, so that without traces they are never built), and
-        // warnings and errors as span events.
-        let wanted = filter_fn(|meta| match meta.is_span() {
-            true => meta.target().starts_with(OWN_TARGET) && *meta.level() <= LevelFilter::DEBUG,
-            false => *meta.level() <= LevelFilter::WARN,
-        })
-        .with_max_level_hint(LevelFilter::DEBUG);
-        // Without the source locations, threads and busy/idle times the layer can add: spans carry what
-        // the conventions name, and building them costs less.
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false);
-        layers.push(layer.with_filter(wanted).boxed());
-        traces
-    });
-    // A second call (several apps in one test process) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(layers).try_init();
-    if exporting.is_some() {
-        // The endpoint is not logged: its URL may carry credentials.
-        tracing::info!(service = %traces.service_name, sampler = ?traces.sampler, "exporting traces over OTLP/HTTP");
     }
-    Ok(exporting)
 }
 
 /// The JSON line format with the trace and span ids of the innermost span the line is logged in (`trace_id`,

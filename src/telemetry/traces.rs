@@ -76,9 +76,15 @@ impl TraceSettings {
 /// The exporting pipeline while it runs; [`Traces::shutdown`] sends what is still buffered.
 pub struct Traces {
     provider: SdkTracerProvider,
+    service_name: String,
 }
 
 impl Traces {
+    /// The `service.name` the spans are exported under.
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
     /// Sends the spans still buffered and stops the exporter, waiting at most `limit`.
     pub fn shutdown(self, limit: Duration) {
         if let Err(error) = self.provider.shutdown_with_timeout(limit) {
@@ -113,7 +119,7 @@ pub(super) fn start(settings: &TraceSettings) -> Result<Option<(Traces, opentele
         .build();
     let tracer = provider.tracer("chatkit-gateway");
     ENABLED.store(true, Ordering::Relaxed);
-    Ok(Some((Traces { provider }, tracer)))
+    Ok(Some((Traces { provider, service_name: settings.service_name.clone() }, tracer)))
 }
 
 /// Continues the trace an incoming request names in its `traceparent` (and `tracestate`) header, read through

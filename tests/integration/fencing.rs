@@ -36,14 +36,7 @@ fn replica(fake: &FakeOpenAi, database: &TestDatabase, redis: &RedisServer) -> G
 
 /// Posts a streaming request to a replica as alice.
 async fn post(replica: &GatewayProcess, op: &str, params: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/chatkit", replica.base))
-        .header("x-user-id", "alice")
-        .header("content-type", "application/json")
-        .body(request(op, params).to_string())
-        .send()
-        .await
-        .expect("the replica answers")
+    replica.post_chatkit(op, params, &[]).await
 }
 
 /// Reads a response's stream until `until` shows in it, or to its end (bounded).

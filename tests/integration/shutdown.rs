@@ -92,16 +92,8 @@ impl Gateway {
 
 /// Starts a turn and reads its stream until the first text delta; the rest is still to come.
 async fn begin_turn(gateway: &Gateway) -> (reqwest::Response, String) {
-    let body = request("threads.create", json!({"input": text_input("tell me")}));
-    let client = reqwest::Client::new();
-    let mut response = client
-        .post(format!("{}/chatkit", gateway.process.base))
-        .header("x-user-id", "alice")
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let params = json!({"input": text_input("tell me")});
+    let mut response = gateway.process.post_chatkit("threads.create", params, &[]).await;
     let mut seen = String::new();
     while !seen.contains("text_delta") {
         let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk()).await.unwrap().unwrap().unwrap();

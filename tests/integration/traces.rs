@@ -20,6 +20,8 @@ use crate::common::*;
 /// The trace a client started, and the span of it that calls the gateway.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+/// What the exporter sends a collector to be let in.
+const COLLECTOR_KEY: &str = "collector-key-5c1e7a";
 
 fn traceparent() -> String {
     format!("00-{TRACE_ID}-{CLIENT_SPAN}-01")
@@ -49,18 +51,11 @@ fn model_replica(fake: &FakeOpenAi, extra: Vec<(&'static str, String)>) -> Gatew
 
 /// Posts a ChatKit request as alice, with `traceparent` when given; the whole SSE body.
 async fn post(replica: &GatewayProcess, op: &str, params: Value, traceparent: Option<String>) -> Vec<Value> {
-    let mut request = reqwest::Client::new()
-        .post(format!("{}/chatkit", replica.base))
-        .timeout(Duration::from_secs(30))
-        .header("x-user-id", "alice")
-        .header("content-type", "application/json")
-        .body(request(op, params).to_string());
-    if let Some(value) = traceparent {
-        request = request.header("traceparent", value);
-    }
-    let response = request.send().await.expect("the replica answers");
+    let headers: Vec<(&str, String)> = traceparent.into_iter().map(|value| ("traceparent", value)).collect();
+    let response = replica.post_chatkit(op, params, &headers).await;
     assert_eq!(response.status(), 200);
-    parse_sse(&response.text().await.unwrap())
+    let body = tokio::time::timeout(Duration::from_secs(30), response.text()).await.expect("the stream ends");
+    parse_sse(&body.unwrap())
 }
 
 /// The one span of `spans` named `name`, on `instance`.
@@ -101,6 +96,8 @@ async fn a_turn_is_one_trace_across_two_replicas_with_redis_and_the_model() {
         env
     };
     let mut on_a = shared("replica-a");
+    // The exporter's headers (a collector's API key): sent with every export, never logged.
+    on_a.push(("OTEL_EXPORTER_OTLP_HEADERS", format!("x-collector-key={COLLECTOR_KEY}")));
     // Debug lines of the gateway too, so that the turn logs more than its answer.
     on_a.push(("CHATKIT_LOG", "info,chatkit_gateway=debug".into()));
     let mut a = model_replica(&fake, on_a);
@@ -176,6 +173,10 @@ async fn a_turn_is_one_trace_across_two_replicas_with_redis_and_the_model() {
         assert!(publishes.iter().any(|p| p.span_id == delivery.parent_span_id), "a delivery hangs from a publication");
     }
     assert_eq!(receiver.exports().1, 0, "every export decoded");
+    assert!(
+        receiver.header_values("x-collector-key").contains(&COLLECTOR_KEY.to_string()),
+        "OTEL_EXPORTER_OTLP_HEADERS"
+    );
 
     // Every JSON line logged inside a request carries its trace and span ids; turn 2's carry the client's trace.
     a.signal("TERM");
@@ -184,6 +185,7 @@ async fn a_turn_is_one_trace_across_two_replicas_with_redis_and_the_model() {
     let mut in_trace = 0;
     for line in &lines {
         let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(!line.contains(COLLECTOR_KEY) && !line.contains("sk-traces"), "a line carries a secret: {line}");
         let spans = parsed["spans"].as_array().cloned().unwrap_or_default();
         if spans.iter().any(|span| span["name"] == "http.request") {
             let (trace_id, span_id) = (parsed["trace_id"].as_str(), parsed["span_id"].as_str());

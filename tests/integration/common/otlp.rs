@@ -51,6 +51,8 @@ pub struct OtlpReceiver {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     /// How many export requests came, decoded or not, and how many could not be decoded.
     exports: Arc<Mutex<(usize, usize)>>,
+    /// The headers of every export request, names in lower case.
+    headers: Arc<Mutex<Vec<(String, String)>>>,
     listener: Option<TcpListener>,
 }
 
@@ -60,16 +62,17 @@ impl OtlpReceiver {
         let port = listener.local_addr().unwrap().port();
         let spans = Arc::new(Mutex::new(Vec::new()));
         let exports = Arc::new(Mutex::new((0, 0)));
+        let headers = Arc::new(Mutex::new(Vec::new()));
         let accepting = listener.try_clone().unwrap();
-        let (kept, counted) = (spans.clone(), exports.clone());
+        let received = Received { spans: spans.clone(), exports: exports.clone(), headers: headers.clone() };
         std::thread::spawn(move || {
             for connection in accepting.incoming() {
                 let Ok(connection) = connection else { return };
-                let (kept, counted) = (kept.clone(), counted.clone());
-                std::thread::spawn(move || serve(connection, &kept, &counted));
+                let received = received.clone();
+                std::thread::spawn(move || serve(connection, &received));
             }
         });
-        OtlpReceiver { port, spans, exports, listener: Some(listener) }
+        OtlpReceiver { port, spans, exports, headers, listener: Some(listener) }
     }
 
     /// The base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` takes it.
@@ -84,6 +87,12 @@ impl OtlpReceiver {
     /// The spans of one trace.
     pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
         self.spans().into_iter().filter(|span| span.trace_id == trace_id).collect()
+    }
+
+    /// The values of header `name` (lower case) across the export requests.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        let headers = self.headers.lock().unwrap();
+        headers.iter().filter(|(key, _)| key == name).map(|(_, value)| value.clone()).collect()
     }
 
     /// (exports received, exports that did not decode).
@@ -115,8 +124,16 @@ impl Drop for OtlpReceiver {
     }
 }
 
+/// Where the connections' threads put what they receive.
+#[derive(Clone)]
+struct Received {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    exports: Arc<Mutex<(usize, usize)>>,
+    headers: Arc<Mutex<Vec<(String, String)>>>,
+}
+
 /// Answers the requests of one keep-alive connection.
-fn serve(connection: TcpStream, kept: &Mutex<Vec<ReceivedSpan>>, counted: &Mutex<(usize, usize)>) {
+fn serve(connection: TcpStream, received: &Received) {
     let _ = connection.set_read_timeout(Some(Duration::from_secs(30)));
     let mut writer = connection.try_clone().unwrap();
     let mut reader = BufReader::new(connection);
@@ -139,6 +156,7 @@ fn serve(connection: TcpStream, kept: &Mutex<Vec<ReceivedSpan>>, counted: &Mutex
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse().unwrap_or(0);
                 }
+                received.headers.lock().unwrap().push((name.to_ascii_lowercase(), value.trim().to_string()));
             }
         }
         if length > MAX_EXPORT {
@@ -153,13 +171,13 @@ fn serve(connection: TcpStream, kept: &Mutex<Vec<ReceivedSpan>>, counted: &Mutex
         let decoded =
             first.starts_with("POST /v1/traces").then(|| ExportTraceServiceRequest::decode(&body[..]).ok()).flatten();
         {
-            let mut counts = counted.lock().unwrap();
+            let mut counts = received.exports.lock().unwrap();
             counts.0 += 1;
             counts.1 += usize::from(decoded.is_none());
         }
         let status = match decoded {
             Some(export) => {
-                kept.lock().unwrap().extend(flatten(export));
+                received.spans.lock().unwrap().extend(flatten(export));
                 "200 OK"
             }
             None => "400 Bad Request",

@@ -52,6 +52,25 @@ impl GatewayProcess {
         GatewayProcess { child, stdout: Some(reader), base: format!("http://{addr}"), dir }
     }
 
+    /// Posts a ChatKit request to the process as `alice` with `headers` besides; the response, its body unread
+    /// (a stream may run on, so the caller bounds its reads).
+    pub async fn post_chatkit(
+        &self,
+        op: &str,
+        params: serde_json::Value,
+        headers: &[(&str, String)],
+    ) -> reqwest::Response {
+        let mut post = reqwest::Client::new()
+            .post(format!("{}/chatkit", self.base))
+            .header("x-user-id", "alice")
+            .header("content-type", "application/json")
+            .body(crate::common::request(op, params).to_string());
+        for (name, value) in headers {
+            post = post.header(*name, value);
+        }
+        post.send().await.expect("the gateway answers")
+    }
+
     /// Every line the process wrote to stdout; call it after [`Self::wait_exit`], when the output has ended.
     pub fn stdout_lines(&mut self) -> Vec<String> {
         self.stdout.take().expect("stdout read once").join().expect("the stdout reader ends")
