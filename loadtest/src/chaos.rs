@@ -131,8 +131,18 @@ pub struct StoredItem {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    /// A message's content parts. Other items hold other content, e.g. the text of the `sdk_hidden_context`
+    /// note a cancelled turn leaves: the check reads no parts from those.
+    #[serde(default, deserialize_with = "parts_if_any")]
     pub content: Vec<StoredPart>,
+}
+
+/// The content parts of a stored item, or none when its `content` is not a list of them.
+fn parts_if_any<'de, D: serde::Deserializer<'de>>(content: D) -> Result<Vec<StoredPart>, D::Error> {
+    Ok(serde_json::Value::deserialize(content)
+        .ok()
+        .and_then(|value| serde_json::from_value(value).ok())
+        .unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +341,15 @@ mod tests {
         let mut result = StoreCheck::default();
         check_thread(&mut result, 0, "thr_0", &book(), items);
         result
+    }
+
+    #[test]
+    fn a_cancelled_turns_hidden_note_is_read_and_passed_over() {
+        let note = r#"{"id":"h","thread_id":"thr_0","created_at":"2026-12-07T00:00:00","type":"sdk_hidden_context","content":"The user cancelled the stream. Stop responding to the prior request."}"#;
+        let note: StoredItem = serde_json::from_str(note).expect("a hidden context item reads");
+        assert!(note.content.is_empty());
+        let result = checked(&[user(0, 10), answer(0, 10), note, user(1, 12), user(2, 30), answer(2, 30)]);
+        assert!(result.passed(), "{result:?}");
     }
 
     #[test]
