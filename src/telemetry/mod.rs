@@ -108,11 +108,7 @@ where
         let ids = match traces::enabled() {
             true => ctx.lookup_current().and_then(|span| {
                 let dispatch = tracing::dispatcher::get_default(Clone::clone);
-                let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
-                use opentelemetry::trace::TraceContextExt;
-                let otel = context.span();
-                let ids = otel.span_context();
-                ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
+                traces::ids_in(&tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?)
             }),
             false => None,
         };

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -161,10 +161,14 @@ pub fn ids_of(span: &tracing::Span) -> Option<(String, String)> {
     if !enabled() {
         return None;
     }
-    let context = span.context();
+    ids_in(&span.context()).map(|(trace_id, span_id)| (trace_id.to_string(), span_id.to_string()))
+}
+
+/// The trace id and span id of the span a context holds, when it holds a valid one.
+pub(super) fn ids_in(context: &opentelemetry::Context) -> Option<(TraceId, SpanId)> {
     let otel = context.span();
     let ids = otel.span_context();
-    ids.is_valid().then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+    ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
 }
 
 /// Sets an OpenTelemetry attribute that only traces want (the logs already carry the same under a short name).
